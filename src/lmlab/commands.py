@@ -1,0 +1,355 @@
+"""The subcommands of `lmlab`, one typed function each.
+
+`lmlab.cli` builds the parser from these signatures and docstrings (the
+``Args:`` section gives each option's help, ``Examples:`` ends ``--help``).
+Heavy libraries are imported inside the functions so ``lmlab --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+from lmlab.errors import LmlabError
+
+
+def _say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def corpus(inputs: list[Path], out: Path = Path("data/corpus"), text_field: str = "text",
+           txt_mode: Literal["paragraph", "file", "line"] = "paragraph",
+           val_fraction: float = 0.05, min_chars: int = 1, seed: int = 0) -> None:
+    """Build a clean corpus (train/validation split by document) from text files.
+
+    Reads plain-text files, folders (recursively), JSONL files and MediaWiki XML
+    dumps (.xml or .xml.bz2, streamed, wiki markup stripped). Every document is
+    normalized to Unicode NFC and exact duplicates are removed. Writes
+    OUT/train.jsonl, OUT/val.jsonl and OUT/corpus.json.
+
+    Args:
+        inputs: files or folders to read; the word `default` means the built-in
+            Wikipedia extract shipped with gensim
+        out: output folder
+        text_field: the field holding the text in JSONL records
+        txt_mode: how plain text splits into documents: on blank lines, one per
+            file, or one per line
+        val_fraction: share of documents held out for validation
+        min_chars: drop documents shorter than this
+        seed: seed of the train/validation assignment
+
+    Examples:
+        lmlab corpus default --out data/wiki
+        lmlab corpus enwiki-latest-pages-articles.xml.bz2 --out data/enwiki
+        lmlab corpus notes/ reviews.jsonl --text-field body --out data/mine
+    """
+    from lmlab.data.corpus import build_corpus, default_corpus_source
+
+    paths = [default_corpus_source() if str(p) == "default" else Path(p) for p in inputs]
+    stats = build_corpus(paths, out, text_field=text_field, txt_mode=txt_mode,
+                         val_fraction=val_fraction, seed=seed, min_chars=min_chars)
+    s = stats.to_dict()
+    _say(f"read {s['documents_read']:,} documents; dropped {s['empty_dropped']:,} empty/short "
+         f"and {s['duplicates_dropped']:,} duplicates")
+    _say(f"train: {s['train_docs']:,} documents, {s['train_chars']:,} characters")
+    _say(f"val:   {s['val_docs']:,} documents, {s['val_chars']:,} characters")
+    _say(f"wrote {out}/train.jsonl, {out}/val.jsonl, {out}/corpus.json")
+
+
+def tokenizer_train(corpus_dir: Path, out: Path = Path("data/tokenizer.json"),
+                    kind: Literal["bpe", "char"] = "bpe", vocab_size: int = 4096,
+                    special_tokens: list[str] | None = None, min_frequency: int = 2) -> None:
+    """Train a byte-level BPE or character-level tokenizer on a corpus; save tokenizer.json.
+
+    Both kinds encode any UTF-8 text and decode it back exactly: byte-level
+    BPE starts from the 256 bytes, and the character tokenizer falls back to
+    byte tokens for characters it never saw.
+
+    Args:
+        corpus_dir: a folder made by `lmlab corpus` (its train split is used), or a text/JSONL file
+        out: where to write tokenizer.json
+        kind: bpe (byte-level BPE) or char (one token per character)
+        vocab_size: vocabulary size, special and byte tokens included
+        special_tokens: special tokens (default: <|endoftext|>)
+        min_frequency: BPE merges need at least this many occurrences
+
+    Examples:
+        lmlab tokenizer train data/wiki --kind bpe --vocab-size 8192 --out data/bpe8k.json
+        lmlab tokenizer train data/wiki --kind char --out data/char.json
+    """
+    from lmlab.data.corpus import iter_documents, read_split
+    from lmlab.tokenizer import Tokenizer
+
+    corpus_dir = Path(corpus_dir)
+    if corpus_dir.is_dir() and (corpus_dir / "train.jsonl").exists():
+        texts = read_split(corpus_dir, "train")
+    else:
+        texts = iter_documents(corpus_dir)
+    t0 = time.perf_counter()
+    tok = Tokenizer.train(texts, kind=kind, vocab_size=vocab_size,
+                          special_tokens=tuple(special_tokens or ("<|endoftext|>",)),
+                          min_frequency=min_frequency)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    tok.save(out)
+    _say(f"trained a {kind} tokenizer with {tok.vocab_size:,} tokens in "
+         f"{time.perf_counter() - t0:.1f}s; wrote {out}")
+
+
+def prepare(corpus_dir: Path, tokenizer: Path = Path("data/tokenizer.json"),
+            out: Path = Path("data/shards"), shard_tokens: int = 50_000_000) -> None:
+    """Tokenize a corpus on all cores into memory-mapped token shards.
+
+    Writes OUT/train_000.bin..., OUT/val_000.bin... (uint16 when the vocabulary
+    fits, else uint32), a copy of the tokenizer, and OUT/manifest.json with
+    token counts, byte counts and the tokenizer's hash.
+
+    Args:
+        corpus_dir: a folder made by `lmlab corpus`
+        tokenizer: a tokenizer.json
+        out: output folder
+        shard_tokens: tokens per shard file
+
+    Examples:
+        lmlab prepare data/wiki --tokenizer data/bpe8k.json --out data/wiki-bpe8k
+    """
+    from lmlab.data.shards import prepare as prepare_shards
+
+    t0 = time.perf_counter()
+    manifest = prepare_shards(Path(corpus_dir), Path(tokenizer), Path(out),
+                              shard_tokens=shard_tokens)
+    dt = time.perf_counter() - t0
+    for split, info in manifest["splits"].items():
+        _say(f"{split}: {info['tokens']:,} tokens from {info['documents']:,} documents "
+             f"({info['bytes'] / max(info['tokens'], 1):.2f} bytes/token)")
+    total = sum(info["tokens"] for info in manifest["splits"].values())
+    _say(f"{manifest['dtype']} shards in {out} ({total / max(dt, 1e-9):,.0f} tokens/s)")
+
+
+def pretrain(data: Path, out: Path = Path("runs/gpt"), preset: str = "gpt-mini",
+             n_layer: int | None = None, n_head: int | None = None, n_embd: int | None = None,
+             block_size: int | None = None, dropout: float = 0.0, batch_size: int = 16,
+             grad_accum: int = 1, max_steps: int = 1000, lr: float = 1e-3,
+             min_lr: float | None = None, warmup_steps: int = 50, weight_decay: float = 0.1,
+             grad_clip: float = 1.0, eval_interval: int = 100, eval_tokens: int = 131072,
+             checkpoint_interval: int | None = None, seed: int = 1337,
+             dtype: Literal["float32", "bfloat16"] = "float32", compile: bool = False,
+             threads: int | None = None, resume: bool = False) -> None:
+    """Pretrain a GPT-style model (causal LM) on prepared token shards.
+
+    AdamW (fused), linear warm-up then cosine decay, gradient clipping and
+    accumulation, optional bf16 autocast and torch.compile. Writes
+    OUT/metrics.jsonl, TensorBoard events in OUT/tb, OUT/loss.png and
+    checkpoints (safetensors, written atomically) in OUT/checkpoints.
+    `--resume` continues a stopped run exactly where its last checkpoint left it.
+
+    Args:
+        data: a folder made by `lmlab prepare`
+        out: the run folder
+        preset: model preset (gpt-nano, gpt-micro, gpt-mini, gpt-small, gpt2-124m,
+            llama-nano, llama-mini, llama-small, ...)
+        n_layer: override the preset's number of layers
+        n_head: override the preset's number of attention heads
+        n_embd: override the preset's width
+        block_size: override the preset's context length
+        dropout: dropout probability
+        batch_size: sequences per micro-batch
+        grad_accum: micro-batches per optimizer step
+        max_steps: optimizer steps
+        lr: peak learning rate
+        min_lr: final learning rate of the cosine decay (default lr/10)
+        warmup_steps: steps of linear warm-up
+        weight_decay: AdamW weight decay (matrices only)
+        grad_clip: clip the gradient norm to this
+        eval_interval: validate every this many steps
+        eval_tokens: validation tokens scored each time
+        checkpoint_interval: save every this many steps (default: eval_interval)
+        seed: random seed (weights, batches, dropout)
+        dtype: float32, or bfloat16 autocast (fast on CPUs with AVX-512 BF16)
+        compile: torch.compile the model
+        threads: CPU threads (default: torch's choice)
+        resume: continue the run in OUT from its last checkpoint
+
+    Examples:
+        lmlab pretrain data/wiki-bpe8k --preset gpt-mini --max-steps 2000 --out runs/mini
+        lmlab pretrain data/wiki-bpe8k --out runs/mini --max-steps 2000 --resume
+        lmlab pretrain data/wiki-char --preset llama-mini --dtype bfloat16 --out runs/llama
+    """
+    from lmlab.train.loop import TrainConfig, Trainer
+
+    cfg = TrainConfig(
+        data=str(data), out=str(out), preset=preset, n_layer=n_layer, n_head=n_head,
+        n_embd=n_embd, block_size=block_size, dropout=dropout, batch_size=batch_size,
+        grad_accum=grad_accum, max_steps=max_steps, lr=lr, min_lr=min_lr,
+        warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip,
+        eval_interval=eval_interval, eval_tokens=eval_tokens,
+        checkpoint_interval=checkpoint_interval, seed=seed, dtype=dtype, compile=compile,
+        threads=threads)
+    trainer = Trainer(cfg, resume=resume)
+    _say(f"model: {trainer.model.num_params():,} parameters ({preset}), "
+         f"context {trainer.block}, vocab {trainer.model_config.vocab_size:,}")
+    result = trainer.fit()
+    val = result["val"]
+    if val:
+        _say(f"step {result['step']}: val loss {val['loss']:.4f}, perplexity "
+             f"{val['perplexity']:.2f}, bits/byte {val['bits_per_byte']:.4f}")
+    _say(f"checkpoint: {result['checkpoint']}")
+    _say(f"loss curve: {result['plot']}   metrics: {out}/metrics.jsonl   tensorboard: {out}/tb")
+
+
+def _load_for_inference(checkpoint: Path, tokenizer: Path | None, dtype: str):
+    import torch
+
+    from lmlab.tokenizer import Tokenizer
+    from lmlab.train.checkpoint import TOKENIZER_FILE, load_model, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(checkpoint)
+    tok_path = tokenizer or ckpt / TOKENIZER_FILE
+    if not Path(tok_path).exists():
+        raise LmlabError(f"{ckpt}: no {TOKENIZER_FILE} in the checkpoint; pass --tokenizer")
+    tok = Tokenizer.from_file(tok_path)
+    model = load_model(ckpt, dtype=torch.bfloat16 if dtype == "bfloat16" else None)
+    if tok.vocab_size > model.config.vocab_size:
+        raise LmlabError(f"{tok_path}: tokenizer has {tok.vocab_size} tokens but the model in "
+                         f"{ckpt} has only {model.config.vocab_size}")
+    return model, tok, ckpt
+
+
+def evaluate(checkpoint: Path, text: Path, tokenizer: Path | None = None, stride: int | None = None,
+         batch_size: int = 8, dtype: Literal["float32", "bfloat16"] = "float32",
+         json_out: bool = False) -> None:
+    """Perplexity and bits per byte of a checkpoint on a text file.
+
+    Text longer than the context is scored with a sliding window: each token is
+    scored once, with at least (context - stride) tokens of context. A JSONL
+    file (e.g. a corpus split) is scored document by document, joined by the
+    end-of-text token.
+
+    Args:
+        checkpoint: a run folder or checkpoint folder
+        text: a UTF-8 text file, or a JSONL file with a "text" field
+        tokenizer: tokenizer.json (default: the checkpoint's)
+        stride: tokens advanced per window (default: the full context)
+        batch_size: windows per forward pass
+        dtype: float32 or bfloat16
+        json_out: print the result as JSON
+
+    Examples:
+        lmlab eval runs/mini data/wiki/val.jsonl
+        lmlab eval runs/mini notes.txt --stride 64
+    """
+    from lmlab.data.corpus import iter_documents
+    from lmlab.evaluate import evaluate_documents
+
+    model, tok, ckpt = _load_for_inference(checkpoint, tokenizer, dtype)
+    docs = list(iter_documents(Path(text), txt_mode="file"))
+    score = evaluate_documents(model, tok, docs, stride=stride, batch_size=batch_size)
+    if json_out:
+        _say(json.dumps({"checkpoint": str(ckpt), "text": str(text), **score.to_dict()}))
+        return
+    _say(f"{text}: {score.tokens:,} tokens, {score.n_bytes:,} bytes")
+    _say(f"loss {score.loss:.4f} nats/token   perplexity {score.perplexity:.2f}   "
+         f"bits/byte {score.bits_per_byte:.4f}")
+
+
+def generate(checkpoint: Path, prompt: str = "", max_new_tokens: int = 100,
+             temperature: float = 0.8, top_k: int | None = None, top_p: float | None = 0.95,
+             repetition_penalty: float = 1.0, greedy: bool = False,
+             num_return_sequences: int = 1, stop: list[str] | None = None,
+             seed: int | None = None, tokenizer: Path | None = None,
+             dtype: Literal["float32", "bfloat16"] = "float32", stream: bool = True) -> None:
+    """Generate text from a checkpoint, streamed to the terminal.
+
+    Incremental decoding with a KV cache. A prompt longer than the context
+    keeps its last tokens (with a warning); when a sequence fills the context,
+    decoding slides on with the last half-context.
+
+    Args:
+        checkpoint: a run folder or checkpoint folder
+        prompt: the text to continue (empty: start from end-of-text)
+        max_new_tokens: tokens to generate per sequence
+        temperature: softmax temperature (0 = greedy)
+        top_k: keep only the k most likely tokens
+        top_p: nucleus sampling: keep the smallest set of tokens whose
+            probability reaches p
+        repetition_penalty: >1 penalizes tokens already present (CTRL)
+        greedy: always pick the most likely token (same as --temperature 0)
+        num_return_sequences: independent samples of the same prompt
+        stop: stop when any of these strings appears (not printed)
+        seed: random seed, for reproducible samples
+        tokenizer: tokenizer.json (default: the checkpoint's)
+        dtype: float32 or bfloat16
+        stream: print tokens as they are generated
+
+    Examples:
+        lmlab generate runs/mini --prompt "The history of" --max-new-tokens 80
+        lmlab generate runs/mini --prompt "Paris is" --greedy
+        lmlab generate runs/mini --prompt "Once" --num-return-sequences 3 --seed 0 --stop "\\n\\n"
+    """
+    from lmlab.generate import SamplingConfig, generate_text
+
+    if max_new_tokens < 1:
+        raise LmlabError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise LmlabError(f"--top-p must be in (0, 1], got {top_p}")
+    model, tok, _ = _load_for_inference(checkpoint, tokenizer, dtype)
+    cfg = SamplingConfig(temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p,
+                         repetition_penalty=repetition_penalty)
+    live = stream and num_return_sequences == 1
+
+    def on_text(row: int, piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    t0 = time.perf_counter()
+    if live:
+        sys.stdout.write(prompt)
+    outs = generate_text(model, tok, prompt, max_new_tokens=max_new_tokens, cfg=cfg,
+                         num_return_sequences=num_return_sequences, stop=stop or (),
+                         seed=seed, on_text=on_text if live else None)
+    dt = time.perf_counter() - t0
+    if live:
+        _say()
+    else:
+        for i, text in enumerate(outs):
+            _say(f"--- sample {i + 1} ---")
+            _say(prompt + text)
+    n_tok = sum(len(tok.encode(t)) for t in outs)
+    print(f"[{n_tok} tokens in {dt:.2f}s, {n_tok / max(dt, 1e-9):.1f} tokens/s]", file=sys.stderr)
+
+
+def demo(out: Path = Path("runs/demo"), steps: int = 600, preset: str = "gpt-mini",
+         vocab_size: int = 4096, prompt: str = "The history of") -> None:
+    """The whole pipeline on the built-in Wikipedia extract, in a few minutes on a CPU.
+
+    Cleans the corpus, trains a byte-level BPE tokenizer, tokenizes into
+    shards, trains a small GPT, compares its validation perplexity with a
+    unigram baseline's, and generates samples.
+
+    Args:
+        out: folder for everything the demo makes
+        steps: training steps
+        preset: model preset
+        vocab_size: BPE vocabulary size
+        prompt: prompt for the samples
+
+    Examples:
+        lmlab demo
+        lmlab demo --steps 2000 --out runs/demo-long
+    """
+    from lmlab.demo import run_demo
+
+    run_demo(Path(out), steps=steps, preset=preset, vocab_size=vocab_size, prompt=prompt)
+
+
+COMMANDS: dict = {
+    "demo": demo,
+    "corpus": corpus,
+    "tokenizer": {"__doc__": "train tokenizers", "train": tokenizer_train},
+    "prepare": prepare,
+    "pretrain": pretrain,
+    "eval": evaluate,
+    "generate": generate,
+}

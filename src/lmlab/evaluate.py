@@ -1,0 +1,139 @@
+"""Perplexity and bits per byte.
+
+Bits per byte (BPB) = total negative log-likelihood in bits / UTF-8 bytes of
+the text. Unlike perplexity it does not depend on the tokenizer, so a
+character-level and a BPE model, or an n-gram and a GPT, can be compared.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lmlab.models.gpt import GPT
+
+
+@dataclass
+class LMScore:
+    """Summed negative log-likelihood over ``tokens`` predicted tokens of ``n_bytes`` bytes."""
+
+    nll: float  # nats, summed
+    tokens: int
+    n_bytes: int
+
+    @property
+    def loss(self) -> float:
+        return self.nll / max(self.tokens, 1)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(min(self.loss, 700.0))
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.nll / math.log(2) / max(self.n_bytes, 1)
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"loss": self.loss, "perplexity": self.perplexity,
+                "bits_per_byte": self.bits_per_byte, "tokens": self.tokens, "bytes": self.n_bytes}
+
+
+def window_starts(n: int, block: int, stride: int) -> list[tuple[int, int]]:
+    """(start, first scored offset) of sliding windows over n tokens.
+
+    Each window holds up to ``block + 1`` tokens (inputs and targets); after
+    the first, a window scores only its last ``stride`` targets, so every
+    token is scored exactly once with at least ``block - stride`` tokens of
+    context.
+    """
+    if n < 2:
+        return []
+    out = [(0, 0)]
+    end = min(block, n - 1)  # targets 1..end are scored by the first window
+    while end < n - 1:
+        new_end = min(end + stride, n - 1)
+        start = max(0, new_end - block)
+        out.append((start, end - start))
+        end = new_end
+    return out
+
+
+@torch.inference_mode()
+def score_tokens(model: GPT, tokens: np.ndarray | torch.Tensor, *, stride: int | None = None,
+                 batch_size: int = 8, max_tokens: int | None = None,
+                 progress: Callable[[int], None] | None = None) -> tuple[float, int]:
+    """Sum of NLL (nats) and count of scored tokens, with a sliding window.
+
+    ``stride`` defaults to the full context (non-overlapping windows, cheapest);
+    a smaller stride gives each token more context at more compute.
+    """
+    block = model.config.block_size
+    stride = min(stride or block, block)
+    toks = torch.as_tensor(np.asarray(tokens[: max_tokens + 1] if max_tokens else tokens),
+                           dtype=torch.long)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    wins = window_starts(len(toks), block, stride)
+    nll, count = 0.0, 0
+    for i in range(0, len(wins), batch_size):
+        chunk = wins[i:i + batch_size]
+        length = max(min(block, len(toks) - 1 - s) for s, _ in chunk)
+        x = torch.zeros(len(chunk), length, dtype=torch.long)
+        y = torch.full((len(chunk), length), -100, dtype=torch.long)
+        for r, (s, first) in enumerate(chunk):
+            n = min(block, len(toks) - 1 - s)
+            x[r, :n] = toks[s:s + n]
+            y[r, first:n] = toks[s + 1 + first:s + 1 + n]
+        logits = model(x.to(device))
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(),
+                               ignore_index=-100, reduction="sum")
+        nll += loss.item()
+        count += int((y != -100).sum())
+        if progress:
+            progress(len(chunk))
+    model.train(was_training)
+    return nll, count
+
+
+def evaluate_documents(model: GPT, tokenizer, docs: Sequence[str], *, stride: int | None = None,
+                       batch_size: int = 8, show_progress: bool = True) -> LMScore:
+    """Perplexity and bits per byte of documents under ``model``.
+
+    The token stream is ``EOS d1 EOS d2 ... dn``, as in training shards; the
+    leading end-of-text token lets the first real token be scored too, so
+    every byte of every document is counted.
+    """
+    eos = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+    ids: list[int] = list(eos)
+    for i, doc in enumerate(docs):
+        if i:
+            ids += eos
+        ids += tokenizer.encode(doc)
+    block = model.config.block_size
+    stride = min(stride or block, block)
+    bar = None
+    if show_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(window_starts(len(ids), block, stride)), desc="eval",
+                   unit="win", leave=False)
+    nll, count = score_tokens(model, np.array(ids), stride=stride, batch_size=batch_size,
+                              progress=bar.update if bar else None)
+    if bar:
+        bar.close()
+    return LMScore(nll, count, sum(len(d.encode("utf-8")) for d in docs))
+
+
+def unigram_score(train_tokens: np.ndarray, eval_tokens: np.ndarray, vocab_size: int,
+                  n_bytes: int) -> LMScore:
+    """An add-one-smoothed unigram model: the baseline every LM must beat."""
+    counts = np.bincount(np.asarray(train_tokens, dtype=np.int64), minlength=vocab_size) + 1.0
+    logp = np.log(counts / counts.sum())
+    targets = np.asarray(eval_tokens[1:], dtype=np.int64)  # the same targets a GPT scores
+    return LMScore(float(-logp[targets].sum()), len(targets), n_bytes)

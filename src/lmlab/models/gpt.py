@@ -1,0 +1,248 @@
+"""A decoder-only Transformer covering GPT-2 and Llama styles with one config.
+
+Top-down: norms and rotary embeddings, the KV cache, attention, MLP, the block,
+then the model. Parameter names follow GPT-2's checkpoints (``transformer.h.0.
+attn.c_attn``...) so the GPT-2 converter is a key copy; Llama-style models use
+the same names with a fused QKV projection.
+
+Shapes: B batch, T tokens in this call, L tokens attended (cache + new),
+C = n_embd, nh = n_head, nkv = n_kv_head, hs = head size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmlab.config import GPTConfig
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Zhang & Sennrich 2019): no mean subtraction, no bias."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalize in float32 as Llama does: bf16 squares lose too much precision.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd, config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+
+
+def rope_cache(config: GPTConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables of rotary embeddings (Su et al. 2021), each (block_size, hs)."""
+    hs = config.head_dim
+    inv_freq = 1.0 / (config.rope_base ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
+    t = torch.arange(config.block_size, dtype=torch.float32)
+    freqs = torch.outer(t, inv_freq)  # (block_size, hs/2)
+    # (block_size, hs): the "rotate half" layout of HF Llama, not interleaved pairs
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (i, i + hs/2) of x (B, n, T, hs) by the angles in cos/sin (T, hs)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x * cos + rotated * sin).type_as(x)
+
+
+class KVCache(nn.Module):
+    """Preallocated keys and values of one layer for incremental decoding."""
+
+    def __init__(self, batch_size: int, max_len: int, n_kv_head: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        shape = (batch_size, n_kv_head, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, start: int, k: torch.Tensor,
+               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nkv, T, hs) at positions start..start+T; return all L = start+T."""
+        end = start + k.size(2)
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_kv_head = config.n_kv_head
+        self.head_dim = config.head_dim
+        qkv_dim = (config.n_head + 2 * config.n_kv_head) * config.head_dim
+        self.c_attn = nn.Linear(config.n_embd, qkv_dim, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                start_pos: int) -> torch.Tensor:
+        B, T, C = x.shape
+        hs, nh, nkv = self.head_dim, self.n_head, self.n_kv_head
+        q, k, v = self.c_attn(x).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if rope is not None:
+            q = apply_rope(q, *rope)
+            k = apply_rope(k, *rope)
+        if self.kv_cache is not None:
+            k, v = self.kv_cache.update(start_pos, k, v)  # (B, nkv, L, hs)
+        L = k.size(2)
+        mask = None
+        is_causal = False
+        if T == L:
+            is_causal = T > 1  # plain training / prefill from position 0
+        elif T > 1:
+            # Chunked prefill after cached tokens: query i sees keys 0..start_pos+i.
+            mask = torch.ones(T, L, dtype=torch.bool, device=x.device).tril(diagonal=L - T)
+        # T == 1 with a cache: the new token may attend to everything cached, no mask.
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=nkv != nh,
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """GPT-2's GELU MLP, or Llama's SwiGLU (c_fc = gate, c_fc2 = up, c_proj = down)."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.swiglu = config.mlp == "swiglu"
+        hidden = config.intermediate_size
+        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        if self.swiglu:
+            self.c_fc2 = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.swiglu:
+            h = F.silu(self.c_fc(x)) * self.c_fc2(x)
+        else:
+            # GPT-2 used the tanh approximation of GELU; match it for checkpoint parity.
+            h = F.gelu(self.c_fc(x), approximate="tanh")
+        return self.dropout(self.c_proj(h))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = make_norm(config)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                start_pos: int) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, start_pos)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=make_norm(config),
+        ))
+        if config.pos == "learned":
+            self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        else:
+            cos, sin = rope_cache(config)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            # Press & Wolf 2017: sharing input and output embeddings saves V*C parameters.
+            self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer) so the
+        # residual stream's variance does not grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters counted once (tied weights are shared)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wte.weight.numel()
+            if "wpe" in self.transformer:
+                n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def setup_cache(self, batch_size: int, max_len: int | None = None,
+                    dtype: torch.dtype | None = None) -> None:
+        """Allocate a KV cache in every layer for incremental decoding."""
+        c = self.config
+        max_len = min(max_len or c.block_size, c.block_size)
+        p = self.lm_head.weight
+        for block in self.transformer.h:
+            block.attn.kv_cache = KVCache(batch_size, max_len, c.n_kv_head, c.head_dim,
+                                          dtype or p.dtype, p.device)
+
+    def clear_cache(self) -> None:
+        for block in self.transformer.h:
+            block.attn.kv_cache = None
+
+    def forward(self, idx: torch.Tensor, start_pos: int = 0,
+                last_only: bool = False) -> torch.Tensor:
+        """Logits for token ids ``idx`` (B, T) sitting at positions start_pos..start_pos+T.
+
+        With a cache (``setup_cache``), keys and values of earlier positions are
+        reused. ``last_only`` computes logits of the last position only, which
+        is all that decoding needs (the lm_head is the largest matmul).
+        """
+        B, T = idx.shape
+        if start_pos + T > self.config.block_size:
+            raise ValueError(
+                f"positions {start_pos}..{start_pos + T} exceed the context of "
+                f"{self.config.block_size} tokens")
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rope = None
+        if self.config.pos == "learned":
+            pos = torch.arange(start_pos, start_pos + T, device=idx.device)
+            x = x + self.transformer.wpe(pos)
+        else:
+            rope = (self.rope_cos[start_pos:start_pos + T], self.rope_sin[start_pos:start_pos + T])
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x, rope, start_pos)
+        x = self.transformer.ln_f(x)
+        if last_only:
+            x = x[:, -1:, :]
+        return self.lm_head(x)  # (B, T, vocab_size)

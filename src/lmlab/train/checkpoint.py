@@ -1,0 +1,191 @@
+"""Checkpoints without pickle: safetensors for tensors, JSON for everything else.
+
+A checkpoint is a folder written under a temporary name and renamed into place
+when complete; ``checkpoints/latest`` (a one-line file, replaced atomically)
+then points at it. A crash at any moment leaves either the old or the new
+checkpoint as "latest", never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmlab.config import GPTConfig
+from lmlab.errors import LmlabError
+from lmlab.models.gpt import GPT
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+OPTIM_FILE = "optimizer.safetensors"
+STATE_FILE = "trainer_state.json"
+
+
+def model_state(model: GPT) -> dict[str, torch.Tensor]:
+    """The state dict to save: a tied lm_head is stored once (as wte), like GPT-2."""
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        sd.pop("lm_head.weight", None)
+    return sd
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(run_dir: Path, step: int, model: GPT, tokenizer_json: Path | None,
+                    optimizer: torch.optim.Optimizer | None = None,
+                    trainer_state: dict[str, Any] | None = None,
+                    rng_tensors: dict[str, torch.Tensor] | None = None,
+                    keep: int = 2) -> Path:
+    """Write ``run_dir/checkpoints/step-NNNNNN`` atomically and point ``latest`` at it."""
+    from safetensors.torch import save_file
+
+    ckpt_root = run_dir / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:06d}"
+    final = ckpt_root / name
+    tmp = ckpt_root / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(model_state(model), str(tmp / MODEL_FILE), metadata={"format": "pt"})
+    model.config.save(tmp / CONFIG_FILE)
+    if tokenizer_json is not None:
+        shutil.copyfile(tokenizer_json, tmp / TOKENIZER_FILE)
+    if optimizer is not None:
+        tensors, meta = _flatten_optimizer(optimizer)
+        tensors.update({f"rng.{k}": v for k, v in (rng_tensors or {}).items()})
+        save_file(tensors, str(tmp / OPTIM_FILE))
+        state = dict(trainer_state or {}, step=step, optimizer=meta)
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(ckpt_root)
+    write_atomic_text(ckpt_root / "latest", name + "\n")
+    # Prune old checkpoints only after "latest" points at the new one.
+    old = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir() and p.name != name)
+    for p in old[: max(0, len(old) - (keep - 1))]:
+        shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"state.{pid}.{k}"] = v.detach().contiguous().clone()
+            else:
+                scalars.setdefault(str(pid), {})[k] = v
+    groups = json.loads(json.dumps(sd["param_groups"], default=list))
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                   meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        if key.startswith("state."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    for pid, sc in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(sc)
+    groups = meta["param_groups"]
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint folder from a run folder, a checkpoints/ folder or the folder itself."""
+    path = Path(path)
+    if not path.exists():
+        raise LmlabError(f"{path}: no such checkpoint or run folder")
+    if (path / MODEL_FILE).exists():
+        return path
+    for root in (path / "checkpoints", path):
+        latest = root / "latest"
+        if latest.exists():
+            ckpt = root / latest.read_text().strip()
+            if (ckpt / MODEL_FILE).exists():
+                return ckpt
+            raise LmlabError(f"{latest}: points at {ckpt.name}, which has no {MODEL_FILE}")
+    raise LmlabError(f"{path}: not a checkpoint (no {MODEL_FILE}) nor a run folder "
+                     "(no checkpoints/latest)")
+
+
+def load_model(path: Path, device: str = "cpu", dtype: torch.dtype | None = None) -> GPT:
+    """Build the model from config.json and load model.safetensors, checking every key."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    ckpt = resolve_checkpoint(path)
+    if not (ckpt / CONFIG_FILE).exists():
+        raise LmlabError(f"{ckpt}: missing {CONFIG_FILE}")
+    config = GPTConfig.load(ckpt / CONFIG_FILE)
+    try:
+        sd = load_file(str(ckpt / MODEL_FILE), device=device)
+    except (SafetensorError, OSError) as e:
+        raise LmlabError(f"{ckpt / MODEL_FILE}: unreadable safetensors file ({e})") from None
+    with torch.device("meta"):
+        model = GPT(config)
+    load_weights(model, sd, ckpt / MODEL_FILE)
+    model = model.to(device)
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.eval()
+
+
+def load_weights(model: GPT, sd: dict[str, torch.Tensor], source: Path) -> None:
+    """Load ``sd`` into ``model`` (possibly on meta), failing clearly on any mismatch."""
+    expected = model_state(model)
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensors (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} (e.g. {unexpected[0]})")
+        raise LmlabError(f"{source}: weights do not match config.json: {'; '.join(parts)}")
+    for k, v in expected.items():
+        if tuple(sd[k].shape) != tuple(v.shape):
+            raise LmlabError(f"{source}: tensor {k} has shape {tuple(sd[k].shape)} but "
+                             f"config.json implies {tuple(v.shape)}")
+    if model.config.tie_embeddings:
+        sd = dict(sd, **{"lm_head.weight": sd["transformer.wte.weight"]})
+    model.load_state_dict(sd, strict=True, assign=True)
+    if model.config.tie_embeddings:
+        model.lm_head.weight = model.transformer.wte.weight
+    # Buffers that are not saved (RoPE tables) were built on meta: rebuild them.
+    if model.config.pos == "rope":
+        from lmlab.models.gpt import rope_cache
+
+        cos, sin = rope_cache(model.config)
+        model.rope_cos, model.rope_sin = cos, sin

@@ -1,0 +1,101 @@
+"""Shapes, causality and KV-cache equivalence of models/gpt.py, GPT-2 and Llama style."""
+
+import pytest
+import torch
+
+from lmlab.config import PRESETS, GPTConfig
+from lmlab.errors import LmlabError
+from lmlab.generate import SamplingConfig, generate
+from lmlab.models.gpt import GPT
+
+STYLES = ["gpt-nano", "llama-nano"]
+
+
+def tiny(name: str, **kw) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig.from_name(name, vocab_size=97, block_size=32, **kw)).eval()
+
+
+@pytest.mark.parametrize("name", STYLES)
+def test_output_shape(name):
+    model = tiny(name)
+    idx = torch.randint(0, 97, (3, 11))
+    assert model(idx).shape == (3, 11, 97)
+    assert model(idx, last_only=True).shape == (3, 1, 97)
+
+
+@pytest.mark.parametrize("name", STYLES)
+def test_causality(name):
+    """Changing a future token leaves the logits of earlier positions unchanged."""
+    model = tiny(name)
+    idx = torch.randint(0, 97, (2, 16))
+    changed = idx.clone()
+    changed[:, 10] = (changed[:, 10] + 1) % 97
+    with torch.no_grad():
+        a, b = model(idx), model(changed)
+    torch.testing.assert_close(a[:, :10], b[:, :10])
+    assert not torch.allclose(a[:, 10:], b[:, 10:])
+
+
+@pytest.mark.parametrize("name", STYLES)
+def test_kv_cache_matches_full_recompute(name):
+    model = tiny(name)
+    idx = torch.randint(0, 97, (2, 20))
+    with torch.no_grad():
+        full = model(idx)
+        model.setup_cache(2)
+        first = model(idx[:, :7], start_pos=0)
+        chunk = model(idx[:, 7:12], start_pos=7)  # chunked prefill after cached tokens
+        steps = [model(idx[:, t:t + 1], start_pos=t) for t in range(12, 20)]
+        model.clear_cache()
+    incremental = torch.cat([first, chunk, *steps], dim=1)
+    torch.testing.assert_close(incremental, full, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", STYLES)
+def test_cached_greedy_equals_recompute_greedy(name):
+    """KV-cache decoding gives the same tokens as recomputing the whole sequence."""
+    model = tiny(name)
+    prompt = torch.randint(0, 97, (1, 5))
+    cached = torch.stack(list(generate(model, prompt, 20, SamplingConfig(temperature=0))), 1)
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(20):
+            nxt = model(seq[:, -32:])[:, -1].argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], 1)
+    # 5 + 20 tokens stay inside the 32-token context, so both see the same window.
+    assert cached.tolist() == seq[:, 5:].tolist()
+
+
+def test_generation_slides_past_the_context():
+    model = tiny("gpt-nano")
+    out = list(generate(model, torch.zeros(2, 30, dtype=torch.long), 40,
+                        SamplingConfig(temperature=1.0), generator=torch.Generator().manual_seed(0)))
+    assert len(out) == 40 and out[0].shape == (2,)
+
+
+def test_gqa_and_untied_parameters():
+    cfg = GPTConfig.from_name("llama-nano", vocab_size=50)
+    model = GPT(cfg)
+    assert cfg.n_kv_head == 2 and cfg.n_head == 4
+    assert model.transformer.h[0].attn.c_attn.out_features == (4 + 2 * 2) * cfg.head_dim
+    assert model.lm_head.weight is not model.transformer.wte.weight
+    tied = GPT(GPTConfig.from_name("gpt-nano", vocab_size=50))
+    assert tied.lm_head.weight is tied.transformer.wte.weight
+
+
+def test_presets_and_bad_configs():
+    for name in PRESETS:
+        GPTConfig.from_name(name)
+    n = GPT(GPTConfig.from_name("gpt-nano", vocab_size=256)).num_params()
+    assert n < 1_000_000
+    with pytest.raises(LmlabError, match="unknown preset"):
+        GPTConfig.from_name("gpt-5")
+    with pytest.raises(LmlabError, match="divisible"):
+        GPTConfig(n_embd=100, n_head=3)
+
+
+def test_gpt2_124m_parameter_count():
+    with torch.device("meta"):
+        model = GPT(GPTConfig.from_name("gpt2-124m"))
+    assert model.num_params() == 124_439_808  # GPT-2 small's published count
