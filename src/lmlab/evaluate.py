@@ -74,8 +74,8 @@ def score_tokens(model: GPT, tokens: np.ndarray | torch.Tensor, *, stride: int |
     """
     block = model.config.block_size
     stride = min(stride or block, block)
-    toks = torch.as_tensor(np.asarray(tokens[: max_tokens + 1] if max_tokens else tokens),
-                           dtype=torch.long)
+    toks = torch.from_numpy(np.array(tokens[: max_tokens + 1] if max_tokens else tokens,
+                                     dtype=np.int64))
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -180,7 +180,9 @@ def load_weights(model: GPT, sd: dict[str, torch.Tensor], source: Path) -> None:
                              f"config.json implies {tuple(v.shape)}")
     if model.config.tie_embeddings:
         sd = dict(sd, **{"lm_head.weight": sd["transformer.wte.weight"]})
-    model.load_state_dict(sd, strict=True, assign=True)
+    # assign=True swaps in the loaded tensors (no copy, needed on meta); a model
+    # with real weights is copied into instead, so optimizers keep their params.
+    model.load_state_dict(sd, strict=True, assign=next(model.parameters()).is_meta)
     if model.config.tie_embeddings:
         model.lm_head.weight = model.transformer.wte.weight
     # Buffers that are not saved (RoPE tables) were built on meta: rebuild them.

@@ -1,0 +1,1 @@
+"""Converters between lmlab and other formats (pure functions over state dicts)."""

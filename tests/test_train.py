@@ -1,0 +1,136 @@
+"""The training loop: loss falls, exact resume, atomic checkpoints, NaN detection."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lmlab.errors import LmlabError
+from lmlab.runs import read_metrics
+from lmlab.train.checkpoint import load_model, resolve_checkpoint
+from lmlab.train.loop import TrainConfig, Trainer, lr_at
+
+TINY = dict(preset="gpt-nano", block_size=32, batch_size=8, lr=3e-3, warmup_steps=5,
+            eval_tokens=2048, threads=2)
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(resolve_checkpoint(run) / "model.safetensors"))
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = TrainConfig(data="", out="", lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
+    assert lr_at(0, cfg) == pytest.approx(0.1)
+    assert lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.55)
+    assert lr_at(110, cfg) == pytest.approx(0.1)
+
+
+def test_thirty_steps_loss_falls_and_run_folder_is_complete(char_shards, tmp_path):
+    run = tmp_path / "run"
+    cfg = TrainConfig(data=str(char_shards), out=str(run), max_steps=30, eval_interval=15, **TINY)
+    result = Trainer(cfg, progress=False).fit()
+    rows = read_metrics(run / "metrics.jsonl")
+    train = [r["loss"] for r in rows if r["split"] == "train"]
+    val = [r for r in rows if r["split"] == "val"]
+    assert train[-1] < train[0] - 0.5, train
+    assert math.log(512) > val[-1]["loss"]  # better than uniform over the vocabulary
+    assert val[-1]["bits_per_byte"] == pytest.approx(
+        val[-1]["loss"] / math.log(2) * val[-1]["tokens"] / val[-1]["bytes"])
+    assert (run / "loss.png").stat().st_size > 1000
+    assert any((run / "tb").iterdir())
+    ckpt = Path(result["checkpoint"])
+    assert ckpt.name == "step-000030"
+    for f in ("model.safetensors", "config.json", "tokenizer.json", "optimizer.safetensors",
+              "trainer_state.json"):
+        assert (ckpt / f).exists(), f
+    model = load_model(run)
+    assert model.config.block_size == 32
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(char_shards, tmp_path, monkeypatch):
+    """Stop a run after step 13 (last checkpoint: 10), resume, compare bit for bit."""
+    common = dict(data=str(char_shards), max_steps=20, eval_interval=10, checkpoint_interval=5,
+                  dropout=0.1, **TINY)
+    Trainer(TrainConfig(out=str(tmp_path / "straight"), **common), progress=False).fit()
+
+    calls = {"n": 0}
+    real_step = Trainer._train_step
+
+    def dying_step(self):
+        calls["n"] += 1
+        if calls["n"] == 14:
+            raise KeyboardInterrupt  # the process dies mid-run, after checkpoint 10
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "_train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(TrainConfig(out=str(tmp_path / "broken"), **common), progress=False).fit()
+    monkeypatch.setattr(Trainer, "_train_step", real_step)
+    assert resolve_checkpoint(tmp_path / "broken").name == "step-000010"
+    Trainer(TrainConfig(out=str(tmp_path / "broken"), **common), resume=True,
+            progress=False).fit()
+
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "broken")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    steps = [r["step"] for r in read_metrics(tmp_path / "broken" / "metrics.jsonl")
+             if r["split"] == "train"]
+    assert steps == sorted(set(steps))  # no duplicated rows from the dead run's future
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bit_identical(char_shards, tmp_path):
+    """A real SIGKILL of `lmlab pretrain` mid-run, then --resume."""
+    args = [sys.executable, "-m", "lmlab", "pretrain", str(char_shards), "--preset", "gpt-nano",
+            "--block-size", "32", "--batch-size", "8", "--max-steps", "60",
+            "--eval-interval", "20", "--checkpoint-interval", "5", "--eval-tokens", "1024",
+            "--threads", "1", "--dropout", "0.1"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    subprocess.run([*args, "--out", str(tmp_path / "straight")], check=True, env=env,
+                   capture_output=True)
+    broken = tmp_path / "broken"
+    proc = subprocess.Popen([*args, "--out", str(broken)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        latest = broken / "checkpoints" / "latest"
+        if latest.exists() and latest.read_text().strip() >= "step-000020":
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = resolve_checkpoint(broken).name
+    assert stopped_at < "step-000060", "the run finished before it could be killed"
+    subprocess.run([*args, "--out", str(broken), "--resume"], check=True, env=env,
+                   capture_output=True)
+    a, b = weights(tmp_path / "straight"), weights(broken)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_with_another_config_is_refused(char_shards, tmp_path):
+    run = tmp_path / "run"
+    Trainer(TrainConfig(data=str(char_shards), out=str(run), max_steps=2, eval_interval=2,
+                        **TINY), progress=False).fit()
+    other = dict(TINY, batch_size=4)
+    with pytest.raises(LmlabError, match="batch_size"):
+        Trainer(TrainConfig(data=str(char_shards), out=str(run), max_steps=4, **other),
+                resume=True, progress=False)
+
+
+def test_nan_loss_is_reported_with_its_step(char_shards, tmp_path):
+    cfg = TrainConfig(data=str(char_shards), out=str(tmp_path / "run"), max_steps=50,
+                      eval_interval=50, **dict(TINY, lr=1e30, warmup_steps=1))
+    with pytest.raises(LmlabError, match=r"step \d+: training loss is nan"):
+        Trainer(cfg, progress=False).fit()
