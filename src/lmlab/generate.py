@@ -147,6 +147,40 @@ def generate(model: GPT, prompt: torch.Tensor, max_new_tokens: int,
         model.train(was_training)
 
 
+class IncrementalDecoder:
+    """Turns a growing list of token ids into text that only ever grows.
+
+    Decoding the ids again after every token is not monotonic: a byte token
+    may decode as U+FFFD until the rest of its UTF-8 sequence arrives. Text is
+    committed only when the newly decoded tail is complete (the offsets
+    method of Hugging Face's text streamers), so what was streamed is exactly
+    what is returned.
+    """
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0  # ids before this are fully committed
+        self.read = 0  # ids before this are decoded into text
+        self.text = ""
+
+    def add(self, token: int) -> None:
+        self.ids.append(token)
+        before = self.tokenizer.decode(self.ids[self.prefix:self.read])
+        after = self.tokenizer.decode(self.ids[self.prefix:])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.text += after[len(before):]
+            self.prefix, self.read = self.read, len(self.ids)
+
+    def flush(self) -> str:
+        """Commit whatever is left (an incomplete sequence decodes as U+FFFD)."""
+        if self.read < len(self.ids):
+            before = self.tokenizer.decode(self.ids[self.prefix:self.read])
+            self.text += self.tokenizer.decode(self.ids[self.prefix:])[len(before):]
+            self.prefix = self.read = len(self.ids)
+        return self.text
+
+
 class StopChecker:
     """Finds the earliest stop string in streamed text, holding back what may begin one."""
 
@@ -183,14 +217,30 @@ def generate_text(model: GPT, tokenizer, prompt: str, *, max_new_tokens: int = 1
     if dropped:
         warn(f"warning: prompt is longer than the context; kept its last {len(ids)} tokens "
              f"(dropped {dropped})")
-    prompt_t = torch.tensor([ids] * num_return_sequences, dtype=torch.long, device=device)
+    n = num_return_sequences
+    prompt_t = torch.tensor([ids] * n, dtype=torch.long, device=device)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
     checker = StopChecker(stop)
-    new_ids: list[list[int]] = [[] for _ in range(num_return_sequences)]
-    emitted = [0] * num_return_sequences  # characters already streamed per row
-    finished = [False] * num_return_sequences
+    rows = [IncrementalDecoder(tokenizer) for _ in range(n)]
+    emitted = [0] * n  # characters already streamed per row
+    finished = [False] * n
+    results: list[str | None] = [None] * n
+
+    def advance(row: int, final: bool) -> None:
+        text = rows[row].flush() if final else rows[row].text
+        cut = checker.find(text)
+        if cut >= 0:
+            finished[row] = True
+            text = text[:cut]
+        safe = len(text) if (final or cut >= 0) else len(text) - checker.hold
+        if on_text and safe > emitted[row]:
+            on_text(row, text[emitted[row]:safe])
+            emitted[row] = safe
+        if final or cut >= 0:
+            results[row] = text
+
     eos = tokenizer.eos_id
     for tok in generate(model, prompt_t, max_new_tokens, cfg, eos, generator):
         for row, t in enumerate(tok.tolist()):
@@ -198,31 +248,13 @@ def generate_text(model: GPT, tokenizer, prompt: str, *, max_new_tokens: int = 1
                 continue
             if t == eos:
                 finished[row] = True
+                advance(row, final=True)
                 continue
-            new_ids[row].append(t)
-            text = tokenizer.decode(new_ids[row])
-            cut = checker.find(text)
-            if cut >= 0:
-                finished[row] = True
-                safe = cut
-            else:
-                # Hold back a possible stop-string prefix and a trailing
-                # incomplete UTF-8 sequence (decoded as U+FFFD).
-                safe = len(text) - checker.hold
-                while safe > 0 and text[safe - 1] == "\ufffd":
-                    safe -= 1
-            if on_text and safe > emitted[row]:
-                on_text(row, text[emitted[row]:safe])
-                emitted[row] = safe
+            rows[row].add(t)
+            advance(row, final=False)
         if all(finished):
             break
-    results = []
-    for row in range(num_return_sequences):
-        text = tokenizer.decode(new_ids[row])
-        cut = checker.find(text)
-        if cut >= 0:
-            text = text[:cut]
-        if on_text and len(text) > emitted[row]:
-            on_text(row, text[emitted[row]:])
-        results.append(text)
-    return results
+    for row in range(n):
+        if results[row] is None:
+            advance(row, final=True)
+    return [r or "" for r in results]
