@@ -99,7 +99,8 @@ def tokenizer_train(corpus_dir: Path, out: Path = Path("data/tokenizer.json"),
 
 
 def prepare(corpus_dir: Path, tokenizer: Path = Path("data/tokenizer.json"),
-            out: Path = Path("data/shards"), shard_tokens: int = 50_000_000) -> None:
+            out: Path = Path("data/shards"), shard_tokens: int = 50_000_000,
+            overwrite: bool = False) -> None:
     """Tokenize a corpus on all cores into memory-mapped token shards.
 
     Writes OUT/train_000.bin..., OUT/val_000.bin... (uint16 when the vocabulary
@@ -111,6 +112,7 @@ def prepare(corpus_dir: Path, tokenizer: Path = Path("data/tokenizer.json"),
         tokenizer: a tokenizer.json
         out: output folder
         shard_tokens: tokens per shard file
+        overwrite: replace OUT if it already holds files
 
     Examples:
         lmlab prepare data/wiki --tokenizer data/bpe8k.json --out data/wiki-bpe8k
@@ -119,7 +121,7 @@ def prepare(corpus_dir: Path, tokenizer: Path = Path("data/tokenizer.json"),
 
     t0 = time.perf_counter()
     manifest = prepare_shards(Path(corpus_dir), Path(tokenizer), Path(out),
-                              shard_tokens=shard_tokens)
+                              shard_tokens=shard_tokens, overwrite=overwrite)
     dt = time.perf_counter() - t0
     for split, info in manifest["splits"].items():
         _say(f"{split}: {info['tokens']:,} tokens from {info['documents']:,} documents "

@@ -41,7 +41,8 @@ def run_demo(out: Path, steps: int = 600, preset: str = "gpt-mini", vocab_size: 
     print(f"  {tok.vocab_size} tokens -> {out / 'tokenizer.json'}")
 
     _step(3, "prepare: tokenize into memory-mapped shards")
-    manifest = prepare(out / "corpus", out / "tokenizer.json", out / "shards", progress=False)
+    manifest = prepare(out / "corpus", out / "tokenizer.json", out / "shards", progress=False,
+                       overwrite=True)
     for split, info in manifest["splits"].items():
         print(f"  {split}: {info['tokens']:,} tokens "
               f"({info['bytes'] / info['tokens']:.2f} bytes/token)")
