@@ -1,0 +1,1 @@
+"""Data: corpus building (corpus.py) and Wikipedia dump reading (wiki.py)."""
