@@ -69,8 +69,9 @@ def test_cached_greedy_equals_recompute_greedy(name):
 
 def test_generation_slides_past_the_context():
     model = tiny("gpt-nano")
+    g = torch.Generator().manual_seed(0)
     out = list(generate(model, torch.zeros(2, 30, dtype=torch.long), 40,
-                        SamplingConfig(temperature=1.0), generator=torch.Generator().manual_seed(0)))
+                        SamplingConfig(temperature=1.0), generator=g))
     assert len(out) == 40 and out[0].shape == (2,)
 
 

@@ -119,10 +119,10 @@ def evaluate_documents(model: GPT, tokenizer, docs: Sequence[str], *, stride: in
     stride = min(stride or block, block)
     bar = None
     if show_progress:
-        from tqdm import tqdm
+        from lmlab.progress import progress_bar
 
-        bar = tqdm(total=len(window_starts(len(ids), block, stride)), desc="eval",
-                   unit="win", leave=False)
+        bar = progress_bar(total=len(window_starts(len(ids), block, stride)), desc="eval",
+                           unit="win", leave=False)
     nll, count = score_tokens(model, np.array(ids), stride=stride, batch_size=batch_size,
                               progress=bar.update if bar else None)
     if bar:

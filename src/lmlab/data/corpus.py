@@ -23,7 +23,6 @@ import json
 import os
 import secrets
 import shutil
-import sys
 import unicodedata
 from array import array
 from collections.abc import Iterator, Sequence
@@ -410,8 +409,6 @@ def build_corpus(
         LmlabError: bad settings, an unreadable or malformed input, or an
             empty corpus after cleaning.
     """
-    from tqdm import tqdm
-
     paths = [Path(p) for p in inputs]
     out_dir = Path(out_dir)
     if not paths:
@@ -430,7 +427,7 @@ def build_corpus(
     tmp.mkdir()
     try:
         stats = _write_corpus(
-            paths, tmp, text_field, txt_mode, val_fraction, seed, min_chars, progress, tqdm
+            paths, tmp, text_field, txt_mode, val_fraction, seed, min_chars, progress
         )
         meta: dict[str, Any] = {
             "format": "lmlab-corpus",
@@ -472,7 +469,6 @@ def _write_corpus(
     seed: int,
     min_chars: int,
     progress: bool,
-    tqdm: Any,
 ) -> CorpusStats:
     """Clean every document into ``tmp``, then route each to train.jsonl or val.jsonl.
 
@@ -481,13 +477,15 @@ def _write_corpus(
     split scores. Memory holds 8 bytes of score and a 16-byte digest per
     document, never the texts.
     """
+    from lmlab.progress import progress_bar
+
     stats = CorpusStats()
     seen: set[bytes] = set()
     scores = array("d")  # split score of the i-th kept document
     kept = tmp / "documents.jsonl"
     with (
         open(kept, "w", encoding="utf-8") as out,
-        tqdm(desc="corpus", unit=" docs", file=sys.stderr, disable=not progress) as bar,
+        progress_bar(desc="corpus", unit=" docs", disable=not progress) as bar,
     ):
         for path in paths:
             for raw in iter_documents(path, text_field=text_field, txt_mode=txt_mode):

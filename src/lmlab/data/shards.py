@@ -110,12 +110,12 @@ def _tokenize_split(
     progress: bool,
 ) -> dict[str, Any]:
     """Tokenize one split into shards; return its manifest entry."""
-    from tqdm import tqdm
+    from lmlab.progress import progress_bar
 
     eos = tok.eos_id
     assert eos is not None  # checked by prepare
     stats = {"tokens": 0, "documents": 0, "bytes": 0, "chars": 0}
-    bar = tqdm(
+    bar = progress_bar(
         total=_count_lines(path) if progress else None,
         desc=f"tokenizing {path.name}",
         unit="doc",

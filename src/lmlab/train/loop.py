@@ -202,10 +202,10 @@ class Trainer:
         self.model.train()
         bar = None
         if self.progress:
-            from tqdm import tqdm
+            from lmlab.progress import progress_bar
 
-            bar = tqdm(total=cfg.max_steps, initial=self.start_step, desc="pretrain",
-                       unit="step", dynamic_ncols=True, file=sys.stderr)
+            bar = progress_bar(total=cfg.max_steps, initial=self.start_step, desc="pretrain",
+                               unit="step")
         last: dict[str, Any] = {}
         t_last, tok_since = time.perf_counter(), 0
         t_start = time.perf_counter()
