@@ -129,6 +129,19 @@ def test_resume_with_another_config_is_refused(char_shards, tmp_path):
                 resume=True, progress=False)
 
 
+def test_a_run_folder_is_never_mixed_with_another_run(char_shards, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(LmlabError, match="nothing to resume"):
+        Trainer(TrainConfig(data=str(char_shards), out=str(run), **TINY), resume=True)
+    Trainer(TrainConfig(data=str(char_shards), out=str(run), max_steps=4, eval_interval=2,
+                        **TINY), progress=False).fit()
+    with pytest.raises(LmlabError, match="already holds a run"):
+        Trainer(TrainConfig(data=str(char_shards), out=str(run), max_steps=2, **TINY))
+    Trainer(TrainConfig(data=str(char_shards), out=str(run), max_steps=2, eval_interval=2,
+                        **TINY), overwrite=True, progress=False).fit()
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-000002"]
+
+
 def test_nan_loss_is_reported_with_its_step(char_shards, tmp_path):
     cfg = TrainConfig(data=str(char_shards), out=str(tmp_path / "run"), max_steps=50,
                       eval_interval=50, **dict(TINY, lr=1e30, warmup_steps=1))

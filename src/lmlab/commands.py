@@ -138,7 +138,7 @@ def pretrain(data: Path, out: Path = Path("runs/gpt"), preset: str = "gpt-mini",
              grad_clip: float = 1.0, eval_interval: int = 100, eval_tokens: int = 131072,
              checkpoint_interval: int | None = None, seed: int = 1337,
              dtype: Literal["float32", "bfloat16"] = "float32", compile: bool = False,
-             threads: int | None = None, resume: bool = False) -> None:
+             threads: int | None = None, resume: bool = False, overwrite: bool = False) -> None:
     """Pretrain a GPT-style model (causal LM) on prepared token shards.
 
     AdamW (fused), linear warm-up then cosine decay, gradient clipping and
@@ -173,6 +173,7 @@ def pretrain(data: Path, out: Path = Path("runs/gpt"), preset: str = "gpt-mini",
         compile: torch.compile the model
         threads: CPU threads (default: torch's choice)
         resume: continue the run in OUT from its last checkpoint
+        overwrite: start over in OUT, deleting the run already there
 
     Examples:
         lmlab pretrain data/wiki-bpe8k --preset gpt-mini --max-steps 2000 --out runs/mini
@@ -189,7 +190,7 @@ def pretrain(data: Path, out: Path = Path("runs/gpt"), preset: str = "gpt-mini",
         eval_interval=eval_interval, eval_tokens=eval_tokens,
         checkpoint_interval=checkpoint_interval, seed=seed, dtype=dtype, compile=compile,
         threads=threads)
-    trainer = Trainer(cfg, resume=resume)
+    trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
     _say(f"model: {trainer.model.num_params():,} parameters ({preset}), "
          f"context {trainer.block}, vocab {trainer.model_config.vocab_size:,}")
     result = trainer.fit()

@@ -51,7 +51,7 @@ def run_demo(out: Path, steps: int = 600, preset: str = "gpt-mini", vocab_size: 
     cfg = TrainConfig(data=str(out / "shards"), out=str(out / "gpt"), preset=preset,
                       max_steps=steps, eval_interval=max(steps // 4, 1), batch_size=16,
                       lr=2e-3, warmup_steps=min(50, steps // 10))
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, overwrite=True)
     print(f"  {trainer.model.num_params():,} parameters, context {trainer.block}")
     result = trainer.fit()
 

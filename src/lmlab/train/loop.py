@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -97,7 +98,8 @@ def _autocast(dtype: str) -> contextlib.AbstractContextManager:
 class Trainer:
     """Holds model, optimizer, data and run folder; ``fit`` runs the loop."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True) -> None:
+    def __init__(self, cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
+                 progress: bool = True) -> None:
         from lmlab.data.shards import TokenShards
         from lmlab.tokenizer import Tokenizer
 
@@ -113,6 +115,16 @@ class Trainer:
         self.train_data.check_tokenizer(tokenizer)
         self.tokenizer = tokenizer
         self.run_dir = Path(cfg.out)
+        has_run = (self.run_dir / "checkpoints" / "latest").exists()
+        if resume and not has_run:
+            raise LmlabError(f"{self.run_dir}: nothing to resume (no checkpoints/latest); "
+                             "drop --resume to start a new run")
+        if has_run and not resume:
+            if not overwrite:
+                raise LmlabError(f"{self.run_dir}: already holds a run; pass --resume to "
+                                 "continue it, --overwrite to start over, or another --out")
+            for name in ("checkpoints", "tb"):
+                shutil.rmtree(self.run_dir / name, ignore_errors=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
         self.start_step = 0
