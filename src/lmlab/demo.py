@@ -50,7 +50,7 @@ def run_demo(out: Path, steps: int = 600, preset: str = "gpt-mini", vocab_size: 
     _step(4, f"pretrain: {preset}, {steps} steps")
     cfg = TrainConfig(data=str(out / "shards"), out=str(out / "gpt"), preset=preset,
                       max_steps=steps, eval_interval=max(steps // 4, 1), batch_size=16,
-                      lr=2e-3, warmup_steps=min(50, steps // 10))
+                      lr=3e-3, warmup_steps=min(50, steps // 10))
     trainer = Trainer(cfg, overwrite=True)
     print(f"  {trainer.model.num_params():,} parameters, context {trainer.block}")
     result = trainer.fit()

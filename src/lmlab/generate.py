@@ -119,8 +119,11 @@ def generate(model: GPT, prompt: torch.Tensor, max_new_tokens: int,
     model.eval()
     seq = prompt
     done = torch.zeros(B, dtype=torch.bool, device=prompt.device)
+    # A cache only as long as this call can use: zero-filling one for the whole
+    # context costs more than the prefill of a short prompt.
+    cache_len = min(T + max_new_tokens, block)
     try:
-        model.setup_cache(B)
+        model.setup_cache(B, cache_len)
         logits = prefill(model, seq)
         pos = T
         for _ in range(max_new_tokens):
@@ -136,7 +139,7 @@ def generate(model: GPT, prompt: torch.Tensor, max_new_tokens: int,
                 # Context full: slide the window, recomputing the cache from the
                 # last half-context of tokens (works for learned and RoPE positions).
                 seq = seq[:, -(block // 2):]
-                model.setup_cache(B)
+                model.setup_cache(B, block)
                 logits = prefill(model, seq)
                 pos = seq.size(1)
             else:

@@ -61,7 +61,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def plot_loss(metrics_path: Path, out_png: Path, title: str = "") -> Path:
-    """Train loss (raw and smoothed) and validation loss against step."""
+    """Train loss (10-step means) and validation loss against step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,18 +73,13 @@ def plot_loss(metrics_path: Path, out_png: Path, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     if train:
         steps, losses = zip(*train, strict=True)
-        ax.plot(steps, losses, color="tab:blue", alpha=0.3, lw=1)
-        smooth, ema = [], losses[0]
-        for x in losses:
-            ema = 0.9 * ema + 0.1 * x
-            smooth.append(ema)
-        ax.plot(steps, smooth, color="tab:blue", lw=1.5, label="train (EMA 0.9)")
+        ax.plot(steps, losses, color="tab:blue", lw=1.2, label="train (mean of each 10 steps)")
     if val:
         steps, losses = zip(*val, strict=True)
         ax.plot(steps, losses, "o-", color="tab:orange", lw=1.5, ms=3, label="validation")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")
-    ax.set_title(title or metrics_path.parent.name)
+    ax.set_title(title or str(metrics_path.parent))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -219,7 +219,8 @@ class Trainer:
             bar = progress_bar(total=cfg.max_steps, initial=self.start_step, desc="pretrain",
                                unit="step")
         last: dict[str, Any] = {}
-        t_last, tok_since = time.perf_counter(), 0
+        # Train rows are logged every 10 steps with the mean loss since the last row.
+        t_last, tok_since, losses = time.perf_counter(), 0, []
         t_start = time.perf_counter()
         step = self.start_step
         try:
@@ -237,16 +238,19 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 step += 1
                 tok_since += tokens_per_step
+                losses.append(loss)
                 now = time.perf_counter()
                 if step % 10 == 0 or step == cfg.max_steps:
                     tps = tok_since / max(now - t_last, 1e-9)
-                    t_last, tok_since = now, 0
-                    row = {"step": step, "split": "train", "loss": loss, "lr": lr,
+                    mean_loss = sum(losses) / len(losses)
+                    t_last, tok_since, losses = now, 0, []
+                    row = {"step": step, "split": "train", "loss": mean_loss, "lr": lr,
                            "grad_norm": float(norm), "tokens_per_s": tps,
                            "elapsed_s": now - t_start}
                     self.logger.log(row)
                     if bar:
-                        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}", lr=f"{lr:.2e}")
+                        bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tps:,.0f}",
+                                        lr=f"{lr:.2e}", refresh=False)
                 if bar:
                     bar.update(1)
                 if step % cfg.eval_interval == 0 or step == cfg.max_steps:

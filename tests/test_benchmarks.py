@@ -1,0 +1,21 @@
+"""The benchmarks still run (their --quick smoke version); figures come from `make bench`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_benchmarks_quick_smoke():
+    pytest.importorskip("transformers")
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick",
+                          "--wait-idle", "0"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Training throughput" in out.stdout and "Greedy decoding" in out.stdout
+    assert "identical" in out.stdout  # lmlab's greedy ids equal transformers' ids
