@@ -20,15 +20,13 @@ import hashlib
 import heapq
 import importlib.util
 import json
-import os
-import secrets
-import shutil
 import unicodedata
 from array import array
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from lmlab.atomic import atomic_dir
 from lmlab.errors import LmlabError
 
 __all__ = [
@@ -344,30 +342,6 @@ def _check_output_dir(out_dir: Path, inputs: Sequence[Path]) -> None:
             )
 
 
-def _sibling(out_dir: Path, tag: str) -> Path:
-    """A fresh hidden name next to ``out_dir`` (same filesystem, so rename is atomic)."""
-    return out_dir.with_name(f".{out_dir.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}")
-
-
-def _replace_dir(new: Path, out_dir: Path) -> None:
-    """Put the finished ``new`` directory at ``out_dir``, replacing an old corpus.
-
-    Two renames on the same filesystem: readers see the old corpus or the new
-    one, never a half-written one (only, for an instant, none).
-    """
-    if not out_dir.exists():
-        new.rename(out_dir)
-        return
-    old = _sibling(out_dir, "old")
-    out_dir.rename(old)
-    try:
-        new.rename(out_dir)
-    except BaseException:
-        old.rename(out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def build_corpus(
     inputs: Sequence[Path],
     out_dir: Path,
@@ -422,10 +396,8 @@ def build_corpus(
             raise LmlabError(f"{path}: no such file or directory")
     _check_output_dir(out_dir, paths)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(out_dir, "partial")
-    tmp.mkdir()
-    try:
+    # Ctrl-C included, a failure never leaves a half-written corpus behind.
+    with atomic_dir(out_dir) as tmp:
         stats = _write_corpus(
             paths, tmp, text_field, txt_mode, val_fraction, seed, min_chars, progress
         )
@@ -445,11 +417,6 @@ def build_corpus(
         (tmp / "corpus.json").write_text(
             json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        # Ctrl-C included: never leave a half-written corpus behind.
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return stats
 
 

@@ -16,15 +16,14 @@ needs no padding, and the EOS separators teach the model where documents end.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lmlab.atomic import atomic_dir
 from lmlab.errors import LmlabError
 from lmlab.tokenizer import FILE_NAME as TOKENIZER_FILE
 from lmlab.tokenizer import Tokenizer
@@ -189,12 +188,10 @@ def prepare(
         raise LmlabError(f"{tok.path}: tokenizer has no special token to separate documents")
     dtype = dtype_for_vocab(tok.vocab_size)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     # TOKENIZERS_PARALLELISM is deliberately left alone: unset means HF encodes
     # batches on all cores, and "false" is what HF itself sets in a process forked
     # after the thread pool was used, where forcing "true" could deadlock.
-    try:
+    with atomic_dir(out_dir) as tmp:
         splits: dict[str, Any] = {}
         for split in SPLITS:
             path = corpus_dir / f"{split}.jsonl"
@@ -220,25 +217,7 @@ def prepare(
         }
         shutil.copyfile(tok.path, tmp / TOKENIZER_FILE)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        _move_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
-
-
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished directory to out_dir, replacing an old one if present."""
-    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
-        os.replace(tmp, out_dir)  # an empty directory can be replaced directly
-        return
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old.is_dir():
-        shutil.rmtree(old)
-    else:
-        old.unlink()
 
 
 class TokenShards:

@@ -9,13 +9,13 @@ checkpoint as "latest", never a half-written one.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lmlab.atomic import atomic_dir, write_text
 from lmlab.config import GPTConfig
 from lmlab.errors import LmlabError
 from lmlab.models.gpt import GPT
@@ -35,38 +35,32 @@ def model_state(model: GPT) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_checkpoint(run_dir: Path, step: int, model: GPT, tokenizer_json: Path | None,
                     optimizer: torch.optim.Optimizer | None = None,
                     trainer_state: dict[str, Any] | None = None,
                     rng_tensors: dict[str, torch.Tensor] | None = None,
                     keep: int = 2) -> Path:
     """Write ``run_dir/checkpoints/step-NNNNNN`` atomically and point ``latest`` at it."""
+    ckpt_root = run_dir / "checkpoints"
+    name = f"step-{step:06d}"
+    with atomic_dir(ckpt_root / name) as tmp:
+        _write_checkpoint(tmp, model, tokenizer_json, optimizer, trainer_state, rng_tensors,
+                          step)
+    # Only a complete checkpoint folder can be named by "latest".
+    write_text(ckpt_root / "latest", name + "\n")
+    # Prune old checkpoints only after "latest" points at the new one.
+    old = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir() and p.name != name)
+    for p in old[: max(0, len(old) - (keep - 1))]:
+        shutil.rmtree(p, ignore_errors=True)
+    return ckpt_root / name
+
+
+def _write_checkpoint(tmp: Path, model: GPT, tokenizer_json: Path | None,
+                      optimizer: torch.optim.Optimizer | None,
+                      trainer_state: dict[str, Any] | None,
+                      rng_tensors: dict[str, torch.Tensor] | None, step: int) -> None:
     from safetensors.torch import save_file
 
-    ckpt_root = run_dir / "checkpoints"
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    name = f"step-{step:06d}"
-    final = ckpt_root / name
-    tmp = ckpt_root / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     save_file(model_state(model), str(tmp / MODEL_FILE), metadata={"format": "pt"})
     model.config.save(tmp / CONFIG_FILE)
     if tokenizer_json is not None:
@@ -77,19 +71,6 @@ def save_checkpoint(run_dir: Path, step: int, model: GPT, tokenizer_json: Path |
         save_file(tensors, str(tmp / OPTIM_FILE))
         state = dict(trainer_state or {}, step=step, optimizer=meta)
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(ckpt_root)
-    write_atomic_text(ckpt_root / "latest", name + "\n")
-    # Prune old checkpoints only after "latest" points at the new one.
-    old = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir() and p.name != name)
-    for p in old[: max(0, len(old) - (keep - 1))]:
-        shutil.rmtree(p, ignore_errors=True)
-    return final
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

@@ -1,0 +1,88 @@
+"""Outputs that appear whole or not at all.
+
+Every folder lmlab writes (a corpus, token shards, a checkpoint) is built under
+a hidden temporary name beside its destination and renamed into place only
+when complete; a crash or an error at any point leaves nothing half-written
+where a reader would take it for finished work.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def sibling(path: Path, tag: str) -> Path:
+    """A fresh hidden name next to ``path`` (same filesystem, so renames are atomic)."""
+    return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a small file atomically: a temporary file, fsync, then rename."""
+    tmp = sibling(path, "tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def replace_dir(new: Path, out_dir: Path) -> None:
+    """Put the finished folder ``new`` at ``out_dir``, replacing what was there.
+
+    Readers see the old folder or the new one, never a mixture (and, for the
+    instant between two renames, none).
+    """
+    for f in new.rglob("*"):
+        if f.is_file():
+            _fsync(f)  # the data must be on disk before the rename publishes it
+    if not out_dir.exists():
+        os.replace(new, out_dir)
+    else:
+        old = sibling(out_dir, "old")
+        os.replace(out_dir, old)
+        try:
+            os.replace(new, out_dir)
+        except BaseException:
+            os.replace(old, out_dir)
+            raise
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
+    _fsync(out_dir.parent)
+
+
+@contextmanager
+def atomic_dir(out_dir: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder that becomes ``out_dir`` if the block succeeds.
+
+    On any exception (Ctrl-C included) the temporary folder is deleted and
+    ``out_dir`` is left as it was.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = sibling(out_dir, "partial")
+    tmp.mkdir()
+    try:
+        yield tmp
+        replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
