@@ -17,6 +17,12 @@ once (12 x (c_attn + c_proj + c_fc + mlp.c_proj) + lm_head). bound tokens/s =
 copy bandwidth / those bytes, where the bandwidth is measured as (bytes read +
 bytes written) / time of a ``dst.copy_(src)`` of 1 GiB, best of several (the
 buffers are larger than the last-level cache).
+
+The "lmlab int8 (weight-only)" row is the same model after
+``lmlab.models.quantize.quantize_int8`` (every Linear, lm_head included, as int8
+with one bf16 scale per output row); its bound counts those bytes (~1 per weight
+plus the scales). Its ids are compared with HF fp32's like every row's; they are
+allowed to differ (quantization changes the logits).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ PRESET = "gpt2-124m"
 PROMPT_LEN = 16
 TARGET_PEER = 4.0  # lmlab decode tokens/s over HF's
 TARGET_BOUND = 0.60  # fraction of the bandwidth bound
+INT8 = "lmlab int8 (weight-only)"
 
 
 @dataclass
@@ -78,13 +85,20 @@ def copy_bandwidth(nbytes: int, repeats: int = 8) -> float:
 
 
 def weight_bytes_per_token(model: torch.nn.Module) -> int:
-    """Bytes of every Linear weight matrix (lm_head included, a tied one counted once)."""
+    """Bytes of every Linear weight matrix (lm_head included, a tied one counted once).
+
+    An int8 Linear counts its int8 matrix plus its per-row scales.
+    """
+    from lmlab.models.quantize import WeightOnlyInt8Linear
+
     seen: set[int] = set()
     total = 0
     for mod in model.modules():
-        if isinstance(mod, torch.nn.Linear) and id(mod.weight) not in seen:
+        if isinstance(mod, torch.nn.Linear | WeightOnlyInt8Linear) and id(mod.weight) not in seen:
             seen.add(id(mod.weight))
             total += mod.weight.numel() * mod.weight.element_size()
+            if isinstance(mod, WeightOnlyInt8Linear):
+                total += mod.scales.numel() * mod.scales.element_size()
     return total
 
 
@@ -171,6 +185,8 @@ def build_models():
 
 
 def run_benchmark(settings: Settings, log=print) -> dict:
+    from lmlab.models.quantize import quantize_int8
+
     torch.set_num_threads(THREADS)
     res: dict = {"settings": dict(settings.__dict__)}
     cfg, model, hf = build_models()
@@ -179,10 +195,15 @@ def run_benchmark(settings: Settings, log=print) -> dict:
     with torch.inference_mode():
         logit_diff = (model(prompt) - hf(input_ids=prompt).logits).abs().max().item()
     model_bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    model_int8 = quantize_int8(copy.deepcopy(model))
+    with torch.inference_mode():
+        ref = model(prompt)
+        int8_err = ((model_int8(prompt) - ref).norm() / ref.norm()).item()
     runners = [
         (Timing("lmlab fp32"), lambda n: time_lmlab(model, prompt, n)),
         (Timing("HF GPT2LMHeadModel fp32"), lambda n: time_hf(hf, prompt, n)),
         (Timing("lmlab bf16"), lambda n: time_lmlab(model_bf16, prompt, n)),
+        (Timing(INT8), lambda n: time_lmlab(model_int8, prompt, n)),
     ]
     if settings.hf_bf16:
         hf_bf16 = copy.deepcopy(hf).to(torch.bfloat16)
@@ -201,9 +222,12 @@ def run_benchmark(settings: Settings, log=print) -> dict:
     bw = copy_bandwidth(settings.copy_bytes)
     bytes_fp32 = weight_bytes_per_token(model)
     bytes_bf16 = weight_bytes_per_token(model_bf16)
+    bytes_int8 = weight_bytes_per_token(model_int8)
     res.update(
         bandwidth_GBps=bw / 1e9, weight_bytes_fp32=bytes_fp32, weight_bytes_bf16=bytes_bf16,
-        bound_fp32=bw / bytes_fp32, bound_bf16=bw / bytes_bf16, prompt_logits_max_diff=logit_diff,
+        weight_bytes_int8=bytes_int8, bound_fp32=bw / bytes_fp32, bound_bf16=bw / bytes_bf16,
+        bound_int8=bw / bytes_int8, prompt_logits_max_diff=logit_diff,
+        int8_prompt_logits_rel_error=int8_err,
         runs=[{"name": t.name, "e2e_tps": t.e2e_tps, "decode_tps": t.decode_tps,
                "prefill_s": t.prefill_s, "intervals": t.intervals, "tokens": t.tokens}
               for t, _ in runners],
@@ -219,10 +243,10 @@ def format_results(res: dict) -> str:
     peer_e2e = median(peer["e2e_tps"])
     rows = []
     for r in res["runs"]:
-        bf16 = "bf16" in r["name"]
-        bound = res["bound_bf16"] if bf16 else res["bound_fp32"]
+        kind = "int8" if r["name"] == INT8 else "bf16" if "bf16" in r["name"] else "fp32"
+        bound = res[f"bound_{kind}"]
         dec, e2e = 1 / median(r["intervals"]), median(r["e2e_tps"])
-        is_lmlab = r["name"].startswith("lmlab")
+        targeted = r["name"] == "lmlab fp32"
         same = first_mismatch(r["tokens"], peer["tokens"]) if r is not peer else "(reference)"
         rows.append([
             r["name"],
@@ -232,10 +256,10 @@ def format_results(res: dict) -> str:
             f"{1e3 * median(r['prefill_s']):.0f}",
             f"{dec / peer_dec:.2f}x",
             f"{e2e / peer_e2e:.2f}x",
-            verdict(dec / peer_dec, TARGET_PEER) if is_lmlab and not bf16 else "-",
+            verdict(dec / peer_dec, TARGET_PEER) if targeted else "-",
             f"{bound:.1f}",
             f"{dec / bound:.0%}",
-            verdict(dec / bound, TARGET_BOUND) if is_lmlab and not bf16 else "-",
+            verdict(dec / bound, TARGET_BOUND) if targeted else "-",
             same,
         ])
     headers = ["run", "tokens/s end-to-end", "tokens/s decode", "ms/token", "prefill ms",
@@ -250,15 +274,17 @@ def format_results(res: dict) -> str:
         f"{res['bandwidth_GBps']:.1f} GB/s (read + write, best of 8, "
         f"{s['copy_bytes'] >> 20} MiB buffers); weights read per token "
         f"{res['weight_bytes_fp32'] / 1e6:.0f} MB fp32 / {res['weight_bytes_bf16'] / 1e6:.0f} MB "
-        f"bf16 -> bound {res['bound_fp32']:.1f} / {res['bound_bf16']:.1f} tokens/s. "
-        f"Prompt logits max |lmlab - HF| = {res['prompt_logits_max_diff']:.1e}. "
+        f"bf16 / {res['weight_bytes_int8'] / 1e6:.0f} MB int8 (+ scales) -> bound "
+        f"{res['bound_fp32']:.1f} / {res['bound_bf16']:.1f} / {res['bound_int8']:.1f} tokens/s. "
+        f"Prompt logits max |lmlab - HF| = {res['prompt_logits_max_diff']:.1e}; int8 prompt "
+        f"logits relative error vs lmlab fp32 = {res['int8_prompt_logits_rel_error']:.1%}. "
         f"Other processes used {res['others_cpu_during_timing']:.0%} of the CPUs during the "
         "timed runs.",
         "",
         table(headers, rows),
         "",
-        "Targets apply to lmlab fp32 (decode rate). bf16 rows are compared with the bf16 "
-        "bound (half the bytes); their ids are compared with HF fp32's.",
+        "Targets apply to lmlab fp32 (decode rate). bf16 and int8 rows are compared with "
+        "their own bound (the bytes of their weights); their ids are compared with HF fp32's.",
     ]
     return "\n".join(out)
 

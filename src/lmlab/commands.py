@@ -202,7 +202,8 @@ def pretrain(data: Path, out: Path = Path("runs/gpt"), preset: str = "gpt-mini",
     _say(f"loss curve: {result['plot']}   metrics: {out}/metrics.jsonl   tensorboard: {out}/tb")
 
 
-def _load_for_inference(checkpoint: Path, tokenizer: Path | None, dtype: str):
+def _load_for_inference(checkpoint: Path, tokenizer: Path | None, dtype: str,
+                        quantize: str = "none"):
     import torch
 
     from lmlab.tokenizer import Tokenizer
@@ -217,6 +218,12 @@ def _load_for_inference(checkpoint: Path, tokenizer: Path | None, dtype: str):
     if tok.vocab_size > model.config.vocab_size:
         raise LmlabError(f"{tok_path}: tokenizer has {tok.vocab_size} tokens but the model in "
                          f"{ckpt} has only {model.config.vocab_size}")
+    if quantize == "int8":
+        from lmlab.models.quantize import quantize_int8
+
+        quantize_int8(model)
+    elif quantize != "none":
+        raise LmlabError(f"unknown quantization {quantize!r} (choose none or int8)")
     return model, tok, ckpt
 
 
@@ -262,7 +269,8 @@ def generate(checkpoint: Path, prompt: str = "", max_new_tokens: int = 100,
              repetition_penalty: float = 1.0, greedy: bool = False,
              num_return_sequences: int = 1, stop: list[str] | None = None,
              seed: int | None = None, tokenizer: Path | None = None,
-             dtype: Literal["float32", "bfloat16"] = "float32", stream: bool = True) -> None:
+             dtype: Literal["float32", "bfloat16"] = "float32", stream: bool = True,
+             quantize: Literal["none", "int8"] = "none") -> None:
     """Generate text from a checkpoint, streamed to the terminal.
 
     Incremental decoding with a KV cache. A prompt longer than the context
@@ -285,10 +293,14 @@ def generate(checkpoint: Path, prompt: str = "", max_new_tokens: int = 100,
         tokenizer: tokenizer.json (default: the checkpoint's)
         dtype: float32 or bfloat16
         stream: print tokens as they are generated
+        quantize: int8 stores every Linear weight as int8 with one scale per output
+            row (weight-only, applied after loading): ~4x less weight memory than
+            float32 and faster decoding on CPUs, at a small cost in accuracy
 
     Examples:
         lmlab generate runs/mini --prompt "The history of" --max-new-tokens 80
         lmlab generate runs/mini --prompt "Paris is" --greedy
+        lmlab generate runs/mini --prompt "Paris is" --greedy --quantize int8
         lmlab generate runs/mini --prompt "Once" --num-return-sequences 3 --seed 0 --stop "\\n\\n"
     """
     from lmlab.generate import SamplingConfig, generate_text
@@ -297,7 +309,7 @@ def generate(checkpoint: Path, prompt: str = "", max_new_tokens: int = 100,
         raise LmlabError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     if top_p is not None and not 0 < top_p <= 1:
         raise LmlabError(f"--top-p must be in (0, 1], got {top_p}")
-    model, tok, _ = _load_for_inference(checkpoint, tokenizer, dtype)
+    model, tok, _ = _load_for_inference(checkpoint, tokenizer, dtype, quantize)
     cfg = SamplingConfig(temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p,
                          repetition_penalty=repetition_penalty)
     live = stream and num_return_sequences == 1

@@ -210,7 +210,7 @@ class GPT(nn.Module):
         """Allocate a KV cache in every layer for incremental decoding."""
         c = self.config
         max_len = min(max_len or c.block_size, c.block_size)
-        p = self.lm_head.weight
+        p = self.transformer.wte.weight
         for block in self.transformer.h:
             block.attn.kv_cache = KVCache(batch_size, max_len, c.n_kv_head, c.head_dim,
                                           dtype or p.dtype, p.device)
