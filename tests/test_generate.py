@@ -81,7 +81,8 @@ def test_generate_text_streams_what_it_returns(model, char_tok):
     out = generate_text(model, char_tok, "the ", max_new_tokens=30,
                         cfg=SamplingConfig(temperature=1.0), seed=3,
                         on_text=lambda row, p: pieces.append(p))
-    assert "".join(pieces) == out[0]
+    assert "".join(pieces) == out[0].text
+    assert out[0].tokens == 30 and out[0].finish_reason == "length"
     again = generate_text(model, char_tok, "the ", max_new_tokens=30,
                           cfg=SamplingConfig(temperature=1.0), seed=3)
     assert again == out
@@ -89,11 +90,11 @@ def test_generate_text_streams_what_it_returns(model, char_tok):
 
 def test_generate_text_stops_at_stop_string(model, char_tok):
     free = generate_text(model, char_tok, "the", max_new_tokens=40,
-                         cfg=SamplingConfig(temperature=1.0), seed=0)[0]
+                         cfg=SamplingConfig(temperature=1.0), seed=0)[0].text
     stop = free[5:7]
     cut = generate_text(model, char_tok, "the", max_new_tokens=40,
                         cfg=SamplingConfig(temperature=1.0), seed=0, stop=[stop])[0]
-    assert cut == free[: free.find(stop)]
+    assert cut.text == free[: free.find(stop)] and cut.finish_reason == "stop"
 
 
 def test_num_return_sequences_and_long_prompt_warning(model, char_tok):
@@ -101,5 +102,5 @@ def test_num_return_sequences_and_long_prompt_warning(model, char_tok):
     outs = generate_text(model, char_tok, "the lazy dog " * 10, max_new_tokens=8,
                          cfg=SamplingConfig(temperature=1.0), num_return_sequences=3, seed=0,
                          warn=warnings.append)
-    assert len(outs) == 3 and len(set(outs)) > 1
+    assert len(outs) == 3 and len({o.text for o in outs}) > 1
     assert warnings and "longer than the context" in warnings[0]

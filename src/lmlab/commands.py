@@ -227,9 +227,10 @@ def _load_for_inference(checkpoint: Path, tokenizer: Path | None, dtype: str,
     return model, tok, ckpt
 
 
-def evaluate(checkpoint: Path, text: Path, tokenizer: Path | None = None, stride: int | None = None,
-         batch_size: int = 8, dtype: Literal["float32", "bfloat16"] = "float32",
-         json_out: bool = False) -> None:
+def evaluate(checkpoint: Path, text: Path, tokenizer: Path | None = None,
+             stride: int | None = None, batch_size: int = 8,
+             dtype: Literal["float32", "bfloat16"] = "float32",
+             quantize: Literal["none", "int8"] = "none", json_out: bool = False) -> None:
     """Perplexity and bits per byte of a checkpoint on a text file.
 
     Text longer than the context is scored with a sliding window: each token is
@@ -244,6 +245,7 @@ def evaluate(checkpoint: Path, text: Path, tokenizer: Path | None = None, stride
         stride: tokens advanced per window (default: the full context)
         batch_size: windows per forward pass
         dtype: float32 or bfloat16
+        quantize: int8 for weight-only int8 Linear layers (see `lmlab generate --help`)
         json_out: print the result as JSON
 
     Examples:
@@ -253,7 +255,7 @@ def evaluate(checkpoint: Path, text: Path, tokenizer: Path | None = None, stride
     from lmlab.data.corpus import iter_documents
     from lmlab.evaluate import evaluate_documents
 
-    model, tok, ckpt = _load_for_inference(checkpoint, tokenizer, dtype)
+    model, tok, ckpt = _load_for_inference(checkpoint, tokenizer, dtype, quantize)
     docs = list(iter_documents(Path(text), txt_mode="file"))
     score = evaluate_documents(model, tok, docs, stride=stride, batch_size=batch_size)
     if json_out:
@@ -328,10 +330,10 @@ def generate(checkpoint: Path, prompt: str = "", max_new_tokens: int = 100,
     if live:
         _say()
     else:
-        for i, text in enumerate(outs):
-            _say(f"--- sample {i + 1} ---")
-            _say(prompt + text)
-    n_tok = sum(len(tok.encode(t)) for t in outs)
+        for i, c in enumerate(outs):
+            _say(f"--- sample {i + 1} ({c.finish_reason}) ---")
+            _say(prompt + c.text)
+    n_tok = sum(c.tokens for c in outs)
     print(f"[{n_tok} tokens in {dt:.2f}s, {n_tok / max(dt, 1e-9):.1f} tokens/s]", file=sys.stderr)
 
 

@@ -74,7 +74,7 @@ def run_demo(out: Path, steps: int = 600, preset: str = "gpt-mini", vocab_size: 
                             cfg=SamplingConfig(temperature=0.8, top_p=0.9),
                             num_return_sequences=3, seed=0)
     for i, s in enumerate(samples, 1):
-        print(f"  ({i}) {prompt}{s}".replace("\n", " "))
+        print(f"  ({i}) {prompt}{s.text}".replace("\n", " "))
 
     wall = time.perf_counter() - t0
     print(f"\ndone in {wall:.0f}s ({torch.get_num_threads()} threads)")
@@ -86,4 +86,4 @@ def run_demo(out: Path, steps: int = 600, preset: str = "gpt-mini", vocab_size: 
     print(f"  try:         lmlab generate {result['run_dir']} --prompt \"{prompt}\"")
     return {"val_ppl": gpt.perplexity, "val_bpb": gpt.bits_per_byte,
             "unigram_ppl": uni.perplexity, "unigram_bpb": uni.bits_per_byte,
-            "wall_s": wall, "samples": samples}
+            "wall_s": wall, "samples": [s.text for s in samples]}

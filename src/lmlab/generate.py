@@ -184,6 +184,15 @@ class IncrementalDecoder:
         return self.text
 
 
+@dataclass
+class Completion:
+    """One generated continuation: its text, how many tokens it took, why it ended."""
+
+    text: str
+    tokens: int
+    finish_reason: str  # "length", "eos" (end-of-text token) or "stop" (a stop string)
+
+
 class StopChecker:
     """Finds the earliest stop string in streamed text, holding back what may begin one."""
 
@@ -201,8 +210,8 @@ def generate_text(model: GPT, tokenizer, prompt: str, *, max_new_tokens: int = 1
                   cfg: SamplingConfig | None = None, num_return_sequences: int = 1,
                   stop: Sequence[str] = (), seed: int | None = None,
                   on_text: Callable[[int, str], None] | None = None,
-                  warn: Callable[[str], None] | None = None) -> list[str]:
-    """Continue ``prompt``; return the new text of each sequence.
+                  warn: Callable[[str], None] | None = None) -> list[Completion]:
+    """Continue ``prompt``; return the continuation of each sequence.
 
     ``on_text(row, piece)`` is called with newly decoded text as it streams
     (only text that cannot be the start of a stop string). Generation ends at
@@ -229,20 +238,21 @@ def generate_text(model: GPT, tokenizer, prompt: str, *, max_new_tokens: int = 1
     rows = [IncrementalDecoder(tokenizer) for _ in range(n)]
     emitted = [0] * n  # characters already streamed per row
     finished = [False] * n
-    results: list[str | None] = [None] * n
+    results: list[Completion | None] = [None] * n
 
-    def advance(row: int, final: bool) -> None:
+    def advance(row: int, final: str | None) -> None:
+        """Stream what is safe to show; ``final`` is the finish reason when the row ends."""
         text = rows[row].flush() if final else rows[row].text
         cut = checker.find(text)
         if cut >= 0:
             finished[row] = True
-            text = text[:cut]
-        safe = len(text) if (final or cut >= 0) else len(text) - checker.hold
+            text, final = text[:cut], "stop"
+        safe = len(text) if final else len(text) - checker.hold
         if on_text and safe > emitted[row]:
             on_text(row, text[emitted[row]:safe])
             emitted[row] = safe
-        if final or cut >= 0:
-            results[row] = text
+        if final:
+            results[row] = Completion(text, len(rows[row].ids), final)
 
     eos = tokenizer.eos_id
     for tok in generate(model, prompt_t, max_new_tokens, cfg, eos, generator):
@@ -251,13 +261,13 @@ def generate_text(model: GPT, tokenizer, prompt: str, *, max_new_tokens: int = 1
                 continue
             if t == eos:
                 finished[row] = True
-                advance(row, final=True)
+                advance(row, final="eos")
                 continue
             rows[row].add(t)
-            advance(row, final=False)
+            advance(row, final=None)
         if all(finished):
             break
     for row in range(n):
         if results[row] is None:
-            advance(row, final=True)
-    return [r or "" for r in results]
+            advance(row, final="length")
+    return [r for r in results if r is not None]
