@@ -147,3 +147,15 @@ def test_nan_loss_is_reported_with_its_step(char_shards, tmp_path):
                       eval_interval=50, **dict(TINY, lr=1e30, warmup_steps=1))
     with pytest.raises(LmlabError, match=r"step \d+: training loss is nan"):
         Trainer(cfg, progress=False).fit()
+
+
+def test_llama_style_and_grad_accumulation_train(char_shards, tmp_path):
+    """The Llama-style config trains through the same loop, with accumulation."""
+    cfg = TrainConfig(data=str(char_shards), out=str(tmp_path / "llama"), max_steps=20,
+                      eval_interval=20, grad_accum=2, **dict(TINY, preset="llama-nano"))
+    Trainer(cfg, progress=False).fit()
+    rows = read_metrics(tmp_path / "llama" / "metrics.jsonl")
+    train = [r["loss"] for r in rows if r["split"] == "train"]
+    assert train[-1] < train[0]
+    model = load_model(tmp_path / "llama")
+    assert model.config.norm == "rmsnorm" and model.config.n_kv_head == 2

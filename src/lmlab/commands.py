@@ -286,11 +286,12 @@ def generate(checkpoint: Path, prompt: str = "", max_new_tokens: int = 100,
         temperature: softmax temperature (0 = greedy)
         top_k: keep only the k most likely tokens
         top_p: nucleus sampling: keep the smallest set of tokens whose
-            probability reaches p
+            probability reaches p (1 disables it)
         repetition_penalty: >1 penalizes tokens already present (CTRL)
         greedy: always pick the most likely token (same as --temperature 0)
         num_return_sequences: independent samples of the same prompt
-        stop: stop when any of these strings appears (not printed)
+        stop: stop when any of these strings appears (not printed); the escapes
+            \\n and \\t stand for a newline and a tab
         seed: random seed, for reproducible samples
         tokenizer: tokenizer.json (default: the checkpoint's)
         dtype: float32 or bfloat16
@@ -315,6 +316,8 @@ def generate(checkpoint: Path, prompt: str = "", max_new_tokens: int = 100,
     cfg = SamplingConfig(temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p,
                          repetition_penalty=repetition_penalty)
     live = stream and num_return_sequences == 1
+    # A shell cannot easily pass a newline, so "\n" typed literally means one.
+    stops = [s.replace("\\n", "\n").replace("\\t", "\t") for s in stop or ()]
 
     def on_text(row: int, piece: str) -> None:
         sys.stdout.write(piece)
@@ -324,7 +327,7 @@ def generate(checkpoint: Path, prompt: str = "", max_new_tokens: int = 100,
     if live:
         sys.stdout.write(prompt)
     outs = generate_text(model, tok, prompt, max_new_tokens=max_new_tokens, cfg=cfg,
-                         num_return_sequences=num_return_sequences, stop=stop or (),
+                         num_return_sequences=num_return_sequences, stop=stops,
                          seed=seed, on_text=on_text if live else None)
     dt = time.perf_counter() - t0
     if live:
