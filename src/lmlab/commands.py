@@ -169,7 +169,8 @@ def pretrain(data: Path, out: Path = Path("runs/gpt"), preset: str = "gpt-mini",
         eval_tokens: validation tokens scored each time
         checkpoint_interval: save every this many steps (default: eval_interval)
         seed: random seed (weights, batches, dropout)
-        dtype: float32, or bfloat16 autocast (fast on CPUs with AVX-512 BF16)
+        dtype: float32, or bfloat16 autocast (less memory; on CPUs without AMX it
+            measured slower than float32, see benchmarks/RESULTS.md)
         compile: torch.compile the model
         threads: CPU threads (default: torch's choice)
         resume: continue the run in OUT from its last checkpoint
