@@ -341,6 +341,38 @@ def generate(checkpoint: Path, prompt: str = "", max_new_tokens: int = 100,
     print(f"[{n_tok} tokens in {dt:.2f}s, {n_tok / max(dt, 1e-9):.1f} tokens/s]", file=sys.stderr)
 
 
+def convert(source: Path, *, out: Path) -> None:
+    """Convert a Hugging Face model folder to an lmlab checkpoint, or back.
+
+    The direction follows the source: an HF folder (config.json with a
+    model_type, model.safetensors, tokenizer files) of the GPT-2 or Llama family
+    becomes an lmlab checkpoint usable by `lmlab generate` and `lmlab eval`; an
+    lmlab run or checkpoint folder becomes an HF folder that
+    `AutoModelForCausalLM.from_pretrained(OUT)` loads with the same logits.
+    Pickle checkpoints (pytorch_model.bin) are refused, never unpickled.
+
+    Args:
+        source: an HF model folder, or an lmlab run/checkpoint folder
+        out: the folder to write
+
+    Examples:
+        lmlab convert ~/models/gpt2 --out ckpt/gpt2
+        lmlab convert runs/mini --out export/mini-hf
+    """
+    from lmlab.interop.hf_folder import export_hf, import_hf, is_hf_folder
+
+    source = Path(source)
+    if not source.exists():
+        raise LmlabError(f"{source}: no such folder")
+    if is_hf_folder(source):
+        import_hf(source, Path(out))
+        _say(f"wrote lmlab checkpoint {out} (try: lmlab generate {out} --prompt ...)")
+    else:
+        export_hf(source, Path(out))
+        _say(f"wrote Hugging Face folder {out} "
+             "(AutoModelForCausalLM.from_pretrained loads it)")
+
+
 def demo(out: Path = Path("runs/demo"), steps: int = 600, preset: str = "gpt-mini",
          vocab_size: int = 4096, prompt: str = "The history of") -> None:
     """The whole pipeline on the built-in Wikipedia extract, in a few minutes on a CPU.
@@ -373,4 +405,5 @@ COMMANDS: dict = {
     "pretrain": pretrain,
     "eval": evaluate,
     "generate": generate,
+    "convert": convert,
 }

@@ -1,0 +1,152 @@
+"""Hugging Face model folders <-> lmlab checkpoints (GPT-2 and Llama families).
+
+An HF folder is ``config.json`` (with ``model_type``) + ``model.safetensors``
+(or shards listed in ``model.safetensors.index.json``) + tokenizer files. The
+tensors go through the pure state-dict converters of ``hf_gpt2`` and
+``hf_llama``; nothing here imports ``transformers``, and pickle checkpoints
+(``pytorch_model.bin``) are refused, never unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmlab.atomic import atomic_dir
+from lmlab.config import GPTConfig
+from lmlab.errors import LmlabError
+from lmlab.interop import hf_gpt2, hf_llama
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.json", "merges.txt", "generation_config.json")
+_PICKLES = ("pytorch_model.bin", "model.bin", "pytorch_model.bin.index.json", "model.pt",
+            "model.pth", "consolidated.00.pth")
+
+
+def is_hf_folder(path: Path) -> bool:
+    """True for a folder whose config.json is a Hugging Face one (has ``model_type``)."""
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        return "model_type" in json.loads(cfg.read_text())
+    except json.JSONDecodeError:
+        return False
+
+
+def read_hf_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of an HF folder's safetensors file(s); pickle files are refused."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (folder / "model.safetensors").exists():
+        files = ["model.safetensors"]
+    else:
+        pickles = [p for p in _PICKLES if (folder / p).exists()]
+        if pickles:
+            raise LmlabError(
+                f"{folder / pickles[0]}: pickle checkpoints are refused (loading one can run "
+                "arbitrary code); re-save it as safetensors with a tool you trust, e.g. "
+                "transformers' save_pretrained(out, safe_serialization=True)")
+        raise LmlabError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+    sd: dict[str, torch.Tensor] = {}
+    for name in files:
+        try:
+            sd.update(load_file(str(folder / name)))
+        except (SafetensorError, OSError) as e:
+            raise LmlabError(f"{folder / name}: unreadable safetensors file ({e})") from None
+    return sd
+
+
+def config_from_hf(hf: dict[str, Any], source: Path) -> GPTConfig:
+    kind = hf.get("model_type")
+    try:
+        if kind == "gpt2":
+            return hf_gpt2.lmlab_config_from_hf_gpt2(hf)
+        if kind in ("llama", "mistral", "qwen2") and not hf.get("attention_bias", False):
+            return hf_llama.lmlab_config_from_hf_llama(hf)
+    except KeyError as e:
+        raise LmlabError(f"{source}: a {kind} config needs the field {e}") from None
+    raise LmlabError(f"{source}: model_type {kind!r} is not supported "
+                     "(supported: gpt2, llama and Llama-shaped models without attention bias)")
+
+
+def import_hf(folder: Path, out: Path) -> Path:
+    """Convert an HF GPT-2 or Llama folder into an lmlab checkpoint folder ``out``."""
+    from lmlab.models.gpt import GPT
+    from lmlab.train.checkpoint import load_weights, model_state
+
+    folder = Path(folder)
+    cfg_path = folder / "config.json"
+    hf = json.loads(cfg_path.read_text())
+    sd = read_hf_state_dict(folder)  # first: a pickle folder is refused before anything else
+    config = config_from_hf(hf, cfg_path)
+    if hf["model_type"] == "gpt2":
+        ours = hf_gpt2.from_hf_gpt2(sd)
+    else:
+        try:
+            ours = hf_llama.from_hf_llama(sd, config.n_layer)
+        except KeyError as e:
+            raise LmlabError(f"{folder}: tensor {e} is missing for a "
+                             f"{config.n_layer}-layer Llama (config.json)") from None
+    if config.tie_embeddings:
+        ours.pop("lm_head.weight", None)
+    with torch.device("meta"):
+        model = GPT(config)
+    load_weights(model, ours, folder / "model.safetensors")
+    with atomic_dir(out) as tmp:
+        from safetensors.torch import save_file
+
+        save_file(model_state(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        config.save(tmp / "config.json")
+        for name in TOKENIZER_FILES:
+            if (folder / name).exists():
+                shutil.copyfile(folder / name, tmp / name)
+    return Path(out)
+
+
+def hf_config_for(config: GPTConfig) -> dict[str, Any]:
+    """config.json contents that ``transformers.AutoConfig`` reads back as this model."""
+    if config.norm == "layernorm":
+        d = hf_gpt2.hf_gpt2_config(config)
+        d.update(model_type="gpt2", architectures=["GPT2LMHeadModel"], n_ctx=config.block_size)
+    else:
+        d = hf_llama.hf_llama_config(config)
+        d.update(model_type="llama", architectures=["LlamaForCausalLM"])
+    d["torch_dtype"] = "float32"
+    return d
+
+
+def export_hf(checkpoint: Path, out: Path) -> Path:
+    """Write an lmlab checkpoint as an HF folder loadable by ``AutoModelForCausalLM``."""
+    from safetensors.torch import save_file
+
+    from lmlab.train.checkpoint import load_model, model_state, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(checkpoint)
+    model = load_model(ckpt)
+    config = model.config
+    hf_cfg = hf_config_for(config)
+    sd = model_state(model)
+    if config.norm == "layernorm":
+        theirs = hf_gpt2.to_hf_gpt2(sd)
+    else:
+        theirs = hf_llama.to_hf_llama(sd, config)
+    if config.tie_embeddings:
+        theirs.pop("lm_head.weight", None)  # HF re-ties it from the input embedding
+    with atomic_dir(out) as tmp:
+        save_file({k: v.contiguous() for k, v in theirs.items()}, str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
+        for name in TOKENIZER_FILES:
+            if (ckpt / name).exists():
+                shutil.copyfile(ckpt / name, tmp / name)
+    return Path(out)
