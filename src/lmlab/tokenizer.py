@@ -66,6 +66,7 @@ class Tokenizer:
         *,
         path: Path | None = None,
         json_text: str | None = None,
+        eos_token: str | None = None,
     ) -> None:
         # Not matching special tokens inside text is a runtime flag that HF does
         # not save in tokenizer.json, so it is set on every construction.
@@ -74,6 +75,9 @@ class Tokenizer:
         self.kind = kind
         self.path = path  # the file it was loaded from or last saved to; None if unsaved
         self._json_text = json_text
+        # A model's own end-of-sequence token when it is not <|endoftext|>
+        # (e.g. SmolLM2's <|im_end|>, named in its GGUF metadata).
+        self._eos_token = eos_token
 
     # ------------------------------------------------------------------ training
     @classmethod
@@ -256,7 +260,10 @@ class Tokenizer:
 
     @cached_property
     def eos_id(self) -> int | None:
-        """Id of ``<|endoftext|>``, else of the first special token, else None."""
+        """Id of the model's end token: the one named at construction, else
+        ``<|endoftext|>``, else the first special token, else None."""
+        if self._eos_token is not None:
+            return self._tok.token_to_id(self._eos_token)
         eos = self._tok.token_to_id(EOS_TOKEN)
         if eos is not None:
             return eos
