@@ -164,7 +164,7 @@ def test_bf16_model_then_int8():
 # ------------------------------------------------------------ the CLI
 def test_cli_generate_quantize_int8(tmp_path, capsys):
     from lmlab.cli import main
-    from lmlab.commands import _load_for_inference
+    from lmlab.loading import load_for_inference
     from lmlab.tokenizer import Tokenizer
     from lmlab.train.checkpoint import TOKENIZER_FILE, save_checkpoint
 
@@ -173,7 +173,7 @@ def test_cli_generate_quantize_int8(tmp_path, capsys):
     ckpt = save_checkpoint(tmp_path / "run", 1, tiny_gpt("gpt-nano"), tokenizer_json=None)
     tok.save(ckpt / TOKENIZER_FILE)
 
-    model, _, _ = _load_for_inference(tmp_path / "run", None, "float32", "int8")
+    model = load_for_inference(tmp_path / "run", None, "float32", "int8").model
     assert isinstance(model.lm_head, WeightOnlyInt8Linear)
     code = main(["generate", str(tmp_path / "run"), "--prompt", "the ", "--greedy",
                  "--max-new-tokens", "12", "--quantize", "int8"])

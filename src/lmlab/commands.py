@@ -203,31 +203,6 @@ def pretrain(data: Path, out: Path = Path("runs/gpt"), preset: str = "gpt-mini",
     _say(f"loss curve: {result['plot']}   metrics: {out}/metrics.jsonl   tensorboard: {out}/tb")
 
 
-def _load_for_inference(checkpoint: Path, tokenizer: Path | None, dtype: str,
-                        quantize: str = "none"):
-    import torch
-
-    from lmlab.tokenizer import Tokenizer
-    from lmlab.train.checkpoint import TOKENIZER_FILE, load_model, resolve_checkpoint
-
-    ckpt = resolve_checkpoint(checkpoint)
-    tok_path = tokenizer or ckpt / TOKENIZER_FILE
-    if not Path(tok_path).exists():
-        raise LmlabError(f"{ckpt}: no {TOKENIZER_FILE} in the checkpoint; pass --tokenizer")
-    tok = Tokenizer.from_file(tok_path)
-    model = load_model(ckpt, dtype=torch.bfloat16 if dtype == "bfloat16" else None)
-    if tok.vocab_size > model.config.vocab_size:
-        raise LmlabError(f"{tok_path}: tokenizer has {tok.vocab_size} tokens but the model in "
-                         f"{ckpt} has only {model.config.vocab_size}")
-    if quantize == "int8":
-        from lmlab.models.quantize import quantize_int8
-
-        quantize_int8(model)
-    elif quantize != "none":
-        raise LmlabError(f"unknown quantization {quantize!r} (choose none or int8)")
-    return model, tok, ckpt
-
-
 def evaluate(checkpoint: Path, text: Path, tokenizer: Path | None = None,
              stride: int | None = None, batch_size: int = 8,
              dtype: Literal["float32", "bfloat16"] = "float32",
@@ -255,8 +230,10 @@ def evaluate(checkpoint: Path, text: Path, tokenizer: Path | None = None,
     """
     from lmlab.data.corpus import iter_documents
     from lmlab.evaluate import evaluate_documents
+    from lmlab.loading import load_for_inference
 
-    model, tok, ckpt = _load_for_inference(checkpoint, tokenizer, dtype, quantize)
+    loaded = load_for_inference(checkpoint, tokenizer, dtype, quantize)
+    model, tok, ckpt = loaded.model, loaded.tokenizer, loaded.source
     docs = list(iter_documents(Path(text), txt_mode="file"))
     score = evaluate_documents(model, tok, docs, stride=stride, batch_size=batch_size)
     if json_out:
@@ -313,7 +290,10 @@ def generate(checkpoint: Path, prompt: str = "", max_new_tokens: int = 100,
         raise LmlabError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     if top_p is not None and not 0 < top_p <= 1:
         raise LmlabError(f"--top-p must be in (0, 1], got {top_p}")
-    model, tok, _ = _load_for_inference(checkpoint, tokenizer, dtype, quantize)
+    from lmlab.loading import load_for_inference
+
+    loaded = load_for_inference(checkpoint, tokenizer, dtype, quantize)
+    model, tok = loaded.model, loaded.tokenizer
     cfg = SamplingConfig(temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p,
                          repetition_penalty=repetition_penalty)
     live = stream and num_return_sequences == 1
@@ -339,6 +319,84 @@ def generate(checkpoint: Path, prompt: str = "", max_new_tokens: int = 100,
             _say(prompt + c.text)
     n_tok = sum(c.tokens for c in outs)
     print(f"[{n_tok} tokens in {dt:.2f}s, {n_tok / max(dt, 1e-9):.1f} tokens/s]", file=sys.stderr)
+
+
+def chat(model: Path, prompt: str | None = None, system: str | None = None,
+         max_new_tokens: int = 256, temperature: float = 0.7, top_p: float = 0.9,
+         top_k: int | None = None, repetition_penalty: float = 1.0, greedy: bool = False,
+         seed: int | None = None, tokenizer: Path | None = None,
+         dtype: Literal["float32", "bfloat16"] = "float32",
+         quantize: Literal["none", "int8"] = "none") -> None:
+    """Chat with a model in the terminal, answers streamed as they are generated.
+
+    Uses the model's own chat template (from the GGUF metadata or the HF
+    tokenizer_config.json), or a plain "User:/Assistant:" format for models
+    without one. The conversation is kept whole while it fits the context;
+    beyond that its oldest messages are dropped (the system message stays) and
+    a note says so. Type /reset to start over and /exit (or Ctrl-D) to leave.
+    With --prompt, answers one message and exits (for scripts).
+
+    Args:
+        model: a .gguf file, a Hugging Face folder, or an lmlab run/checkpoint
+        prompt: answer this one message and exit
+        system: a system message that opens the conversation
+        max_new_tokens: longest answer, in tokens
+        temperature: softmax temperature (0 = greedy)
+        top_p: nucleus sampling threshold (1 disables it)
+        top_k: keep only the k most likely tokens
+        repetition_penalty: >1 penalizes tokens already present (CTRL)
+        greedy: always pick the most likely token
+        seed: random seed
+        tokenizer: tokenizer file (default: the model's own)
+        dtype: float32 or bfloat16
+        quantize: int8 for weight-only int8 Linear layers
+
+    Examples:
+        lmlab chat SmolLM2-135M-Instruct.Q4_1.gguf
+        lmlab chat SmolLM2-135M-Instruct.Q4_1.gguf --prompt "Capital of France?" --greedy
+        echo "Tell me a joke" | lmlab chat ckpt/smollm2 --system "You are terse."
+    """
+    from lmlab.chat import ChatSession
+    from lmlab.generate import SamplingConfig
+    from lmlab.loading import load_for_inference
+
+    loaded = load_for_inference(model, tokenizer, dtype, quantize)
+    cfg = SamplingConfig(temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p,
+                         repetition_penalty=repetition_penalty)
+    session = ChatSession(loaded.model, loaded.tokenizer, loaded.chat_template, system=system,
+                          cfg=cfg, max_new_tokens=max_new_tokens, seed=seed)
+
+    def answer(text: str) -> None:
+        session.reply(text, on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+        _say()
+
+    if prompt is not None:
+        answer(prompt)
+        return
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"chatting with {loaded.source} ({loaded.model.num_params():,} parameters); "
+              "/reset starts over, /exit leaves", file=sys.stderr)
+    while True:
+        if interactive:
+            try:
+                line = input("> ")
+            except EOFError:
+                break
+        else:
+            line = sys.stdin.readline()
+            if not line:
+                break
+        line = line.strip()
+        if not line:
+            continue
+        if line == "/exit":
+            break
+        if line == "/reset":
+            session.reset()
+            _say("(conversation reset)")
+            continue
+        answer(line)
 
 
 def convert(source: Path, *, out: Path) -> None:
@@ -406,4 +464,5 @@ COMMANDS: dict = {
     "eval": evaluate,
     "generate": generate,
     "convert": convert,
+    "chat": chat,
 }

@@ -206,12 +206,12 @@ class StopChecker:
         return min(hits) if hits else -1
 
 
-def generate_text(model: GPT, tokenizer, prompt: str, *, max_new_tokens: int = 100,
+def generate_text(model: GPT, tokenizer, prompt: str | Sequence[int], *, max_new_tokens: int = 100,
                   cfg: SamplingConfig | None = None, num_return_sequences: int = 1,
                   stop: Sequence[str] = (), seed: int | None = None,
                   on_text: Callable[[int, str], None] | None = None,
                   warn: Callable[[str], None] | None = None) -> list[Completion]:
-    """Continue ``prompt``; return the continuation of each sequence.
+    """Continue ``prompt`` (text, or token ids); return the continuation of each sequence.
 
     ``on_text(row, piece)`` is called with newly decoded text as it streams
     (only text that cannot be the start of a stop string). Generation ends at
@@ -220,7 +220,7 @@ def generate_text(model: GPT, tokenizer, prompt: str, *, max_new_tokens: int = 1
     """
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
     device = next(model.parameters()).device
-    ids = tokenizer.encode(prompt)
+    ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
     if not ids:
         ids = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
     if not ids:

@@ -185,7 +185,7 @@ class Tokenizer:
 
     # ------------------------------------------------------------------ files
     @classmethod
-    def from_file(cls, path: str | Path) -> Tokenizer:
+    def from_file(cls, path: str | Path, *, eos_token: str | None = None) -> Tokenizer:
         """Load a tokenizer.json (or a directory holding one)."""
         from tokenizers import Tokenizer as HFTokenizer
 
@@ -209,7 +209,7 @@ class Tokenizer:
         except Exception as exc:  # the Rust side raises a bare Exception
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise LmlabError(f"{path}: not a valid tokenizer file ({msg})") from None
-        return cls(backend, _infer_kind(spec), path=path, json_text=text)
+        return cls(backend, _infer_kind(spec), path=path, json_text=text, eos_token=eos_token)
 
     def save(self, path: str | Path) -> None:
         """Write tokenizer.json atomically (to a directory: ``<dir>/tokenizer.json``)."""
@@ -229,9 +229,20 @@ class Tokenizer:
         self.path = path
 
     # ------------------------------------------------------------------ use
-    def encode(self, text: str) -> list[int]:
-        """Token ids of one text (no special tokens added)."""
-        return self._tok.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
+        """Token ids of one text (no special tokens added).
+
+        With ``allow_special``, special-token strings in the text become their
+        ids: for text lmlab writes itself, such as a rendered chat template,
+        never for user input.
+        """
+        if not allow_special:
+            return self._tok.encode(text, add_special_tokens=False).ids
+        self._tok.encode_special_tokens = False
+        try:
+            return self._tok.encode(text, add_special_tokens=False).ids
+        finally:
+            self._tok.encode_special_tokens = True
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of many texts, encoded in parallel on all cores by the Rust side."""

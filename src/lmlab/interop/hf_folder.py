@@ -20,6 +20,7 @@ from lmlab.atomic import atomic_dir
 from lmlab.config import GPTConfig
 from lmlab.errors import LmlabError
 from lmlab.interop import hf_gpt2, hf_llama
+from lmlab.models.gpt import GPT
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "vocab.json", "merges.txt", "generation_config.json")
@@ -79,10 +80,9 @@ def config_from_hf(hf: dict[str, Any], source: Path) -> GPTConfig:
                      "(supported: gpt2, llama and Llama-shaped models without attention bias)")
 
 
-def import_hf(folder: Path, out: Path) -> Path:
-    """Convert an HF GPT-2 or Llama folder into an lmlab checkpoint folder ``out``."""
-    from lmlab.models.gpt import GPT
-    from lmlab.train.checkpoint import load_weights, model_state
+def load_hf(folder: Path) -> GPT:
+    """An lmlab model (float32, eval mode) holding an HF GPT-2 or Llama folder's weights."""
+    from lmlab.train.checkpoint import load_weights
 
     folder = Path(folder)
     cfg_path = folder / "config.json"
@@ -102,11 +102,20 @@ def import_hf(folder: Path, out: Path) -> Path:
     with torch.device("meta"):
         model = GPT(config)
     load_weights(model, ours, folder / "model.safetensors")
+    return model.float().eval()
+
+
+def import_hf(folder: Path, out: Path) -> Path:
+    """Convert an HF GPT-2 or Llama folder into an lmlab checkpoint folder ``out``."""
+    from lmlab.train.checkpoint import model_state
+
+    folder = Path(folder)
+    model = load_hf(folder)
     with atomic_dir(out) as tmp:
         from safetensors.torch import save_file
 
         save_file(model_state(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        config.save(tmp / "config.json")
+        model.config.save(tmp / "config.json")
         for name in TOKENIZER_FILES:
             if (folder / name).exists():
                 shutil.copyfile(folder / name, tmp / name)

@@ -1,0 +1,111 @@
+"""Multi-turn chat: the model's own chat template, history kept within the context.
+
+Chat templates are the Jinja2 programs that Hugging Face tokenizers and GGUF
+files carry (``tokenizer.chat_template``); they are rendered the way
+``transformers`` renders them: a sandboxed environment with ``trim_blocks``
+and ``lstrip_blocks``, and ``messages``, ``add_generation_prompt``,
+``bos_token``, ``eos_token`` and ``raise_exception`` in scope. A model without
+a template (a base model pretrained with lmlab) gets a plain
+"User: ... / Assistant:" format.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import lru_cache
+
+from lmlab.errors import LmlabError
+from lmlab.generate import Completion, SamplingConfig, generate_text
+from lmlab.models.gpt import GPT
+from lmlab.tokenizer import Tokenizer
+
+PLAIN_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+PLAIN_STOPS = ("\nUser:", "\nSystem:")
+
+
+def _raise(message: str) -> None:
+    raise LmlabError(f"chat template: {message}")
+
+
+@lru_cache(maxsize=8)
+def _compile(template: str):
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = _raise
+    try:
+        return env.from_string(template)
+    except TemplateError as e:
+        raise LmlabError(f"chat template does not parse: {e}") from None
+
+
+def render_chat(template: str, messages: list[dict[str, str]], *,
+                add_generation_prompt: bool = True, bos_token: str = "",
+                eos_token: str = "") -> str:
+    """The prompt text for ``messages`` ([{"role": ..., "content": ...}, ...])."""
+    return _compile(template).render(messages=messages,
+                                     add_generation_prompt=add_generation_prompt,
+                                     bos_token=bos_token, eos_token=eos_token)
+
+
+class ChatSession:
+    """A conversation with one model; ``reply`` adds a user turn and answers it."""
+
+    def __init__(self, model: GPT, tokenizer: Tokenizer, template: str | None = None, *,
+                 system: str | None = None, cfg: SamplingConfig | None = None,
+                 max_new_tokens: int = 256, seed: int | None = None,
+                 warn: Callable[[str], None] | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.template = template or PLAIN_TEMPLATE
+        self.stops = () if template else PLAIN_STOPS
+        self.system = system
+        self.cfg = cfg or SamplingConfig(temperature=0.7, top_p=0.9)
+        self.max_new_tokens = min(max_new_tokens, model.config.block_size // 2)
+        self.seed = seed
+        self.warn = warn or (lambda msg: print(msg, file=sys.stderr))
+        self.messages: list[dict[str, str]] = []
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the conversation (the system message stays)."""
+        self.messages = [{"role": "system", "content": self.system}] if self.system else []
+
+    def _encode(self, messages: list[dict[str, str]]) -> list[int]:
+        tok = self.tokenizer
+        eos = tok.id_to_token(tok.eos_id) if tok.eos_id is not None else ""
+        text = render_chat(self.template, messages, eos_token=eos or "")
+        # The template writes control tokens (<|im_start|>...) as text: they
+        # must become their special ids, unlike in user-supplied text.
+        return tok.encode(text, allow_special=True)
+
+    def prompt_ids(self) -> list[int]:
+        """The rendered conversation, dropping the oldest turns until it fits the context."""
+        budget = self.model.config.block_size - self.max_new_tokens
+        first = 1 if self.system else 0
+        dropped = 0
+        ids = self._encode(self.messages)
+        while len(ids) > budget and len(self.messages) - first > 1:
+            del self.messages[first]  # the oldest user or assistant turn
+            dropped += 1
+            ids = self._encode(self.messages)
+        if dropped:
+            self.warn(f"(the conversation outgrew the context of {self.model.config.block_size} "
+                      f"tokens: dropped its {dropped} oldest message(s))")
+        return ids
+
+    def reply(self, text: str, on_text: Callable[[str], None] | None = None) -> Completion:
+        """Answer ``text``; ``on_text`` receives the answer as it streams."""
+        self.messages.append({"role": "user", "content": text})
+        ids = self.prompt_ids()
+        stream = (lambda _row, piece: on_text(piece)) if on_text else None
+        out = generate_text(self.model, self.tokenizer, ids, max_new_tokens=self.max_new_tokens,
+                            cfg=self.cfg, stop=self.stops, seed=self.seed, on_text=stream,
+                            warn=self.warn)[0]
+        self.messages.append({"role": "assistant", "content": out.text.strip()})
+        return out

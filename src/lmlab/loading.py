@@ -1,0 +1,93 @@
+"""Load any model lmlab can run: an lmlab run or checkpoint, an HF folder, a GGUF file.
+
+``load_for_inference`` is what `generate`, `eval` and `chat` call; it returns
+the model, its tokenizer and the chat template when the source has one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lmlab.errors import LmlabError
+from lmlab.models.gpt import GPT
+from lmlab.tokenizer import Tokenizer
+
+
+@dataclass
+class Loaded:
+    model: GPT
+    tokenizer: Tokenizer
+    source: Path
+    chat_template: str | None = None
+
+
+def _template_from_folder(folder: Path) -> str | None:
+    """The chat template of an HF tokenizer_config.json, if there is one."""
+    cfg = folder / "tokenizer_config.json"
+    if not cfg.is_file():
+        return None
+    template = json.loads(cfg.read_text()).get("chat_template")
+    if isinstance(template, list):  # several named templates: take the default one
+        named = {t.get("name"): t.get("template") for t in template}
+        template = named.get("default") or next(iter(named.values()), None)
+    return template
+
+
+def _eos_from_folder(folder: Path) -> str | None:
+    cfg = folder / "tokenizer_config.json"
+    if not cfg.is_file():
+        return None
+    eos = json.loads(cfg.read_text()).get("eos_token")
+    return eos.get("content") if isinstance(eos, dict) else eos
+
+
+def load_for_inference(source: Path, tokenizer: Path | None = None, dtype: str = "float32",
+                       quantize: str = "none") -> Loaded:
+    """Model + tokenizer from a run/checkpoint folder, an HF folder or a ``.gguf`` file."""
+    from lmlab.interop.hf_folder import is_hf_folder, load_hf
+    from lmlab.train.checkpoint import TOKENIZER_FILE, load_model, resolve_checkpoint
+
+    source = Path(source)
+    template = None
+    if source.suffix == ".gguf":
+        from lmlab.interop.gguf import load_gguf
+
+        if not source.is_file():
+            raise LmlabError(f"{source}: no such file")
+        model, tok, meta = load_gguf(source)
+        template = meta.get("chat_template")
+        folder = source
+    else:
+        if is_hf_folder(source):
+            folder = source
+            model = load_hf(source)
+        else:
+            folder = resolve_checkpoint(source)
+            model = load_model(folder)
+        tok_path = folder / TOKENIZER_FILE
+        if tokenizer is None and not tok_path.exists():
+            raise LmlabError(f"{folder}: no {TOKENIZER_FILE} beside the model; pass --tokenizer")
+        # An HF folder names its end token in tokenizer_config.json (e.g. <|im_end|>).
+        eos = _eos_from_folder(folder) if tokenizer is None else None
+        tok = Tokenizer.from_file(tokenizer or tok_path, eos_token=eos)
+        if eos and tok.token_to_id(eos) is None:
+            tok = Tokenizer.from_file(tok_path)
+        template = _template_from_folder(folder)
+    if tokenizer is not None and source.suffix == ".gguf":
+        tok = Tokenizer.from_file(tokenizer)
+    if tok.vocab_size > model.config.vocab_size:
+        raise LmlabError(f"{folder}: tokenizer has {tok.vocab_size} tokens but the model has "
+                         f"only {model.config.vocab_size}")
+    if dtype == "bfloat16":
+        model = model.to(torch.bfloat16)
+    if quantize == "int8":
+        from lmlab.models.quantize import quantize_int8
+
+        quantize_int8(model)
+    elif quantize != "none":
+        raise LmlabError(f"unknown quantization {quantize!r} (choose none or int8)")
+    return Loaded(model.eval(), tok, folder, template)
