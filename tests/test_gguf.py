@@ -262,3 +262,16 @@ def test_smollm2_logits_match_hf_llama(smollm2):
 def test_smollm2_end_token_is_im_end(smollm2):
     _, tok, meta = smollm2
     assert tok.eos_id == meta["eos_id"] and tok.id_to_token(tok.eos_id) == "<|im_end|>"
+
+
+@needs_smollm2
+def test_smollm2_batched_prompts_match_one_at_a_time(smollm2):
+    from lmlab.generate import generate_texts
+
+    model, tok, _ = smollm2
+    prompts = ["The capital of France is", "1, 2, 3,", "Water boils at a temperature of"]
+    greedy = SamplingConfig(temperature=0)
+    alone = [generate_texts(model, tok, [p], max_new_tokens=8, cfg=greedy)[0].text
+             for p in prompts]
+    batch = [c.text for c in generate_texts(model, tok, prompts, max_new_tokens=8, cfg=greedy)]
+    assert batch == alone

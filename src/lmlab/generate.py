@@ -77,14 +77,40 @@ def sample(logits: torch.Tensor, seen: torch.Tensor, cfg: SamplingConfig,
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-def prefill(model: GPT, idx: torch.Tensor) -> torch.Tensor:
+def prefill(model: GPT, idx: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
     """Fill the (fresh) cache with the prompt (B, T); return last logits (B, V)."""
-    return model(idx, start_pos=0, last_only=True)[:, -1]
+    return model(idx, start_pos=0, last_only=True, pad=pad)[:, -1]
 
 
-def decode_one_token(model: GPT, token: torch.Tensor, pos: int) -> torch.Tensor:
-    """Feed one token per row (B,) at position ``pos``; return logits (B, V)."""
-    return model(token.view(-1, 1), start_pos=pos)[:, -1]
+def decode_one_token(model: GPT, token: torch.Tensor, pos: int,
+                     pad: torch.Tensor | None = None) -> torch.Tensor:
+    """Feed one token per row (B,) at column ``pos``; return logits (B, V)."""
+    return model(token.view(-1, 1), start_pos=pos, pad=pad)[:, -1]
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0,
+             device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Prompts of different lengths as one (B, T) tensor padded on the left.
+
+    Returns the tensor and the number of padding columns of each row (B,), or
+    None when all prompts have the same length (no mask needed).
+    """
+    T = max(len(p) for p in prompts)
+    idx = torch.full((len(prompts), T), pad_id, dtype=torch.long, device=device)
+    for row, p in enumerate(prompts):
+        idx[row, T - len(p):] = torch.tensor(list(p), dtype=torch.long)
+    pad = torch.tensor([T - len(p) for p in prompts], device=device)
+    return idx, (pad if bool(pad.any()) else None)
+
+
+def _seen(seq: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+    """The tokens a row has seen, for the repetition penalty: padding columns are
+    replaced by the row's first real token, which the row has seen anyway."""
+    if pad is None:
+        return seq
+    cols = torch.arange(seq.size(1), device=seq.device)[None, :]
+    first = seq.gather(1, pad.clamp(max=seq.size(1) - 1)[:, None])  # (B, 1)
+    return torch.where(cols < pad[:, None], first, seq)
 
 
 def fit_prompt(ids: Sequence[int], block_size: int, max_new_tokens: int) -> tuple[list[int], int]:
@@ -103,11 +129,14 @@ def fit_prompt(ids: Sequence[int], block_size: int, max_new_tokens: int) -> tupl
 @torch.inference_mode()
 def generate(model: GPT, prompt: torch.Tensor, max_new_tokens: int,
              cfg: SamplingConfig | None = None, eos_id: int | None = None,
-             generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+             generator: torch.Generator | None = None,
+             pad: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
     """Yield the next token of every row (B,) for up to ``max_new_tokens`` steps.
 
-    ``prompt`` is (B, T) with T <= block_size - 1. Rows that produced
-    ``eos_id`` keep yielding eos; the loop stops once every row has.
+    ``prompt`` is (B, T) with T <= block_size - 1, left-padded by ``pad``
+    columns per row (see ``left_pad``) when the prompts differ in length.
+    Rows that produced ``eos_id`` keep yielding eos; the loop stops once every
+    row has.
     """
     cfg = cfg or SamplingConfig()
     block = model.config.block_size
@@ -124,10 +153,10 @@ def generate(model: GPT, prompt: torch.Tensor, max_new_tokens: int,
     cache_len = min(T + max_new_tokens, block)
     try:
         model.setup_cache(B, cache_len)
-        logits = prefill(model, seq)
+        logits = prefill(model, seq, pad)
         pos = T
         for _ in range(max_new_tokens):
-            tok = sample(logits, seq, cfg, generator)
+            tok = sample(logits, _seen(seq, pad), cfg, generator)
             if eos_id is not None:
                 tok = torch.where(done, torch.full_like(tok, eos_id), tok)
                 done |= tok == eos_id
@@ -138,12 +167,16 @@ def generate(model: GPT, prompt: torch.Tensor, max_new_tokens: int,
             if pos >= block:
                 # Context full: slide the window, recomputing the cache from the
                 # last half-context of tokens (works for learned and RoPE positions).
-                seq = seq[:, -(block // 2):]
+                dropped = seq.size(1) - block // 2
+                seq = seq[:, dropped:]
+                if pad is not None:
+                    pad = (pad - dropped).clamp(min=0)
+                    pad = pad if bool(pad.any()) else None
                 model.setup_cache(B, block)
-                logits = prefill(model, seq)
+                logits = prefill(model, seq, pad)
                 pos = seq.size(1)
             else:
-                logits = decode_one_token(model, tok, pos)
+                logits = decode_one_token(model, tok, pos, pad)
                 pos += 1
     finally:
         model.clear_cache()
@@ -206,31 +239,46 @@ class StopChecker:
         return min(hits) if hits else -1
 
 
-def generate_text(model: GPT, tokenizer, prompt: str | Sequence[int], *, max_new_tokens: int = 100,
-                  cfg: SamplingConfig | None = None, num_return_sequences: int = 1,
-                  stop: Sequence[str] = (), seed: int | None = None,
-                  on_text: Callable[[int, str], None] | None = None,
-                  warn: Callable[[str], None] | None = None) -> list[Completion]:
-    """Continue ``prompt`` (text, or token ids); return the continuation of each sequence.
+def generate_text(model: GPT, tokenizer, prompt: str | Sequence[int], *,
+                  num_return_sequences: int = 1, **kwargs) -> list[Completion]:
+    """Continue ``prompt`` (text, or token ids) ``num_return_sequences`` times.
 
-    ``on_text(row, piece)`` is called with newly decoded text as it streams
-    (only text that cannot be the start of a stop string). Generation ends at
-    ``max_new_tokens``, the tokenizer's end-of-text token, or a stop string
-    (which is not included in the result).
+    Keyword arguments are those of ``generate_texts``.
+    """
+    return generate_texts(model, tokenizer, [prompt] * num_return_sequences, **kwargs)
+
+
+def generate_texts(model: GPT, tokenizer, prompts: Sequence[str | Sequence[int]], *,
+                   max_new_tokens: int = 100, cfg: SamplingConfig | None = None,
+                   stop: Sequence[str] = (), seed: int | None = None,
+                   on_text: Callable[[int, str], None] | None = None,
+                   warn: Callable[[str], None] | None = None) -> list[Completion]:
+    """Continue every prompt (text, or token ids) in one batch; one Completion each.
+
+    Prompts of different lengths are left-padded and masked, so each gets the
+    same greedy continuation as it would alone (while the batch fits the
+    context; past it, the batch slides its window as one). ``on_text(row, piece)`` is
+    called with newly decoded text as it streams (only text that cannot be the
+    start of a stop string). A row ends at ``max_new_tokens``, the tokenizer's
+    end-of-text token, or a stop string (which is not included in the result).
     """
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
     device = next(model.parameters()).device
-    ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-    if not ids:
-        ids = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
-    if not ids:
-        raise ValueError("empty prompt and the tokenizer has no end-of-text token to start from")
-    ids, dropped = fit_prompt(ids, model.config.block_size, max_new_tokens)
-    if dropped:
-        warn(f"warning: prompt is longer than the context; kept its last {len(ids)} tokens "
-             f"(dropped {dropped})")
-    n = num_return_sequences
-    prompt_t = torch.tensor([ids] * n, dtype=torch.long, device=device)
+    id_lists = []
+    for prompt in prompts:
+        ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            ids = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+        if not ids:
+            raise ValueError("empty prompt and the tokenizer has no end-of-text token to "
+                             "start from")
+        ids, dropped = fit_prompt(ids, model.config.block_size, max_new_tokens)
+        if dropped:
+            warn(f"warning: prompt is longer than the context; kept its last {len(ids)} "
+                 f"tokens (dropped {dropped})")
+        id_lists.append(ids)
+    n = len(id_lists)
+    prompt_t, pad = left_pad(id_lists, pad_id=tokenizer.eos_id or 0, device=device)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -255,7 +303,7 @@ def generate_text(model: GPT, tokenizer, prompt: str | Sequence[int], *, max_new
             results[row] = Completion(text, len(rows[row].ids), final)
 
     eos = tokenizer.eos_id
-    for tok in generate(model, prompt_t, max_new_tokens, cfg, eos, generator):
+    for tok in generate(model, prompt_t, max_new_tokens, cfg, eos, generator, pad):
         for row, t in enumerate(tok.tolist()):
             if finished[row]:
                 continue

@@ -53,7 +53,10 @@ def rope_cache(config: GPTConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (i, i + hs/2) of x (B, n, T, hs) by the angles in cos/sin (T, hs)."""
+    """Rotate pairs (i, i + hs/2) of x (B, n, T, hs) by the angles in cos/sin.
+
+    cos/sin are (T, hs), or (B, 1, T, hs) when rows sit at different positions.
+    """
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat((-x2, x1), dim=-1)
     return (x * cos + rotated * sin).type_as(x)
@@ -92,7 +95,7 @@ class CausalSelfAttention(nn.Module):
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                start_pos: int) -> torch.Tensor:
+                start_pos: int, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         hs, nh, nkv = self.head_dim, self.n_head, self.n_kv_head
         q, k, v = self.c_attn(x).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
@@ -105,9 +108,10 @@ class CausalSelfAttention(nn.Module):
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(start_pos, k, v)  # (B, nkv, L, hs)
         L = k.size(2)
-        mask = None
         is_causal = False
-        if T == L:
+        if mask is not None:
+            pass  # (B, 1, T, L) from GPT.forward: left-padded rows of a batch
+        elif T == L:
             is_causal = T > 1  # plain training / prefill from position 0
         elif T > 1:
             # Chunked prefill after cached tokens: query i sees keys 0..start_pos+i.
@@ -155,8 +159,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                start_pos: int) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), rope, start_pos)
+                start_pos: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, start_pos, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -219,13 +223,16 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.attn.kv_cache = None
 
-    def forward(self, idx: torch.Tensor, start_pos: int = 0,
-                last_only: bool = False) -> torch.Tensor:
-        """Logits for token ids ``idx`` (B, T) sitting at positions start_pos..start_pos+T.
+    def forward(self, idx: torch.Tensor, start_pos: int = 0, last_only: bool = False,
+                pad: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits for token ids ``idx`` (B, T) sitting at columns start_pos..start_pos+T.
 
-        With a cache (``setup_cache``), keys and values of earlier positions are
+        With a cache (``setup_cache``), keys and values of earlier columns are
         reused. ``last_only`` computes logits of the last position only, which
         is all that decoding needs (the lm_head is the largest matmul).
+        ``pad`` (B,) says how many columns on the left of each row are padding:
+        those are masked out and each row's positions start at 0 on its first
+        real token, so a row gets the same logits as it would alone.
         """
         B, T = idx.shape
         if start_pos + T > self.config.block_size:
@@ -233,15 +240,28 @@ class GPT(nn.Module):
                 f"positions {start_pos}..{start_pos + T} exceed the context of "
                 f"{self.config.block_size} tokens")
         x = self.transformer.wte(idx)  # (B, T, C)
+        cols = torch.arange(start_pos, start_pos + T, device=idx.device)  # (T,)
+        mask = None
+        pos = cols
+        if pad is not None:
+            pos = (cols[None, :] - pad[:, None]).clamp(min=0)  # (B, T)
+            keys = torch.arange(start_pos + T, device=idx.device)  # (L,)
+            causal = keys[None, :] <= cols[:, None]  # (T, L)
+            real = keys[None, :] >= pad[:, None]  # (B, L)
+            # A query on a padding column sees itself, so no softmax row is empty.
+            mask = (causal[None] & real[:, None, :]) | (keys[None, :] == cols[:, None])[None]
+            mask = mask[:, None]  # (B, 1, T, L)
         rope = None
         if self.config.pos == "learned":
-            pos = torch.arange(start_pos, start_pos + T, device=idx.device)
             x = x + self.transformer.wpe(pos)
         else:
-            rope = (self.rope_cos[start_pos:start_pos + T], self.rope_sin[start_pos:start_pos + T])
+            cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # (T, hs) or (B, T, hs)
+            if pad is not None:
+                cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hs)
+            rope = (cos, sin)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, rope, start_pos)
+            x = block(x, rope, start_pos, mask)
         x = self.transformer.ln_f(x)
         if last_only:
             x = x[:, -1:, :]
