@@ -275,3 +275,42 @@ def test_smollm2_batched_prompts_match_one_at_a_time(smollm2):
              for p in prompts]
     batch = [c.text for c in generate_texts(model, tok, prompts, max_new_tokens=8, cfg=greedy)]
     assert batch == alone
+
+
+@needs_smollm2
+def test_smollm2_int8_greedy_on_reference_prompts(smollm2):
+    """Weight-only int8 keeps the answer; where its greedy text leaves float32's is reported.
+
+    Measured: " Paris.\n\nThe" then "answer" (float32) vs "United" (int8), a near
+    tie after the answer; the Jupiter prompt gives the same 8 tokens.
+    """
+    import copy
+
+    from lmlab.generate import generate_texts
+    from lmlab.models.quantize import quantize_int8
+
+    model, tok, _ = smollm2
+    q = quantize_int8(copy.deepcopy(model))
+    prompts = ["The capital of France is", "The largest planet in the solar system is"]
+    greedy = SamplingConfig(temperature=0)
+    ref = generate_texts(model, tok, prompts, max_new_tokens=8, cfg=greedy)
+    got = generate_texts(q, tok, prompts, max_new_tokens=8, cfg=greedy)
+    for p, a, b in zip(prompts, ref, got, strict=True):
+        same = next((i for i, (x, y) in enumerate(zip(a.text, b.text, strict=False)) if x != y),
+                    min(len(a.text), len(b.text)))
+        print(f"{p!r}: float32 {a.text!r}, int8 {b.text!r}, identical for {same} characters")
+        dot = a.text.find(".")
+        assert same >= (dot + 1 if dot >= 0 else len(a.text)), (p, a.text, b.text)
+
+
+@needs_smollm2
+def test_eval_cli_on_a_gguf(tmp_path, capsys):
+    import json
+
+    from lmlab.cli import main
+
+    text = tmp_path / "paris.txt"
+    text.write_text("Paris is the capital and largest city of France. " * 3)
+    assert main(["eval", str(smollm2_path()), str(text), "--json-out"]) == 0
+    score = json.loads(capsys.readouterr().out)
+    assert 1 < score["perplexity"] < 30 and score["bytes"] == len(text.read_bytes())
