@@ -81,6 +81,8 @@ def score_tokens(model: GPT, tokens: np.ndarray | torch.Tensor, *, stride: int |
     model.eval()
     wins = window_starts(len(toks), block, stride)
     nll, count = 0.0, 0
+    # Long contexts: fewer windows per forward, so activations stay bounded.
+    batch_size = max(1, min(batch_size, 32768 // block))
     for i in range(0, len(wins), batch_size):
         chunk = wins[i:i + batch_size]
         length = max(min(block, len(toks) - 1 - s) for s, _ in chunk)
@@ -90,10 +92,14 @@ def score_tokens(model: GPT, tokens: np.ndarray | torch.Tensor, *, stride: int |
             n = min(block, len(toks) - 1 - s)
             x[r, :n] = toks[s:s + n]
             y[r, first:n] = toks[s + 1 + first:s + 1 + n]
-        logits = model(x.to(device))
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(),
-                               ignore_index=-100, reduction="sum")
-        nll += loss.item()
+        h = model(x.to(device), hidden=True)  # (b, T, C)
+        y = y.to(device)
+        # The logits of a long window are huge (8192 tokens x 49152 words = 1.6 GB
+        # in float32 per row), so the lm_head and the loss go a chunk at a time.
+        for t in range(0, length, 512):
+            logits = model.lm_head(h[:, t:t + 512])  # (b, <=512, V)
+            nll += F.cross_entropy(logits.float().flatten(0, 1), y[:, t:t + 512].flatten(),
+                                   ignore_index=-100, reduction="sum").item()
         count += int((y != -100).sum())
         if progress:
             progress(len(chunk))

@@ -224,7 +224,7 @@ class GPT(nn.Module):
             block.attn.kv_cache = None
 
     def forward(self, idx: torch.Tensor, start_pos: int = 0, last_only: bool = False,
-                pad: torch.Tensor | None = None) -> torch.Tensor:
+                pad: torch.Tensor | None = None, hidden: bool = False) -> torch.Tensor:
         """Logits for token ids ``idx`` (B, T) sitting at columns start_pos..start_pos+T.
 
         With a cache (``setup_cache``), keys and values of earlier columns are
@@ -233,6 +233,8 @@ class GPT(nn.Module):
         ``pad`` (B,) says how many columns on the left of each row are padding:
         those are masked out and each row's positions start at 0 on its first
         real token, so a row gets the same logits as it would alone.
+        ``hidden`` returns the final hidden states (B, T, C) instead of logits,
+        for callers that apply ``lm_head`` in chunks to bound memory.
         """
         B, T = idx.shape
         if start_pos + T > self.config.block_size:
@@ -263,6 +265,8 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             x = block(x, rope, start_pos, mask)
         x = self.transformer.ln_f(x)
+        if hidden:
+            return x
         if last_only:
             x = x[:, -1:, :]
         return self.lm_head(x)  # (B, T, vocab_size)
