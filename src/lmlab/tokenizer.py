@@ -21,12 +21,19 @@ insert: text that happens to contain the string ``<|endoftext|>`` is encoded
 as ordinary characters (``encode_special_tokens`` in HF terms), so a document
 cannot forge a document boundary.
 
+Pretrained byte-level BPE also loads from the two other common formats, into
+the same HF model: GPT-2's ``vocab.json`` + ``merges.txt``, and tiktoken rank
+files (``*.tiktoken``, lines of ``base64(token bytes) rank``), whose merges are
+recovered from the ranks (see :func:`_merges_from_ranks`).
+
 `tokenizers` is imported inside the functions that need it, so importing this
 module is cheap.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import itertools
 import json
@@ -45,6 +52,11 @@ if TYPE_CHECKING:
 EOS_TOKEN = "<|endoftext|>"
 NUM_BYTES = 256
 FILE_NAME = "tokenizer.json"
+VOCAB_NAME = "vocab.json"
+MERGES_NAME = "merges.txt"
+# GPT-2's pre-tokenization regex (encoder.py in openai/gpt-2); HF's ByteLevel
+# pre-tokenizer with use_regex=True applies exactly this pattern.
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
 def _byte_token(b: int) -> str:
@@ -186,12 +198,22 @@ class Tokenizer:
     # ------------------------------------------------------------------ files
     @classmethod
     def from_file(cls, path: str | Path, *, eos_token: str | None = None) -> Tokenizer:
-        """Load a tokenizer.json (or a directory holding one)."""
+        """Load a tokenizer from a file or a directory.
+
+        Accepts a tokenizer.json; a ``*.tiktoken`` rank file (see
+        :meth:`from_tiktoken`, with its defaults); or a directory holding
+        tokenizer.json, else GPT-2's vocab.json + merges.txt.
+        """
         from tokenizers import Tokenizer as HFTokenizer
 
         path = Path(path)
         if path.is_dir():
+            vocab, merges = path / VOCAB_NAME, path / MERGES_NAME
+            if not (path / FILE_NAME).exists() and vocab.exists() and merges.exists():
+                return cls.from_vocab_merges(vocab, merges, eos_token=eos_token)
             path = path / FILE_NAME
+        elif path.suffix == ".tiktoken":
+            return cls.from_tiktoken(path, eos_token=eos_token)
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -210,6 +232,87 @@ class Tokenizer:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise LmlabError(f"{path}: not a valid tokenizer file ({msg})") from None
         return cls(backend, _infer_kind(spec), path=path, json_text=text, eos_token=eos_token)
+
+    @classmethod
+    def from_vocab_merges(
+        cls, vocab_path: str | Path, merges_path: str | Path, *, eos_token: str | None = None
+    ) -> Tokenizer:
+        """Load GPT-2-format byte-level BPE: ``vocab.json`` (token -> id) + ``merges.txt``.
+
+        Encodes exactly as GPT-2 (its regex, ByteLevel decoder) except that no
+        prefix space is added, as everywhere in lmlab. ``<|endoftext|>`` is made
+        a special token if the vocabulary has it. ``path`` is the vocab.json;
+        :attr:`sha256` hashes the HF serialisation of the built tokenizer.
+        """
+        vocab_path, merges_path = Path(vocab_path), Path(merges_path)
+        try:
+            vocab = json.loads(_read_text(vocab_path))
+        except json.JSONDecodeError as exc:
+            raise LmlabError(f"{vocab_path}: not valid JSON ({exc})") from None
+        if not isinstance(vocab, dict) or not all(
+            isinstance(k, str) and type(v) is int and v >= 0 for k, v in vocab.items()
+        ):
+            raise LmlabError(f"{vocab_path}: not a vocab.json (expected an object of token: id)")
+        if len(set(vocab.values())) != len(vocab):
+            raise LmlabError(f"{vocab_path}: vocab.json gives two tokens the same id")
+        merges: list[tuple[str, str]] = []
+        for lineno, line in enumerate(_read_text(merges_path).splitlines(), 1):
+            if not line.strip() or (lineno == 1 and line.startswith("#version")):
+                continue
+            parts = line.split()
+            if len(parts) != 2:
+                raise LmlabError(
+                    f"{merges_path}:{lineno}: a merge must be two tokens separated by a "
+                    f"space, got {line!r}"
+                )
+            merges.append((parts[0], parts[1]))
+        specials = [EOS_TOKEN] if EOS_TOKEN in vocab else []
+        return cls(
+            _byte_level_bpe(vocab, merges, specials, GPT2_PATTERN, vocab_path),
+            "bpe",
+            path=vocab_path,
+            eos_token=eos_token,
+        )
+
+    @classmethod
+    def from_tiktoken(
+        cls,
+        path: str | Path,
+        special_tokens: dict[str, int] | None = None,
+        pattern: str = GPT2_PATTERN,
+        *,
+        eos_token: str | None = None,
+    ) -> Tokenizer:
+        """Load a tiktoken rank file (lines of ``base64(token bytes) rank``) as byte-level BPE.
+
+        Token ids are the ranks. The merges are recovered from the ranks, so
+        encoding matches tiktoken's. ``special_tokens`` maps each special token
+        to its id; by default ``<|endoftext|>`` gets the id after the last rank
+        (50256 for GPT-2). ``pattern`` is the pre-tokenization regex (GPT-2's
+        by default; a tiktoken file does not store it). ``path`` is the rank
+        file; :attr:`sha256` hashes the HF serialisation of the built tokenizer.
+        """
+        path = Path(path)
+        ranks = _read_tiktoken(path)
+        if special_tokens is None:
+            special_tokens = {EOS_TOKEN: len(ranks)}
+        clash = [t for t, i in special_tokens.items() if i < len(ranks)]
+        if clash:
+            raise LmlabError(
+                f"{path}: special tokens {clash} need ids of at least {len(ranks)} "
+                "(the ids below are the file's ranks)"
+            )
+        if len(set(special_tokens.values())) != len(special_tokens):
+            raise LmlabError(f"{path}: two special tokens share an id: {special_tokens}")
+        byte_char = _bytes_to_unicode()
+        vocab = {"".join(byte_char[b] for b in tok): r for tok, r in ranks.items()}
+        merges = [
+            ("".join(byte_char[b] for b in left), "".join(byte_char[b] for b in right))
+            for left, right in _merges_from_ranks(ranks, path)
+        ]
+        vocab.update(special_tokens)
+        backend = _byte_level_bpe(vocab, merges, list(special_tokens), pattern, path)
+        return cls(backend, "bpe", path=path, eos_token=eos_token)
 
     def save(self, path: str | Path) -> None:
         """Write tokenizer.json atomically (to a directory: ``<dir>/tokenizer.json``)."""
@@ -292,9 +395,12 @@ class Tokenizer:
     def sha256(self) -> str:
         """Hash of the tokenizer's canonical JSON (sorted keys, no whitespace).
 
-        Canonicalising the file's own JSON, rather than hashing HF's
-        re-serialisation, keeps the hash stable across `tokenizers` versions
-        (which add fields) and across pretty-printing.
+        For a tokenizer.json that is the file's JSON; for one built from
+        vocab.json + merges.txt, a .tiktoken file or training, it is HF's
+        serialisation of the built tokenizer (equal to the hash of the
+        tokenizer.json that :meth:`save` writes). Canonicalising the file's own
+        JSON, rather than hashing HF's re-serialisation, keeps the hash stable
+        across `tokenizers` versions (which add fields) and across pretty-printing.
         """
         text = self._json_text if self._json_text is not None else self._tok.to_str()
         canonical = json.dumps(
@@ -305,6 +411,126 @@ class Tokenizer:
     def __repr__(self) -> str:
         where = f", path={str(self.path)!r}" if self.path else ""
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size}{where})"
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LmlabError(f"{path}: tokenizer file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LmlabError(f"{path}: cannot read tokenizer file: {exc}") from None
+
+
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2's byte -> printable character table (the ByteLevel alphabet).
+
+    Printable Latin-1 bytes stand for themselves; the other 68 bytes (controls,
+    space, soft hyphen, ...) are shifted to U+0100 and up, in byte order, so
+    that space becomes 'Ġ' (U+0120).
+    """
+    keep = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    table = [""] * NUM_BYTES
+    shifted = 0
+    for b in range(NUM_BYTES):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(NUM_BYTES + shifted)
+            shifted += 1
+    return table
+
+
+def _read_tiktoken(path: Path) -> dict[bytes, int]:
+    """Parse a .tiktoken file into token bytes -> rank; ranks must be exactly 0..n-1."""
+    ranks: dict[bytes, int] = {}
+    for lineno, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            token, rank = base64.b64decode(parts[0], validate=True), int(parts[1])
+        except (ValueError, binascii.Error):
+            raise LmlabError(
+                f"{path}:{lineno}: expected 'base64 rank', got {line[:80]!r}"
+            ) from None
+        if token in ranks:
+            raise LmlabError(f"{path}:{lineno}: token {token!r} appears twice")
+        ranks[token] = rank
+    if not ranks:
+        raise LmlabError(f"{path}: no ranks in tiktoken file")
+    if sorted(ranks.values()) != list(range(len(ranks))):
+        dups = [r for r, n in Counter(ranks.values()).items() if n > 1]
+        problem = f"rank {min(dups)} is used twice" if dups else "some ranks are missing"
+        raise LmlabError(f"{path}: ranks must be 0..{len(ranks) - 1} once each, but {problem}")
+    return ranks
+
+
+def _merges_from_ranks(ranks: dict[bytes, int], path: Path) -> list[tuple[bytes, bytes]]:
+    """Recover BPE merges from tiktoken ranks, in rank order.
+
+    tiktoken merges, at each step, the adjacent pair whose concatenation has
+    the lowest rank. So the merge that created a token of rank r is the last
+    step of that same procedure run on the token's bytes with only ranks below
+    r allowed: it ends with exactly two parts. Ordering the merges by the rank
+    of their result gives HF BPE the same priorities.
+    """
+    merges: list[tuple[int, bytes, bytes]] = []
+    for token, rank in ranks.items():
+        if len(token) < 2:
+            continue
+        parts = [token[i : i + 1] for i in range(len(token))]
+        while len(parts) > 2:
+            best, best_rank = -1, rank
+            for i in range(len(parts) - 1):
+                r = ranks.get(parts[i] + parts[i + 1])
+                if r is not None and r < best_rank:
+                    best, best_rank = i, r
+            if best < 0:
+                break
+            parts[best : best + 2] = [parts[best] + parts[best + 1]]
+        if len(parts) != 2 or any(ranks.get(p, rank) >= rank for p in parts):
+            raise LmlabError(
+                f"{path}: token {token!r} (rank {rank}) cannot be built by merging two "
+                "tokens of lower rank"
+            )
+        merges.append((rank, parts[0], parts[1]))
+    merges.sort()
+    return [(a, b) for _, a, b in merges]
+
+
+def _byte_level_bpe(
+    vocab: dict[str, int],
+    merges: list[tuple[str, str]],
+    specials: list[str],
+    pattern: str,
+    path: Path,
+) -> tokenizers.Tokenizer:
+    """An HF byte-level BPE tokenizer, split like GPT-2 (or by ``pattern``), no prefix space."""
+    from tokenizers import Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    try:
+        model = models.BPE(vocab=vocab, merges=merges)
+    except Exception as exc:  # the Rust side raises a bare Exception
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise LmlabError(f"{path}: not a valid BPE vocabulary ({msg})") from None
+    tok = HFTokenizer(model)
+    if pattern == GPT2_PATTERN:
+        pre = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    else:
+        pre = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(specials)
+    return tok
 
 
 def _require_text(texts: Iterable[str]) -> Iterator[str]:
