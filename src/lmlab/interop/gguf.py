@@ -270,26 +270,20 @@ def load_gguf(path: str | Path) -> tuple[GPT, Tokenizer, dict[str, Any]]:
     file has one, ``chat_template`` (a Jinja string).
     """
     from lmlab.models.gpt import GPT
-    from lmlab.train.checkpoint import load_weights, model_state
+    from lmlab.train.checkpoint import build_model, model_state
 
     path = Path(path)
     reader = read_gguf(path)
     config = gguf_config(reader, path)
     tokenizer = gguf_tokenizer(reader, path)
     meta = gguf_metadata(reader, path)
-    try:
-        sd = hf_llama.from_hf_llama(gguf_hf_state_dict(reader, config, path), config.n_layer)
-    except KeyError as e:
-        raise LmlabError(f"{path}: tensor {e} is missing for a "
-                         f"{config.n_layer}-layer Llama") from None
-    if config.tie_embeddings:
-        sd.pop("lm_head.weight", None)
+    sd = hf_llama.from_hf_llama(gguf_hf_state_dict(reader, config, path), config.n_layer,
+                                str(path))
     with torch.device("meta"):
-        model = GPT(config)
-    for name, want in model_state(model).items():
+        shapes = {k: v.shape for k, v in model_state(GPT(config)).items()}
+    for name, want in shapes.items():
         # Checked here so that the message blames the GGUF metadata, not a config.json.
-        if name in sd and sd[name].shape != want.shape:
+        if name in sd and sd[name].shape != want:
             raise LmlabError(f"{path}: tensor {name} has shape {tuple(sd[name].shape)} but "
-                             f"the GGUF metadata implies {tuple(want.shape)}")
-    load_weights(model, sd, path)
-    return model.eval(), tokenizer, meta
+                             f"the GGUF metadata implies {tuple(want)}")
+    return build_model(config, sd, path), tokenizer, meta

@@ -82,7 +82,7 @@ def config_from_hf(hf: dict[str, Any], source: Path) -> GPTConfig:
 
 def load_hf(folder: Path) -> GPT:
     """An lmlab model (float32, eval mode) holding an HF GPT-2 or Llama folder's weights."""
-    from lmlab.train.checkpoint import load_weights
+    from lmlab.train.checkpoint import build_model
 
     folder = Path(folder)
     cfg_path = folder / "config.json"
@@ -92,17 +92,8 @@ def load_hf(folder: Path) -> GPT:
     if hf["model_type"] == "gpt2":
         ours = hf_gpt2.from_hf_gpt2(sd)
     else:
-        try:
-            ours = hf_llama.from_hf_llama(sd, config.n_layer)
-        except KeyError as e:
-            raise LmlabError(f"{folder}: tensor {e} is missing for a "
-                             f"{config.n_layer}-layer Llama (config.json)") from None
-    if config.tie_embeddings:
-        ours.pop("lm_head.weight", None)
-    with torch.device("meta"):
-        model = GPT(config)
-    load_weights(model, ours, folder / "model.safetensors")
-    return model.float().eval()
+        ours = hf_llama.from_hf_llama(sd, config.n_layer, f"{folder} (config.json)")
+    return build_model(config, ours, folder / "model.safetensors").float()
 
 
 def import_hf(folder: Path, out: Path) -> Path:

@@ -58,8 +58,16 @@ def lmlab_config_from_hf_llama(hf: dict[str, Any]) -> GPTConfig:
                      tie_embeddings=hf.get("tie_word_embeddings", False))
 
 
-def from_hf_llama(sd: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor]:
+def from_hf_llama(sd: dict[str, torch.Tensor], n_layer: int,
+                  source: str = "the state dict") -> dict[str, torch.Tensor]:
     """``LlamaForCausalLM`` state dict -> lmlab state dict."""
+    try:
+        return _from_hf_llama(sd, n_layer)
+    except KeyError as e:
+        raise LmlabError(f"{source}: tensor {e} is missing for a {n_layer}-layer Llama") from None
+
+
+def _from_hf_llama(sd: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor]:
     out = {"transformer.wte.weight": sd["model.embed_tokens.weight"],
            "transformer.ln_f.weight": sd["model.norm.weight"]}
     if "lm_head.weight" in sd:

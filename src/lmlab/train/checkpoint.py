@@ -134,12 +134,23 @@ def load_model(path: Path, device: str = "cpu", dtype: torch.dtype | None = None
         sd = load_file(str(ckpt / MODEL_FILE), device=device)
     except (SafetensorError, OSError) as e:
         raise LmlabError(f"{ckpt / MODEL_FILE}: unreadable safetensors file ({e})") from None
-    with torch.device("meta"):
-        model = GPT(config)
-    load_weights(model, sd, ckpt / MODEL_FILE)
-    model = model.to(device)
+    model = build_model(config, sd, ckpt / MODEL_FILE).to(device)
     if dtype is not None:
         model = model.to(dtype)
+    return model.eval()
+
+
+def build_model(config: GPTConfig, sd: dict[str, torch.Tensor], source: Path) -> GPT:
+    """A model for ``config`` holding the weights ``sd`` (no random init, no copy).
+
+    A tied config ignores any ``lm_head.weight`` in ``sd`` (it is the input
+    embedding); every other key must match, or the error names ``source``.
+    """
+    if config.tie_embeddings:
+        sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
+    with torch.device("meta"):
+        model = GPT(config)
+    load_weights(model, sd, source)
     return model.eval()
 
 
