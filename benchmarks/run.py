@@ -1,7 +1,7 @@
 """Run lmlab's benchmarks and print markdown tables.
 
     python benchmarks/run.py                   # everything, default settings (~5 min)
-    python benchmarks/run.py --only train      # or: --only generate
+    python benchmarks/run.py --only train      # or: --only generate, --only smollm2
     python benchmarks/run.py --quick           # short smoke version (~1 min)
 
 Each benchmark runs its peer (Hugging Face transformers) in the same process
@@ -19,10 +19,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_generate  # noqa: E402
+import bench_smollm2  # noqa: E402
 import bench_train  # noqa: E402
 from common import machine_line, wait_for_idle  # noqa: E402
 
-BENCHMARKS = {"train": bench_train, "generate": bench_generate}
+BENCHMARKS = {"train": bench_train, "generate": bench_generate, "smollm2": bench_smollm2}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="run only this benchmark (repeatable)")
     ap.add_argument("--quick", action="store_true", help="short smoke version of each benchmark")
     ap.add_argument("--profile", action="store_true",
-                    help="also profile one lmlab decode step (generate benchmark)")
+                    help="also profile one lmlab decode step (generate, smollm2)")
     ap.add_argument("--wait-idle", type=float, default=120.0, metavar="SECONDS",
                     help="before each benchmark, wait up to this long for other processes "
                          "to leave the CPUs idle (default 120; 0 to skip)")
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         res = mod.run_benchmark(mod.QUICK if args.quick else mod.Settings(), log=log)
         out = mod.format_results(res)
-        if name == "generate" and args.profile:
+        if name in ("generate", "smollm2") and args.profile:
             out += "\n\n" + mod.profile_decode()
         walls[name] = res["wall_s"] = time.perf_counter() - t0
         print(out)
