@@ -11,6 +11,7 @@ from lmlab.generate import (
     StopChecker,
     apply_repetition_penalty,
     fit_prompt,
+    generate,
     generate_text,
     process_logits,
     sample,
@@ -136,3 +137,12 @@ def test_padded_logits_equal_unpadded():
         batched = model(idx, pad=pad)
         torch.testing.assert_close(batched[0], model(torch.tensor([a]))[0])
         torch.testing.assert_close(batched[1, 4:], model(torch.tensor([b]))[0])
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_gives_the_same_tokens(model):
+    prompt = torch.randint(0, model.config.vocab_size, (1, 5))
+    greedy = SamplingConfig(temperature=0)
+    eager = torch.stack(list(generate(model, prompt, 12, greedy)), 1)
+    compiled = torch.stack(list(generate(model, prompt, 12, greedy, compile=True)), 1)
+    assert compiled.tolist() == eager.tolist()
