@@ -85,13 +85,17 @@ def gguf_path() -> Path:
 
 
 # ------------------------------------------------------------ measurement
-def time_lmlab(model, prompt: torch.Tensor, n: int):
+COMPILED = "lmlab fp32 --compile"
+
+
+def time_lmlab(model, prompt: torch.Tensor, n: int, compile: bool = False):
     """Token ids (B, n), start time and the time each step's tokens came out."""
     from lmlab.generate import SamplingConfig, generate
 
     steps, stamps = [], []
     t0 = time.perf_counter()
-    for tok in generate(model, prompt, n, SamplingConfig(temperature=0.0), eos_id=None):
+    for tok in generate(model, prompt, n, SamplingConfig(temperature=0.0), eos_id=None,
+                        compile=compile):
         steps.append(tok.tolist())
         stamps.append(time.perf_counter())
     ids = [list(row) for row in zip(*steps, strict=True)]
@@ -202,6 +206,10 @@ def run_benchmark(settings: Settings, log=print) -> dict:
 
     runners = [(Timing(name, b), runner(fn, m, prompts[b]))
                for b in settings.batches for name, fn, m in models]
+    # `lmlab generate --compile`: the decode step through torch.compile, batch 1
+    # (its one-off compile, ~1 min, happens in the warm-up and is not timed).
+    runners.insert(1, (Timing(COMPILED, 1),
+                       lambda n: time_lmlab(model, prompts[1][:1], n, compile=True)))
     log("  warm-up")
     for _, fn in runners:
         fn(4)
@@ -244,7 +252,7 @@ def format_results(res: dict) -> str:
         kind = "int8" if r["name"] == INT8 else "bf16" if "bf16" in r["name"] else "fp32"
         dec = 1 / median(r["intervals"])  # steps/s = tokens/s per sequence
         e2e = median(r["e2e_tps"])
-        targeted = r["name"] == "lmlab fp32" and b == 1
+        targeted = r["name"] in ("lmlab fp32", COMPILED) and b == 1
         bound = res[f"bound_{kind}"]
         rows.append([
             r["name"], str(b),
