@@ -27,9 +27,7 @@ allowed to differ (quantization changes the logits).
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OthersCpu, machine_line, median, table, verdict  # noqa: E402
+from common import OthersCpu, median, run_standalone, table, verdict  # noqa: E402
 
 THREADS = 2
 PRESET = "gpt2-124m"
@@ -376,24 +374,7 @@ def profile_decode(steps: int = 32) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="8 tokens, one repeat (smoke test)")
-    ap.add_argument("--profile", action="store_true", help="also profile lmlab's decode step")
-    ap.add_argument("--json", type=Path, help="also write the raw results here")
-    args = ap.parse_args(argv)
-    t0 = time.perf_counter()
-    res = run_benchmark(QUICK if args.quick else Settings(),
-                        log=lambda m: print(m, file=sys.stderr))
-    res["wall_s"] = time.perf_counter() - t0
-    print(machine_line())
-    print()
-    print(format_results(res))
-    if args.profile:
-        print()
-        print(profile_decode())
-    print(f"\nwall time: {time.perf_counter() - t0:.0f} s")
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=1) + "\n")
+    run_standalone(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -141,3 +141,31 @@ class OthersCpu:
         own = t.user + t.system - self._own
         wall = time.perf_counter() - self._wall
         return max(0.0, (busy_s - own) / (wall * (os.cpu_count() or 1)))
+
+
+def run_standalone(mod, argv: list[str] | None = None) -> None:
+    """``python benchmarks/bench_X.py [--quick] [--profile] [--json F]`` for a decode bench."""
+    import argparse
+    import json
+    import sys
+    import time
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(description=(mod.__doc__ or "").splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="8 tokens, one repeat (smoke test)")
+    ap.add_argument("--profile", action="store_true", help="also profile lmlab's decode step")
+    ap.add_argument("--json", type=Path, help="also write the raw results here")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    res = mod.run_benchmark(mod.QUICK if args.quick else mod.Settings(),
+                            log=lambda m: print(m, file=sys.stderr))
+    res["wall_s"] = time.perf_counter() - t0
+    print(machine_line())
+    print()
+    print(mod.format_results(res))
+    if args.profile:
+        print()
+        print(mod.profile_decode())
+    print(f"\nwall time: {time.perf_counter() - t0:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1) + "\n")
