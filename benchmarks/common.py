@@ -169,3 +169,41 @@ def run_standalone(mod, argv: list[str] | None = None) -> None:
     print(f"\nwall time: {time.perf_counter() - t0:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(res, indent=1) + "\n")
+
+
+def profile_decode_steps(model, prompt, steps: int):
+    """Time and profile ``steps`` greedy one-token decode steps after ``prompt`` (B, T).
+
+    Returns (seconds per step without the profiler, the profiler's key averages,
+    ms of op self-time per step, seconds of matmul self-time per step).
+    """
+    import time
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from lmlab.generate import decode_one_token, prefill
+
+    T = prompt.size(1)
+    with torch.inference_mode():
+        model.setup_cache(prompt.size(0), T + 2 * steps + 8)
+        tok = prefill(model, prompt).argmax(-1)
+        pos = T
+        for _ in range(4):  # warm-up
+            tok = decode_one_token(model, tok, pos).argmax(-1)
+            pos += 1
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            tok = decode_one_token(model, tok, pos).argmax(-1)
+            pos += 1
+        wall = (time.perf_counter() - t0) / steps
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                tok = decode_one_token(model, tok, pos).argmax(-1)
+                pos += 1
+        model.clear_cache()
+    avg = prof.key_averages()
+    total_ops = sum(e.self_cpu_time_total for e in avg) / steps / 1e3
+    matmul_s = sum(e.self_cpu_time_total for e in avg
+                   if e.key in ("aten::addmm", "aten::mm")) / steps / 1e6
+    return wall, avg, total_ops, matmul_s

