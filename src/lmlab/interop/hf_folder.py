@@ -17,13 +17,12 @@ from typing import Any
 import torch
 
 from lmlab.atomic import atomic_dir
-from lmlab.config import GPTConfig
+from lmlab.config import BertConfig, GPTConfig
 from lmlab.errors import LmlabError
-from lmlab.interop import hf_gpt2, hf_llama
-from lmlab.models.gpt import GPT
+from lmlab.interop import hf_bert, hf_gpt2, hf_llama
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "vocab.json", "merges.txt", "generation_config.json")
+                   "vocab.json", "merges.txt", "generation_config.json", "vocab.txt")
 _PICKLES = ("pytorch_model.bin", "model.bin", "pytorch_model.bin.index.json", "model.pt",
             "model.pth", "consolidated.00.pth")
 
@@ -67,9 +66,12 @@ def read_hf_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def config_from_hf(hf: dict[str, Any], source: Path) -> GPTConfig:
+def config_from_hf(hf: dict[str, Any], source: Path,
+                   pooler: bool = True) -> GPTConfig | BertConfig:
     kind = hf.get("model_type")
     try:
+        if kind == "bert":
+            return hf_bert.bert_config_from_hf(hf, pooler=pooler)
         if kind == "gpt2":
             return hf_gpt2.lmlab_config_from_hf_gpt2(hf)
         if kind in ("llama", "mistral", "qwen2") and not hf.get("attention_bias", False):
@@ -77,19 +79,26 @@ def config_from_hf(hf: dict[str, Any], source: Path) -> GPTConfig:
     except KeyError as e:
         raise LmlabError(f"{source}: a {kind} config needs the field {e}") from None
     raise LmlabError(f"{source}: model_type {kind!r} is not supported "
-                     "(supported: gpt2, llama and Llama-shaped models without attention bias)")
+                     "(supported: gpt2, bert, llama and Llama-shaped models without attention bias)")
 
 
-def load_hf(folder: Path) -> GPT:
-    """An lmlab model (float32, eval mode) holding an HF GPT-2 or Llama folder's weights."""
+def load_hf(folder: Path) -> torch.nn.Module:
+    """An lmlab model (float32, eval mode) holding an HF GPT-2, Llama or BERT folder's weights.
+
+    A BERT folder gives a ``BertForPreTraining`` if it holds the masked-LM head
+    (``BertForMaskedLM`` / ``BertForPreTraining``), else a bare ``Bert`` encoder.
+    """
     from lmlab.train.checkpoint import build_model
 
     folder = Path(folder)
     cfg_path = folder / "config.json"
     hf = json.loads(cfg_path.read_text())
     sd = read_hf_state_dict(folder)  # first: a pickle folder is refused before anything else
-    config = config_from_hf(hf, cfg_path)
-    if hf["model_type"] == "gpt2":
+    pooler = any(k.endswith("pooler.dense.weight") for k in sd)
+    config = config_from_hf(hf, cfg_path, pooler=pooler)
+    if hf["model_type"] == "bert":
+        ours = hf_bert.from_hf_bert(sd)
+    elif hf["model_type"] == "gpt2":
         ours = hf_gpt2.from_hf_gpt2(sd)
     else:
         ours = hf_llama.from_hf_llama(sd, config.n_layer, f"{folder} (config.json)")
@@ -97,7 +106,7 @@ def load_hf(folder: Path) -> GPT:
 
 
 def import_hf(folder: Path, out: Path) -> Path:
-    """Convert an HF GPT-2 or Llama folder into an lmlab checkpoint folder ``out``."""
+    """Convert an HF GPT-2, Llama or BERT folder into an lmlab checkpoint folder ``out``."""
     from lmlab.train.checkpoint import model_state
 
     folder = Path(folder)
@@ -113,9 +122,13 @@ def import_hf(folder: Path, out: Path) -> Path:
     return Path(out)
 
 
-def hf_config_for(config: GPTConfig) -> dict[str, Any]:
+def hf_config_for(config: GPTConfig | BertConfig,
+                  architecture: str | None = None) -> dict[str, Any]:
     """config.json contents that ``transformers.AutoConfig`` reads back as this model."""
-    if config.norm == "layernorm":
+    if isinstance(config, BertConfig):
+        d = hf_bert.hf_bert_config(config)
+        d.update(model_type="bert", architectures=[architecture or "BertModel"])
+    elif config.norm == "layernorm":
         d = hf_gpt2.hf_gpt2_config(config)
         d.update(model_type="gpt2", architectures=["GPT2LMHeadModel"], n_ctx=config.block_size)
     else:
@@ -126,7 +139,8 @@ def hf_config_for(config: GPTConfig) -> dict[str, Any]:
 
 
 def export_hf(checkpoint: Path, out: Path) -> Path:
-    """Write an lmlab checkpoint as an HF folder loadable by ``AutoModelForCausalLM``."""
+    """Write an lmlab checkpoint as an HF folder: ``AutoModelForCausalLM`` loads a GPT's,
+    ``BertForPreTraining`` / ``BertForMaskedLM`` / ``BertModel`` an encoder's."""
     from safetensors.torch import save_file
 
     from lmlab.train.checkpoint import load_model, model_state, resolve_checkpoint
@@ -134,13 +148,26 @@ def export_hf(checkpoint: Path, out: Path) -> Path:
     ckpt = resolve_checkpoint(checkpoint)
     model = load_model(ckpt)
     config = model.config
-    hf_cfg = hf_config_for(config)
     sd = model_state(model)
-    if config.norm == "layernorm":
+    if isinstance(config, BertConfig):
+        if not any(k.startswith("bert.") for k in sd):
+            sd = {f"bert.{k}": v for k, v in sd.items()}  # a bare encoder
+        arch = ("BertForPreTraining" if "nsp.weight" in sd else
+                "BertForMaskedLM" if "mlm.bias" in sd else "BertModel")
+        hf_cfg = hf_config_for(config, arch)
+        theirs = hf_bert.to_hf_bert(sd, config.n_embd)
+        # HF re-ties the decoder to the word embeddings on load.
+        theirs.pop("cls.predictions.decoder.weight", None)
+        theirs.pop("cls.predictions.decoder.bias", None)
+        if arch == "BertModel":
+            theirs = {k.removeprefix("bert."): v for k, v in theirs.items()}
+    elif config.norm == "layernorm":
+        hf_cfg = hf_config_for(config)
         theirs = hf_gpt2.to_hf_gpt2(sd)
     else:
+        hf_cfg = hf_config_for(config)
         theirs = hf_llama.to_hf_llama(sd, config)
-    if config.tie_embeddings:
+    if getattr(config, "tie_embeddings", False):
         theirs.pop("lm_head.weight", None)  # HF re-ties it from the input embedding
     with atomic_dir(out) as tmp:
         save_file({k: v.contiguous() for k, v in theirs.items()}, str(tmp / "model.safetensors"),

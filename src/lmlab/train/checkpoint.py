@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from lmlab.atomic import atomic_dir, write_text
-from lmlab.config import GPTConfig
+from lmlab.config import BertConfig, GPTConfig, load_config
 from lmlab.errors import LmlabError
 from lmlab.models.gpt import GPT
 
@@ -27,10 +27,10 @@ OPTIM_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
 
 
-def model_state(model: GPT) -> dict[str, torch.Tensor]:
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The state dict to save: a tied lm_head is stored once (as wte), like GPT-2."""
     sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if model.config.tie_embeddings:
+    if getattr(model.config, "tie_embeddings", False):
         sd.pop("lm_head.weight", None)
     return sd
 
@@ -121,15 +121,20 @@ def resolve_checkpoint(path: Path) -> Path:
                      "(no checkpoints/latest)")
 
 
-def load_model(path: Path, device: str = "cpu", dtype: torch.dtype | None = None) -> GPT:
-    """Build the model from config.json and load model.safetensors, checking every key."""
+def load_model(path: Path, device: str = "cpu",
+               dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """Build the model from config.json and load model.safetensors, checking every key.
+
+    A GPT for a decoder's config; for an encoder's, a ``BertForPreTraining``
+    when the weights include the masked-LM head, else the bare ``Bert``.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     ckpt = resolve_checkpoint(path)
     if not (ckpt / CONFIG_FILE).exists():
         raise LmlabError(f"{ckpt}: missing {CONFIG_FILE}")
-    config = GPTConfig.load(ckpt / CONFIG_FILE)
+    config = load_config(ckpt / CONFIG_FILE)
     try:
         sd = load_file(str(ckpt / MODEL_FILE), device=device)
     except (SafetensorError, OSError) as e:
@@ -140,12 +145,26 @@ def load_model(path: Path, device: str = "cpu", dtype: torch.dtype | None = None
     return model.eval()
 
 
-def build_model(config: GPTConfig, sd: dict[str, torch.Tensor], source: Path) -> GPT:
+def build_model(config: GPTConfig | BertConfig, sd: dict[str, torch.Tensor],
+                source: Path) -> torch.nn.Module:
     """A model for ``config`` holding the weights ``sd`` (no random init, no copy).
 
     A tied config ignores any ``lm_head.weight`` in ``sd`` (it is the input
     embedding); every other key must match, or the error names ``source``.
+    An encoder's weights (``bert.*`` keys, from ``interop.hf_bert``) give a
+    ``BertForPreTraining`` when they hold the masked-LM head, else a ``Bert``.
     """
+    if isinstance(config, BertConfig):
+        from lmlab.models.bert import Bert, BertForPreTraining
+
+        with torch.device("meta"):
+            if "mlm.bias" in sd:
+                model = BertForPreTraining(config, nsp="nsp.weight" in sd)
+            else:
+                model = Bert(config)
+                sd = {k.removeprefix("bert."): v for k, v in sd.items()}
+        load_weights(model, sd, source)
+        return model.eval()
     if config.tie_embeddings:
         sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
     with torch.device("meta"):
@@ -154,7 +173,7 @@ def build_model(config: GPTConfig, sd: dict[str, torch.Tensor], source: Path) ->
     return model.eval()
 
 
-def load_weights(model: GPT, sd: dict[str, torch.Tensor], source: Path) -> None:
+def load_weights(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: Path) -> None:
     """Load ``sd`` into ``model`` (possibly on meta), failing clearly on any mismatch."""
     expected = model_state(model)
     missing = sorted(set(expected) - set(sd))
@@ -170,15 +189,16 @@ def load_weights(model: GPT, sd: dict[str, torch.Tensor], source: Path) -> None:
         if tuple(sd[k].shape) != tuple(v.shape):
             raise LmlabError(f"{source}: tensor {k} has shape {tuple(sd[k].shape)} but "
                              f"config.json implies {tuple(v.shape)}")
-    if model.config.tie_embeddings:
+    tied = getattr(model.config, "tie_embeddings", False)
+    if tied:
         sd = dict(sd, **{"lm_head.weight": sd["transformer.wte.weight"]})
     # assign=True swaps in the loaded tensors (no copy, needed on meta); a model
     # with real weights is copied into instead, so optimizers keep their params.
     model.load_state_dict(sd, strict=True, assign=next(model.parameters()).is_meta)
-    if model.config.tie_embeddings:
+    if tied:
         model.lm_head.weight = model.transformer.wte.weight
     # Buffers that are not saved (RoPE tables) were built on meta: rebuild them.
-    if model.config.pos == "rope":
+    if getattr(model.config, "pos", None) == "rope":
         from lmlab.models.gpt import rope_cache
 
         cos, sin = rope_cache(model.config)
