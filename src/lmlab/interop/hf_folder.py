@@ -79,7 +79,8 @@ def config_from_hf(hf: dict[str, Any], source: Path,
     except KeyError as e:
         raise LmlabError(f"{source}: a {kind} config needs the field {e}") from None
     raise LmlabError(f"{source}: model_type {kind!r} is not supported "
-                     "(supported: gpt2, bert, llama and Llama-shaped models without attention bias)")
+                     "(supported: gpt2, bert, llama and Llama-shaped models without "
+                     "attention bias)")
 
 
 def load_hf(folder: Path) -> torch.nn.Module:
