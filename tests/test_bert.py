@@ -88,3 +88,65 @@ def test_minilm_mean_pooled_embeddings_match_transformers(minilm_dir):
     sims = torch.nn.functional.normalize(ours, dim=-1) @ torch.nn.functional.normalize(
         ours, dim=-1).T
     assert sims[0, 1] < 0.5  # unrelated sentences
+
+
+def test_neighbors_command_finds_the_related_line(minilm_dir, tmp_path, capsys):
+    from lmlab.cli import main
+
+    lines = tmp_path / "lines.txt"
+    lines.write_text("The stock market fell sharply after the announcement.\n\n"
+                     "A recipe for chocolate cake with butter and sugar.\n"
+                     "Heavy rain and strong winds are expected tomorrow.\n")
+    out = tmp_path / "emb.safetensors"
+    assert main(["neighbors", str(minilm_dir), str(lines), "--query", "weather forecast",
+                 "--top", "1", "--save", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "query: weather forecast" and "[3] Heavy rain" in printed[1]
+    from safetensors.torch import load_file
+
+    assert load_file(str(out))["embeddings"].shape == (3, 384)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    assert main(["neighbors", str(minilm_dir), str(empty), "--query", "x"]) == 2
+    assert main(["neighbors", str(tmp_path), str(lines), "--query", "x"]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_convert_minilm_to_lmlab_and_back(minilm_dir, tmp_path):
+    """HF folder -> lmlab checkpoint -> HF folder: BertModel gives the same hidden states."""
+    from lmlab.cli import main
+    from lmlab.models.bert import Bert
+    from lmlab.train.checkpoint import load_model
+
+    assert main(["convert", str(minilm_dir), "--out", str(tmp_path / "ckpt")]) == 0
+    model = load_model(tmp_path / "ckpt")
+    assert isinstance(model, Bert) and model.num_params() == 22_713_216
+    assert main(["convert", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf")]) == 0
+    ref = transformers.BertModel.from_pretrained(str(minilm_dir)).eval()
+    back = transformers.BertModel.from_pretrained(str(tmp_path / "hf")).eval()
+    ids, mask, types = _batch(30522)
+    with torch.no_grad():
+        a = ref(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        b = back(input_ids=ids, attention_mask=mask, token_type_ids=types)
+    torch.testing.assert_close(b.last_hidden_state, a.last_hidden_state)
+    torch.testing.assert_close(b.pooler_output, a.pooler_output)
+
+
+def test_pretraining_checkpoint_exports_as_bert_for_pretraining(tmp_path):
+    """An lmlab MLM+NSP model written as a checkpoint loads in BertForPreTraining."""
+    from lmlab.interop.hf_folder import export_hf
+    from lmlab.train.checkpoint import save_checkpoint
+
+    cfg = BertConfig.from_name("bert-nano", vocab_size=99, block_size=32)
+    torch.manual_seed(1)
+    ours = BertForPreTraining(cfg, nsp=True).eval()
+    ckpt = save_checkpoint(tmp_path / "run", 1, ours, None)
+    export_hf(ckpt, tmp_path / "hf")
+    hf = transformers.BertForPreTraining.from_pretrained(str(tmp_path / "hf")).eval()
+    ids, mask, types = _batch(99)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        mlm, nsp = ours(ids, mask, types)
+    real = mask.bool()
+    torch.testing.assert_close(ref.prediction_logits[real], mlm[real], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ref.seq_relationship_logits, nsp, atol=1e-5, rtol=1e-4)

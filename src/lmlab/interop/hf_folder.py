@@ -28,14 +28,18 @@ _PICKLES = ("pytorch_model.bin", "model.bin", "pytorch_model.bin.index.json", "m
 
 
 def is_hf_folder(path: Path) -> bool:
-    """True for a folder whose config.json is a Hugging Face one (has ``model_type``)."""
+    """True for a folder whose config.json is a Hugging Face one (has ``model_type``).
+
+    lmlab's own encoder configs carry ``model_type`` too; they alone have ``block_size``.
+    """
     cfg = Path(path) / "config.json"
     if not cfg.is_file():
         return False
     try:
-        return "model_type" in json.loads(cfg.read_text())
+        d = json.loads(cfg.read_text())
     except json.JSONDecodeError:
         return False
+    return isinstance(d, dict) and "model_type" in d and "block_size" not in d
 
 
 def read_hf_state_dict(folder: Path) -> dict[str, torch.Tensor]:
