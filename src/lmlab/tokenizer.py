@@ -72,7 +72,11 @@ VOCAB_NAME = "vocab.json"
 MERGES_NAME = "merges.txt"
 VOCAB_TXT_NAME = "vocab.txt"  # BERT's vocabulary: one token per line
 TOKENIZER_CONFIG_NAME = "tokenizer_config.json"  # transformers' options, beside vocab.txt
-PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+PAD_TOKEN = "[PAD]"
+UNK_TOKEN = "[UNK]"
+CLS_TOKEN = "[CLS]"
+SEP_TOKEN = "[SEP]"
+MASK_TOKEN = "[MASK]"
 # BERT's special tokens, in the order that gives them ids 0..4 in a trained WordPiece.
 BERT_SPECIALS = (PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN)
 CONTINUING_PREFIX = "##"  # marks a WordPiece token that continues a word
@@ -151,6 +155,12 @@ class Tokenizer:
             show_progress: show HF's progress bar while training BPE or WordPiece.
             lowercase: WordPiece only: lowercase and strip accents before
                 splitting (BERT "uncased"); False keeps case and accents.
+
+        bpe and char training is deterministic. WordPiece training is not
+        quite: HF's trainer numbers the ``##`` characters in hash-map order and
+        breaks ties between equally frequent merges by those numbers, so two
+        runs on the same text can give slightly different vocabularies. Save
+        the result and reuse it.
         """
         if kind not in ("char", "bpe", "wordpiece"):
             raise LmlabError(f"tokenizer kind must be 'char', 'bpe' or 'wordpiece', not {kind!r}")
@@ -466,9 +476,7 @@ class Tokenizer:
                 lowercase = bool(config.get("do_lower_case", True))
                 if isinstance(config.get("strip_accents"), bool):
                     strip_accents = config["strip_accents"]
-        return cls.from_vocab_txt(
-            path, lowercase, strip_accents=strip_accents, eos_token=eos_token
-        )
+        return cls.from_vocab_txt(path, lowercase, strip_accents=strip_accents, eos_token=eos_token)
 
     def save(self, path: str | Path) -> None:
         """Write tokenizer.json atomically (to a directory: ``<dir>/tokenizer.json``)."""
@@ -509,6 +517,54 @@ class Tokenizer:
         encs = self._tok.encode_batch_fast(list(texts), add_special_tokens=False)
         return [e.ids for e in encs]
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids of one text and, for each, its ``(start, end)`` span in ``text``.
+
+        Spans index Python characters of the original ``text`` (not bytes, not
+        the lowercased text), so ``text[start:end]`` is what a token stands for,
+        e.g. the answer span of extractive QA. Starts and ends never decrease.
+        A wordpiece span excludes the ``##`` and surrounding spaces; a
+        byte-level BPE token like "Ġworld" includes its leading space. A token
+        holding only some of a character's UTF-8 bytes (byte-level BPE, byte
+        fallback) spans that whole character, which its neighbours share.
+        """
+        enc = self._tok.encode(text, add_special_tokens=False)
+        return enc.ids, [(int(a), int(b)) for a, b in enc.offsets]
+
+    def encode_words(self, words: Sequence[str]) -> tuple[list[int], list[int]]:
+        """Token ids of ``words`` joined by single spaces, and each token's word index.
+
+        For token classification: label a word on its first token. A token
+        belongs to the first word its span overlaps; a token of the joining
+        space alone (char and some BPE tokenizers) belongs to the word before
+        it, so each word's first token overlaps the word. Raises LmlabError if
+        a word gets no token of its own (an empty word, a word of characters
+        that WordPiece drops, or one merged into the previous word's token).
+        """
+        starts: list[int] = []
+        ends: list[int] = []
+        pos = 0
+        for i, word in enumerate(words):
+            if not word:
+                raise LmlabError(f"word {i} is empty: every word needs at least one token")
+            starts.append(pos)
+            ends.append(pos + len(word))
+            pos += len(word) + 1
+        ids, offsets = self.encode_with_offsets(" ".join(words))
+        word_ids: list[int] = []
+        counts = [0] * len(starts)
+        for start, end in offsets:
+            w = bisect.bisect_right(ends, start)  # the first word ending after the token starts
+            if w < len(starts) and starts[w] < end:
+                counts[w] += 1
+            else:
+                w = max(w - 1, 0)  # overlaps no word: the joining space
+            word_ids.append(w)
+        for i, n in enumerate(counts):
+            if n == 0:
+                raise LmlabError(f"word {i} ({words[i]!r}) produces no tokens of its own")
+        return ids, word_ids
+
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
         """Text of a sequence of ids; special tokens are kept unless skipped.
 
@@ -531,14 +587,93 @@ class Tokenizer:
     @cached_property
     def eos_id(self) -> int | None:
         """Id of the model's end token: the one named at construction (if in the
-        vocabulary), else ``<|endoftext|>``, else the first special token, else None."""
-        named = self._tok.token_to_id(self._eos_token) if self._eos_token else None
-        if named is not None:
-            return named
-        eos = self._tok.token_to_id(EOS_TOKEN)
-        if eos is not None:
-            return eos
+        vocabulary), else ``<|endoftext|>``, else ``[SEP]`` (BERT's document
+        separator), else the first special token, else None.
+
+        Token shards put it between documents; for WordPiece that is ``[SEP]``,
+        not the first special token ``[PAD]``.
+        """
+        for token in (self._eos_token, EOS_TOKEN, SEP_TOKEN):
+            found = self._tok.token_to_id(token) if token else None
+            if found is not None:
+                return found
         return self._tok.token_to_id(self.special_tokens[0]) if self.special_tokens else None
+
+    @cached_property
+    def pad_id(self) -> int | None:
+        """Id of ``[PAD]``, or None."""
+        return self._tok.token_to_id(PAD_TOKEN)
+
+    @cached_property
+    def unk_id(self) -> int | None:
+        """Id of ``[UNK]``, or None."""
+        return self._tok.token_to_id(UNK_TOKEN)
+
+    @cached_property
+    def cls_id(self) -> int | None:
+        """Id of ``[CLS]``, or None."""
+        return self._tok.token_to_id(CLS_TOKEN)
+
+    @cached_property
+    def sep_id(self) -> int | None:
+        """Id of ``[SEP]``, or None."""
+        return self._tok.token_to_id(SEP_TOKEN)
+
+    @cached_property
+    def mask_id(self) -> int | None:
+        """Id of ``[MASK]``, or None."""
+        return self._tok.token_to_id(MASK_TOKEN)
+
+    def word_start_mask(self) -> np.ndarray:
+        """Bool array of shape (vocab_size,): True where a token begins a new word.
+
+        For whole-word masking in masked-LM pretraining: a word is a start
+        token plus the non-start tokens after it; the first token of a text
+        starts a word whatever its entry (bpe and char mark a word's first
+        token by the space before it). Special tokens always start a word.
+        By kind:
+
+        * wordpiece: every token but the ``##`` continuations (exact).
+        * bpe: a token continues the word unless it begins with a space or
+          other non-letter, non-digit character ("Ġworld", ".", "Ċ"); one that
+          begins inside a character's UTF-8 bytes continues it.
+        * char: a letter or digit continues the word; any other character
+          (space, punctuation) starts one.
+
+        For bpe and char this approximates words as a space or punctuation
+        followed by a run of letters and digits: "dog.The" is "dog" + ".The",
+        and a run of CJK characters is one word. A byte token that cannot show
+        its character (byte fallback, a partial character) counts as a letter.
+        """
+        import numpy as np
+
+        if self.kind == "wordpiece":
+            prefix = self._tok.model.continuing_subword_prefix
+
+            def continues(token: str) -> bool:
+                return token.startswith(prefix)
+        elif self.kind == "bpe":
+            byte_of = {c: b for b, c in enumerate(_bytes_to_unicode())}
+
+            def continues(token: str) -> bool:
+                if all(c in byte_of for c in token):
+                    return _continues_word(bytes(byte_of[c] for c in token))
+                return _continues_word(token.encode("utf-8"))  # an added non-byte token
+        elif self.kind == "char":
+            byte_tokens = {_byte_token(b): bytes([b]) for b in range(NUM_BYTES)}
+
+            def continues(token: str) -> bool:
+                return _continues_word(byte_tokens.get(token) or token.encode("utf-8"))
+        else:
+            raise LmlabError(
+                f"word_start_mask needs a wordpiece, bpe or char tokenizer, not {self.kind!r}"
+            )
+        mask = np.ones(self.vocab_size, dtype=bool)
+        specials = set(self.special_tokens)
+        for token, i in self._tok.get_vocab(with_added_tokens=True).items():
+            if i < len(mask) and token not in specials and continues(token):
+                mask[i] = False
+        return mask
 
     def token_to_id(self, token: str) -> int | None:
         """Id of a token string (as stored in the vocabulary), or None."""
@@ -690,6 +825,68 @@ def _byte_level_bpe(
     return tok
 
 
+def _bert_pipeline(
+    model: tokenizers.models.Model, lowercase: bool, strip_accents: bool | None = None
+) -> tokenizers.Tokenizer:
+    """An HF tokenizer around a WordPiece ``model`` that splits text as BERT does."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, normalizers, pre_tokenizers
+
+    tok = HFTokenizer(model)
+    # clean_text drops control characters and maps other whitespace to spaces;
+    # handle_chinese_chars puts spaces around each CJK character so that each is
+    # a word (BERT's vocabularies hold them one by one); strip_accents=None
+    # follows lowercase, as in BERT.
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True,
+        handle_chinese_chars=True,
+        strip_accents=strip_accents,
+        lowercase=lowercase,
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()  # whitespace and punctuation
+    tok.decoder = decoders.WordPiece(prefix=CONTINUING_PREFIX, cleanup=True)
+    return tok
+
+
+def _add_bert_post_processor(tok: tokenizers.Tokenizer) -> None:
+    """Add BERT's ``[CLS] A [SEP] (B [SEP])`` template, if the vocabulary has both tokens.
+
+    lmlab's encode never applies it (model code adds [CLS]/[SEP]); it is there
+    so that a saved tokenizer.json behaves as BERT's in transformers.
+    """
+    from tokenizers import processors
+
+    cls_id, sep_id = tok.token_to_id(CLS_TOKEN), tok.token_to_id(SEP_TOKEN)
+    if cls_id is None or sep_id is None:
+        return
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{CLS_TOKEN} $A {SEP_TOKEN}",
+        pair=f"{CLS_TOKEN} $A {SEP_TOKEN} $B:1 {SEP_TOKEN}:1",
+        special_tokens=[(CLS_TOKEN, cls_id), (SEP_TOKEN, sep_id)],
+    )
+
+
+def _continues_word(data: bytes) -> bool:
+    """Whether a token with these UTF-8 bytes continues the word before it.
+
+    It does if it starts inside a character (a UTF-8 continuation byte) or with
+    a letter or digit; a token that ends before its first character is
+    complete cannot show it, and counts as a letter.
+    """
+    if not data:
+        return False
+    first = data[0]
+    if first < 0x80:
+        return chr(first).isalnum()
+    if first < 0xC0:
+        return True  # 10xxxxxx: the middle of a character
+    length = 2 if first < 0xE0 else 3 if first < 0xF0 else 4
+    try:
+        return data[:length].decode("utf-8").isalnum()
+    except UnicodeDecodeError:
+        return True
+
+
 def _require_text(texts: Iterable[str]) -> Iterator[str]:
     """Return an iterator over `texts`, or raise if it holds no non-empty text."""
     it = iter(texts)
@@ -700,14 +897,17 @@ def _require_text(texts: Iterable[str]) -> Iterator[str]:
 
 
 def _infer_kind(spec: dict[str, Any]) -> str:
-    """Recognise our own two designs from a tokenizer.json's structure.
+    """Recognise our own designs from a tokenizer.json's structure.
 
     HF rejects unknown fields in tokenizer.json, so the kind cannot be stored
-    as a side field; the structure identifies it unambiguously instead.
+    as a side field; the structure identifies it unambiguously instead. Any
+    WordPiece model is "wordpiece" (BERT's and its descendants' tokenizer.json).
     """
     model = spec.get("model") or {}
     decoder = spec.get("decoder") or {}
     pre = spec.get("pre_tokenizer") or {}
+    if model.get("type") == "WordPiece":
+        return "wordpiece"
     if model.get("type") != "BPE":
         return "json"
     if (
