@@ -137,16 +137,30 @@ def prepare(corpus_dir: Path, tokenizer: Path = Path("data/tokenizer.json"),
     _say(f"{manifest['dtype']} shards in {out} ({total / max(dt, 1e-9):,.0f} tokens/s)")
 
 
-def pretrain(data: Path, out: Path = Path("runs/gpt"), preset: str = "gpt-mini",
+def pretrain(data: Path, out: Path | None = None,
+             objective: Literal["clm", "mlm"] = "clm", nsp: bool = False,
+             mask_prob: float = 0.15, whole_word_mask: bool = False, preset: str | None = None,
              n_layer: int | None = None, n_head: int | None = None, n_embd: int | None = None,
-             block_size: int | None = None, dropout: float = 0.0, batch_size: int = 16,
+             block_size: int | None = None, dropout: float | None = None, batch_size: int = 16,
              grad_accum: int = 1, max_steps: int = 1000, lr: float = 1e-3,
              min_lr: float | None = None, warmup_steps: int = 50, weight_decay: float = 0.1,
              grad_clip: float = 1.0, eval_interval: int = 100, eval_tokens: int = 131072,
              checkpoint_interval: int | None = None, seed: int = 1337,
              dtype: Literal["float32", "bfloat16"] = "float32", compile: bool = False,
              threads: int | None = None, resume: bool = False, overwrite: bool = False) -> None:
-    """Pretrain a GPT-style model (causal LM) on prepared token shards.
+    """Pretrain a GPT (causal LM) or a BERT encoder (masked LM) on prepared token shards.
+
+    --objective clm (the default) trains a GPT-style decoder to predict each next
+    token. --objective mlm trains a BERT-style encoder to recover masked tokens:
+    15 % of the tokens (--mask-prob) are selected for prediction, and of those 80 % are
+    replaced by [MASK], 10 % by a random token and 10 % left unchanged. Masking
+    is dynamic (a fresh mask every time a batch is drawn, as RoBERTa; BERT
+    masked once offline). Inputs are random windows of the stream as
+    [CLS] window [SEP]; with --nsp, BERT's sentence pairs [CLS] A [SEP] B [SEP],
+    where B follows A or (half the time) comes from another document, and the
+    model also predicts which. mlm needs shards made with a WordPiece tokenizer
+    (`lmlab tokenizer train --kind wordpiece`) and reports validation
+    masked-token accuracy against the most-frequent-token rate.
 
     AdamW (fused), linear warm-up then cosine decay, gradient clipping and
     accumulation, optional bf16 autocast and torch.compile. Writes
@@ -156,14 +170,19 @@ def pretrain(data: Path, out: Path = Path("runs/gpt"), preset: str = "gpt-mini",
 
     Args:
         data: a folder made by `lmlab prepare`
-        out: the run folder
-        preset: model preset (gpt-nano, gpt-micro, gpt-mini, gpt-small, gpt2-124m,
-            llama-nano, llama-mini, llama-small, ...)
+        out: the run folder (default: runs/gpt for clm, runs/bert for mlm)
+        objective: clm (causal LM, GPT presets) or mlm (masked LM, BERT presets)
+        nsp: mlm only: add next-sentence prediction (BERT's second objective)
+        mask_prob: mlm only: share of tokens selected for prediction
+        whole_word_mask: mlm only: select whole words (all their pieces), not single tokens
+        preset: model preset (default gpt-mini for clm, bert-mini for mlm): gpt-nano,
+            gpt-micro, gpt-mini, gpt-small, gpt2-124m, llama-nano, llama-mini,
+            llama-small, ...; bert-nano, bert-tiny, bert-mini, bert-small, ...
         n_layer: override the preset's number of layers
         n_head: override the preset's number of attention heads
         n_embd: override the preset's width
         block_size: override the preset's context length
-        dropout: dropout probability
+        dropout: dropout probability (default: the preset's, 0 for GPT, 0.1 for BERT)
         batch_size: sequences per micro-batch
         grad_accum: micro-batches per optimizer step
         max_steps: optimizer steps
@@ -187,10 +206,15 @@ def pretrain(data: Path, out: Path = Path("runs/gpt"), preset: str = "gpt-mini",
         lmlab pretrain data/wiki-bpe8k --preset gpt-mini --max-steps 2000 --out runs/mini
         lmlab pretrain data/wiki-bpe8k --out runs/mini --max-steps 2000 --resume
         lmlab pretrain data/wiki-char --preset llama-mini --dtype bfloat16 --out runs/llama
+        lmlab pretrain data/wiki-wp8k --objective mlm --nsp --lr 5e-4 --out runs/bert
+        lmlab pretrain data/wiki-wp8k --objective mlm --whole-word-mask --out runs/bert-wwm
     """
     from lmlab.train.loop import TrainConfig, Trainer
 
+    if out is None:
+        out = Path("runs/bert" if objective == "mlm" else "runs/gpt")
     cfg = TrainConfig(
+        objective=objective, nsp=nsp, mask_prob=mask_prob, whole_word_mask=whole_word_mask,
         data=str(data), out=str(out), preset=preset, n_layer=n_layer, n_head=n_head,
         n_embd=n_embd, block_size=block_size, dropout=dropout, batch_size=batch_size,
         grad_accum=grad_accum, max_steps=max_steps, lr=lr, min_lr=min_lr,
@@ -199,11 +223,16 @@ def pretrain(data: Path, out: Path = Path("runs/gpt"), preset: str = "gpt-mini",
         checkpoint_interval=checkpoint_interval, seed=seed, dtype=dtype, compile=compile,
         threads=threads)
     trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
-    _say(f"model: {trainer.model.num_params():,} parameters ({preset}), "
+    _say(f"model: {trainer.model.num_params():,} parameters ({cfg.preset}), "
          f"context {trainer.block}, vocab {trainer.model_config.vocab_size:,}")
     result = trainer.fit()
     val = result["val"]
-    if val:
+    if val and objective == "mlm":
+        nsp_part = f", NSP accuracy {val['nsp_accuracy']:.1%}" if "nsp_accuracy" in val else ""
+        _say(f"step {result['step']}: val masked-token accuracy {val['masked_accuracy']:.1%} "
+             f"(always predicting the most frequent token: {val['most_frequent_rate']:.1%})"
+             f"{nsp_part}, MLM loss {val['mlm_loss']:.4f}, perplexity {val['perplexity']:.2f}")
+    elif val:
         _say(f"step {result['step']}: val loss {val['loss']:.4f}, perplexity "
              f"{val['perplexity']:.2f}, bits/byte {val['bits_per_byte']:.4f}")
     _say(f"checkpoint: {result['checkpoint']}")
@@ -519,6 +548,254 @@ def neighbors(model: Path, file: Path, query: list[str] | None = None, top: int 
             _say(f"  {h.score:6.3f}  [{h.index + 1}] {h.text}")
 
 
+def finetune(*, task: Literal["classify", "tag", "qa"], train: Path, model: str, out: Path,
+             validation: Path | None = None, test: Path | None = None,
+             tokenizer: Path | None = None, text_field: str = "text",
+             label_field: str = "label", tokens_field: str = "tokens", tags_field: str = "tags",
+             context_field: str = "context", question_field: str = "question",
+             answer_field: str = "answer", answer_start_field: str = "answer_start",
+             encoding: str = "utf-8", val_fraction: float = 0.1, test_fraction: float = 0.1,
+             max_length: int | None = None, truncation: Literal["tail", "head"] = "tail",
+             pooling: Literal["cls", "mean", "last"] | None = None, max_answer_tokens: int = 30,
+             epochs: int = 3, max_steps: int | None = None, batch_size: int = 16,
+             lr: float = 5e-5, weight_decay: float = 0.01, warmup_ratio: float = 0.1,
+             grad_clip: float = 1.0, head_dropout: float = 0.1,
+             class_weights: bool | None = None, patience: int | None = None,
+             eval_interval: int | None = None, freeze_backbone: bool = False, seed: int = 0,
+             threads: int | None = None, device: str | None = None,
+             overwrite: bool = False) -> None:
+    """Fine-tune a BERT or GPT backbone for classification, tagging or extractive QA.
+
+    Tasks: classify (one label per text), tag (one tag per word; BIO tags are
+    scored by entity F1, others by token accuracy), qa (the answer is a span
+    of the context; scored by SQuAD exact match and F1). Data files: .csv,
+    .tsv, .jsonl/.json (SQuAD files too), fastText .txt/.cor (classify),
+    CoNLL .conll/.iob/.bio (tag). Without --validation/--test those splits
+    are carved from --train (stratified by label for classify, seeded).
+
+    Backbones: a Hugging Face BERT folder (e.g. all-MiniLM-L6-v2), GPT-2 or
+    Llama folder, an lmlab BERT/GPT checkpoint or run folder, or a preset name
+    (bert-mini, gpt-mini, ...) for random initialisation with --tokenizer.
+    BERT reads [CLS] text [SEP] ([CLS] question [SEP] context [SEP] for qa);
+    GPT reads the text (question <eos> context), right-padded, pooled at its
+    last token by default.
+
+    Truncation, to --max-length tokens (default: the smaller of the backbone's
+    context and 256): classify keeps the start of a long text (--truncation
+    tail) or its end (--truncation head); tag leaves the words beyond it
+    untagged (scored as O, counted in a warning); qa keeps the question and
+    cuts the end of the context, skipping training questions whose answer was
+    cut (counted in a warning). There is no sliding window.
+
+    Training: AdamW (no decay on biases and norms), linear warm-up then linear
+    decay, gradient clipping, class weights, length-bucketed batches. The
+    validation metric (macro F1, entity F1 or QA F1) is computed every epoch
+    (and every --eval-interval steps); the best model is kept in OUT/best/
+    (written atomically) and training stops after --patience evaluations
+    without improvement. Then the best model is scored on the test split:
+    OUT/report.txt, OUT/report.json (and OUT/confusion.png for classify).
+    OUT also gets metrics.jsonl, TensorBoard events (OUT/tb) and loss.png.
+
+    Args:
+        task: classify, tag or qa
+        train: labelled training file
+        model: backbone: an HF folder, an lmlab checkpoint/run folder, or a preset name
+        out: the run folder
+        validation: labelled validation file (default: carved from --train)
+        test: labelled test file (default: carved from --train)
+        tokenizer: tokenizer file (default: the model's own; required for a preset)
+        text_field: classify: the text column/key
+        label_field: classify: the label column/key
+        tokens_field: tag: the words column/key (space-separated in CSV/TSV)
+        tags_field: tag: the tags column/key
+        context_field: qa: the context column/key
+        question_field: qa: the question column/key
+        answer_field: qa: the answer text column/key
+        answer_start_field: qa: the answer's character offset (default: its first occurrence)
+        encoding: text encoding of the data files
+        val_fraction: share of --train held out for validation when no --validation
+        test_fraction: share of --train held out for testing when no --test
+        max_length: tokens per input, special tokens included
+        truncation: classify: tail cuts the end of long texts, head cuts their start
+        pooling: classify: cls (BERT's [CLS] through its pooler), mean, or last (GPT);
+            default cls for BERT (mean for sentence-transformers folders), last for GPT
+        max_answer_tokens: qa: longest answer span, in tokens
+        epochs: passes over the training data
+        max_steps: stop after this many optimizer steps (a cap on --epochs)
+        batch_size: examples per step
+        lr: peak learning rate
+        weight_decay: AdamW weight decay (not on biases and norms)
+        warmup_ratio: share of the steps spent warming the learning rate up
+        grad_clip: clip the gradient norm to this
+        head_dropout: dropout before the task head
+        class_weights: weigh the loss by inverse class frequency (default: on for
+            classify, off for tag)
+        patience: stop after this many evaluations in a row without a better
+            validation metric (default: never; the best model is kept either way)
+        eval_interval: also evaluate every this many steps
+        freeze_backbone: train the head only
+        seed: random seed (splits, head, batches, dropout)
+        threads: CPU threads (default: torch's choice)
+        device: cpu or cuda (default: cuda when available)
+        overwrite: replace a fine-tuning run already in OUT
+
+    Examples:
+        lmlab finetune --task classify --train spam.jsonl --model path/to/all-MiniLM-L6-v2 --out runs/spam
+        lmlab finetune --task classify --train reviews.csv --text-field review --label-field stars --model runs/bert --max-length 128 --truncation head --out runs/stars
+        lmlab finetune --task tag --train ner-train.conll --validation ner-dev.conll --model bert-mini --tokenizer data/wp8k.json --epochs 10 --patience 2 --out runs/ner
+        lmlab finetune --task qa --train squad-train.json --test squad-dev.json --model path/to/all-MiniLM-L6-v2 --max-length 384 --out runs/qa
+        lmlab finetune --task classify --train spam.jsonl --model runs/gpt --pooling mean --out runs/spam-gpt
+    """  # noqa: E501
+    from lmlab.train.finetune import FinetuneConfig, Finetuner
+
+    cfg = FinetuneConfig(
+        task=task, train=str(train), model=str(model), out=str(out),
+        validation=str(validation) if validation else None, test=str(test) if test else None,
+        tokenizer=str(tokenizer) if tokenizer else None, text_field=text_field,
+        label_field=label_field, tokens_field=tokens_field, tags_field=tags_field,
+        context_field=context_field, question_field=question_field, answer_field=answer_field,
+        answer_start_field=answer_start_field, encoding=encoding, val_fraction=val_fraction,
+        test_fraction=test_fraction, max_length=max_length, truncation=truncation,
+        pooling=pooling, max_answer_tokens=max_answer_tokens, epochs=epochs,
+        max_steps=max_steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        warmup_ratio=warmup_ratio, grad_clip=grad_clip, head_dropout=head_dropout,
+        class_weights=class_weights, patience=patience, eval_interval=eval_interval,
+        freeze_backbone=freeze_backbone, seed=seed, threads=threads, device=device)
+    tuner = Finetuner(cfg, overwrite=overwrite)
+    n = {k: len(v) for k, v in tuner.splits.items()}
+    labels = f", {len(tuner.labels)} labels" if tuner.labels else ""
+    _say(f"data: {n['train']:,} train, {n['val']:,} validation, {n['test']:,} test{labels}")
+    _say(f"model: {tuner.kind.upper()} backbone from {model}, {tuner.model.num_params():,} "
+         f"parameters, max length {tuner.max_length}, {tuner.total_steps:,} steps")
+    fit = tuner.fit()
+    stop = " (stopped early)" if fit["stopped_early"] else ""
+    _say(f"trained {fit['steps']:,} steps, {fit['epochs']} epochs in "
+         f"{fit['train_seconds']:.1f}s{stop}; best val {fit['metric']} {fit['best_val']:.4f} "
+         f"at step {fit['best_step']}")
+    report = tuner.test()
+    if report is not None:
+        _say(f"test ({report['test_examples']:,} examples):")
+        _say(report["text"])
+        extra = "   confusion matrix: {out}/confusion.png" if task == "classify" else ""
+        _say(f"report: {out}/report.txt, {out}/report.json{extra.format(out=out)}")
+    _say(f"best model: {out}/best   loss curve: {out}/loss.png   tensorboard: {out}/tb")
+
+
+def predict(checkpoint: Path, texts: list[str] | None = None, file: Path | None = None,
+            out: Path | None = None, context: str | None = None, batch_size: int = 32,
+            text_field: str = "text", tokens_field: str = "tokens",
+            context_field: str = "context", question_field: str = "question",
+            encoding: str = "utf-8") -> None:
+    """Predict with a model made by `lmlab finetune`.
+
+    Input: --texts, else --file (any format `lmlab finetune` reads; labels
+    may be absent, and when every row has one the score is printed), else one
+    text per line of stdin. For tag each text is split into words on
+    whitespace; for qa each text is a question about --context.
+
+    Output: one line per input: label<TAB>probability<TAB>text (classify),
+    word/TAG pairs (tag; /? marks words beyond the model's max length), or
+    answer<TAB>probability<TAB>question (qa). With --out, a .jsonl or .csv
+    file with the inputs and a prediction column instead.
+
+    Args:
+        checkpoint: a run folder made by `lmlab finetune` (its best/ model is used) or
+            a best/ folder
+        texts: texts to predict (give several after one --texts)
+        file: a file of examples to predict
+        out: write predictions to this .jsonl or .csv file
+        context: qa: the passage the answers are taken from
+        batch_size: inputs per forward pass
+        text_field: classify: the text column/key of --file
+        tokens_field: tag: the words column/key of --file
+        context_field: qa: the context column/key of --file
+        question_field: qa: the question column/key of --file
+        encoding: text encoding of --file
+
+    Examples:
+        lmlab predict runs/spam --texts "WIN a FREE cruise, reply now" "minutes of Monday's meeting"
+        lmlab predict runs/spam --file inbox.jsonl --out inbox-predicted.csv
+        lmlab predict runs/ner --texts "Angela Merkel visited Paris"
+        lmlab predict runs/qa --context "lmlab was written in 2025." --texts "When was it written?"
+    """
+    from lmlab.atomic import write_text
+    from lmlab.train.finetune import (
+        iter_prediction_rows,
+        load_task_model,
+        predict_examples,
+        predict_texts,
+        score_predictions,
+    )
+
+    if out is not None and Path(out).suffix.lower() not in (".jsonl", ".csv"):
+        raise LmlabError(f"{out}: --out must end in .jsonl or .csv")
+    if texts and file is not None:
+        raise LmlabError("give --texts or --file, not both")
+    model, tok, info = load_task_model(Path(checkpoint))
+    task = info["task"]
+    if file is not None:
+        from lmlab.data.tasks import read_task_file
+
+        examples = read_task_file(Path(file), task, text_field=text_field,
+                                  tokens_field=tokens_field, context_field=context_field,
+                                  question_field=question_field, require_labels=False,
+                                  encoding=encoding)
+        preds = predict_examples(model, tok, info, examples, batch_size)
+    else:
+        if not texts:
+            if sys.stdin.isatty():
+                raise LmlabError("nothing to predict: give --texts, --file, or lines on stdin")
+            texts = [line.strip() for line in sys.stdin if line.strip()]
+            if not texts:
+                raise LmlabError("nothing to predict: stdin held no non-empty lines")
+        preds = predict_texts(model, tok, info, texts, context=context, batch_size=batch_size)
+        from lmlab.data.tasks import ClassifyExample, QAExample, TagExample
+
+        examples = [ClassifyExample(t) if task == "classify" else TagExample(t.split())
+                    if task == "tag" else QAExample(context or "", t) for t in texts]
+    cut = sum(p.truncated for p in preds)
+    if cut:
+        print(f"warning: {cut} of {len(preds)} inputs are longer than the model's "
+              f"{info['max_length']} tokens (truncation: {info['truncation']})", file=sys.stderr)
+    labelled = [getattr(ex, {"classify": "label", "tag": "tags", "qa": "answer"}[task])
+                for ex in examples]
+    if file is not None and all(x is not None for x in labelled):
+        from lmlab.data.tasks import LabelSet
+
+        labels = LabelSet.from_list(info["labels"]) if info["labels"] else None
+        name, value, _ = score_predictions(preds, examples, task, labels)
+        print(f"{file}: {name} {value:.4f} on {len(examples):,} examples", file=sys.stderr)
+    rows = list(iter_prediction_rows(examples, preds, task))
+    if out is not None:
+        if Path(out).suffix.lower() == ".jsonl":
+            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        else:
+            import csv
+            import io
+
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({k: " ".join(x or "?" for x in v) if isinstance(v, list) else v
+                                 for k, v in r.items()})
+            text = buf.getvalue()
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_text(Path(out), text)
+        _say(f"wrote {len(rows):,} predictions to {out}")
+        return
+    for ex, p in zip(examples, preds, strict=True):
+        # One line per input: newlines and tabs inside a text are shown as spaces.
+        if task == "classify":
+            _say(f"{p.label}\t{p.probability:.4f}\t{' '.join(ex.text.split())}")
+        elif task == "tag":
+            _say(" ".join(f"{w}/{t or '?'}" for w, t in zip(ex.tokens, p.tags or [],
+                                                             strict=True)))
+        else:
+            _say(f"{' '.join((p.answer or '').split())}\t{p.probability:.4f}\t"
+                 f"{' '.join(ex.question.split())}")
+
+
 COMMANDS: dict = {
     "demo": demo,
     "corpus": corpus,
@@ -530,4 +807,6 @@ COMMANDS: dict = {
     "convert": convert,
     "chat": chat,
     "neighbors": neighbors,
+    "finetune": finetune,
+    "predict": predict,
 }

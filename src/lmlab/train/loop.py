@@ -6,6 +6,12 @@ the weights and the AdamW moments. The learning rate is a pure function of the
 step. A run killed at any point and resumed from its last checkpoint therefore
 ends bit-identical to an uninterrupted run with the same seed (same machine,
 same thread count).
+
+Two objectives share the loop: ``clm`` trains a GPT to predict the next token;
+``mlm`` trains the BERT encoder to recover masked tokens (plus next-sentence
+prediction with ``nsp``), with its data, masking and metrics in ``train/mlm.py``.
+The masking draws from the same sampler generator as the batches, so exact
+resume holds for both.
 """
 
 from __future__ import annotations
@@ -24,12 +30,22 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from lmlab.config import GPTConfig
+from lmlab.config import BERT_PRESETS, PRESETS, BertConfig, GPTConfig
 from lmlab.errors import LmlabError
 from lmlab.evaluate import LMScore, score_tokens
+from lmlab.models.bert import BertForPreTraining
 from lmlab.models.gpt import GPT
 from lmlab.runs import MetricsLogger, plot_loss
 from lmlab.train import checkpoint as ckpt
+from lmlab.train.mlm import (
+    MLMData,
+    MLMScore,
+    MLMVocab,
+    evaluate_mlm,
+    fixed_batches,
+    most_frequent_token,
+    pretraining_losses,
+)
 
 
 @dataclass
@@ -38,12 +54,12 @@ class TrainConfig:
 
     data: str  # a folder made by `lmlab prepare`
     out: str  # the run folder
-    preset: str = "gpt-mini"
+    preset: str | None = None  # default: gpt-mini for clm, bert-mini for mlm
     n_layer: int | None = None
     n_head: int | None = None
     n_embd: int | None = None
     block_size: int | None = None
-    dropout: float = 0.0
+    dropout: float | None = None  # default: the preset's (0 for GPT, 0.1 for BERT)
     batch_size: int = 16
     grad_accum: int = 1
     max_steps: int = 1000
@@ -61,8 +77,35 @@ class TrainConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"
     compile: bool = False
     threads: int | None = None
+    objective: Literal["clm", "mlm"] = "clm"  # causal LM (GPT) or masked LM (BERT)
+    nsp: bool = False  # mlm: add BERT's next-sentence prediction
+    mask_prob: float = 0.15  # mlm: share of tokens selected for prediction
+    whole_word_mask: bool = False  # mlm: select whole words, not single tokens
 
-    def model_config(self, vocab_size: int) -> GPTConfig:
+    def __post_init__(self) -> None:
+        if self.objective not in ("clm", "mlm"):
+            raise LmlabError(f"objective must be 'clm' or 'mlm', not {self.objective!r}")
+        if self.preset is None:
+            self.preset = "bert-mini" if self.objective == "mlm" else "gpt-mini"
+        if self.objective == "mlm" and self.preset in PRESETS:
+            raise LmlabError(f"preset {self.preset!r} is a GPT (decoder) preset; masked-LM "
+                             f"pretraining needs an encoder preset: {', '.join(BERT_PRESETS)}")
+        if self.objective == "clm" and self.preset in BERT_PRESETS:
+            raise LmlabError(f"preset {self.preset!r} is a BERT (encoder) preset, which cannot "
+                             "be trained as a causal LM; use --objective mlm, or a GPT preset: "
+                             f"{', '.join(PRESETS)}")
+        if self.objective == "clm" and (self.nsp or self.whole_word_mask):
+            raise LmlabError("--nsp and --whole-word-mask apply to --objective mlm only")
+        if not 0.0 < self.mask_prob < 1.0:
+            raise LmlabError(f"mask_prob must be between 0 and 1, not {self.mask_prob}")
+
+    def model_config(self, vocab_size: int, pad_token_id: int = 0) -> GPTConfig | BertConfig:
+        assert self.preset is not None  # set by __post_init__
+        if self.objective == "mlm":
+            return BertConfig.from_name(
+                self.preset, vocab_size=vocab_size, n_layer=self.n_layer, n_head=self.n_head,
+                n_embd=self.n_embd, block_size=self.block_size, dropout=self.dropout,
+                attn_dropout=self.dropout, pad_token_id=pad_token_id)
         return GPTConfig.from_name(
             self.preset, vocab_size=vocab_size, n_layer=self.n_layer, n_head=self.n_head,
             n_embd=self.n_embd, block_size=self.block_size, dropout=self.dropout)
@@ -79,7 +122,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - min_lr)
 
 
-def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not on norms, biases or gains)."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -114,6 +157,10 @@ class Trainer:
         tokenizer = Tokenizer.from_file(self.tokenizer_path)
         self.train_data.check_tokenizer(tokenizer)
         self.tokenizer = tokenizer
+        if cfg.objective == "mlm":
+            # Checked before the run folder is touched: a BPE/char tokenizer has no [MASK].
+            self.mlm_vocab = MLMVocab.from_tokenizer(tokenizer, whole_word=cfg.whole_word_mask,
+                                                     nsp=cfg.nsp)
         self.run_dir = Path(cfg.out)
         has_run = (self.run_dir / "checkpoints" / "latest").exists()
         if resume and not has_run:
@@ -133,8 +180,15 @@ class Trainer:
             state = self._load_resume_state()
         else:
             torch.manual_seed(cfg.seed)
-        self.model_config = cfg.model_config(tokenizer.vocab_size)
-        self.model = GPT(self.model_config)
+        self.model: GPT | BertForPreTraining
+        if cfg.objective == "mlm":
+            self.model_config = cfg.model_config(tokenizer.vocab_size, self.mlm_vocab.pad_id)
+            assert isinstance(self.model_config, BertConfig)
+            self.model = BertForPreTraining(self.model_config, nsp=cfg.nsp)
+        else:
+            self.model_config = cfg.model_config(tokenizer.vocab_size)
+            assert isinstance(self.model_config, GPTConfig)
+            self.model = GPT(self.model_config)
         self.optimizer = make_optimizer(self.model, cfg)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         if state is not None:
@@ -144,6 +198,10 @@ class Trainer:
         if len(self.val_tokens) < 2:
             raise LmlabError(f"{data}: the validation split has {len(self.val_tokens)} tokens; "
                              "rebuild the corpus with more documents or a larger --val-fraction")
+        # Masked-LM losses of the last step, by part (empty for clm), for the train rows.
+        self.step_parts: dict[str, float] = {}
+        if cfg.objective == "mlm":
+            self._setup_mlm()
         (self.run_dir / "train_config.json").write_text(
             json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
         if cfg.compile:
@@ -158,7 +216,7 @@ class Trainer:
         state = json.loads((path / ckpt.STATE_FILE).read_text())
         saved = state.get("train_config", {})
         for key in ("preset", "n_layer", "n_head", "n_embd", "block_size", "batch_size",
-                    "grad_accum", "seed"):
+                    "grad_accum", "seed", "objective", "nsp", "mask_prob", "whole_word_mask"):
             if key in saved and saved[key] != getattr(self.cfg, key):
                 raise LmlabError(
                     f"{path}: cannot resume with {key}={getattr(self.cfg, key)!r}; the run "
@@ -179,9 +237,43 @@ class Trainer:
         self.start_step = state["step"]
         print(f"resuming from {path} at step {self.start_step}", file=sys.stderr)
 
+    # -- masked LM -------------------------------------------------------
+    def _setup_mlm(self) -> None:
+        """Masked-LM data for both splits and the fixed validation batches."""
+        cfg, vocab = self.cfg, self.mlm_vocab
+        options = dict(nsp=cfg.nsp, mask_prob=cfg.mask_prob, whole_word=cfg.whole_word_mask)
+        self.mlm_train = MLMData(self.train_data, vocab, self.block, **options)
+        mlm_val = MLMData(self.val_data, vocab, self.block, **options)
+        # A fixed set (own seed, masked once) so validation numbers compare across
+        # steps; about eval_tokens tokens, but no more than the split holds.
+        per_batch = cfg.batch_size * self.block
+        n = max(1, min(cfg.eval_tokens, self.val_data.num_tokens) // per_batch)
+        self.val_batches = fixed_batches(mlm_val, n, cfg.batch_size, seed=cfg.seed + 1)
+        self.most_frequent_id = most_frequent_token(self.train_data, vocab.special)
+
+    def _mlm_train_step(self) -> float:
+        cfg = self.cfg
+        total = mlm_sum = nsp_sum = 0.0
+        for _ in range(cfg.grad_accum):
+            batch = self.mlm_train.sample(cfg.batch_size, self.generator)
+            with _autocast(cfg.dtype):
+                mlm, nsp, _, _ = pretraining_losses(self.compiled, batch)
+            # BERT's objective: the sum of the two mean losses.
+            loss = mlm + nsp if nsp is not None else mlm
+            (loss / cfg.grad_accum).backward()
+            total += loss.item()
+            mlm_sum += mlm.item()
+            nsp_sum += nsp.item() if nsp is not None else 0.0
+        self.step_parts = {"mlm_loss": mlm_sum / cfg.grad_accum}
+        if cfg.nsp:
+            self.step_parts["nsp_loss"] = nsp_sum / cfg.grad_accum
+        return total / cfg.grad_accum
+
     # -- one step ----------------------------------------------------------
     def _train_step(self) -> float:
         cfg = self.cfg
+        if cfg.objective == "mlm":
+            return self._mlm_train_step()
         loss_sum = 0.0
         for _ in range(cfg.grad_accum):
             x, y = self.train_data.sample_batch(cfg.batch_size, self.block, self.generator)
@@ -193,7 +285,10 @@ class Trainer:
         return loss_sum / cfg.grad_accum
 
     @torch.no_grad()
-    def validate(self) -> LMScore:
+    def validate(self) -> LMScore | MLMScore:
+        if self.cfg.objective == "mlm":
+            with _autocast(self.cfg.dtype):
+                return evaluate_mlm(self.model, self.val_batches, self.most_frequent_id)
         with _autocast(self.cfg.dtype):
             nll, count = score_tokens(self.model, self.val_tokens, batch_size=self.cfg.batch_size,
                                       max_tokens=self.cfg.eval_tokens)
@@ -221,6 +316,7 @@ class Trainer:
         last: dict[str, Any] = {}
         # Train rows are logged every 10 steps with the mean loss since the last row.
         t_last, tok_since, losses = time.perf_counter(), 0, []
+        parts: dict[str, float] = {}  # sums of the loss parts since the last row (mlm)
         t_start = time.perf_counter()
         step = self.start_step
         try:
@@ -239,13 +335,16 @@ class Trainer:
                 step += 1
                 tok_since += tokens_per_step
                 losses.append(loss)
+                for k, v in self.step_parts.items():
+                    parts[k] = parts.get(k, 0.0) + v
                 now = time.perf_counter()
                 if step % 10 == 0 or step == cfg.max_steps:
                     tps = tok_since / max(now - t_last, 1e-9)
                     mean_loss = sum(losses) / len(losses)
-                    t_last, tok_since, losses = now, 0, []
-                    row = {"step": step, "split": "train", "loss": mean_loss, "lr": lr,
-                           "grad_norm": float(norm), "tokens_per_s": tps,
+                    mean_parts = {k: v / len(losses) for k, v in parts.items()}
+                    t_last, tok_since, losses, parts = now, 0, [], {}
+                    row = {"step": step, "split": "train", "loss": mean_loss, **mean_parts,
+                           "lr": lr, "grad_norm": float(norm), "tokens_per_s": tps,
                            "elapsed_s": now - t_start}
                     self.logger.log(row)
                     if bar:
@@ -257,7 +356,9 @@ class Trainer:
                     score = self.validate()
                     last = {"step": step, "split": "val", **score.to_dict()}
                     self.logger.log(last)
-                    if bar:
+                    if bar and isinstance(score, MLMScore):
+                        bar.write(f"step {step}: {score.summary()}")
+                    elif bar:
                         bar.write(f"step {step}: val loss {score.loss:.4f}, "
                                   f"ppl {score.perplexity:.2f}, bpb {score.bits_per_byte:.4f}")
                     plot_loss(self.logger.path, self.run_dir / "loss.png")

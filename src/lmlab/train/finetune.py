@@ -1,0 +1,1122 @@
+"""Fine-tuning a pretrained backbone for classification, tagging or extractive QA.
+
+Setup, fit, test, in plain code (``Finetuner``): read the splits
+(``data/tasks.py``), load a backbone (a BERT encoder or a GPT decoder), put a
+task head on it (``TaskModel``), train with AdamW and BERT's linear warm-up
+and decay, evaluate on the validation split every epoch (and every
+``eval_interval`` steps), keep the best checkpoint, stop early when the
+validation metric stops improving, then score the best checkpoint on the
+test split.
+
+Inputs (BERT / GPT):
+
+    classify  [CLS] text [SEP]                  text tokens
+    tag       [CLS] w1 w2 ... [SEP]             w1 w2 ... (words joined by spaces)
+    qa        [CLS] question [SEP] context [SEP] question <eos> context
+              segment 0 ....... | segment 1
+
+GPT rows are right-padded: causal attention never looks right, so no real
+token ever attends to padding, and ``last`` pooling reads the last real token,
+the only one that has read the whole text.
+
+Truncation (``max_length`` tokens, special tokens included):
+
+- classify: ``tail`` cuts the end of a long text (keeps its start), ``head``
+  cuts its start (keeps its end). Each split's count of cut texts is reported.
+- tag: words whose first token falls beyond ``max_length`` get no prediction
+  (``None``); evaluation scores them as ``O`` (so their entities count as
+  missed) and the count of such words is reported. Nothing is silently dropped.
+- qa: the question is kept (cut to half of ``max_length`` if it alone is
+  longer) and the context is cut at its end; there is no sliding window.
+  Training examples whose answer was cut off are skipped (counted); validation
+  and test examples are still scored, from the part of the context that fits.
+
+The best checkpoint is a folder ``OUT/best/`` written atomically:
+``model.safetensors`` (backbone + head, keys ``backbone.*`` and ``head.*``),
+``config.json`` (the backbone's config), ``task.json`` (task, labels,
+pooling, input policy) and ``tokenizer.json``. ``load_task_model`` reads it back.
+
+Shapes: B batch, T tokens, C width, K labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmlab.atomic import atomic_dir, write_text
+from lmlab.config import BERT_PRESETS, PRESETS, BertConfig, GPTConfig, load_config
+from lmlab.data.tasks import ClassifyExample, LabelSet, QAExample, TagExample, Task
+from lmlab.errors import LmlabError
+from lmlab.models.bert import (
+    Bert,
+    BertForPreTraining,
+    ClassificationHead,
+    Pooling,
+    SpanHead,
+    TokenClassificationHead,
+)
+from lmlab.models.gpt import GPT
+from lmlab.tokenizer import Tokenizer
+
+Truncation = Literal["tail", "head"]
+BackboneKind = Literal["bert", "gpt"]
+TASK_FILE = "task.json"
+FORMAT = "lmlab-finetuned"
+DEFAULT_MAX_LENGTH = 256
+IGNORE = -100  # cross_entropy's ignore_index: tokens that carry no tag target
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything that defines a fine-tuning run (saved as OUT/finetune_config.json)."""
+
+    task: Task
+    train: str  # labelled training file (see data/tasks.read_task_file)
+    model: str  # HF folder, lmlab checkpoint/run folder, or a preset name (random init)
+    out: str  # the run folder
+    validation: str | None = None  # default: carved from train
+    test: str | None = None  # default: carved from train
+    tokenizer: str | None = None  # default: the model's own (required for a preset)
+    text_field: str = "text"
+    label_field: str = "label"
+    tokens_field: str = "tokens"
+    tags_field: str = "tags"
+    context_field: str = "context"
+    question_field: str = "question"
+    answer_field: str = "answer"
+    answer_start_field: str = "answer_start"
+    encoding: str = "utf-8"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    max_length: int | None = None  # default min(backbone context, 256)
+    truncation: Truncation = "tail"
+    pooling: Pooling | None = None  # classify only; default cls (BERT) / last (GPT)
+    max_answer_tokens: int = 30  # qa: longest answer span decoded
+    epochs: int = 3
+    max_steps: int | None = None  # stop after this many steps (a cap on epochs)
+    batch_size: int = 16
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    grad_clip: float = 1.0
+    head_dropout: float = 0.1
+    class_weights: bool | None = None  # default: on for classify, off otherwise
+    patience: int | None = None  # evaluations without improvement before stopping
+    eval_interval: int | None = None  # also evaluate every this many steps
+    freeze_backbone: bool = False
+    seed: int = 0
+    threads: int | None = None
+    device: str | None = None  # default: cuda when available, else cpu
+
+    def field_names(self) -> dict[str, str]:
+        """The ``read_task_file`` keyword arguments naming columns, and the encoding."""
+        names = ("text_field", "label_field", "tokens_field", "tags_field", "context_field",
+                 "question_field", "answer_field", "answer_start_field", "encoding")
+        return {n: getattr(self, n) for n in names}
+
+
+# ---------------------------------------------------------------- backbone + head
+Backbone = Bert | GPT
+
+
+def _default_pooling_of_folder(folder: Path) -> Pooling | None:
+    """The pooling a sentence-transformers folder was trained with (1_Pooling/config.json)."""
+    cfg = folder / "1_Pooling" / "config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        d = json.loads(cfg.read_text())
+    except json.JSONDecodeError:
+        return None
+    if d.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if d.get("pooling_mode_cls_token"):
+        return "cls"
+    return None
+
+
+def load_backbone(source: str | Path, tokenizer: str | Path | None = None
+                  ) -> tuple[Backbone, Tokenizer, Path | None, Pooling | None]:
+    """A backbone, its tokenizer, the folder it came from, and the folder's own pooling.
+
+    ``source`` is a Hugging Face BERT/GPT-2/Llama folder, an lmlab checkpoint
+    or run folder (BERT or GPT), or a preset name (BERT_PRESETS or GPT PRESETS)
+    for a randomly initialised backbone sized to ``tokenizer``. A masked-LM
+    model (``BertForPreTraining``) gives its encoder; its MLM head is dropped.
+    """
+    from lmlab.interop.hf_folder import is_hf_folder, load_hf
+    from lmlab.train.checkpoint import TOKENIZER_FILE, load_model, resolve_checkpoint
+
+    name = str(source)
+    path = Path(source)
+    if not path.exists() and (name in BERT_PRESETS or name in PRESETS):
+        if tokenizer is None:
+            raise LmlabError(f"--model {name} is a preset (random initialisation); it needs "
+                             "--tokenizer (a tokenizer.json; for BERT a WordPiece one)")
+        tok = Tokenizer.from_file(tokenizer)
+        if name in BERT_PRESETS:
+            backbone: Backbone = Bert(BertConfig.from_name(name, vocab_size=tok.vocab_size,
+                                                           pad_token_id=tok.pad_id))
+        else:
+            backbone = GPT(GPTConfig.from_name(name, vocab_size=tok.vocab_size))
+        return backbone, tok, None, None
+    if not path.exists():
+        raise LmlabError(
+            f"--model {name}: unknown backbone source: not a folder nor a preset (BERT presets: "
+            f"{', '.join(BERT_PRESETS)}; GPT presets: {', '.join(PRESETS)})")
+    if is_hf_folder(path):
+        folder = path
+        model = load_hf(path)
+    else:
+        folder = resolve_checkpoint(path)
+        if (folder / TASK_FILE).exists():
+            raise LmlabError(f"{folder}: is already a fine-tuned {_read_task_info(folder)['task']}"
+                             " model; fine-tune from its pretrained backbone instead")
+        model = load_model(folder)
+    if isinstance(model, BertForPreTraining):
+        model = model.bert  # the MLM / NSP heads play no part in fine-tuning
+    if not isinstance(model, Bert | GPT):
+        raise LmlabError(f"{source}: not a BERT or GPT model")
+    if tokenizer is None and not ((folder / TOKENIZER_FILE).exists()
+                                  or (folder / "vocab.txt").exists()
+                                  or (folder / "vocab.json").exists()):
+        raise LmlabError(f"{folder}: no tokenizer beside the model; pass --tokenizer")
+    tok = Tokenizer.from_file(tokenizer or folder, eos_token=_eos_token_of_folder(folder))
+    return model.float(), tok, folder, _default_pooling_of_folder(folder)
+
+
+def _eos_token_of_folder(folder: Path) -> str | None:
+    """The end token an HF tokenizer_config.json names (e.g. <|im_end|>), if any."""
+    cfg = folder / "tokenizer_config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        eos = json.loads(cfg.read_text()).get("eos_token")
+    except json.JSONDecodeError:
+        return None
+    return eos.get("content") if isinstance(eos, dict) else eos
+
+
+class TaskModel(nn.Module):
+    """A backbone (``Bert`` or ``GPT``) and one task head over its final hidden states.
+
+    ``forward`` gives classify logits (B, K), tag logits (B, T, K) or QA
+    start/end logits (B, T, 2).
+    """
+
+    def __init__(self, backbone: Backbone, task: Task, n_labels: int, pooling: Pooling,
+                 dropout: float) -> None:
+        super().__init__()
+        self.task = task
+        self.kind: BackboneKind = "bert" if isinstance(backbone, Bert) else "gpt"
+        self.pooling = pooling
+        self.config = backbone.config
+        C = backbone.config.n_embd
+        pooler = None
+        if isinstance(backbone, Bert):
+            # BERT's pooler moves into the classification head when it is used
+            # ("cls" pooling, as BertForSequenceClassification), else it goes:
+            # one owner per tensor, so the checkpoint needs no de-duplication.
+            if task == "classify" and pooling == "cls":
+                pooler = backbone.pooler
+            backbone.pooler = None
+        else:
+            # The LM head is not used by any task head (a tied one is wte, which
+            # stays); dropping it saves V x C parameters for an untied model.
+            backbone.lm_head = nn.Identity()
+        self.backbone = backbone
+        head: nn.Module
+        if task == "classify":
+            head = ClassificationHead(C, n_labels, dropout, pooling, pooler)
+        elif task == "tag":
+            head = TokenClassificationHead(C, n_labels, dropout)
+        else:
+            head = SpanHead(C)
+        self.head = head
+
+    def hidden_states(self, ids: torch.Tensor, mask: torch.Tensor,
+                      types: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states (B, T, C) of right-padded rows."""
+        if self.kind == "bert":
+            return self.backbone(ids, mask, types)
+        # Causal attention: a real token only sees earlier (real) tokens, never
+        # the padding on its right, so no mask is needed.
+        return self.backbone(ids, hidden=True)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor,
+                types: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.hidden_states(ids, mask, types), mask)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def task_model_state(model: TaskModel) -> dict[str, torch.Tensor]:
+    """The tensors to save: every tensor has exactly one name (see ``TaskModel``)."""
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+
+
+# ---------------------------------------------------------------- input encoding
+@dataclass
+class Feature:
+    """One example as model input, with what is needed to read the output back."""
+
+    ids: list[int]
+    types: list[int] | None = None  # BERT segment ids (QA), else None
+    # classify: class index; tag: a tag index per token (IGNORE where no loss);
+    # qa: (first, last) token of the answer, None when it was cut off or unknown.
+    target: int | list[int] | tuple[int, int] | None = None
+    word_tokens: list[int] | None = None  # tag: each word's first token, -1 when cut off
+    ctx_start: int = 0  # qa: index of the first context token
+    offsets: list[tuple[int, int]] | None = None  # qa: char spans of the kept context tokens
+    truncated: bool = False
+
+
+class TaskEncoder:
+    """Turns examples into ``Feature`` s for one backbone kind and input policy."""
+
+    def __init__(self, tok: Tokenizer, task: Task, kind: BackboneKind, max_length: int,
+                 truncation: Truncation = "tail", labels: LabelSet | None = None) -> None:
+        self.tok, self.task, self.kind = tok, task, kind
+        self.max_length, self.truncation, self.labels = max_length, truncation, labels
+        if kind == "bert":
+            cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+            if cls is None or sep is None:
+                where = tok.path or "the tokenizer"
+                raise LmlabError(f"{where}: a BERT backbone needs [CLS] and [SEP] tokens, "
+                                 "which this tokenizer lacks (use the model's own tokenizer, or "
+                                 "train one with `lmlab tokenizer train --kind wordpiece`)")
+            self.cls, self.sep = cls, sep
+        elif task == "qa" and tok.eos_id is None:
+            raise LmlabError(f"{tok.path or 'the tokenizer'}: GPT question answering needs an "
+                             "end-of-text token to separate question and context")
+        # The fewest tokens any input needs: specials plus one token of text.
+        least = {"bert": {"classify": 3, "tag": 3, "qa": 5}, "gpt": {"classify": 1, "tag": 1,
+                                                                  "qa": 3}}[kind][task]
+        if max_length < least:
+            raise LmlabError(f"--max-length {max_length} is too short for {task} with a "
+                             f"{kind.upper()} backbone (at least {least})")
+
+    def encode(self, examples: Sequence[Any], labelled: bool, where: str = "") -> list[Feature]:
+        """Features of ``examples``; targets only when ``labelled``."""
+        if self.task == "classify":
+            return self._classify(examples, labelled)
+        if self.task == "tag":
+            return [self._tag(ex, labelled, f"{where} example {i + 1}")
+                    for i, ex in enumerate(examples)]
+        return [self._qa(ex, labelled) for ex in examples]
+
+    def _classify(self, examples: Sequence[ClassifyExample], labelled: bool) -> list[Feature]:
+        budget = self.max_length - (2 if self.kind == "bert" else 0)
+        feats = []
+        # encode_batch: the Rust side tokenizes on all cores.
+        for ex, body in zip(examples, self.tok.encode_batch([e.text for e in examples]),
+                            strict=True):
+            cut = len(body) > budget
+            if cut:
+                body = body[:budget] if self.truncation == "tail" else body[len(body) - budget:]
+            if self.kind == "bert":
+                ids = [self.cls, *body, self.sep]
+            else:
+                # A text of no tokens (only characters the tokenizer drops) still
+                # needs one position to pool: the end-of-text token stands in.
+                ids = body or [self.tok.eos_id if self.tok.eos_id is not None else 0]
+            target = self.labels.encode(ex.label) if labelled and self.labels else None
+            feats.append(Feature(ids, target=target, truncated=cut))
+        return feats
+
+    def _tag(self, ex: TagExample, labelled: bool, where: str) -> Feature:
+        try:
+            body, word_of = self.tok.encode_words(ex.tokens)
+        except LmlabError as e:
+            raise LmlabError(f"{where.strip()}: {e}") from None
+        offset = 1 if self.kind == "bert" else 0
+        budget = self.max_length - 2 * offset
+        body, word_of = body[:budget], word_of[:budget]
+        first = [-1] * len(ex.tokens)  # -1: the word was cut off
+        for j, w in enumerate(word_of):
+            if first[w] < 0:
+                first[w] = j + offset
+        ids = [self.cls, *body, self.sep] if self.kind == "bert" else body
+        target = None
+        if labelled and ex.tags is not None and self.labels is not None:
+            # Only the first sub-token of each word carries its tag (BERT's choice);
+            # the others are ignored by the loss and by prediction.
+            target = [IGNORE] * len(ids)
+            for w, j in enumerate(first):
+                if j >= 0:
+                    target[j] = self.labels.encode(ex.tags[w])
+        return Feature(ids, target=target, word_tokens=first, truncated=min(first) < 0)
+
+    def _qa(self, ex: QAExample, labelled: bool) -> Feature:
+        q = self.tok.encode(ex.question)
+        ctx, offsets = self.tok.encode_with_offsets(ex.context)
+        n_special = 3 if self.kind == "bert" else 1
+        # The question is kept whole unless it alone would leave the context
+        # less than half of the input.
+        q = q[: max(1, min(len(q), self.max_length // 2))]
+        budget = self.max_length - n_special - len(q)
+        cut = len(ctx) > budget
+        ctx, offsets = ctx[:budget], offsets[:budget]
+        if self.kind == "bert":
+            ids = [self.cls, *q, self.sep, *ctx, self.sep]
+            types = [0] * (len(q) + 2) + [1] * (len(ctx) + 1)
+            ctx_start = len(q) + 2
+        else:
+            ids, types = [*q, self.tok.eos_id, *ctx], None
+            ctx_start = len(q) + 1
+        target = None
+        if labelled and ex.answer is not None and ex.answer_start is not None:
+            span = char_span_to_tokens(offsets, ex.answer_start,
+                                       ex.answer_start + len(ex.answer))
+            if span is not None:
+                target = (span[0] + ctx_start, span[1] + ctx_start)
+        return Feature(ids, types, target, ctx_start=ctx_start, offsets=offsets, truncated=cut)
+
+
+def char_span_to_tokens(offsets: Sequence[tuple[int, int]], start: int,
+                        end: int) -> tuple[int, int] | None:
+    """(first, last) index of the tokens overlapping characters [start, end), or None.
+
+    None when no kept token overlaps the span: the answer was cut off with
+    the end of the context (or it is made only of characters the tokenizer drops).
+    """
+    first = last = None
+    for i, (a, b) in enumerate(offsets):
+        if b > a and b > start and a < end:
+            if first is None:
+                first = i
+            last = i
+    return None if first is None or last is None else (first, last)
+
+
+def token_span_to_chars(text: str, offsets: Sequence[tuple[int, int]], first: int,
+                        last: int) -> tuple[int, int]:
+    """Characters [start, end) of ``text`` covered by tokens first..last, trimmed of spaces.
+
+    Byte-level BPE tokens carry their leading space ("Ġworld"), which is not
+    part of an answer.
+    """
+    a, b = offsets[first][0], offsets[last][1]
+    while a < b and text[a].isspace():
+        a += 1
+    while b > a and text[b - 1].isspace():
+        b -= 1
+    return a, b
+
+
+def best_span(start_logits: torch.Tensor, end_logits: torch.Tensor,
+              max_tokens: int) -> tuple[int, int, float]:
+    """The (first, last) token pair maximizing start + end logits, first <= last <
+    first + max_tokens, and its probability p_start(first) * p_end(last)."""
+    n = start_logits.numel()
+    scores = start_logits[:, None] + end_logits[None, :]  # (n, n): row = start, column = end
+    i = torch.arange(n, device=scores.device)
+    length = i[None, :] - i[:, None]
+    scores = scores.masked_fill((length < 0) | (length >= max_tokens), float("-inf"))
+    s, e = divmod(int(scores.argmax()), n)
+    p = start_logits.softmax(-1)[s] * end_logits.softmax(-1)[e]
+    return s, e, float(p)
+
+
+# ---------------------------------------------------------------- batches
+def length_bucketed_batches(lengths: Sequence[int], batch_size: int,
+                            generator: torch.Generator,
+                            bucket_batches: int = 50) -> list[list[int]]:
+    """Shuffled batches of similar lengths: less compute spent on padding.
+
+    The examples are shuffled, cut into buckets of ``bucket_batches`` batches,
+    sorted by length inside each bucket and cut into batches, and the batch
+    order is shuffled again: batches are homogeneous in length but their
+    order stays random. Only ``generator`` is drawn from.
+    """
+    perm = torch.randperm(len(lengths), generator=generator).tolist()
+    size = batch_size * bucket_batches
+    batches = []
+    for start in range(0, len(perm), size):
+        bucket = sorted(perm[start: start + size], key=lambda i: lengths[i])
+        batches += [bucket[j: j + batch_size] for j in range(0, len(bucket), batch_size)]
+    order = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in order]
+
+
+@dataclass
+class Batch:
+    ids: torch.Tensor  # (B, T)
+    mask: torch.Tensor  # (B, T), 1 on real tokens
+    types: torch.Tensor | None  # (B, T) or None
+    # (B,) classify, (B, T) tag, (B, 2) qa; IGNORE where an example has no target
+    target: torch.Tensor
+
+
+def collate(feats: Sequence[Feature], pad_id: int, device: torch.device | str,
+            task: Task) -> Batch:
+    """Right-pad a batch of features into tensors on ``device``."""
+    B, T = len(feats), max(len(f.ids) for f in feats)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros(B, T, dtype=torch.long)
+    types = torch.zeros(B, T, dtype=torch.long) if feats[0].types is not None else None
+    if task == "classify":
+        target = torch.full((B,), IGNORE, dtype=torch.long)
+    elif task == "tag":
+        target = torch.full((B, T), IGNORE, dtype=torch.long)
+    else:
+        target = torch.full((B, 2), IGNORE, dtype=torch.long)
+    for i, f in enumerate(feats):
+        ids[i, : len(f.ids)] = torch.tensor(f.ids)
+        mask[i, : len(f.ids)] = 1
+        if types is not None and f.types is not None:
+            types[i, : len(f.types)] = torch.tensor(f.types)
+        if f.target is None:
+            continue
+        if task == "tag":
+            target[i, : len(f.target)] = torch.tensor(f.target)  # type: ignore[arg-type]
+        else:
+            target[i] = torch.tensor(f.target)
+    return Batch(ids.to(device), mask.to(device),
+                 types.to(device) if types is not None else None, target.to(device))
+
+
+def task_loss(out: torch.Tensor, target: torch.Tensor, task: Task,
+              weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy of a batch over texts, tagged tokens or answer boundaries;
+    IGNORE targets take no part."""
+    if task == "classify":
+        return F.cross_entropy(out.float(), target, weight=weight, ignore_index=IGNORE)
+    if task == "tag":
+        return F.cross_entropy(out.float().flatten(0, 1), target.flatten(), weight=weight,
+                               ignore_index=IGNORE)
+    start, end = out.float().unbind(-1)  # (B, T) each
+    # BERT's QA loss: the mean of the start and end cross-entropies.
+    return (F.cross_entropy(start, target[:, 0], ignore_index=IGNORE)
+            + F.cross_entropy(end, target[:, 1], ignore_index=IGNORE)) / 2
+
+
+# ---------------------------------------------------------------- prediction
+@dataclass
+class Prediction:
+    """A model's answer for one example."""
+
+    label: str | None = None  # classify: the predicted class
+    probability: float | None = None  # classify: its probability; qa: p_start * p_end
+    tags: list[str | None] | None = None  # tag: one per word, None where cut off
+    answer: str | None = None  # qa: the answer text
+    answer_start: int | None = None  # qa: its character offset in the context
+    truncated: bool = False  # the input did not fit max_length
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@torch.no_grad()
+def run_model(model: TaskModel, feats: Sequence[Feature], batch_size: int, pad_id: int,
+              weight: torch.Tensor | None = None
+              ) -> tuple[list[torch.Tensor], float | None]:
+    """Each feature's output (on the CPU, padding removed) and the mean loss over
+    those with targets (None if none has one). Batches go by length, for speed."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    outs: list[torch.Tensor | None] = [None] * len(feats)
+    order = sorted(range(len(feats)), key=lambda i: len(feats[i].ids))
+    loss_sum, loss_n = 0.0, 0
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start: start + batch_size]
+            batch = collate([feats[i] for i in chunk], pad_id, device, model.task)
+            out = model(batch.ids, batch.mask, batch.types).float()
+            scored = sum(feats[i].target is not None for i in chunk)
+            if scored:
+                # Weighted by examples: for tags a per-token mean of each batch.
+                loss_sum += float(task_loss(out, batch.target, model.task, weight)) * scored
+                loss_n += scored
+            for j, i in enumerate(chunk):
+                n = len(feats[i].ids)
+                outs[i] = (out[j] if model.task == "classify" else out[j, :n]).cpu()
+    finally:
+        model.train(was_training)
+    return outs, (loss_sum / loss_n if loss_n else None)  # type: ignore[return-value]
+
+
+def decode_outputs(outs: Sequence[torch.Tensor], feats: Sequence[Feature],
+                   examples: Sequence[Any], task: Task, labels: LabelSet | None,
+                   max_answer_tokens: int) -> list[Prediction]:
+    """Model outputs back to labels, word tags or answer spans."""
+    preds = []
+    for out, f, ex in zip(outs, feats, examples, strict=True):
+        if task == "classify":
+            assert labels is not None
+            p = out.softmax(-1)  # (K,)
+            k = int(p.argmax())
+            preds.append(Prediction(label=labels.decode(k), probability=float(p[k]),
+                                    truncated=f.truncated))
+        elif task == "tag":
+            assert labels is not None and f.word_tokens is not None
+            best = out.argmax(-1).tolist()  # (T,)
+            tags = [labels.decode(best[j]) if j >= 0 else None for j in f.word_tokens]
+            preds.append(Prediction(tags=tags, truncated=f.truncated))
+        else:
+            assert f.offsets is not None
+            c0, c1 = f.ctx_start, f.ctx_start + len(f.offsets)
+            if c1 == c0:  # no context token fits: nothing to point at
+                preds.append(Prediction(answer="", answer_start=0, probability=0.0,
+                                        truncated=True))
+                continue
+            s, e, p = best_span(out[c0:c1, 0], out[c0:c1, 1], max_answer_tokens)
+            a, b = token_span_to_chars(ex.context, f.offsets, s, e)
+            preds.append(Prediction(answer=ex.context[a:b], answer_start=a, probability=p,
+                                    truncated=f.truncated))
+    return preds
+
+
+def _is_bio(labels: Sequence[str]) -> bool:
+    return all(t == "O" or (len(t) > 2 and t[1] == "-" and t[0] in "BI") for t in labels)
+
+
+def _fill_cut(tags: Sequence[str | None], labels: LabelSet) -> list[str]:
+    """Tags with cut-off words scored as ``O`` (or the first label when there is no O)."""
+    fill = "O" if "O" in labels else labels.decode(0)
+    return [t if t is not None else fill for t in tags]
+
+
+def score_predictions(preds: Sequence[Prediction], examples: Sequence[Any], task: Task,
+                      labels: LabelSet | None) -> tuple[str, float, Any]:
+    """(metric name, its value, the full scores) of predictions against labelled examples.
+
+    classify: macro F1 (``ClassificationReport``); tag: entity F1 when the
+    tags are BIO, else token accuracy (``span_f1``'s dict); qa: token F1
+    (``qa_scores``'s dict, with exact match).
+    """
+    from lmlab.metrics import classification_report, qa_scores, span_f1
+
+    if task == "classify":
+        assert labels is not None
+        report = classification_report(
+            [labels.encode(ex.label) for ex in examples],
+            [labels.encode(p.label) for p in preds], labels.to_list())
+        return "macro_f1", report.macro_f1, report
+    if task == "tag":
+        assert labels is not None
+        true = [ex.tags for ex in examples]
+        pred = [_fill_cut(p.tags or [], labels) for p in preds]
+        if _is_bio(labels.labels):
+            scores = span_f1(true, pred)
+            return "entity_f1", scores["f1"], scores
+        same = sum(a == b for t, q in zip(true, pred, strict=True)
+                   for a, b in zip(t, q, strict=True))
+        acc = same / max(1, sum(len(t) for t in true))
+        return "token_accuracy", acc, {"token_accuracy": acc}
+    scores = qa_scores([p.answer or "" for p in preds], [ex.answer for ex in examples])
+    return "f1", scores["f1"], scores
+
+
+# ---------------------------------------------------------------- checkpoints
+def _read_task_info(folder: Path) -> dict[str, Any]:
+    try:
+        info = json.loads((folder / TASK_FILE).read_text())
+    except json.JSONDecodeError as e:
+        raise LmlabError(f"{folder / TASK_FILE}: not valid JSON ({e})") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise LmlabError(f"{folder / TASK_FILE}: not an lmlab fine-tuning task file")
+    return info
+
+
+def resolve_task_checkpoint(path: Path) -> Path:
+    """The fine-tuned checkpoint folder: ``path`` itself or its ``best/``."""
+    path = Path(path)
+    if not path.exists():
+        raise LmlabError(f"{path}: no such fine-tuned checkpoint or run folder")
+    for folder in (path, path / "best"):
+        if (folder / TASK_FILE).is_file():
+            return folder
+    raise LmlabError(f"{path}: not a fine-tuned checkpoint (no {TASK_FILE} here nor in "
+                     f"{path / 'best'}); make one with `lmlab finetune`")
+
+
+def save_task_checkpoint(folder: Path, model: TaskModel, tok: Tokenizer,
+                         info: dict[str, Any], source: Path | None) -> Path:
+    """Write ``folder`` atomically: weights, backbone config, task.json, tokenizer files."""
+    from safetensors.torch import save_file
+
+    from lmlab.interop.hf_folder import TOKENIZER_FILES
+
+    with atomic_dir(folder) as tmp:
+        save_file(task_model_state(model), str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
+        model.config.save(tmp / "config.json")
+        (tmp / TASK_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+        tok.save(tmp / "tokenizer.json")
+        # Keep the source's other tokenizer files (vocab.txt, tokenizer_config.json),
+        # so the folder also reads as a tokenizer in other tools.
+        for name in TOKENIZER_FILES:
+            if source is not None and name != "tokenizer.json" and (source / name).is_file():
+                shutil.copyfile(source / name, tmp / name)
+    return folder
+
+
+def load_task_model(path: Path, device: str = "cpu"
+                    ) -> tuple[TaskModel, Tokenizer, dict[str, Any]]:
+    """A fine-tuned model (eval mode), its tokenizer and task info from ``path``
+    (a run folder made by ``lmlab finetune`` or its ``best/`` folder)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = resolve_task_checkpoint(path)
+    info = _read_task_info(folder)
+    config = load_config(folder / "config.json")
+    with torch.device("meta"):
+        backbone: Backbone = Bert(config) if isinstance(config, BertConfig) else GPT(config)
+        model = TaskModel(backbone, info["task"], max(1, len(info["labels"])),
+                          info["pooling"], info.get("head_dropout", 0.1))
+    try:
+        sd = load_file(str(folder / "model.safetensors"), device=device)
+    except (SafetensorError, OSError) as e:
+        raise LmlabError(f"{folder / 'model.safetensors'}: unreadable ({e})") from None
+    expected = model.state_dict()
+    if set(sd) != set(expected):
+        missing = sorted(set(expected) - set(sd))
+        extra = sorted(set(sd) - set(expected))
+        raise LmlabError(f"{folder}: weights do not match config.json and task.json "
+                         f"(missing: {missing[:2]}, unexpected: {extra[:2]})")
+    for k, v in expected.items():
+        if sd[k].shape != v.shape:
+            raise LmlabError(f"{folder}: tensor {k} has shape {tuple(sd[k].shape)}, "
+                             f"expected {tuple(v.shape)}")
+    model.load_state_dict(sd, strict=True, assign=True)
+    if isinstance(config, GPTConfig) and config.pos == "rope":
+        from lmlab.models.gpt import rope_cache
+
+        # Non-persistent buffers were built on meta: rebuild them for real.
+        cos, sin = rope_cache(config)
+        model.backbone.rope_cos, model.backbone.rope_sin = cos.to(device), sin.to(device)
+    tok = Tokenizer.from_file(folder / "tokenizer.json", eos_token=info.get("eos_token"))
+    return model.eval(), tok, info
+
+
+def predict_examples(model: TaskModel, tok: Tokenizer, info: dict[str, Any],
+                     examples: Sequence[Any], batch_size: int = 32) -> list[Prediction]:
+    """Predictions of a fine-tuned model for unlabelled (or labelled) examples."""
+    if not examples:
+        return []
+    labels = LabelSet.from_list(info["labels"]) if info["labels"] else None
+    enc = TaskEncoder(tok, info["task"], info["backbone"], info["max_length"],
+                      info["truncation"], labels)
+    feats = enc.encode(examples, labelled=False, where="input")
+    outs, _ = run_model(model, feats, batch_size, _pad_id(tok, model))
+    return decode_outputs(outs, feats, examples, info["task"], labels,
+                          info.get("max_answer_tokens", 30))
+
+
+def predict_texts(model: TaskModel, tok: Tokenizer, info: dict[str, Any],
+                  texts: Sequence[str], context: str | None = None,
+                  batch_size: int = 32) -> list[Prediction]:
+    """Predictions for plain strings: a text to classify, a sentence to tag (split on
+    whitespace), or a question to answer from ``context`` (qa)."""
+    task = info["task"]
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    if empty:
+        raise LmlabError(f"text {empty[0] + 1} is empty; give non-empty texts")
+    examples: list[Any]
+    if task == "classify":
+        examples = [ClassifyExample(t) for t in texts]
+    elif task == "tag":
+        examples = [TagExample(t.split()) for t in texts]
+    else:
+        if not context or not context.strip():
+            raise LmlabError("a question answering model needs --context: the text the "
+                             "answers are taken from")
+        examples = [QAExample(context, t) for t in texts]
+    return predict_examples(model, tok, info, examples, batch_size)
+
+
+def _pad_id(tok: Tokenizer, model: TaskModel) -> int:
+    """Any id works for padding (it is masked, or to the right of a causal model's
+    tokens); BERT's own [PAD] keeps inputs as the encoder was trained."""
+    if model.kind == "bert":
+        return tok.pad_id if tok.pad_id is not None else model.config.pad_token_id
+    return 0
+
+
+# ---------------------------------------------------------------- the run
+def linear_schedule(step: int, total: int, warmup: int, peak: float) -> float:
+    """BERT's schedule: linear warm-up to ``peak`` over ``warmup`` steps, then linear
+    decay to 0 at ``total``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * max(0.0, (total - step) / max(1, total - warmup))
+
+
+def make_finetune_optimizer(model: nn.Module, lr: float,
+                            weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over trainable parameters, no weight decay on biases and norm gains
+    (1-D tensors), as BERT; betas (0.9, 0.999) as in BERT's fine-tuning."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
+
+
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+class Finetuner:
+    """Holds data, model, optimizer and run folder; ``fit`` trains, ``test`` scores."""
+
+    def __init__(self, cfg: FinetuneConfig, overwrite: bool = False,
+                 progress: bool = True) -> None:
+        from lmlab.data.tasks import compute_class_weights, load_splits
+
+        self.cfg, self.progress = cfg, progress
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        for name in ("epochs", "batch_size"):
+            if getattr(cfg, name) < 1:
+                raise LmlabError(f"--{name.replace('_', '-')} must be at least 1")
+        if cfg.pooling is not None and cfg.task != "classify":
+            raise LmlabError(f"--pooling applies to classify, not {cfg.task}")
+        if cfg.class_weights and cfg.task == "qa":
+            raise LmlabError("--class-weights applies to classify and tag, not qa")
+        self.run_dir = Path(cfg.out)
+        self._check_run_dir(overwrite)
+        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+        # -- data
+        self.splits = load_splits(Path(cfg.train), _opt_path(cfg.validation),
+                                  _opt_path(cfg.test), cfg.task, seed=cfg.seed,
+                                  val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                                  **cfg.field_names())
+        if not self.splits["val"]:
+            raise LmlabError(f"{cfg.train}: no validation examples (too few examples, or "
+                             "--val-fraction 0); give --validation FILE or a --val-fraction > 0")
+        self.labels = (LabelSet.from_examples(self.splits["train"]) if cfg.task != "qa"
+                       else None)
+
+        # -- model
+        torch.manual_seed(cfg.seed)  # the head's initialisation and dropout
+        backbone, self.tok, self.source, folder_pooling = load_backbone(cfg.model, cfg.tokenizer)
+        kind: BackboneKind = "bert" if isinstance(backbone, Bert) else "gpt"
+        if self.tok.vocab_size > backbone.config.vocab_size:
+            raise LmlabError(f"{cfg.tokenizer or cfg.model}: the tokenizer has "
+                             f"{self.tok.vocab_size:,} tokens but the model only "
+                             f"{backbone.config.vocab_size:,}")
+        context = backbone.config.block_size
+        self.max_length = cfg.max_length or min(context, DEFAULT_MAX_LENGTH)
+        if self.max_length > context:
+            raise LmlabError(f"--max-length {self.max_length} is larger than the backbone's "
+                             f"context of {context} tokens")
+        pooling: Pooling = cfg.pooling or folder_pooling or ("cls" if kind == "bert" else "last")
+        if kind == "gpt" and pooling == "cls":
+            raise LmlabError("--pooling cls needs a BERT backbone: a GPT's first token has "
+                             "seen only itself; use last or mean")
+        self.pooling = pooling
+        n_labels = len(self.labels) if self.labels else 1
+        self.model = TaskModel(backbone, cfg.task, n_labels, pooling, cfg.head_dropout)
+        self.model.to(self.device)
+        if cfg.freeze_backbone:
+            for p in self.model.backbone.parameters():
+                p.requires_grad_(False)
+        self.pad_id = _pad_id(self.tok, self.model)
+
+        # -- features
+        self.encoder = TaskEncoder(self.tok, cfg.task, kind, self.max_length, cfg.truncation,
+                                   self.labels)
+        self.feats = {name: self.encoder.encode(exs, labelled=True, where=f"{name} split")
+                      for name, exs in self.splits.items()}
+        self.notes: list[str] = []
+        self._report_truncation()
+        if cfg.task == "qa":
+            # A training example whose answer was cut off has no target to learn.
+            kept = [f for f in self.feats["train"] if f.target is not None]
+            skipped = len(self.feats["train"]) - len(kept)
+            if skipped:
+                self._note(f"{skipped:,} of {len(self.feats['train']):,} training questions "
+                           f"skipped: their answer lies beyond --max-length {self.max_length}")
+            if not kept:
+                raise LmlabError("no training question has its answer within --max-length "
+                                 f"{self.max_length}; raise --max-length")
+            self.feats["train"] = kept
+        self.weight = None
+        use_weights = cfg.class_weights if cfg.class_weights is not None else cfg.task == "classify"
+        if use_weights and self.labels is not None:
+            y = self._train_label_ids()
+            self.weight = torch.tensor(compute_class_weights(y, len(self.labels)),
+                                       dtype=torch.float32, device=self.device)
+
+        # -- optimization
+        self.optimizer = make_finetune_optimizer(self.model, cfg.lr, cfg.weight_decay)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        per_epoch = math.ceil(len(self.feats["train"]) / cfg.batch_size)
+        self.total_steps = cfg.epochs * per_epoch
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.warmup = round(cfg.warmup_ratio * self.total_steps)
+        self.metric_name = ""
+        self.kind = kind
+        # Only now, with every input checked, is an old run in OUT replaced.
+        self._clear_run_dir()
+        (self.run_dir / "finetune_config.json").write_text(
+            json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+
+    # -- setup helpers -------------------------------------------------------
+    _RUN_OUTPUTS = ("best", "tb", "metrics.jsonl", "loss.png", "report.json", "report.txt",
+                    "confusion.png", "finetune_config.json")
+
+    def _check_run_dir(self, overwrite: bool) -> None:
+        present = [n for n in self._RUN_OUTPUTS if (self.run_dir / n).exists()]
+        if present and not overwrite:
+            raise LmlabError(f"{self.run_dir}: already holds a fine-tuning run ({present[0]}); "
+                             "pass --overwrite to replace it, or choose another --out")
+
+    def _clear_run_dir(self) -> None:
+        for name in self._RUN_OUTPUTS:
+            p = self.run_dir / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def _note(self, msg: str) -> None:
+        self.notes.append(msg)
+        _warn(msg)
+
+    def _report_truncation(self) -> None:
+        cfg = self.cfg
+        for name, feats in self.feats.items():
+            cut = sum(f.truncated for f in feats)
+            if not cut:
+                continue
+            if cfg.task == "classify":
+                kept = "start" if cfg.truncation == "tail" else "end"
+                self._note(f"{cut:,} of {len(feats):,} {name} texts are longer than "
+                           f"--max-length {self.max_length} tokens; only their {kept} is read "
+                           f"(--truncation {cfg.truncation})")
+            elif cfg.task == "tag":
+                words = sum(sum(j < 0 for j in f.word_tokens or []) for f in feats)
+                self._note(f"{name}: {words:,} words in {cut:,} sentences lie beyond "
+                           f"--max-length {self.max_length} and are not tagged (scored as O)")
+            else:
+                self._note(f"{name}: {cut:,} of {len(feats):,} contexts were cut to fit "
+                           f"--max-length {self.max_length}")
+
+    def _train_label_ids(self) -> list[int]:
+        feats = self.feats["train"]
+        if self.cfg.task == "classify":
+            return [int(f.target) for f in feats]  # type: ignore[arg-type]
+        return [t for f in feats for t in f.target if t != IGNORE]  # type: ignore[union-attr]
+
+    # -- evaluation ----------------------------------------------------------
+    def evaluate(self, split: str) -> tuple[str, float, Any, float | None]:
+        """(metric name, value, full scores, mean loss) of the current model on a split."""
+        outs, loss = run_model(self.model, self.feats[split], self.cfg.batch_size * 2,
+                               self.pad_id, self.weight)
+        preds = decode_outputs(outs, self.feats[split], self.splits[split], self.cfg.task,
+                               self.labels, self.cfg.max_answer_tokens)
+        name, value, scores = score_predictions(preds, self.splits[split], self.cfg.task,
+                                                self.labels)
+        return name, value, scores, loss
+
+    def task_info(self, step: int, epoch: int, value: float) -> dict[str, Any]:
+        tok = self.tok
+        return {
+            "format": FORMAT, "task": self.cfg.task, "backbone": self.kind,
+            "labels": self.labels.to_list() if self.labels else [],
+            "pooling": self.pooling, "max_length": self.max_length,
+            "truncation": self.cfg.truncation, "max_answer_tokens": self.cfg.max_answer_tokens,
+            "head_dropout": self.cfg.head_dropout, "metric": self.metric_name,
+            "val_metric": value, "step": step, "epoch": epoch, "source_model": self.cfg.model,
+            "eos_token": tok.id_to_token(tok.eos_id) if tok.eos_id is not None else None,
+        }
+
+    # -- the loop ------------------------------------------------------------
+    def train_step(self, idx: Sequence[int], step: int) -> tuple[float, float]:
+        """One optimizer step on training features ``idx`` at schedule position ``step``;
+        returns the batch loss and the gradient norm before clipping."""
+        cfg = self.cfg
+        lr = linear_schedule(step, self.total_steps, self.warmup, cfg.lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batch = collate([self.feats["train"][i] for i in idx], self.pad_id, self.device,
+                        cfg.task)
+        out = self.model(batch.ids, batch.mask, batch.types)
+        loss = task_loss(out, batch.target, cfg.task, self.weight)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise LmlabError(f"step {step}: training loss is {value}; try a lower --lr "
+                             f"(now {cfg.lr:g})")
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in self.model.parameters() if p.requires_grad], cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return value, float(norm)
+
+    def _train_mode(self) -> None:
+        self.model.train()
+        if self.cfg.freeze_backbone:
+            self.model.backbone.eval()  # a frozen backbone gives stable features: no dropout
+
+    def fit(self) -> dict[str, Any]:
+        from lmlab.runs import MetricsLogger, plot_loss
+
+        cfg = self.cfg
+        logger = MetricsLogger(self.run_dir)
+        bar = None
+        if self.progress:
+            from lmlab.progress import progress_bar
+
+            bar = progress_bar(total=self.total_steps, desc=f"finetune {cfg.task}", unit="step")
+        lengths = [len(f.ids) for f in self.feats["train"]]
+        best, best_step, bad_evals = -math.inf, 0, 0
+        step, epoch, stopped_early = 0, 0, False
+        losses: list[float] = []
+        t_start = t_last = time.perf_counter()
+        seen = 0
+
+        def validate() -> bool:
+            """Evaluate, keep the best checkpoint; True when patience has run out."""
+            nonlocal best, best_step, bad_evals
+            name, value, _, loss = self.evaluate("val")
+            self.metric_name = name
+            row = {"step": step, "split": "val", "epoch": epoch, name: value}
+            if loss is not None:
+                row["loss"] = loss
+            logger.log(row)
+            improved = value > best
+            if improved:
+                best, best_step, bad_evals = value, step, 0
+                save_task_checkpoint(self.run_dir / "best", self.model, self.tok,
+                                     self.task_info(step, epoch, value), self.source)
+            else:
+                bad_evals += 1
+            msg = (f"step {step} (epoch {epoch}): val {name} {value:.4f}"
+                   + (f", loss {loss:.4f}" if loss is not None else "")
+                   + (" (best, saved)" if improved else f" (best {best:.4f} at step {best_step})"))
+            bar.write(msg) if bar else print(msg, file=sys.stderr)
+            plot_loss(logger.path, self.run_dir / "loss.png", title=f"finetune {cfg.task}")
+            self._train_mode()
+            return cfg.patience is not None and bad_evals >= cfg.patience
+
+        self._train_mode()
+        try:
+            while epoch < cfg.epochs and step < self.total_steps and not stopped_early:
+                epoch += 1
+                evaluated_at = -1
+                for idx in length_bucketed_batches(lengths, cfg.batch_size, self.generator):
+                    if step >= self.total_steps:
+                        break
+                    loss, norm = self.train_step(idx, step)
+                    step += 1
+                    seen += len(idx)
+                    losses.append(loss)
+                    if step % 10 == 0 or step == self.total_steps:
+                        now = time.perf_counter()
+                        mean = sum(losses) / len(losses)
+                        lr = self.optimizer.param_groups[0]["lr"]
+                        logger.log({"step": step, "split": "train", "epoch": epoch,
+                                    "loss": mean, "lr": lr, "grad_norm": norm,
+                                    "examples_per_s": seen / max(now - t_last, 1e-9),
+                                    "elapsed_s": now - t_start})
+                        if bar:
+                            bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}", refresh=False)
+                        losses, seen, t_last = [], 0, now
+                    if bar:
+                        bar.update(1)
+                    if cfg.eval_interval and step % cfg.eval_interval == 0:
+                        evaluated_at = step
+                        if validate():
+                            stopped_early = True
+                            break
+                if not stopped_early and evaluated_at != step and validate():
+                    stopped_early = True
+        finally:
+            if bar:
+                bar.close()
+            logger.close()
+        return {"steps": step, "epochs": epoch, "total_steps": self.total_steps,
+                "stopped_early": stopped_early, "best_step": best_step,
+                "metric": self.metric_name, "best_val": best,
+                "train_seconds": time.perf_counter() - t_start}
+
+    # -- after training ------------------------------------------------------
+    def test(self) -> dict[str, Any] | None:
+        """Score the best checkpoint on the test split; write OUT/report.{json,txt}
+        (and OUT/confusion.png for classify). None when there is no test split."""
+        if not self.splits["test"]:
+            self._note("no test split (--test-fraction 0 and no --test): nothing to report")
+            return None
+        best_dir = self.run_dir / "best"
+        model, _, info = load_task_model(best_dir, device=str(self.device))
+        self.model = model
+        name, value, scores, loss = self.evaluate("test")
+        n = len(self.splits["test"])
+        report: dict[str, Any] = {
+            "task": self.cfg.task, "checkpoint": str(best_dir), "metric": name, "value": value,
+            "test_examples": n, "test_loss": loss, "best_step": info["step"],
+            "val_metric": info["val_metric"],
+            "truncated_test_inputs": sum(f.truncated for f in self.feats["test"]),
+            "notes": self.notes,
+        }
+        if self.cfg.task == "classify":
+            from lmlab.metrics import plot_confusion
+
+            report["scores"] = scores.to_dict()
+            text = scores.format()
+            plot_confusion(scores, self.run_dir / "confusion.png",
+                           title=f"test: accuracy {scores.accuracy:.3f}, "
+                                 f"macro F1 {scores.macro_f1:.3f} (n={n})")
+        elif self.cfg.task == "tag":
+            report["scores"] = scores
+            text = _format_tag_scores(scores, n)
+        else:
+            report["scores"] = scores
+            text = (f"exact match {scores['exact_match']:.4f}   F1 {scores['f1']:.4f}   "
+                    f"({scores['n']} questions)")
+        write_text(self.run_dir / "report.json", json.dumps(report, indent=2) + "\n")
+        write_text(self.run_dir / "report.txt", text + "\n")
+        report["text"] = text
+        return report
+
+
+def _format_tag_scores(scores: dict[str, Any], n: int) -> str:
+    if "f1" not in scores:
+        return f"token accuracy {scores['token_accuracy']:.4f} ({n} sentences)"
+    lines = [f"{'type':<12}{'precision':>11}{'recall':>11}{'f1':>11}{'support':>9}"]
+    for kind, s in scores["per_type"].items():
+        lines.append(f"{kind:<12}{s['precision']:>11.4f}{s['recall']:>11.4f}{s['f1']:>11.4f}"
+                     f"{s['support']:>9d}")
+    lines.append(f"{'entities':<12}{scores['precision']:>11.4f}{scores['recall']:>11.4f}"
+                 f"{scores['f1']:>11.4f}{scores['n_true']:>9d}")
+    lines.append(f"token accuracy {scores['token_accuracy']:.4f} ({n} sentences)")
+    return "\n".join(lines)
+
+
+def _opt_path(p: str | None) -> Path | None:
+    return Path(p) if p else None
+
+
+def iter_prediction_rows(examples: Sequence[Any], preds: Sequence[Prediction],
+                         task: Task) -> Iterator[dict[str, Any]]:
+    """One flat output row per example: its input fields and the prediction columns."""
+    for ex, p in zip(examples, preds, strict=True):
+        if task == "classify":
+            yield {"text": ex.text, "prediction": p.label, "probability": p.probability}
+        elif task == "tag":
+            yield {"tokens": ex.tokens, "prediction": p.tags}
+        else:
+            yield {"context": ex.context, "question": ex.question, "prediction": p.answer,
+                   "answer_start": p.answer_start, "probability": p.probability}
