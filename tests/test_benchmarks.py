@@ -18,4 +18,5 @@ def test_benchmarks_quick_smoke():
                           "--wait-idle", "0"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Training throughput" in out.stdout and "Greedy decoding" in out.stdout
+    assert "Fine-tuning throughput" in out.stdout
     assert "identical" in out.stdout  # lmlab's greedy ids equal transformers' ids

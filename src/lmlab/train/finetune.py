@@ -41,6 +41,7 @@ Shapes: B batch, T tokens, C width, K labels.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -120,6 +121,9 @@ class FinetuneConfig:
     seed: int = 0
     threads: int | None = None
     device: str | None = None  # default: cuda when available, else cpu
+    # bfloat16 autocast: matmuls in bf16, weights, optimizer and loss in fp32.
+    # On CPUs with AMX it measured 1.6x faster here; on CPUs without, slower.
+    dtype: Literal["float32", "bfloat16"] = "float32"
 
     def field_names(self) -> dict[str, str]:
         """The ``read_task_file`` keyword arguments naming columns, and the encoding."""
@@ -769,6 +773,13 @@ def make_finetune_optimizer(model: nn.Module, lr: float,
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
 
 
+def autocast(dtype: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` for ``dtype == "bfloat16"``, else nothing."""
+    if dtype == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def _warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr, flush=True)
 
@@ -922,8 +933,9 @@ class Finetuner:
     # -- evaluation ----------------------------------------------------------
     def evaluate(self, split: str) -> tuple[str, float, Any, float | None]:
         """(metric name, value, full scores, mean loss) of the current model on a split."""
-        outs, loss = run_model(self.model, self.feats[split], self.cfg.batch_size * 2,
-                               self.pad_id, self.weight)
+        with autocast(self.cfg.dtype, self.device):
+            outs, loss = run_model(self.model, self.feats[split], self.cfg.batch_size * 2,
+                                   self.pad_id, self.weight)
         preds = decode_outputs(outs, self.feats[split], self.splits[split], self.cfg.task,
                                self.labels, self.cfg.max_answer_tokens)
         name, value, scores = score_predictions(preds, self.splits[split], self.cfg.task,
@@ -952,7 +964,8 @@ class Finetuner:
             group["lr"] = lr
         batch = collate([self.feats["train"][i] for i in idx], self.pad_id, self.device,
                         cfg.task)
-        out = self.model(batch.ids, batch.mask, batch.types)
+        with autocast(cfg.dtype, self.device):
+            out = self.model(batch.ids, batch.mask, batch.types)
         loss = task_loss(out, batch.target, cfg.task, self.weight)
         value = loss.item()
         if not math.isfinite(value):
