@@ -1,8 +1,10 @@
-"""Model configs: one flat dataclass for GPT-2-style and Llama-style decoders.
+"""Model configs: one flat dataclass for GPT-2-style and Llama-style decoders, one for
+BERT-style encoders.
 
 A handful of explicit switches (norm, position encoding, MLP kind, KV heads,
-bias, tied output) describe both families, so the model code never branches
-on a model's name. Presets are looked up by name with ``GPTConfig.from_name``.
+bias, tied output) describe both decoder families, so the model code never
+branches on a model's name. Presets are looked up by name with
+``GPTConfig.from_name`` and ``BertConfig.from_name``.
 """
 
 from __future__ import annotations
@@ -61,32 +63,41 @@ class GPTConfig:
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> GPTConfig:
         """A named preset, with any field overridden (None overrides are ignored)."""
-        if name not in PRESETS:
-            raise LmlabError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-        fields = dict(PRESETS[name])
-        fields.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**fields)
+        return _from_preset(cls, PRESETS, name, overrides)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise LmlabError(f"unknown GPTConfig fields: {', '.join(sorted(unknown))}")
-        return cls(**d)
+        return _from_dict(cls, d)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> GPTConfig:
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except json.JSONDecodeError as e:
-            raise LmlabError(f"{path}: not valid JSON ({e})") from None
+        config = load_config(path)
+        if not isinstance(config, cls):
+            raise LmlabError(f"{path}: describes a {config.model_type} encoder, not a GPT")
+        return config
+
+
+def _from_preset(cls: type, presets: dict[str, dict[str, Any]], name: str,
+                 overrides: dict[str, Any]) -> Any:
+    if name not in presets:
+        raise LmlabError(f"unknown preset {name!r}; choose one of: {', '.join(presets)}")
+    fields = dict(presets[name])
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    return cls(**fields)
+
+
+def _from_dict(cls: type, d: dict[str, Any]) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise LmlabError(f"unknown {cls.__name__} fields: {', '.join(sorted(unknown))}")
+    return cls(**d)
 
 
 _LLAMA = dict(norm="rmsnorm", pos="rope", mlp="swiglu", bias=False, tie_embeddings=False)
@@ -143,23 +154,14 @@ class BertConfig:
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> BertConfig:
         """A named preset, with any field overridden (None overrides are ignored)."""
-        if name not in BERT_PRESETS:
-            raise LmlabError(f"unknown BERT preset {name!r}; choose one of: "
-                             f"{', '.join(BERT_PRESETS)}")
-        fields = dict(BERT_PRESETS[name])
-        fields.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**fields)
+        return _from_preset(cls, BERT_PRESETS, name, overrides)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BertConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise LmlabError(f"unknown BertConfig fields: {', '.join(sorted(unknown))}")
-        return cls(**d)
+        return _from_dict(cls, d)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
