@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="lmlab",
-        description="lmlab: corpus -> tokenizer -> GPT -> training -> evaluation -> generation.",
+        description="lmlab: corpus -> tokenizer -> GPT / BERT -> training -> fine-tuning -> "
+                    "evaluation -> generation.",
         epilog=(
             "examples:\n"
             "  lmlab demo                      # the whole pipeline on the built-in corpus\n"
@@ -127,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
             "  lmlab prepare data/corpus --tokenizer tok.json --out data/shards\n"
             "  lmlab pretrain data/shards --preset gpt-mini --max-steps 500 --out runs/mini\n"
             "  lmlab generate runs/mini --prompt 'The history of' --top-p 0.9\n"
+            "  lmlab pretrain data/wp-shards --objective mlm --nsp --out runs/bert\n"
+            "  lmlab finetune --task classify --train spam.jsonl --model runs/bert "
+            "--out runs/spam\n"
+            "  lmlab predict runs/spam --texts 'WIN A FREE CRUISE' 'lunch at noon?'\n"
             "\nRun `lmlab COMMAND --help` for each command's options."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
