@@ -60,7 +60,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def plot_loss(metrics_path: Path, out_png: Path, title: str = "") -> Path:
+def plot_loss(metrics_path: Path, out_png: Path, title: str = "",
+              ylabel: str = "cross-entropy (nats/token)") -> Path:
     """Train loss (10-step means) and validation loss against step."""
     import matplotlib
 
@@ -78,7 +79,7 @@ def plot_loss(metrics_path: Path, out_png: Path, title: str = "") -> Path:
         steps, losses = zip(*val, strict=True)
         ax.plot(steps, losses, "o-", color="tab:orange", lw=1.5, ms=3, label="validation")
     ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title or str(metrics_path.parent))
     ax.grid(alpha=0.3)
     ax.legend()

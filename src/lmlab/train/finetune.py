@@ -1020,7 +1020,8 @@ class Finetuner:
                    + (f", loss {loss:.4f}" if loss is not None else "")
                    + (" (best, saved)" if improved else f" (best {best:.4f} at step {best_step})"))
             bar.write(msg) if bar else print(msg, file=sys.stderr)
-            plot_loss(logger.path, self.run_dir / "loss.png", title=f"finetune {cfg.task}")
+            plot_loss(logger.path, self.run_dir / "loss.png", title=f"finetune {cfg.task}",
+                      ylabel="task loss (cross-entropy, nats)")
             self._train_mode()
             return cfg.patience is not None and bad_evals >= cfg.patience
 
