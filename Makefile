@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench spam clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run.py
+
+# SpamAssassin: bag-of-words baseline vs BERT pretrained here vs MiniLM (~30 min).
+spam: setup
+	$(BIN)/python benchmarks/spam_table.py --dtype bfloat16
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
