@@ -35,7 +35,8 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return sd
 
 
-def save_checkpoint(run_dir: Path, step: int, model: GPT, tokenizer_json: Path | None,
+def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module,
+                    tokenizer_json: Path | None,
                     optimizer: torch.optim.Optimizer | None = None,
                     trainer_state: dict[str, Any] | None = None,
                     rng_tensors: dict[str, torch.Tensor] | None = None,
@@ -55,7 +56,7 @@ def save_checkpoint(run_dir: Path, step: int, model: GPT, tokenizer_json: Path |
     return ckpt_root / name
 
 
-def _write_checkpoint(tmp: Path, model: GPT, tokenizer_json: Path | None,
+def _write_checkpoint(tmp: Path, model: torch.nn.Module, tokenizer_json: Path | None,
                       optimizer: torch.optim.Optimizer | None,
                       trainer_state: dict[str, Any] | None,
                       rng_tensors: dict[str, torch.Tensor] | None, step: int) -> None:
