@@ -26,8 +26,6 @@ autocast; the Trainer in float32 (its default) and with ``bf16=True``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 import time
@@ -37,7 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OthersCpu, machine_line, median, table, verdict  # noqa: E402
+from common import OthersCpu, median, run_standalone, table, verdict  # noqa: E402
 
 TARGET = 1.3  # lmlab tokens/s over the HF Trainer's
 BATCH = 16
@@ -226,18 +224,7 @@ def format_results(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="a few steps (smoke test)")
-    ap.add_argument("--json", type=Path, help="also write the raw results here")
-    args = ap.parse_args(argv)
-    t0 = time.perf_counter()
-    res = run_benchmark(QUICK if args.quick else Settings(),
-                        log=lambda m: print(m, file=sys.stderr))
-    print(machine_line() + "\n")
-    print(format_results(res))
-    print(f"\nwall time: {time.perf_counter() - t0:.0f} s")
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=1) + "\n")
+    run_standalone(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

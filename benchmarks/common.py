@@ -144,7 +144,8 @@ class OthersCpu:
 
 
 def run_standalone(mod, argv: list[str] | None = None) -> None:
-    """``python benchmarks/bench_X.py [--quick] [--profile] [--json F]`` for a decode bench."""
+    """``python benchmarks/bench_X.py [--quick] [--profile] [--json F]`` for one benchmark
+    module (``--profile`` only where the module has ``profile_decode``)."""
     import argparse
     import json
     import sys
@@ -152,8 +153,11 @@ def run_standalone(mod, argv: list[str] | None = None) -> None:
     from pathlib import Path
 
     ap = argparse.ArgumentParser(description=(mod.__doc__ or "").splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="8 tokens, one repeat (smoke test)")
-    ap.add_argument("--profile", action="store_true", help="also profile lmlab's decode step")
+    ap.add_argument("--quick", action="store_true", help="short smoke version")
+    profiled = hasattr(mod, "profile_decode")
+    if profiled:
+        ap.add_argument("--profile", action="store_true",
+                        help="also profile lmlab's decode step")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -163,7 +167,7 @@ def run_standalone(mod, argv: list[str] | None = None) -> None:
     print(machine_line())
     print()
     print(mod.format_results(res))
-    if args.profile:
+    if profiled and args.profile:
         print()
         print(mod.profile_decode())
     print(f"\nwall time: {time.perf_counter() - t0:.0f} s")

@@ -150,3 +150,15 @@ def test_pretraining_checkpoint_exports_as_bert_for_pretraining(tmp_path):
     real = mask.bool()
     torch.testing.assert_close(ref.prediction_logits[real], mlm[real], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(ref.seq_relationship_logits, nsp, atol=1e-5, rtol=1e-4)
+
+
+def test_generate_refuses_an_encoder_checkpoint(tmp_path, capsys):
+    """An encoder cannot decode: one clear error line, not a traceback."""
+    from lmlab.cli import main
+    from lmlab.train.checkpoint import save_checkpoint
+
+    cfg = BertConfig.from_name("bert-nano", vocab_size=99, block_size=32)
+    ckpt = save_checkpoint(tmp_path / "run", 1, BertForPreTraining(cfg), None)
+    (ckpt / "tokenizer.json").write_text("{}")
+    assert main(["generate", str(ckpt), "--prompt", "hi"]) == 2
+    assert "is an encoder (BERT)" in capsys.readouterr().err

@@ -16,12 +16,14 @@ from lmlab.tokenizer import Tokenizer
 from lmlab.train.finetune import (
     FinetuneConfig,
     Finetuner,
+    Prediction,
     TaskEncoder,
     best_span,
     char_span_to_tokens,
     linear_schedule,
     load_task_model,
     predict_texts,
+    score_predictions,
     token_span_to_chars,
 )
 
@@ -82,21 +84,22 @@ def _texts() -> list[str]:
             + [ex.context + " " + ex.question for ex in qa_examples(50)])
 
 
+def _train_tokenizer(tmp_path_factory, kind: str, vocab_size: int) -> Path:
+    tok = Tokenizer.train(_texts(), kind=kind, vocab_size=vocab_size, show_progress=False)
+    path = tmp_path_factory.mktemp(kind) / "tokenizer.json"
+    tok.save(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def wp_tok(tmp_path_factory) -> Path:
     """A small WordPiece tokenizer: [PAD] [UNK] [CLS] [SEP] [MASK] are ids 0..4."""
-    tok = Tokenizer.train(_texts(), kind="wordpiece", vocab_size=800, show_progress=False)
-    path = tmp_path_factory.mktemp("wp") / "tokenizer.json"
-    tok.save(path)
-    return path
+    return _train_tokenizer(tmp_path_factory, "wordpiece", 800)
 
 
 @pytest.fixture(scope="module")
 def bpe_tok(tmp_path_factory) -> Path:
-    tok = Tokenizer.train(_texts(), kind="bpe", vocab_size=400, show_progress=False)
-    path = tmp_path_factory.mktemp("bpe") / "tokenizer.json"
-    tok.save(path)
-    return path
+    return _train_tokenizer(tmp_path_factory, "bpe", 400)
 
 
 @pytest.fixture(scope="module")
@@ -281,9 +284,9 @@ def test_qa_on_a_rope_gpt_skips_cut_answers(tmp_path, bpe_tok, capsys):
 def test_answer_char_span_maps_to_tokens_and_back(kind, wp_tok, bpe_tok):
     tok = Tokenizer.from_file(wp_tok if kind == "wordpiece" else bpe_tok)
     context = "Yesterday Alice flew to New York, then Rome."
+    _, offsets = tok.encode_with_offsets(context)
     for answer in ("New York", "Rome", "Alice", "Yesterday"):
         a = context.index(answer)
-        ids, offsets = tok.encode_with_offsets(context)
         span = char_span_to_tokens(offsets, a, a + len(answer))
         assert span is not None
         assert token_span_to_chars(context, offsets, *span) == (a, a + len(answer))
@@ -338,8 +341,6 @@ def test_classify_truncation_policy(wp_tok, bpe_tok):
 
 
 def test_tag_truncation_leaves_cut_words_untagged(wp_tok):
-    from lmlab.train.finetune import Prediction, score_predictions
-
     wp = Tokenizer.from_file(wp_tok)
     words = ["alice", "visited", "paris", "and", "bob", "visited", "rome"]
     tags = ["B-PER", "O", "B-LOC", "O", "B-PER", "O", "B-LOC"]

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from conftest import write_corpus
+from conftest import interrupt_and_resume, make_shards, weights
 from lmlab.cli import main
 from lmlab.data.shards import TokenShards
 from lmlab.errors import LmlabError
@@ -30,18 +29,7 @@ PAD, UNK, CLS, SEP, MASK = range(SPECIALS)
 @pytest.fixture(scope="module")
 def wp_shards(tmp_path_factory, lee_docs) -> Path:
     """WordPiece shards of the Lee documents (10 validation documents)."""
-    from lmlab.data.shards import prepare
-
-    root = tmp_path_factory.mktemp("wp")
-    corpus = write_corpus(root / "corpus", lee_docs, n_val=10)
-    tok = Tokenizer.train(lee_docs[10:], kind="wordpiece", vocab_size=1200, show_progress=False)
-    tok.save(root / "tokenizer.json")
-    prepare(corpus, root / "tokenizer.json", root / "shards", progress=False)
-    return root / "shards"
-
-
-def weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(resolve_checkpoint(run) / "model.safetensors"))
+    return make_shards(tmp_path_factory.mktemp("wp"), lee_docs, "wordpiece", 1200)
 
 
 def synthetic_batch(B: int = 64, T: int = 96, V: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,7 +92,7 @@ def test_whole_word_masking_masks_whole_words_only():
     word = starts.long().cumsum(1)
     selected_n = 0
     for _ in range(30):
-        _, labels = mask_tokens(ids, maskable, word_start, MASK, 500, g, whole_word=True)
+        _, labels = mask_tokens(ids, maskable, word_start, MASK, 500, g)
         sel = labels != -100
         assert not (sel & ~maskable).any()
         for r in range(len(ids)):
@@ -203,24 +191,7 @@ def test_mlm_resumed_equals_uninterrupted(wp_shards, tmp_path, monkeypatch):
     """Stop after step 7 (last checkpoint: 4), resume, compare bit for bit (dropout on)."""
     common = dict(data=str(wp_shards), max_steps=12, eval_interval=6, checkpoint_interval=4,
                   nsp=True, whole_word_mask=True, **TINY)
-    Trainer(TrainConfig(out=str(tmp_path / "straight"), **common), progress=False).fit()
-
-    calls = {"n": 0}
-    real_step = Trainer._train_step
-
-    def dying_step(self: Trainer) -> float:
-        calls["n"] += 1
-        if calls["n"] == 8:
-            raise KeyboardInterrupt
-        return real_step(self)
-
-    monkeypatch.setattr(Trainer, "_train_step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(TrainConfig(out=str(tmp_path / "broken"), **common), progress=False).fit()
-    monkeypatch.setattr(Trainer, "_train_step", real_step)
-    assert resolve_checkpoint(tmp_path / "broken").name == "step-000004"
-    Trainer(TrainConfig(out=str(tmp_path / "broken"), **common), resume=True,
-            progress=False).fit()
+    assert interrupt_and_resume(common, tmp_path, 8, monkeypatch) == "step-000004"
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "broken")
     assert a.keys() == b.keys()
     for k in a:
@@ -238,7 +209,7 @@ def test_mlm_needs_berts_special_tokens(char_shards, tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_objective_and_preset_must_agree(tmp_path):
+def test_objective_and_preset_must_agree():
     assert TrainConfig(data="", out="", objective="mlm").preset == "bert-mini"
     assert TrainConfig(data="", out="").preset == "gpt-mini"
     with pytest.raises(LmlabError, match="GPT .*preset"):

@@ -390,7 +390,11 @@ def test_bad_merges_line(tmp_path: Path, line: str) -> None:
     ],
 )
 def test_bad_tiktoken_file(tmp_path: Path, lines: list[str], message: str) -> None:
-    path = tmp_path / "bad.tiktoken"
+    _assert_bad_lines(tmp_path / "bad.tiktoken", lines, message)
+
+
+def _assert_bad_lines(path: Path, lines: list[str], message: str) -> None:
+    """Loading a file of ``lines`` fails with one line that names the file and says ``message``."""
     path.write_text("".join(f"{line}\n" for line in lines))
     with pytest.raises(LmlabError, match=re.escape(message)) as info:
         Tokenizer.from_file(path)
@@ -533,11 +537,7 @@ def test_vocab_txt_round_trip(wp: Tokenizer, tmp_path: Path) -> None:
     ],
 )
 def test_bad_vocab_txt(tmp_path: Path, lines: list[str], message: str) -> None:
-    path = tmp_path / "vocab.txt"
-    path.write_text("".join(f"{line}\n" for line in lines))
-    with pytest.raises(LmlabError, match=re.escape(message)) as info:
-        Tokenizer.from_file(path)
-    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    _assert_bad_lines(tmp_path / "vocab.txt", lines, message)
 
 
 def test_minilm_tokenizer_json_matches_vocab_txt_and_transformers(

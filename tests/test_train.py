@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
+from conftest import interrupt_and_resume, weights
 from lmlab.errors import LmlabError
 from lmlab.runs import read_metrics
 from lmlab.train.checkpoint import load_model, resolve_checkpoint
@@ -21,10 +21,6 @@ from lmlab.train.loop import TrainConfig, Trainer, lr_at
 
 TINY = dict(preset="gpt-nano", block_size=32, batch_size=8, lr=3e-3, warmup_steps=5,
             eval_tokens=2048, threads=2)
-
-
-def weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(resolve_checkpoint(run) / "model.safetensors"))
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -61,24 +57,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(char_shards, tmp_path, mo
     """Stop a run after step 13 (last checkpoint: 10), resume, compare bit for bit."""
     common = dict(data=str(char_shards), max_steps=20, eval_interval=10, checkpoint_interval=5,
                   dropout=0.1, **TINY)
-    Trainer(TrainConfig(out=str(tmp_path / "straight"), **common), progress=False).fit()
-
-    calls = {"n": 0}
-    real_step = Trainer._train_step
-
-    def dying_step(self):
-        calls["n"] += 1
-        if calls["n"] == 14:
-            raise KeyboardInterrupt  # the process dies mid-run, after checkpoint 10
-        return real_step(self)
-
-    monkeypatch.setattr(Trainer, "_train_step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(TrainConfig(out=str(tmp_path / "broken"), **common), progress=False).fit()
-    monkeypatch.setattr(Trainer, "_train_step", real_step)
-    assert resolve_checkpoint(tmp_path / "broken").name == "step-000010"
-    Trainer(TrainConfig(out=str(tmp_path / "broken"), **common), resume=True,
-            progress=False).fit()
+    assert interrupt_and_resume(common, tmp_path, 14, monkeypatch) == "step-000010"
 
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "broken")
     assert a.keys() == b.keys()

@@ -724,11 +724,12 @@ def predict(checkpoint: Path, texts: list[str] | None = None, file: Path | None 
     """
     from lmlab.atomic import write_text
     from lmlab.train.finetune import (
+        examples_from_texts,
         iter_prediction_rows,
         load_task_model,
         predict_examples,
-        predict_texts,
         score_predictions,
+        task_labels,
     )
 
     if out is not None and Path(out).suffix.lower() not in (".jsonl", ".csv"):
@@ -744,7 +745,6 @@ def predict(checkpoint: Path, texts: list[str] | None = None, file: Path | None 
                                   tokens_field=tokens_field, context_field=context_field,
                                   question_field=question_field, require_labels=False,
                                   encoding=encoding)
-        preds = predict_examples(model, tok, info, examples, batch_size)
     else:
         if not texts:
             if sys.stdin.isatty():
@@ -752,11 +752,8 @@ def predict(checkpoint: Path, texts: list[str] | None = None, file: Path | None 
             texts = [line.strip() for line in sys.stdin if line.strip()]
             if not texts:
                 raise LmlabError("nothing to predict: stdin held no non-empty lines")
-        preds = predict_texts(model, tok, info, texts, context=context, batch_size=batch_size)
-        from lmlab.data.tasks import ClassifyExample, QAExample, TagExample
-
-        examples = [ClassifyExample(t) if task == "classify" else TagExample(t.split())
-                    if task == "tag" else QAExample(context or "", t) for t in texts]
+        examples = examples_from_texts(task, texts, context)
+    preds = predict_examples(model, tok, info, examples, batch_size)
     cut = sum(p.truncated for p in preds)
     if cut:
         print(f"warning: {cut} of {len(preds)} inputs are longer than the model's "
@@ -764,10 +761,7 @@ def predict(checkpoint: Path, texts: list[str] | None = None, file: Path | None 
     labelled = [getattr(ex, {"classify": "label", "tag": "tags", "qa": "answer"}[task])
                 for ex in examples]
     if file is not None and all(x is not None for x in labelled):
-        from lmlab.data.tasks import LabelSet
-
-        labels = LabelSet.from_list(info["labels"]) if info["labels"] else None
-        name, value, _ = score_predictions(preds, examples, task, labels)
+        name, value, _ = score_predictions(preds, examples, task, task_labels(info))
         print(f"{file}: {name} {value:.4f} on {len(examples):,} examples", file=sys.stderr)
     rows = list(iter_prediction_rows(examples, preds, task))
     if out is not None:

@@ -75,13 +75,6 @@ class GPTConfig:
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
-    @classmethod
-    def load(cls, path: Path) -> GPTConfig:
-        config = load_config(path)
-        if not isinstance(config, cls):
-            raise LmlabError(f"{path}: describes a {config.model_type} encoder, not a GPT")
-        return config
-
 
 def _from_preset(cls: type, presets: dict[str, dict[str, Any]], name: str,
                  overrides: dict[str, Any]) -> Any:

@@ -37,11 +37,19 @@ def _template_from_folder(folder: Path) -> str | None:
     return template
 
 
-def _eos_from_folder(folder: Path) -> str | None:
+def eos_token_of_folder(folder: Path) -> str | None:
+    """The end token an HF tokenizer_config.json names (e.g. <|im_end|>), if any.
+
+    A missing or malformed tokenizer_config.json names none: the tokenizer's
+    own fallbacks (``Tokenizer.eos_id``) then apply.
+    """
     cfg = folder / "tokenizer_config.json"
     if not cfg.is_file():
         return None
-    eos = json.loads(cfg.read_text()).get("eos_token")
+    try:
+        eos = json.loads(cfg.read_text()).get("eos_token")
+    except json.JSONDecodeError:
+        return None
     return eos.get("content") if isinstance(eos, dict) else eos
 
 
@@ -68,11 +76,15 @@ def load_for_inference(source: Path, tokenizer: Path | None = None, dtype: str =
         else:
             folder = resolve_checkpoint(source)
             model = load_model(folder)
+        if not isinstance(model, GPT):
+            raise LmlabError(f"{source}: is an encoder (BERT), which cannot generate or score "
+                             "text left to right; use it with `lmlab neighbors` or "
+                             "`lmlab finetune`")
         tok_path = folder / TOKENIZER_FILE
         if tokenizer is None and not tok_path.exists():
             raise LmlabError(f"{folder}: no {TOKENIZER_FILE} beside the model; pass --tokenizer")
         # An HF folder names its end token in tokenizer_config.json (e.g. <|im_end|>).
-        eos = _eos_from_folder(folder) if tokenizer is None else None
+        eos = eos_token_of_folder(folder) if tokenizer is None else None
         tok = Tokenizer.from_file(tokenizer or tok_path, eos_token=eos)
         template = _template_from_folder(folder)
     if tokenizer is not None and source.suffix == ".gguf":

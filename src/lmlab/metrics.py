@@ -33,6 +33,7 @@ from lmlab.errors import LmlabError
 __all__ = [
     "ClassificationReport",
     "classification_report",
+    "normalize_answer",
     "plot_confusion",
     "qa_scores",
     "span_f1",
@@ -207,8 +208,9 @@ def plot_confusion(report: ClassificationReport, png_path: Path, title: str = ""
             for j in range(k):
                 ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=8,
                         color="white" if m[i, j] > threshold else "black")
-    ax.set_xticks(range(k), report.labels, rotation=45 if k > 4 else 0, ha="right" if k > 4
-                  else "center")
+    tilt = k > 4  # long rows of names overlap unless slanted
+    ax.set_xticks(range(k), report.labels, rotation=45 if tilt else 0,
+                  ha="right" if tilt else "center")
     ax.set_yticks(range(k), report.labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
@@ -321,8 +323,8 @@ def normalize_answer(text: str) -> str:
     return " ".join(text.split())
 
 
-def _token_f1(prediction: str, answer: str) -> float:
-    pred, gold = normalize_answer(prediction).split(), normalize_answer(answer).split()
+def _token_f1(pred: list[str], gold: list[str]) -> float:
+    """SQuAD's F1 of two normalized answers, given as their words."""
     if not pred or not gold:
         # Only an empty answer matches an empty answer (e.g. "The" against "a").
         return float(pred == gold)
@@ -347,7 +349,9 @@ def qa_scores(predictions: Sequence[str], answers: Sequence[str]) -> dict:
         raise LmlabError(f"qa_scores: {len(predictions)} predictions but {len(answers)} answers")
     if not answers:
         raise LmlabError("qa_scores: no answers to score")
-    em = [float(normalize_answer(p) == normalize_answer(a))
-          for p, a in zip(predictions, answers, strict=True)]
-    f1 = [_token_f1(p, a) for p, a in zip(predictions, answers, strict=True)]
+    em, f1 = [], []
+    for prediction, answer in zip(predictions, answers, strict=True):
+        pred, gold = normalize_answer(prediction), normalize_answer(answer)
+        em.append(float(pred == gold))
+        f1.append(_token_f1(pred.split(), gold.split()))
     return {"exact_match": float(np.mean(em)), "f1": float(np.mean(f1)), "n": len(answers)}

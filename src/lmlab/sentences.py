@@ -60,18 +60,16 @@ def sentence_embeddings(encoder: Bert | BertForPreTraining, tok: Tokenizer,
     return torch.nn.functional.normalize(out, dim=-1) if normalize else out
 
 
-def load_encoder(source: Path,
-                 tokenizer: Path | None = None) -> tuple[Bert | BertForPreTraining, Tokenizer]:
-    """An encoder and its tokenizer from an HF BERT folder or an lmlab BERT checkpoint."""
-    from lmlab.interop.hf_folder import is_hf_folder, load_hf
-    from lmlab.train.checkpoint import load_model, resolve_checkpoint
+def load_encoder(source: Path, tokenizer: Path | None = None) -> tuple[Bert, Tokenizer]:
+    """An encoder and its tokenizer from an HF BERT folder or an lmlab BERT checkpoint
+    (the same loading as `lmlab finetune`'s backbones, presets excluded)."""
+    from lmlab.train.finetune import load_backbone
 
-    source = Path(source)
-    folder = source if is_hf_folder(source) else resolve_checkpoint(source)
-    model = load_hf(folder) if is_hf_folder(source) else load_model(folder)
-    if not isinstance(model, Bert | BertForPreTraining):
+    if not Path(source).exists():
+        raise LmlabError(f"{source}: no such model folder")
+    model, tok, _, _ = load_backbone(source, tokenizer)
+    if not isinstance(model, Bert):
         raise LmlabError(f"{source}: not an encoder (BERT) model; sentence embeddings need one")
-    tok = Tokenizer.from_file(tokenizer or folder)
     return model, tok
 
 

@@ -90,6 +90,16 @@ def _byte_token(b: int) -> str:
     return f"<0x{b:02X}>"
 
 
+def _token_id_property(token: str) -> cached_property[int | None]:
+    """A cached :class:`Tokenizer` property: the id of ``token``, or None."""
+
+    def token_id(self: Tokenizer) -> int | None:
+        return self._tok.token_to_id(token)
+
+    token_id.__doc__ = f"Id of ``{token}``, or None."
+    return cached_property(token_id)
+
+
 class Tokenizer:
     """A trained tokenizer: text to token ids and back.
 
@@ -311,16 +321,8 @@ class Tokenizer:
             return cls.from_tiktoken(path, eos_token=eos_token)
         elif path.suffix == ".txt":
             return cls._from_bert_vocab(path, eos_token)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise LmlabError(f"{path}: tokenizer file not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise LmlabError(f"{path}: cannot read tokenizer file: {exc}") from None
-        try:
-            spec = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise LmlabError(f"{path}: not valid JSON ({exc})") from None
+        text = _read_text(path)
+        spec = _parse_json(text, path)
         if not isinstance(spec, dict) or "model" not in spec:
             raise LmlabError(f"{path}: not a tokenizer file (no 'model' entry)")
         try:
@@ -342,10 +344,7 @@ class Tokenizer:
         :attr:`sha256` hashes the HF serialisation of the built tokenizer.
         """
         vocab_path, merges_path = Path(vocab_path), Path(merges_path)
-        try:
-            vocab = json.loads(_read_text(vocab_path))
-        except json.JSONDecodeError as exc:
-            raise LmlabError(f"{vocab_path}: not valid JSON ({exc})") from None
+        vocab = _parse_json(_read_text(vocab_path), vocab_path)
         if not isinstance(vocab, dict) or not all(
             isinstance(k, str) and type(v) is int and v >= 0 for k, v in vocab.items()
         ):
@@ -468,10 +467,7 @@ class Tokenizer:
         lowercase, strip_accents = True, None
         config_path = path.parent / TOKENIZER_CONFIG_NAME
         if config_path.is_file():
-            try:
-                config = json.loads(_read_text(config_path))
-            except json.JSONDecodeError as exc:
-                raise LmlabError(f"{config_path}: not valid JSON ({exc})") from None
+            config = _parse_json(_read_text(config_path), config_path)
             if isinstance(config, dict):
                 lowercase = bool(config.get("do_lower_case", True))
                 if isinstance(config.get("strip_accents"), bool):
@@ -529,7 +525,7 @@ class Tokenizer:
         fallback) spans that whole character, which its neighbours share.
         """
         enc = self._tok.encode(text, add_special_tokens=False)
-        return enc.ids, [(int(a), int(b)) for a, b in enc.offsets]
+        return enc.ids, enc.offsets
 
     def encode_words(self, words: Sequence[str]) -> tuple[list[int], list[int]]:
         """Token ids of ``words`` joined by single spaces, and each token's word index.
@@ -599,30 +595,12 @@ class Tokenizer:
                 return found
         return self._tok.token_to_id(self.special_tokens[0]) if self.special_tokens else None
 
-    @cached_property
-    def pad_id(self) -> int | None:
-        """Id of ``[PAD]``, or None."""
-        return self._tok.token_to_id(PAD_TOKEN)
-
-    @cached_property
-    def unk_id(self) -> int | None:
-        """Id of ``[UNK]``, or None."""
-        return self._tok.token_to_id(UNK_TOKEN)
-
-    @cached_property
-    def cls_id(self) -> int | None:
-        """Id of ``[CLS]``, or None."""
-        return self._tok.token_to_id(CLS_TOKEN)
-
-    @cached_property
-    def sep_id(self) -> int | None:
-        """Id of ``[SEP]``, or None."""
-        return self._tok.token_to_id(SEP_TOKEN)
-
-    @cached_property
-    def mask_id(self) -> int | None:
-        """Id of ``[MASK]``, or None."""
-        return self._tok.token_to_id(MASK_TOKEN)
+    # BERT's named special tokens: None where the vocabulary lacks them.
+    pad_id = _token_id_property(PAD_TOKEN)
+    unk_id = _token_id_property(UNK_TOKEN)
+    cls_id = _token_id_property(CLS_TOKEN)
+    sep_id = _token_id_property(SEP_TOKEN)
+    mask_id = _token_id_property(MASK_TOKEN)
 
     def word_start_mask(self) -> np.ndarray:
         """Bool array of shape (vocab_size,): True where a token begins a new word.
@@ -656,9 +634,11 @@ class Tokenizer:
             byte_of = {c: b for b, c in enumerate(_bytes_to_unicode())}
 
             def continues(token: str) -> bool:
-                if all(c in byte_of for c in token):
-                    return _continues_word(bytes(byte_of[c] for c in token))
-                return _continues_word(token.encode("utf-8"))  # an added non-byte token
+                try:
+                    data = bytes(byte_of[c] for c in token)
+                except KeyError:  # an added token that is not made of byte symbols
+                    data = token.encode("utf-8")
+                return _continues_word(data)
         elif self.kind == "char":
             byte_tokens = {_byte_token(b): bytes([b]) for b in range(NUM_BYTES)}
 
@@ -712,6 +692,13 @@ def _read_text(path: Path) -> str:
         raise LmlabError(f"{path}: tokenizer file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise LmlabError(f"{path}: cannot read tokenizer file: {exc}") from None
+
+
+def _parse_json(text: str, path: Path) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LmlabError(f"{path}: not valid JSON ({exc})") from None
 
 
 def _bytes_to_unicode() -> list[str]:

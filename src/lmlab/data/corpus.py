@@ -22,7 +22,7 @@ import importlib.util
 import json
 import unicodedata
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -35,6 +35,7 @@ __all__ = [
     "build_corpus",
     "default_corpus_source",
     "iter_documents",
+    "iter_json_lines",
     "normalize_document",
     "read_split",
 ]
@@ -164,8 +165,16 @@ def _iter_text(path: Path, txt_mode: TxtMode) -> Iterator[str]:
             yield "".join(paragraph)
 
 
-def _iter_jsonl(path: Path, text_field: str) -> Iterator[str]:
-    for lineno, line in _iter_lines(path):
+def iter_json_lines(path: Path, lines: Iterable[tuple[int, str]]) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of each non-blank line of a JSON Lines file.
+
+    ``lines`` are (1-based line number, text) pairs, as :func:`_iter_lines`
+    gives them; ``path`` only names the file in errors.
+
+    Raises:
+        LmlabError: a line is not valid JSON (naming the line and column).
+    """
+    for lineno, line in lines:
         if not line.strip():
             continue
         try:
@@ -174,6 +183,11 @@ def _iter_jsonl(path: Path, text_field: str) -> Iterator[str]:
             raise LmlabError(
                 f"{path}: line {lineno} is not valid JSON ({err.msg} at column {err.colno})"
             ) from None
+        yield lineno, obj
+
+
+def _iter_jsonl(path: Path, text_field: str) -> Iterator[str]:
+    for lineno, obj in iter_json_lines(path, _iter_lines(path)):
         if not isinstance(obj, dict) or text_field not in obj:
             found = (
                 f"keys: {', '.join(map(str, obj))}" if isinstance(obj, dict) else "not an object"

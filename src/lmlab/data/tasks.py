@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
 from lmlab.atomic import write_text
+from lmlab.data.corpus import iter_json_lines
 from lmlab.errors import LmlabError
 
 __all__ = [
@@ -216,15 +217,9 @@ def _read_json_records(path: Path, text: str) -> Iterator[Record]:
         if isinstance(whole, dict):
             yield "line 1", whole
             return
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise LmlabError(
-                f"{path}: line {lineno} is not valid JSON ({err.msg} at column {err.colno})"
-            ) from None
+    # Lines end at "\n" only: str.splitlines() also breaks at U+2028, U+0085 and
+    # the like, which json.dumps(ensure_ascii=False) leaves raw inside strings.
+    for lineno, obj in iter_json_lines(path, enumerate(text.split("\n"), 1)):
         if not isinstance(obj, dict):
             raise LmlabError(f"{path}: line {lineno} is a JSON {type(obj).__name__}, not an object")
         yield f"line {lineno}", obj
@@ -326,17 +321,23 @@ def _string(path: Path, where: str, name: str, value: Any) -> str:
     return str(value)
 
 
+def _no_label(path: Path, where: str, rec: dict[str, Any], name: str, option: str,
+              what: str) -> LmlabError:
+    """The error for a required label (or tags) that is missing or empty."""
+    state = "empty" if name in rec else "missing"
+    return LmlabError(
+        f"{path}: {where}: {state} {what} (field {name!r}; choose the field with {option})"
+    )
+
+
 def _label(path: Path, where: str, rec: dict[str, Any], name: str, option: str,
-           require: bool, what: str = "label") -> str | None:
+           require: bool) -> str | None:
     """The record's label, stripped; None when absent and not required."""
     value = rec.get(name)
     if value is None or (isinstance(value, str) and not value.strip()):
         if not require:
             return None
-        state = "empty" if name in rec else "missing"
-        raise LmlabError(
-            f"{path}: {where}: {state} {what} (field {name!r}; choose the field with {option})"
-        )
+        raise _no_label(path, where, rec, name, option, "label")
     return _string(path, where, name, value).strip()
 
 
@@ -349,14 +350,19 @@ def _words(path: Path, where: str, name: str, value: Any) -> list[str]:
     raise LmlabError(f"{path}: {where}: field {name!r} must be a list of strings")
 
 
-def _required_text(path: Path, where: str, rec: dict[str, Any], name: str, option: str) -> str:
+def _field(path: Path, where: str, rec: dict[str, Any], name: str, option: str) -> Any:
+    """``rec[name]``, or an error listing the fields the record does have."""
     if name not in rec:
         keys = ", ".join(map(str, rec)) or "none"
         raise LmlabError(
             f"{path}: {where} has no {name!r} field (it has: {keys}); choose the field "
             f"with {option}"
         )
-    text = _string(path, where, name, rec[name])
+    return rec[name]
+
+
+def _required_text(path: Path, where: str, rec: dict[str, Any], name: str, option: str) -> str:
+    text = _string(path, where, name, _field(path, where, rec, name, option))
     if not text.strip():
         raise LmlabError(f"{path}: {where}: empty {name!r}; remove the row or fill it in")
     return text
@@ -373,24 +379,14 @@ def _classify(path: Path, where: str, rec: dict[str, Any], f: dict[str, str],
 def _tag(path: Path, where: str, rec: dict[str, Any], f: dict[str, str],
          require: bool) -> TagExample:
     name = f["tokens_field"]
-    if name not in rec:
-        keys = ", ".join(map(str, rec)) or "none"
-        raise LmlabError(
-            f"{path}: {where} has no {name!r} field (it has: {keys}); choose the field "
-            "with --tokens-field"
-        )
-    tokens = _words(path, where, name, rec[name])
+    tokens = _words(path, where, name, _field(path, where, rec, name, "--tokens-field"))
     if not tokens:
         raise LmlabError(f"{path}: {where}: no tokens; remove the row or fill it in")
     tag_name = f["tags_field"]
     raw = rec.get(tag_name)
     if raw is None or (isinstance(raw, str | list) and not raw):
         if require:
-            state = "empty" if tag_name in rec else "missing"
-            raise LmlabError(
-                f"{path}: {where}: {state} tags (field {tag_name!r}; choose the field "
-                "with --tags-field)"
-            )
+            raise _no_label(path, where, rec, tag_name, "--tags-field", "tags")
         return TagExample(tokens, None)
     tags = _words(path, where, tag_name, raw)
     if len(tags) != len(tokens):

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmlab.config import BertConfig
+from lmlab.models.gpt import init_weights
 
 
 class BertEmbeddings(nn.Module):
@@ -112,7 +113,7 @@ class Bert(nn.Module):
         self.embeddings = BertEmbeddings(config)
         self.layers = nn.ModuleList([EncoderLayer(config) for _ in range(config.n_layer)])
         self.pooler = nn.Linear(config.n_embd, config.n_embd) if config.pooler else None
-        self.apply(init_bert_weights)
+        self.apply(init_weights)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -134,19 +135,6 @@ class Bert(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def init_bert_weights(module: nn.Module) -> None:
-    """BERT's initialisation: N(0, 0.02) for matrices and embeddings, zero biases."""
-    if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Embedding):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -186,9 +174,9 @@ class BertForPreTraining(nn.Module):
         self.bert = Bert(config)
         self.mlm = MLMHead(config)
         self.nsp = nn.Linear(config.n_embd, 2) if nsp else None
-        self.mlm.apply(init_bert_weights)
+        self.mlm.apply(init_weights)
         if self.nsp is not None:
-            init_bert_weights(self.nsp)
+            init_weights(self.nsp)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None,
@@ -245,7 +233,7 @@ class ClassificationHead(nn.Module):
         self.pooler = pooler
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(n_embd, n_classes)
-        init_bert_weights(self.classifier)
+        init_weights(self.classifier)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         v = pool_hidden(hidden, attention_mask, self.pooling)  # (B, C)
@@ -261,7 +249,7 @@ class TokenClassificationHead(nn.Module):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(n_embd, n_tags)
-        init_bert_weights(self.classifier)
+        init_weights(self.classifier)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         return self.classifier(self.dropout(hidden))
@@ -273,7 +261,7 @@ class SpanHead(nn.Module):
     def __init__(self, n_embd: int) -> None:
         super().__init__()
         self.qa_outputs = nn.Linear(n_embd, 2)
-        init_bert_weights(self.qa_outputs)
+        init_weights(self.qa_outputs)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         logits = self.qa_outputs(hidden)  # (B, T, 2)

@@ -168,6 +168,17 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def init_weights(module: nn.Module) -> None:
+    """GPT-2's (and BERT's) initialisation: N(0, 0.02) for matrices and embeddings,
+    zero biases; norms keep their ones/zeros."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -188,21 +199,12 @@ class GPT(nn.Module):
         if config.tie_embeddings:
             # Press & Wolf 2017: sharing input and output embeddings saves V*C parameters.
             self.lm_head.weight = self.transformer.wte.weight
-        self.apply(self._init_weights)
+        self.apply(init_weights)
         # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer) so the
         # residual stream's variance does not grow with depth.
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters counted once (tied weights are shared)."""

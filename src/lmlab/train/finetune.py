@@ -71,6 +71,7 @@ from lmlab.models.bert import (
 )
 from lmlab.models.gpt import GPT
 from lmlab.tokenizer import Tokenizer
+from lmlab.train.loop import make_optimizer
 
 Truncation = Literal["tail", "head"]
 BackboneKind = Literal["bert", "gpt"]
@@ -162,6 +163,7 @@ def load_backbone(source: str | Path, tokenizer: str | Path | None = None
     model (``BertForPreTraining``) gives its encoder; its MLM head is dropped.
     """
     from lmlab.interop.hf_folder import is_hf_folder, load_hf
+    from lmlab.loading import eos_token_of_folder
     from lmlab.train.checkpoint import TOKENIZER_FILE, load_model, resolve_checkpoint
 
     name = str(source)
@@ -198,20 +200,8 @@ def load_backbone(source: str | Path, tokenizer: str | Path | None = None
                                   or (folder / "vocab.txt").exists()
                                   or (folder / "vocab.json").exists()):
         raise LmlabError(f"{folder}: no tokenizer beside the model; pass --tokenizer")
-    tok = Tokenizer.from_file(tokenizer or folder, eos_token=_eos_token_of_folder(folder))
+    tok = Tokenizer.from_file(tokenizer or folder, eos_token=eos_token_of_folder(folder))
     return model.float(), tok, folder, _default_pooling_of_folder(folder)
-
-
-def _eos_token_of_folder(folder: Path) -> str | None:
-    """The end token an HF tokenizer_config.json names (e.g. <|im_end|>), if any."""
-    cfg = folder / "tokenizer_config.json"
-    if not cfg.is_file():
-        return None
-    try:
-        eos = json.loads(cfg.read_text()).get("eos_token")
-    except json.JSONDecodeError:
-        return None
-    return eos.get("content") if isinstance(eos, dict) else eos
 
 
 class TaskModel(nn.Module):
@@ -266,11 +256,6 @@ class TaskModel(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def task_model_state(model: TaskModel) -> dict[str, torch.Tensor]:
-    """The tensors to save: every tensor has exactly one name (see ``TaskModel``)."""
-    return {k: v.detach().contiguous() for k, v in model.state_dict().items()}
 
 
 # ---------------------------------------------------------------- input encoding
@@ -547,9 +532,9 @@ def run_model(model: TaskModel, feats: Sequence[Feature], batch_size: int, pad_i
                 # Weighted by examples: for tags a per-token mean of each batch.
                 loss_sum += float(task_loss(out, batch.target, model.task, weight)) * scored
                 loss_n += scored
+            out = out.cpu()  # one device-to-host copy per batch, not one per row
             for j, i in enumerate(chunk):
-                n = len(feats[i].ids)
-                outs[i] = (out[j] if model.task == "classify" else out[j, :n]).cpu()
+                outs[i] = out[j] if model.task == "classify" else out[j, : len(feats[i].ids)]
     finally:
         model.train(was_training)
     return outs, (loss_sum / loss_n if loss_n else None)  # type: ignore[return-value]
@@ -656,9 +641,12 @@ def save_task_checkpoint(folder: Path, model: TaskModel, tok: Tokenizer,
     from safetensors.torch import save_file
 
     from lmlab.interop.hf_folder import TOKENIZER_FILES
+    from lmlab.train.checkpoint import model_state
 
     with atomic_dir(folder) as tmp:
-        save_file(task_model_state(model), str(tmp / "model.safetensors"),
+        # TaskModel gives every tensor one owner (an LM head is dropped), so the
+        # plain state dict is already free of duplicates.
+        save_file(model_state(model), str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
         model.config.save(tmp / "config.json")
         (tmp / TASK_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
@@ -710,12 +698,17 @@ def load_task_model(path: Path, device: str = "cpu"
     return model.eval(), tok, info
 
 
+def task_labels(info: dict[str, Any]) -> LabelSet | None:
+    """The label set a task.json names (None for qa, which has no labels)."""
+    return LabelSet.from_list(info["labels"]) if info["labels"] else None
+
+
 def predict_examples(model: TaskModel, tok: Tokenizer, info: dict[str, Any],
                      examples: Sequence[Any], batch_size: int = 32) -> list[Prediction]:
     """Predictions of a fine-tuned model for unlabelled (or labelled) examples."""
     if not examples:
         return []
-    labels = LabelSet.from_list(info["labels"]) if info["labels"] else None
+    labels = task_labels(info)
     enc = TaskEncoder(tok, info["task"], info["backbone"], info["max_length"],
                       info["truncation"], labels)
     feats = enc.encode(examples, labelled=False, where="input")
@@ -724,25 +717,28 @@ def predict_examples(model: TaskModel, tok: Tokenizer, info: dict[str, Any],
                           info.get("max_answer_tokens", 30))
 
 
-def predict_texts(model: TaskModel, tok: Tokenizer, info: dict[str, Any],
-                  texts: Sequence[str], context: str | None = None,
-                  batch_size: int = 32) -> list[Prediction]:
-    """Predictions for plain strings: a text to classify, a sentence to tag (split on
-    whitespace), or a question to answer from ``context`` (qa)."""
-    task = info["task"]
+def examples_from_texts(task: Task, texts: Sequence[str],
+                        context: str | None = None) -> list[Any]:
+    """Unlabelled examples from plain strings: a text to classify, a sentence to tag
+    (split on whitespace), or a question to answer from ``context`` (qa)."""
     empty = [i for i, t in enumerate(texts) if not t.strip()]
     if empty:
         raise LmlabError(f"text {empty[0] + 1} is empty; give non-empty texts")
-    examples: list[Any]
     if task == "classify":
-        examples = [ClassifyExample(t) for t in texts]
-    elif task == "tag":
-        examples = [TagExample(t.split()) for t in texts]
-    else:
-        if not context or not context.strip():
-            raise LmlabError("a question answering model needs --context: the text the "
-                             "answers are taken from")
-        examples = [QAExample(context, t) for t in texts]
+        return [ClassifyExample(t) for t in texts]
+    if task == "tag":
+        return [TagExample(t.split()) for t in texts]
+    if not context or not context.strip():
+        raise LmlabError("a question answering model needs --context: the text the "
+                         "answers are taken from")
+    return [QAExample(context, t) for t in texts]
+
+
+def predict_texts(model: TaskModel, tok: Tokenizer, info: dict[str, Any],
+                  texts: Sequence[str], context: str | None = None,
+                  batch_size: int = 32) -> list[Prediction]:
+    """Predictions for plain strings (see ``examples_from_texts``)."""
+    examples = examples_from_texts(info["task"], texts, context)
     return predict_examples(model, tok, info, examples, batch_size)
 
 
@@ -761,16 +757,6 @@ def linear_schedule(step: int, total: int, warmup: int, peak: float) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
     return peak * max(0.0, (total - step) / max(1, total - warmup))
-
-
-def make_finetune_optimizer(model: nn.Module, lr: float,
-                            weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over trainable parameters, no weight decay on biases and norm gains
-    (1-D tensors), as BERT; betas (0.9, 0.999) as in BERT's fine-tuning."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
 
 
 def autocast(dtype: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -840,6 +826,7 @@ class Finetuner:
         if cfg.freeze_backbone:
             for p in self.model.backbone.parameters():
                 p.requires_grad_(False)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.pad_id = _pad_id(self.tok, self.model)
 
         # -- features
@@ -868,7 +855,8 @@ class Finetuner:
                                        dtype=torch.float32, device=self.device)
 
         # -- optimization
-        self.optimizer = make_finetune_optimizer(self.model, cfg.lr, cfg.weight_decay)
+        # BERT's fine-tuning betas (0.9, 0.999); pretraining uses (0.9, 0.95).
+        self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay, (0.9, 0.999))
         self.generator = torch.Generator().manual_seed(cfg.seed)
         per_epoch = math.ceil(len(self.feats["train"]) / cfg.batch_size)
         self.total_steps = cfg.epochs * per_epoch
@@ -879,8 +867,8 @@ class Finetuner:
         self.kind = kind
         # Only now, with every input checked, is an old run in OUT replaced.
         self._clear_run_dir()
-        (self.run_dir / "finetune_config.json").write_text(
-            json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        write_text(self.run_dir / "finetune_config.json",
+                   json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
 
     # -- setup helpers -------------------------------------------------------
     _RUN_OUTPUTS = ("best", "tb", "metrics.jsonl", "loss.png", "report.json", "report.txt",
@@ -972,8 +960,7 @@ class Finetuner:
             raise LmlabError(f"step {step}: training loss is {value}; try a lower --lr "
                              f"(now {cfg.lr:g})")
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(
-            [p for p in self.model.parameters() if p.requires_grad], cfg.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return value, float(norm)

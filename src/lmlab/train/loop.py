@@ -43,7 +43,6 @@ from lmlab.train.mlm import (
     MLMVocab,
     evaluate_mlm,
     fixed_batches,
-    most_frequent_token,
     pretraining_losses,
 )
 
@@ -122,14 +121,15 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - min_lr)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not on norms, biases or gains)."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
+                   betas: tuple[float, float]) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters, with weight decay on matrices only (not on
+    norms, biases or gains): pretraining and fine-tuning both build theirs here."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     # The fused kernel does the whole update in one pass per tensor (CPU too, torch >= 2.4).
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
 
 
 def _autocast(dtype: str) -> contextlib.AbstractContextManager:
@@ -189,7 +189,8 @@ class Trainer:
             self.model_config = cfg.model_config(tokenizer.vocab_size)
             assert isinstance(self.model_config, GPTConfig)
             self.model = GPT(self.model_config)
-        self.optimizer = make_optimizer(self.model, cfg)
+        self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay,
+                                        (cfg.beta1, cfg.beta2))
         self.generator = torch.Generator().manual_seed(cfg.seed)
         if state is not None:
             self._restore(state)
@@ -249,39 +250,36 @@ class Trainer:
         per_batch = cfg.batch_size * self.block
         n = max(1, min(cfg.eval_tokens, self.val_data.num_tokens) // per_batch)
         self.val_batches = fixed_batches(mlm_val, n, cfg.batch_size, seed=cfg.seed + 1)
-        self.most_frequent_id = most_frequent_token(self.train_data, vocab.special)
+        self.most_frequent_id = self.mlm_train.most_frequent_token()
 
-    def _mlm_train_step(self) -> float:
+    # -- one step ----------------------------------------------------------
+    def _micro_batch_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of one micro-batch from the sampler generator, and its parts (mlm only)."""
         cfg = self.cfg
-        total = mlm_sum = nsp_sum = 0.0
-        for _ in range(cfg.grad_accum):
+        if cfg.objective == "mlm":
             batch = self.mlm_train.sample(cfg.batch_size, self.generator)
             with _autocast(cfg.dtype):
                 mlm, nsp, _, _ = pretraining_losses(self.compiled, batch)
+            if nsp is None:
+                return mlm, {"mlm_loss": mlm}
             # BERT's objective: the sum of the two mean losses.
-            loss = mlm + nsp if nsp is not None else mlm
-            (loss / cfg.grad_accum).backward()
-            total += loss.item()
-            mlm_sum += mlm.item()
-            nsp_sum += nsp.item() if nsp is not None else 0.0
-        self.step_parts = {"mlm_loss": mlm_sum / cfg.grad_accum}
-        if cfg.nsp:
-            self.step_parts["nsp_loss"] = nsp_sum / cfg.grad_accum
-        return total / cfg.grad_accum
+            return mlm + nsp, {"mlm_loss": mlm, "nsp_loss": nsp}
+        x, y = self.train_data.sample_batch(cfg.batch_size, self.block, self.generator)
+        with _autocast(cfg.dtype):
+            logits = self.compiled(x)  # (B, T, V)
+        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten()), {}
 
-    # -- one step ----------------------------------------------------------
     def _train_step(self) -> float:
         cfg = self.cfg
-        if cfg.objective == "mlm":
-            return self._mlm_train_step()
         loss_sum = 0.0
+        part_sums: dict[str, float] = {}
         for _ in range(cfg.grad_accum):
-            x, y = self.train_data.sample_batch(cfg.batch_size, self.block, self.generator)
-            with _autocast(cfg.dtype):
-                logits = self.compiled(x)  # (B, T, V)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+            loss, parts = self._micro_batch_loss()
             (loss / cfg.grad_accum).backward()
             loss_sum += loss.item()
+            for k, v in parts.items():
+                part_sums[k] = part_sums.get(k, 0.0) + v.item()
+        self.step_parts = {k: v / cfg.grad_accum for k, v in part_sums.items()}
         return loss_sum / cfg.grad_accum
 
     @torch.no_grad()

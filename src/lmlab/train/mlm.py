@@ -86,9 +86,8 @@ class MLMVocab:
         for i in ids.values():
             special[i] = True
         unmaskable = special.clone()
-        unk = tok.token_to_id("[UNK]")
-        if unk is not None:
-            unmaskable[unk] = False
+        if tok.unk_id is not None:
+            unmaskable[tok.unk_id] = False
         word_start = None
         if whole_word:
             word_start = torch.from_numpy(np.asarray(tok.word_start_mask(), dtype=bool))
@@ -120,13 +119,13 @@ def sentence_end_table(tok: Tokenizer) -> np.ndarray:
 # ------------------------------------------------------------------------ masking
 def mask_tokens(ids: torch.Tensor, maskable: torch.Tensor, word_start: torch.Tensor | None,
                 mask_id: int, vocab_size: int, generator: torch.Generator,
-                prob: float = 0.15, whole_word: bool = False,
+                prob: float = 0.15,
                 random_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's masking of a batch: (inputs, labels), both (B, T) long.
 
     Each row gets ``round(prob * maskable tokens)`` selected tokens (at least
     one), as BERT's data script (a per-token coin would leave some short rows
-    with nothing to predict). With ``whole_word``, whole words are selected
+    with nothing to predict). Given ``word_start`` (B, T), whole words are selected
     instead, in random order until the count is reached (the word that crosses
     it is kept if that lands nearer), all tokens of a word together (Google's
     whole-word-masking BERT); a word is a ``word_start`` token and the
@@ -139,8 +138,6 @@ def mask_tokens(ids: torch.Tensor, maskable: torch.Tensor, word_start: torch.Ten
     advances by the same amount whatever the data.
     """
     B, T = ids.shape
-    if whole_word and word_start is None:
-        raise ValueError("whole-word masking needs the word_start mask")
     scores = torch.rand((B, T), generator=generator)  # priority of each token (or word)
     action = torch.rand((B, T), generator=generator)  # [MASK] / random / unchanged
     pool = random_ids if random_ids is not None else torch.arange(vocab_size)
@@ -148,12 +145,13 @@ def mask_tokens(ids: torch.Tensor, maskable: torch.Tensor, word_start: torch.Ten
 
     n_maskable = maskable.sum(1)  # (B,)
     target = torch.minimum((n_maskable * prob).round().long().clamp(min=1), n_maskable)
-    if not whole_word:
+    if word_start is None:
         # Rank the maskable tokens by their random score (others sort last), keep the first k.
-        rank = scores.masked_fill(~maskable, 2.0).argsort(1).argsort(1)  # (B, T)
+        order = scores.masked_fill(~maskable, 2.0).argsort(1)  # (B, T)
+        # The inverse permutation of the sort (a scatter, cheaper than a second argsort).
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(T).expand(B, T))
         selected = (rank < target[:, None]) & maskable
     else:
-        assert word_start is not None
         # A word starts at a word-start token, and at any token next to an
         # unmaskable one, so a word never spans [CLS], [SEP] or padding.
         edge = ~maskable
@@ -256,6 +254,7 @@ class MLMData:
         where = f"{shards.manifest_path} (split {shards.split!r})"
         if block_size < 5:
             raise LmlabError(f"block_size {block_size} is too small for masked-LM inputs")
+        assert vocab.word_start is not None or not whole_word, "MLMVocab built without whole_word"
         self.sentences: Sentences | None = None
         if nsp:
             assert vocab.sentence_end is not None
@@ -271,6 +270,20 @@ class MLMData:
         elif shards.num_tokens < block_size - 1:
             raise LmlabError(f"{where}: {shards.num_tokens} tokens, too few for one window "
                              f"of {block_size - 2} tokens")
+
+    def most_frequent_token(self, chunk: int = 1 << 24) -> int:
+        """The split's most frequent non-special token: the trivial predictor's answer.
+
+        Counted in chunks (np.bincount copies its input to int64); with NSP the
+        stream already in memory is reused rather than concatenated again.
+        """
+        special = self.vocab.special
+        counts = np.zeros(len(special), dtype=np.int64)
+        tokens = self.tokens if self.nsp else self.shards.tokens()
+        for i in range(0, len(tokens), chunk):
+            counts += np.bincount(tokens[i:i + chunk], minlength=len(special))[: len(special)]
+        counts[special.numpy()] = -1
+        return int(counts.argmax())
 
     # -- unmasked examples -------------------------------------------------
     def windows(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
@@ -355,7 +368,7 @@ class MLMData:
         word_start = v.word_start[ids] if self.whole_word and v.word_start is not None else None
         inputs, labels = mask_tokens(ids, ~v.unmaskable[ids], word_start, v.mask_id,
                                      v.vocab_size, generator, prob=self.mask_prob,
-                                     whole_word=self.whole_word, random_ids=v.random_ids)
+                                     random_ids=v.random_ids)
         return MLMBatch(inputs, labels, attn, types, nsp_labels)
 
 
@@ -380,17 +393,6 @@ def fixed_batches(data: MLMData, n_batches: int, batch_size: int, seed: int) -> 
     return [data.sample(batch_size, g) for _ in range(n_batches)]
 
 
-def most_frequent_token(shards: TokenShards, special: torch.Tensor,
-                        chunk: int = 1 << 24) -> int:
-    """The most frequent non-special token of a split (read in chunks, so memory stays flat)."""
-    counts = np.zeros(len(special), dtype=np.int64)
-    tokens = shards.tokens()
-    for i in range(0, len(tokens), chunk):
-        counts += np.bincount(tokens[i:i + chunk], minlength=len(special))[: len(special)]
-    counts[special.numpy()] = -1
-    return int(counts.argmax())
-
-
 # ------------------------------------------------------------------------ loss and metrics
 def pretraining_losses(model: BertForPreTraining, batch: MLMBatch
                        ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor,
@@ -405,8 +407,7 @@ def pretraining_losses(model: BertForPreTraining, batch: MLMBatch
                                    batch.token_type_ids, mlm_positions=masked)
     targets = batch.labels[masked]  # (N,)
     # Nothing masked (degenerate input): a zero loss without gradient, not NaN.
-    zero = mlm_logits.sum() * 0.0
-    mlm = F.cross_entropy(mlm_logits.float(), targets) if len(targets) else zero
+    mlm = F.cross_entropy(mlm_logits.float(), targets) if len(targets) else mlm_logits.sum() * 0.0
     nsp = None
     if nsp_logits is not None and batch.nsp_labels is not None:
         nsp = F.cross_entropy(nsp_logits.float(), batch.nsp_labels)
