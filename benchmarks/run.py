@@ -1,7 +1,7 @@
 """Run lmlab's benchmarks and print markdown tables.
 
     python benchmarks/run.py                   # everything, default settings (~5 min)
-    python benchmarks/run.py --only train      # or: --only generate, smollm2, finetune
+    python benchmarks/run.py --only train      # or: --only generate, smollm2, finetune, ngram
     python benchmarks/run.py --quick           # short smoke version (~1 min)
 
 Each benchmark runs its peer (Hugging Face transformers) in the same process
@@ -20,12 +20,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_finetune  # noqa: E402
 import bench_generate  # noqa: E402
+import bench_ngram  # noqa: E402
 import bench_smollm2  # noqa: E402
 import bench_train  # noqa: E402
 from common import machine_line, wait_for_idle  # noqa: E402
 
 BENCHMARKS = {"train": bench_train, "generate": bench_generate, "smollm2": bench_smollm2,
-              "finetune": bench_finetune}
+              "finetune": bench_finetune, "ngram": bench_ngram}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,6 +75,9 @@ def _add_param(parser: argparse.ArgumentParser, p: inspect.Parameter, tp: Any, h
         if get_origin(tp) is list:
             kwargs["nargs"] = "+"
             tp = get_args(tp)[0]
+        elif has_default:  # a positional-only parameter with a default: may be left out
+            kwargs["nargs"] = "?"
+            kwargs["default"] = p.default
     else:
         names = [flag]
         kwargs["dest"] = p.name
@@ -161,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = {k: v for k, v in vars(ns).items() if not k.startswith("_") and k != "debug"}
     debug = ns.debug or os.environ.get("LMLAB_DEBUG") == "1"
     try:
-        result = ns._fn(**kwargs)
+        positional = [kwargs.pop(p.name) for p in inspect.signature(ns._fn).parameters.values()
+                      if p.kind is inspect.Parameter.POSITIONAL_ONLY]
+        result = ns._fn(*positional, **kwargs)
     except LmlabError as e:
         if debug:
             raise

@@ -148,10 +148,16 @@ def pretrain(data: Path, out: Path | None = None,
              checkpoint_interval: int | None = None, seed: int = 1337,
              dtype: Literal["float32", "bfloat16"] = "float32", compile: bool = False,
              threads: int | None = None, resume: bool = False, overwrite: bool = False) -> None:
-    """Pretrain a GPT (causal LM) or a BERT encoder (masked LM) on prepared token shards.
+    """Pretrain a GPT, a classic LM (feed-forward, RNN, LSTM, GRU) or a BERT encoder.
 
     --objective clm (the default) trains a GPT-style decoder to predict each next
-    token. --objective mlm trains a BERT-style encoder to recover masked tokens:
+    token, or, with a classic preset (ffnn-small, rnn-small, lstm-small,
+    gru-small), Bengio's feed-forward LM over a window of tokens or a recurrent
+    LM. A recurrent LM is trained by truncated back-propagation through time:
+    the training stream is read as --batch-size parallel streams, --block-size
+    tokens per step, the hidden state carried from step to step (and saved in
+    checkpoints); it is validated reading the validation stream in order.
+    --objective mlm trains a BERT-style encoder to recover masked tokens:
     15 % of the tokens (--mask-prob) are selected for prediction, and of those 80 % are
     replaced by [MASK], 10 % by a random token and 10 % left unchanged. Masking
     is dynamic (a fresh mask every time a batch is drawn, as RoBERTa; BERT
@@ -177,11 +183,14 @@ def pretrain(data: Path, out: Path | None = None,
         whole_word_mask: mlm only: select whole words (all their pieces), not single tokens
         preset: model preset (default gpt-mini for clm, bert-mini for mlm): gpt-nano,
             gpt-micro, gpt-mini, gpt-small, gpt2-124m, llama-nano, llama-mini,
-            llama-small, ...; bert-nano, bert-tiny, bert-mini, bert-small, ...
+            llama-small, ...; ffnn-small, rnn-small, lstm-small, gru-small; bert-nano,
+            bert-tiny, bert-mini, bert-small, ...
         n_layer: override the preset's number of layers
         n_head: override the preset's number of attention heads
-        n_embd: override the preset's width
-        block_size: override the preset's context length
+        n_embd: override the preset's width (classic presets: the embedding width; the
+            hidden width keeps the preset's ratio to it)
+        block_size: override the preset's context length (recurrent presets: the
+            back-propagation length; ffnn: the positions per training row)
         dropout: dropout probability (default: the preset's, 0 for GPT, 0.1 for BERT)
         batch_size: sequences per micro-batch
         grad_accum: micro-batches per optimizer step
@@ -206,6 +215,7 @@ def pretrain(data: Path, out: Path | None = None,
         lmlab pretrain data/wiki-bpe8k --preset gpt-mini --max-steps 2000 --out runs/mini
         lmlab pretrain data/wiki-bpe8k --out runs/mini --max-steps 2000 --resume
         lmlab pretrain data/wiki-char --preset llama-mini --dtype bfloat16 --out runs/llama
+        lmlab pretrain data/wiki-bpe8k --preset lstm-small --lr 3e-3 --out runs/lstm
         lmlab pretrain data/wiki-wp8k --objective mlm --nsp --lr 5e-4 --out runs/bert
         lmlab pretrain data/wiki-wp8k --objective mlm --whole-word-mask --out runs/bert-wwm
     """
@@ -246,7 +256,9 @@ def evaluate(checkpoint: Path, text: Path, tokenizer: Path | None = None,
     """Perplexity and bits per byte of a checkpoint on a text file.
 
     Text longer than the context is scored with a sliding window: each token is
-    scored once, with at least (context - stride) tokens of context. A JSONL
+    scored once, with at least (context - stride) tokens of context. A
+    feed-forward or recurrent checkpoint reads the text as one stream instead,
+    carrying its state, so every token has all the text before it. A JSONL
     file (e.g. a corpus split) is scored document by document, joined by the
     end-of-text token.
 
@@ -565,7 +577,7 @@ def finetune(*, task: Literal["classify", "tag", "qa"], train: Path, model: str,
              threads: int | None = None, device: str | None = None,
              dtype: Literal["float32", "bfloat16"] = "float32",
              overwrite: bool = False) -> None:
-    """Fine-tune a BERT or GPT backbone for classification, tagging or extractive QA.
+    """Fine-tune a BERT, GPT or GRU/LSTM backbone for classification, tagging or extractive QA.
 
     Tasks: classify (one label per text), tag (one tag per word; BIO tags are
     scored by entity F1, others by token accuracy), qa (the answer is a span
@@ -575,11 +587,13 @@ def finetune(*, task: Literal["classify", "tag", "qa"], train: Path, model: str,
     are carved from --train (stratified by label for classify, seeded).
 
     Backbones: a Hugging Face BERT folder (e.g. all-MiniLM-L6-v2), GPT-2 or
-    Llama folder, an lmlab BERT/GPT checkpoint or run folder, or a preset name
-    (bert-mini, gpt-mini, ...) for random initialisation with --tokenizer.
-    BERT reads [CLS] text [SEP] ([CLS] question [SEP] context [SEP] for qa);
-    GPT reads the text (question <eos> context), right-padded, pooled at its
-    last token by default.
+    Llama folder, an lmlab BERT/GPT/RNN checkpoint or run folder, or a preset name
+    (bert-mini, gpt-mini, gru-classifier, lstm-small, ...) for random
+    initialisation with --tokenizer. BERT reads [CLS] text [SEP] ([CLS] question
+    [SEP] context [SEP] for qa); GPT reads the text (question <eos> context),
+    right-padded, pooled at its last token by default; a recurrent encoder
+    (gru-classifier: one bidirectional GRU layer) reads it as GPT does,
+    mean-pooled by default, with no context limit.
 
     Truncation, to --max-length tokens (default: the smaller of the backbone's
     context and 256): classify keeps the start of a long text (--truncation
@@ -619,7 +633,8 @@ def finetune(*, task: Literal["classify", "tag", "qa"], train: Path, model: str,
         max_length: tokens per input, special tokens included
         truncation: classify: tail cuts the end of long texts, head cuts their start
         pooling: classify: cls (BERT's [CLS] through its pooler), mean, or last (GPT);
-            default cls for BERT (mean for sentence-transformers folders), last for GPT
+            default cls for BERT (mean for sentence-transformers folders), last for GPT,
+            mean for a recurrent encoder
         max_answer_tokens: qa: longest answer span, in tokens
         epochs: passes over the training data
         max_steps: stop after this many optimizer steps (a cap on --epochs)
@@ -648,6 +663,7 @@ def finetune(*, task: Literal["classify", "tag", "qa"], train: Path, model: str,
         lmlab finetune --task tag --train ner-train.conll --validation ner-dev.conll --model bert-mini --tokenizer data/wp8k.json --epochs 10 --patience 2 --out runs/ner
         lmlab finetune --task qa --train squad-train.json --test squad-dev.json --model path/to/all-MiniLM-L6-v2 --max-length 384 --out runs/qa
         lmlab finetune --task classify --train spam.jsonl --model runs/gpt --pooling mean --out runs/spam-gpt
+        lmlab finetune --task classify --train spam.jsonl --model gru-classifier --tokenizer data/tokenizer.json --lr 3e-3 --epochs 5 --out runs/spam-gru
     """  # noqa: E501
     from lmlab.train.finetune import FinetuneConfig, Finetuner
 
@@ -794,10 +810,320 @@ def predict(checkpoint: Path, texts: list[str] | None = None, file: Path | None 
                  f"{' '.join(ex.question.split())}")
 
 
+def compare(data: Path | None = None, /, *, out: Path = Path("runs/compare"),
+            models: list[str] | None = None, steps: int = 600, batch_size: int = 16,
+            block_size: int = 128, word_ngram: int = 0,
+            dtype: Literal["float32", "bfloat16"] = "float32", seed: int = 1337) -> None:
+    """Train every family of LM on one corpus and tokenizer; one table and one chart.
+
+    n-grams (interpolated modified Kneser-Ney) count the whole training split;
+    the neural models (feed-forward, RNN, LSTM, GRU, GPT) train for the same
+    steps x batch x block tokens with the same loop. Every model is scored on
+    the whole validation split. Bits per byte divides the loss by the bytes of
+    the text, so unlike perplexity it compares across tokenizers (word-level
+    and subword). Writes compare.md, compare.json and compare.png in --out.
+
+    Args:
+        data: a folder made by `lmlab prepare` (default: prepare the built-in corpus in OUT/data)
+        out: folder for the table, the chart and each model's run
+        models: ngram-N (any order N >= 1), a family (ffnn, rnn, lstm, gru, gpt: their
+            -small / gpt-mini presets) or a preset name (default: ngram-2 to ngram-5, ffnn,
+            lstm, gru, gpt)
+        steps: training steps of each neural model
+        batch_size: rows per step
+        block_size: tokens per row (the truncated-BPTT length of recurrent models)
+        word_ngram: also a word-level n-gram of this order on the same text (0: none)
+        dtype: float32, or bfloat16 autocast for the neural models
+        seed: seed of every neural run
+
+    Examples:
+        lmlab compare
+        lmlab compare data/shards --steps 2000 --out runs/compare-long
+        lmlab compare --models ngram-3 lstm gpt --steps 200 --word-ngram 3
+    """
+    from lmlab.compare import DEFAULT_MODELS, CompareConfig, Comparison, format_table, notes
+
+    cfg = CompareConfig(out=str(out), data=str(data) if data else None,
+                        models=models or list(DEFAULT_MODELS), steps=steps,
+                        batch_size=batch_size, block_size=block_size, word_ngram=word_ngram,
+                        dtype=dtype, seed=seed)
+    rows = Comparison(cfg, say=_say).run()
+    _say()
+    _say(format_table(rows))
+    _say()
+    for line in notes(rows):
+        _say(f"note: {line}.")
+    _say(f"wrote {out / 'compare.md'}, {out / 'compare.json'} and {out / 'compare.png'}")
+
+
+def _ngram_tokenizer(model_meta: dict, tokenizer: Path | None):
+    """The tokenizer of a subword n-gram model (None for word level), checked by hash."""
+    from lmlab.tokenizer import Tokenizer
+
+    if model_meta.get("level") != "subword":
+        return None
+    path = tokenizer or model_meta.get("tokenizer")
+    if not path or not Path(path).is_file():
+        raise LmlabError(f"this subword model needs its tokenizer ({path or 'unknown'}); "
+                         "pass --tokenizer")
+    tok = Tokenizer.from_file(path)
+    if model_meta.get("tokenizer_sha256") not in (None, tok.sha256):
+        raise LmlabError(f"{path} is not the tokenizer this model was trained with")
+    return tok
+
+
+def _ngram_report(model, texts: list[str], tok, label: str) -> dict:
+    from lmlab.models.ngram import text_sentences
+
+    sents, n_bytes = text_sentences(texts, tokenizer=tok, use_jieba=model.meta.get("jieba", False))
+    s = (model.score(sents, n_bytes=n_bytes) if tok is not None
+         else model.score_words(sents, n_bytes=n_bytes))
+    what = "perplexity" if s.normalized else \
+        "pseudo-perplexity (stupid backoff gives scores, not probabilities)"
+    _say(f"{label}: {what} {s.perplexity:,.2f}, {s.bits_per_byte:.4f} bits per byte, "
+         f"{s.tokens:,} tokens ({s.oov:,} OOV = {s.oov / max(s.tokens, 1):.1%}), "
+         f"{n_bytes:,} bytes")
+    return s.to_dict()
+
+
+def ngram_train(corpus_dir: Path, out: Path = Path("ngram.arpa"), order: int = 3,
+                smoothing: Literal["kn", "addk", "stupid"] = "kn",
+                level: Literal["word", "subword"] = "word", tokenizer: Path | None = None,
+                jieba: bool = False, min_count: int = 1, k: float = 1.0,
+                discount_fallback: bool = True) -> None:
+    """Train an n-gram language model; print validation perplexity and bits per byte.
+
+    One sentence per non-blank line of each document, padded with <s> ... </s>
+    as KenLM does. Words are whitespace-split (or segmented by jieba for
+    Chinese); at subword level the sentences are token ids of any lmlab
+    tokenizer. kn is interpolated modified Kneser-Ney (KenLM's estimate), addk
+    is add-k (Lidstone), stupid is stupid backoff (scores, not probabilities).
+    OUT ending in .arpa is an ARPA file (kn only; KenLM reads it), any other
+    name an .npz.
+
+    Args:
+        corpus_dir: a folder made by `lmlab corpus` (trained on train, scored on val) or a
+            text/JSONL file (no validation)
+        out: the model file: .arpa, or .npz for any smoothing
+        order: n, the longest n-gram
+        smoothing: kn, addk or stupid
+        level: word (whitespace / jieba words) or subword (token ids of --tokenizer)
+        tokenizer: a tokenizer.json (subword level)
+        jieba: segment Chinese text into words with jieba (word level)
+        min_count: words seen fewer times become <unk>
+        k: add-k's pseudo-count (1 = add-one)
+        discount_fallback: when the data are too few to estimate Kneser-Ney discounts, use
+            KenLM's fallback 0.5 1.0 1.5 with a warning (--no-discount-fallback: fail)
+
+    Examples:
+        lmlab ngram train data/wiki --order 3 --out wiki3.arpa
+        lmlab ngram train data/wiki --level subword --tokenizer data/bpe8k.json --order 5 \\
+            --out wiki-bpe5.arpa
+        lmlab ngram train data/zh --jieba --order 3 --out zh3.arpa
+        lmlab ngram train data/wiki --smoothing addk --k 0.1 --out wiki-addk.npz
+    """
+    import warnings
+
+    from lmlab.models.ngram import DiscountFallbackWarning, NgramLM, read_texts, text_sentences
+    from lmlab.tokenizer import Tokenizer
+
+    if Path(out).suffix == ".arpa" and smoothing != "kn":
+        raise LmlabError(f"{smoothing} is not a backoff model, so it cannot be an ARPA file; "
+                         "name --out *.npz")
+    if level == "subword" and tokenizer is None:
+        raise LmlabError("--level subword needs --tokenizer tok.json")
+    corpus_dir = Path(corpus_dir)
+    tok = Tokenizer.from_file(tokenizer) if level == "subword" else None
+    meta = {"level": level, "jieba": jieba}
+    if tok is not None:
+        meta |= {"tokenizer": str(Path(tokenizer).resolve()), "tokenizer_sha256": tok.sha256}
+    t0 = time.perf_counter()
+    sents, _ = text_sentences(read_texts(corpus_dir, "train", progress=True), tokenizer=tok,
+                              use_jieba=jieba)
+    t1 = time.perf_counter()
+    opts = {"order": order, "smoothing": smoothing, "min_count": min_count, "k": k,
+            "discount_fallback": discount_fallback, "meta": meta}
+    with warnings.catch_warnings(record=True) as caught:  # one clean line, not a source dump
+        warnings.simplefilter("always", DiscountFallbackWarning)
+        if tok is not None:
+            model = NgramLM.fit(sents, vocab_size=tok.vocab_size, **opts)
+        else:
+            model = NgramLM.fit_words(sents, **opts)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr, flush=True)
+    t2 = time.perf_counter()
+    sizes = ", ".join(f"{len(x):,} {n}-grams" for n, x in enumerate(model.keys, 1))
+    _say(f"{level}-level order-{order} {smoothing} model from {len(sents):,} sentences: {sizes} "
+         f"(read {t1 - t0:.1f}s, estimated {t2 - t1:.2f}s)")
+    if model.discounts:
+        _say("discounts D1 D2 D3+: " + "; ".join(
+            f"order {n}: " + " ".join(f"{x:.3f}" for x in d)
+            for n, d in enumerate(model.discounts, 1)))
+    if corpus_dir.is_dir() and (corpus_dir / "val.jsonl").exists():
+        _ngram_report(model, read_texts(corpus_dir, "val"), tok, "validation")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    model.save(out)
+    _say(f"wrote {out} ({model.num_params:,} entries)")
+
+
+def ngram_eval(model: Path, text: Path, tokenizer: Path | None = None,
+               json_out: bool = False) -> None:
+    """Perplexity and bits per byte of text under an n-gram model (.arpa or .npz).
+
+    Args:
+        model: a model from `lmlab ngram train`, or any ARPA file (word level)
+        text: a corpus folder (its val split is scored) or a text/JSONL file
+        tokenizer: the tokenizer.json of a subword model (default: the path it was trained with)
+        json_out: also print the scores as one JSON line
+
+    Examples:
+        lmlab ngram eval wiki3.arpa data/wiki
+        lmlab ngram eval kenlm.arpa test.txt
+    """
+    from lmlab.models.ngram import NgramLM, read_texts
+
+    lm = NgramLM.load(model)
+    tok = _ngram_tokenizer(lm.meta, tokenizer)
+    res = _ngram_report(lm, read_texts(Path(text), "val"), tok, str(text))
+    if json_out:
+        _say(json.dumps(res))
+
+
+def ngram_sample(model: Path, prompt: str = "", num: int = 1, max_len: int = 50,
+                 temperature: float = 1.0, seed: int = 0, tokenizer: Path | None = None) -> None:
+    """Sample sentences from an n-gram model, one per line; each stops at </s>.
+
+    Args:
+        model: a model from `lmlab ngram train`, or any ARPA file (word level)
+        prompt: the start of every sentence
+        num: how many sentences
+        max_len: the most tokens drawn per sentence
+        temperature: 1 samples the model's distribution, lower is more conservative, 0 greedy
+        seed: random seed
+        tokenizer: the tokenizer.json of a subword model (default: the path it was trained with)
+
+    Examples:
+        lmlab ngram sample wiki3.arpa --num 3 --prompt 'The history of'
+    """
+    from lmlab.models.ngram import NgramLM, split_words
+
+    lm = NgramLM.load(model)
+    tok = _ngram_tokenizer(lm.meta, tokenizer)
+    use_jieba = lm.meta.get("jieba", False)
+    words = [w for s in split_words(prompt, use_jieba=use_jieba) for w in s]
+    prefix = tok.encode(prompt) if tok is not None else lm.word_ids(words)
+    for i in range(num):
+        ids = lm.sample(prefix=prefix, max_len=max_len, temperature=temperature, seed=seed + i)
+        if tok is not None:
+            _say(tok.decode(list(prefix) + [j for j in ids if j >= 0]))
+        else:
+            _say(("" if use_jieba else " ").join(words + [lm.id_to_word(j) for j in ids]))
+
+
+def embed_train(corpus: Path,
+                method: Literal["skipgram", "word2vec", "cbow", "fasttext", "glove"] = "skipgram",
+                dim: int = 100, window: int = 5, min_count: int = 5, epochs: int | None = None,
+                x_max: float = 100.0, workers: int | None = None, seed: int = 0,
+                out: Path = Path("vectors.txt"), binary: bool = False, eval: bool = True,
+                restrict_vocab: int = 30_000) -> None:
+    """Train word vectors (word2vec, fastText or GloVe) and evaluate them.
+
+    Text is lowercased and split into words and punctuation marks (each
+    Chinese character a word); each line is a sentence. word2vec and fastText
+    are trained by gensim; GloVe by lmlab (co-occurrence counts, then AdaGrad).
+    Prints training words/s and, unless --no-eval, the analogy accuracy and
+    WordSim-353 / SimLex-999 correlations. Small corpora (a million words)
+    give low analogy scores: the word2vec papers trained on billions.
+
+    Args:
+        corpus: a folder made by `lmlab corpus`, a text file (one document per
+            line) or folder, or `default` for the built-in Wikipedia extract
+        method: skipgram (= word2vec), cbow, fasttext (subword skip-gram) or glove
+        dim: vector dimension
+        window: context window, in words on each side
+        min_count: words seen fewer times are dropped (try 2 on a small corpus)
+        epochs: passes over the corpus (default: 5; glove 25)
+        x_max: glove only: co-occurrence count at which a cell gets full weight
+            (the paper's 100; 10 suits corpora of a few million words)
+        workers: threads (default: all cores for gensim, 1 for glove)
+        seed: random seed
+        out: output file, word2vec format
+        binary: write word2vec binary instead of text
+        eval: evaluate on the analogy and word-similarity sets (--no-eval to skip)
+        restrict_vocab: analogy answers are searched among this many most frequent words
+
+    Examples:
+        lmlab embed train default --method skipgram --out data/w2v.txt
+        lmlab embed train data/wiki --method glove --x-max 10 --out data/glove.txt
+        lmlab embed train reviews.txt --method fasttext --dim 50 --min-count 2 --no-eval
+    """
+    from lmlab.models.embeddings import evaluate, read_sentences, train_vectors
+
+    sentences = read_sentences(corpus)
+    kwargs = {"x_max": x_max} if method == "glove" else {}
+    result = train_vectors(sentences, method, dim=dim, window=window, min_count=min_count,
+                           epochs=epochs, seed=seed, workers=workers, **kwargs)
+    result.vectors.save(out, binary=binary)
+    loss = f"; final loss {result.losses[-1]:.4f}" if result.losses else ""
+    _say(f"{result.method}: {len(result.vectors):,} words x {result.vectors.dim} dims from "
+         f"{result.corpus_words:,} corpus words, {result.epochs} epochs in "
+         f"{result.seconds:.1f}s ({result.words_per_s:,.0f} words/s){loss}; wrote {out}")
+    if eval:
+        _say(evaluate(result.vectors, restrict_vocab=restrict_vocab).format())
+
+
+def embed_eval(vectors: Path, restrict_vocab: int = 30_000) -> None:
+    """Evaluate word vectors: analogies per section, WordSim-353 and SimLex-999.
+
+    Analogies ("man is to king as woman is to ?") are answered by 3CosAdd
+    among the most frequent words; questions with an unknown word are skipped
+    and counted. Reads word2vec text or binary, or GloVe text files.
+
+    Args:
+        vectors: a word-vector file
+        restrict_vocab: analogy answers are searched among this many first (most
+            frequent) words
+
+    Examples:
+        lmlab embed eval data/w2v.txt
+        lmlab embed eval glove.6B.100d.txt --restrict-vocab 30000
+    """
+    from lmlab.models.embeddings import evaluate, load_vectors
+
+    wv = load_vectors(vectors)
+    _say(f"{vectors}: {len(wv):,} words x {wv.dim} dims")
+    _say(evaluate(wv, restrict_vocab=restrict_vocab).format())
+
+
+def embed_neighbors(vectors: Path, word: list[str], top: int = 10) -> None:
+    """Show the nearest words (by cosine similarity) of each word given.
+
+    Args:
+        vectors: a word-vector file (word2vec text or binary, or GloVe text)
+        word: one or more words to look up
+        top: neighbours shown per word
+
+    Examples:
+        lmlab embed neighbors data/w2v.txt king france
+    """
+    from lmlab.models.embeddings import load_vectors
+
+    if top < 1:
+        raise LmlabError(f"--top must be at least 1, got {top}")
+    wv = load_vectors(vectors)
+    for w in word:
+        key = w if w in wv else w.lower()
+        _say(f"{w}:")
+        for other, sim in wv.most_similar(key, top):
+            _say(f"  {sim:6.3f}  {other}")
+
+
 COMMANDS: dict = {
     "demo": demo,
     "corpus": corpus,
     "tokenizer": {"__doc__": "train tokenizers", "train": tokenizer_train},
+    "ngram": {"__doc__": "n-gram language models (Kneser-Ney, add-k, stupid backoff; ARPA)",
+              "train": ngram_train, "eval": ngram_eval, "sample": ngram_sample},
     "prepare": prepare,
     "pretrain": pretrain,
     "eval": evaluate,
@@ -807,4 +1133,7 @@ COMMANDS: dict = {
     "neighbors": neighbors,
     "finetune": finetune,
     "predict": predict,
+    "compare": compare,
+    "embed": {"__doc__": "train, evaluate and query word vectors", "train": embed_train,
+              "eval": embed_eval, "neighbors": embed_neighbors},
 }

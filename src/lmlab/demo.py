@@ -3,13 +3,53 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from lmlab.tokenizer import Tokenizer
 
 
 def _step(n: int, title: str) -> None:
     print(f"\n[{n}/6] {title}", flush=True)
+
+
+def builtin_data(out: Path, vocab_size: int = 4096,
+                 step: Callable[[int, str], None] | None = None) -> Tokenizer:
+    """Corpus, BPE tokenizer and shards from the built-in Wikipedia extract, in ``out``.
+
+    Makes ``out/corpus`` (train/validation split by article), ``out/tokenizer.json``
+    and ``out/shards``, printing what each step made; returns the tokenizer.
+    """
+    from lmlab.data.corpus import build_corpus, default_corpus_source, read_split
+    from lmlab.data.shards import prepare
+    from lmlab.tokenizer import Tokenizer
+
+    step = step or (lambda n, title: print(f"  {title}", flush=True))
+    out.mkdir(parents=True, exist_ok=True)
+    step(1, "corpus: the Wikipedia extract shipped with gensim, markup stripped")
+    source = default_corpus_source()
+    stats = build_corpus([source], out / "corpus", val_fraction=0.05, seed=0).to_dict()
+    print(f"  {stats['train_docs']} train / {stats['val_docs']} validation articles, "
+          f"{stats['train_chars'] + stats['val_chars']:,} characters "
+          f"({stats['duplicates_dropped']} duplicates dropped)")
+
+    step(2, f"tokenizer: byte-level BPE, {vocab_size} tokens")
+    tok = Tokenizer.train(read_split(out / "corpus", "train"), kind="bpe",
+                          vocab_size=vocab_size, show_progress=False)
+    tok.save(out / "tokenizer.json")
+    print(f"  {tok.vocab_size} tokens -> {out / 'tokenizer.json'}")
+
+    step(3, "prepare: tokenize into memory-mapped shards")
+    manifest = prepare(out / "corpus", out / "tokenizer.json", out / "shards", progress=False,
+                       overwrite=True)
+    for split, info in manifest["splits"].items():
+        print(f"  {split}: {info['tokens']:,} tokens "
+              f"({info['bytes'] / info['tokens']:.2f} bytes/token)")
+    return tok
 
 
 def run_demo(out: Path, steps: int = 600, preset: str = "gpt-mini", vocab_size: int = 4096,
@@ -17,35 +57,15 @@ def run_demo(out: Path, steps: int = 600, preset: str = "gpt-mini", vocab_size: 
     """Run the whole pipeline in ``out``; return the figures it printed."""
     import torch
 
-    from lmlab.data.corpus import build_corpus, default_corpus_source, read_split
-    from lmlab.data.shards import TokenShards, prepare
+    from lmlab.data.shards import TokenShards
     from lmlab.evaluate import LMScore, score_tokens, unigram_score
     from lmlab.generate import SamplingConfig, generate_text
-    from lmlab.tokenizer import Tokenizer
     from lmlab.train.loop import TrainConfig, Trainer
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
 
-    _step(1, "corpus: the Wikipedia extract shipped with gensim, markup stripped")
-    source = default_corpus_source()
-    stats = build_corpus([source], out / "corpus", val_fraction=0.05, seed=0).to_dict()
-    print(f"  {stats['train_docs']} train / {stats['val_docs']} validation articles, "
-          f"{stats['train_chars'] + stats['val_chars']:,} characters "
-          f"({stats['duplicates_dropped']} duplicates dropped)")
-
-    _step(2, f"tokenizer: byte-level BPE, {vocab_size} tokens")
-    tok = Tokenizer.train(read_split(out / "corpus", "train"), kind="bpe",
-                          vocab_size=vocab_size, show_progress=False)
-    tok.save(out / "tokenizer.json")
-    print(f"  {tok.vocab_size} tokens -> {out / 'tokenizer.json'}")
-
-    _step(3, "prepare: tokenize into memory-mapped shards")
-    manifest = prepare(out / "corpus", out / "tokenizer.json", out / "shards", progress=False,
-                       overwrite=True)
-    for split, info in manifest["splits"].items():
-        print(f"  {split}: {info['tokens']:,} tokens "
-              f"({info['bytes'] / info['tokens']:.2f} bytes/token)")
+    tok = builtin_data(out, vocab_size, step=_step)
 
     _step(4, f"pretrain: {preset}, {steps} steps")
     cfg = TrainConfig(data=str(out / "shards"), out=str(out / "gpt"), preset=preset,

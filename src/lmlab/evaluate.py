@@ -3,6 +3,11 @@
 Bits per byte (BPB) = total negative log-likelihood in bits / UTF-8 bytes of
 the text. Unlike perplexity it does not depend on the tokenizer, so a
 character-level and a BPE model, or an n-gram and a GPT, can be compared.
+
+A Transformer is scored in windows of its context (``score_tokens``); a
+feed-forward or recurrent LM reads the tokens as a stream, carrying its state
+from chunk to chunk (``score_stream``), so every token is scored with all the
+text before it as context, as the model would read it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.models.gpt import GPT
+from lmlab.models.rnn import StatefulLM
 
 
 @dataclass
@@ -63,19 +69,73 @@ def window_starts(n: int, block: int, stride: int) -> list[tuple[int, int]]:
     return out
 
 
+def stream_chunks(n: int, streams: int, chunk: int) -> int:
+    """Forward calls ``score_stream`` makes for n tokens (for progress bars)."""
+    per_stream = (n - 1) // max(1, min(streams, n - 1)) if n > 1 else 0
+    return -(-per_stream // chunk)
+
+
 @torch.inference_mode()
-def score_tokens(model: GPT, tokens: np.ndarray | torch.Tensor, *, stride: int | None = None,
-                 batch_size: int = 8, max_tokens: int | None = None,
+def score_stream(model: StatefulLM, tokens: np.ndarray | torch.Tensor, *, streams: int = 1,
+                 chunk: int | None = None,
+                 progress: Callable[[int], None] | None = None) -> tuple[float, int]:
+    """Sum of NLL (nats) and count of scored tokens of a stateful (ffnn / recurrent) LM.
+
+    The tokens are cut into ``streams`` contiguous parts read side by side as
+    one batch, ``chunk`` tokens per call (default: the model's block_size),
+    the state carried from call to call. With one stream every target is scored
+    with all tokens before it as context: the same as one forward pass over
+    the whole sequence. With more streams (faster), each part after the first
+    starts from an empty state, as a Transformer's window starts without
+    context. Tokens 1..n-1 are scored, except a remainder of fewer than
+    ``streams`` tokens at the end.
+    """
+    chunk = chunk or model.config.block_size
+    toks = (tokens.long() if isinstance(tokens, torch.Tensor)
+            else torch.from_numpy(np.asarray(tokens, dtype=np.int64)))
+    n_targets = len(toks) - 1
+    if n_targets < 1:
+        return 0.0, 0
+    streams = max(1, min(streams, n_targets))
+    L = n_targets // streams  # targets per stream
+    device = next(model.parameters()).device
+    # Row b reads tokens [b*L, (b+1)*L] (inputs and targets).
+    rows = torch.stack([toks[b * L: (b + 1) * L + 1] for b in range(streams)]).to(device)
+    was_training = model.training
+    model.eval()
+    nll, state = 0.0, None
+    try:
+        for t in range(0, L, chunk):
+            x = rows[:, t:min(t + chunk, L)]  # (streams, <= chunk)
+            y = rows[:, t + 1:min(t + chunk, L) + 1]
+            logits, state = model(x, state)  # (streams, <= chunk, V)
+            nll += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(),
+                                   reduction="sum").item()
+            if progress:
+                progress(1)
+    finally:
+        model.train(was_training)
+    return nll, streams * L
+
+
+@torch.inference_mode()
+def score_tokens(model: GPT | StatefulLM, tokens: np.ndarray | torch.Tensor, *,
+                 stride: int | None = None, batch_size: int = 8, max_tokens: int | None = None,
                  progress: Callable[[int], None] | None = None) -> tuple[float, int]:
     """Sum of NLL (nats) and count of scored tokens, with a sliding window.
 
     ``stride`` defaults to the full context (non-overlapping windows, cheapest);
-    a smaller stride gives each token more context at more compute.
+    a smaller stride gives each token more context at more compute. A
+    feed-forward or recurrent LM is scored by ``score_stream`` instead, with
+    ``batch_size`` parallel streams (``stride`` does not apply: its state
+    carries all the context there is); ``batch_size=1`` scores it exactly.
     """
-    block = model.config.block_size
-    stride = min(stride or block, block)
     toks = torch.from_numpy(np.array(tokens[: max_tokens + 1] if max_tokens else tokens,
                                      dtype=np.int64))
+    if isinstance(model, StatefulLM):
+        return score_stream(model, toks, streams=batch_size, progress=progress)
+    block = model.config.block_size
+    stride = min(stride or block, block)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -107,13 +167,16 @@ def score_tokens(model: GPT, tokens: np.ndarray | torch.Tensor, *, stride: int |
     return nll, count
 
 
-def evaluate_documents(model: GPT, tokenizer, docs: Sequence[str], *, stride: int | None = None,
-                       batch_size: int = 8, show_progress: bool = True) -> LMScore:
+def evaluate_documents(model: GPT | StatefulLM, tokenizer, docs: Sequence[str], *,
+                       stride: int | None = None, batch_size: int = 8,
+                       show_progress: bool = True) -> LMScore:
     """Perplexity and bits per byte of documents under ``model``.
 
     The token stream is ``EOS d1 EOS d2 ... dn``, as in training shards; the
     leading end-of-text token lets the first real token be scored too, so
-    every byte of every document is counted.
+    every byte of every document is counted. A feed-forward or recurrent LM
+    reads the whole stream as one, carrying its state (exact; ``stride`` and
+    ``batch_size`` do not apply).
     """
     eos = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
     ids: list[int] = list(eos)
@@ -123,12 +186,17 @@ def evaluate_documents(model: GPT, tokenizer, docs: Sequence[str], *, stride: in
         ids += tokenizer.encode(doc)
     block = model.config.block_size
     stride = min(stride or block, block)
+    stateful = isinstance(model, StatefulLM)
+    if stateful:
+        batch_size = 1  # one stream: every token scored with the whole text before it
     bar = None
     if show_progress:
         from lmlab.progress import progress_bar
 
-        bar = progress_bar(total=len(window_starts(len(ids), block, stride)), desc="eval",
-                           unit="win", leave=False)
+        total = (stream_chunks(len(ids), 1, block) if stateful
+                 else len(window_starts(len(ids), block, stride)))
+        bar = progress_bar(total=total, desc="eval", unit="chunk" if stateful else "win",
+                           leave=False)
     nll, count = score_tokens(model, np.array(ids), stride=stride, batch_size=batch_size,
                               progress=bar.update if bar else None)
     if bar:

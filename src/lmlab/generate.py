@@ -9,6 +9,10 @@ Context policy: a prompt longer than the context keeps its last
 ``block_size - max_new_tokens`` tokens (at least half the context) and says so;
 when a sequence fills the context during decoding, the cache is rebuilt from
 the last half-context of tokens and decoding continues (a sliding window).
+
+A feed-forward or recurrent LM (``models/rnn.py``) has no cache and no context
+limit: its state (the last tokens, or the hidden state) is carried from token
+to token instead (``generate_stateful``), with the same sampling.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from lmlab.models.gpt import GPT
+from lmlab.models.rnn import State, StatefulLM
 
 
 @dataclass
@@ -134,7 +139,51 @@ def fit_prompt(ids: Sequence[int], block_size: int, max_new_tokens: int) -> tupl
 
 
 @torch.inference_mode()
-def generate(model: GPT, prompt: torch.Tensor, max_new_tokens: int,
+def generate_stateful(model: StatefulLM, prompt: torch.Tensor, max_new_tokens: int,
+                      cfg: SamplingConfig, eos_id: int | None = None,
+                      generator: torch.Generator | None = None,
+                      pad: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+    """``generate`` for a feed-forward or recurrent LM: the prompt is read once, then
+    each sampled token is fed back with the carried state.
+
+    Rows advance one call each: a left-padded row must not read its padding
+    into its state, and states of rows with prompts of different lengths do
+    not stack in general (a feed-forward LM's history is as long as its prompt).
+    """
+    B, T = prompt.shape
+    pads = pad.tolist() if pad is not None else [0] * B
+    was_training = model.training
+    model.eval()
+    try:
+        states: list[State] = []
+        last = []
+        for row in range(B):
+            logits, state = model(prompt[row:row + 1, pads[row]:])  # (1, T_row, V)
+            states.append(state)
+            last.append(logits[:, -1])
+        logits = torch.cat(last)  # (B, V)
+        seq = prompt
+        done = torch.zeros(B, dtype=torch.bool, device=prompt.device)
+        for i in range(max_new_tokens):
+            tok = sample(logits, _seen(seq, pad), cfg, generator)  # (B,)
+            if eos_id is not None:
+                tok = torch.where(done, torch.full_like(tok, eos_id), tok)
+                done |= tok == eos_id
+            yield tok
+            seq = torch.cat([seq, tok[:, None]], dim=1)
+            if (eos_id is not None and bool(done.all())) or i == max_new_tokens - 1:
+                return
+            last = []
+            for row in range(B):
+                out, states[row] = model(tok[row].view(1, 1), states[row])  # (1, 1, V)
+                last.append(out[:, -1])
+            logits = torch.cat(last)
+    finally:
+        model.train(was_training)
+
+
+@torch.inference_mode()
+def generate(model: GPT | StatefulLM, prompt: torch.Tensor, max_new_tokens: int,
              cfg: SamplingConfig | None = None, eos_id: int | None = None,
              generator: torch.Generator | None = None,
              pad: torch.Tensor | None = None, compile: bool = False) -> Iterator[torch.Tensor]:
@@ -146,8 +195,13 @@ def generate(model: GPT, prompt: torch.Tensor, max_new_tokens: int,
     row has. ``compile`` runs the one-token decode step through torch.compile
     (a one-off compile of about a minute on 2 cores, then fewer Python and
     dispatch costs per token: the lever for small-layer models like SmolLM2).
+    A feed-forward or recurrent LM decodes through ``generate_stateful``
+    (``compile`` does not apply).
     """
     cfg = cfg or SamplingConfig()
+    if isinstance(model, StatefulLM):
+        yield from generate_stateful(model, prompt, max_new_tokens, cfg, eos_id, generator, pad)
+        return
     step = _compiled_decode() if compile else decode_one_token
     block = model.config.block_size
     B, T = prompt.shape
@@ -249,7 +303,7 @@ class StopChecker:
         return min(hits) if hits else -1
 
 
-def generate_text(model: GPT, tokenizer, prompt: str | Sequence[int], *,
+def generate_text(model: GPT | StatefulLM, tokenizer, prompt: str | Sequence[int], *,
                   num_return_sequences: int = 1, **kwargs) -> list[Completion]:
     """Continue ``prompt`` (text, or token ids) ``num_return_sequences`` times.
 
@@ -258,7 +312,7 @@ def generate_text(model: GPT, tokenizer, prompt: str | Sequence[int], *,
     return generate_texts(model, tokenizer, [prompt] * num_return_sequences, **kwargs)
 
 
-def generate_texts(model: GPT, tokenizer, prompts: Sequence[str | Sequence[int]], *,
+def generate_texts(model: GPT | StatefulLM, tokenizer, prompts: Sequence[str | Sequence[int]], *,
                    max_new_tokens: int = 100, cfg: SamplingConfig | None = None,
                    stop: Sequence[str] = (), seed: int | None = None,
                    on_text: Callable[[int, str], None] | None = None,
@@ -283,7 +337,10 @@ def generate_texts(model: GPT, tokenizer, prompts: Sequence[str | Sequence[int]]
         if not ids:
             raise ValueError("empty prompt and the tokenizer has no end-of-text token to "
                              "start from")
-        ids, dropped = fit_prompt(ids, model.config.block_size, max_new_tokens)
+        # A stateful LM has no context limit: its state reads any prompt.
+        dropped = 0
+        if not isinstance(model, StatefulLM):
+            ids, dropped = fit_prompt(ids, model.config.block_size, max_new_tokens)
         if dropped:
             warn(f"warning: prompt is longer than the context; kept its last {len(ids)} "
                  f"tokens (dropped {dropped})")

@@ -14,12 +14,13 @@ import torch
 
 from lmlab.errors import LmlabError
 from lmlab.models.gpt import GPT
+from lmlab.models.rnn import StatefulLM
 from lmlab.tokenizer import Tokenizer
 
 
 @dataclass
 class Loaded:
-    model: GPT
+    model: GPT | StatefulLM  # a Transformer decoder, or a feed-forward / recurrent LM
     tokenizer: Tokenizer
     source: Path
     chat_template: str | None = None
@@ -55,7 +56,11 @@ def eos_token_of_folder(folder: Path) -> str | None:
 
 def load_for_inference(source: Path, tokenizer: Path | None = None, dtype: str = "float32",
                        quantize: str = "none") -> Loaded:
-    """Model + tokenizer from a run/checkpoint folder, an HF folder or a ``.gguf`` file."""
+    """Model + tokenizer from a run/checkpoint folder, an HF folder or a ``.gguf`` file.
+
+    The model is a GPT-style decoder or, from an lmlab checkpoint, a classic
+    feed-forward or recurrent LM (``models/rnn.py``); an encoder is refused.
+    """
     from lmlab.interop.hf_folder import is_hf_folder, load_hf
     from lmlab.train.checkpoint import TOKENIZER_FILE, load_model, resolve_checkpoint
 
@@ -76,7 +81,7 @@ def load_for_inference(source: Path, tokenizer: Path | None = None, dtype: str =
         else:
             folder = resolve_checkpoint(source)
             model = load_model(folder)
-        if not isinstance(model, GPT):
+        if not isinstance(model, GPT | StatefulLM):
             raise LmlabError(f"{source}: is an encoder (BERT), which cannot generate or score "
                              "text left to right; use it with `lmlab neighbors` or "
                              "`lmlab finetune`")

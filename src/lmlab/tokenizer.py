@@ -83,6 +83,14 @@ CONTINUING_PREFIX = "##"  # marks a WordPiece token that continues a word
 # GPT-2's pre-tokenization regex (encoder.py in openai/gpt-2); HF's ByteLevel
 # pre-tokenizer with use_regex=True applies exactly this pattern.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# Words for word vectors and the word-level tokenizer: a run of word characters,
+# or one CJK ideograph (Chinese has no spaces; as in BERT, each character is a
+# word), or one punctuation mark. _CJK is not a raw string, so the pattern
+# holds the characters themselves rather than \u escapes, which Python's `re`
+# and the Oniguruma engine of HF `tokenizers` would read differently: so
+# models.embeddings.tokenize_words and Tokenizer.from_words split text identically.
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+WORD_PATTERN = rf"[{_CJK}]|[^\W{_CJK}]+|[^\w\s]"
 
 
 def _byte_token(b: int) -> str:
@@ -103,8 +111,9 @@ def _token_id_property(token: str) -> cached_property[int | None]:
 class Tokenizer:
     """A trained tokenizer: text to token ids and back.
 
-    Build one with :meth:`train` or :meth:`from_file`. ``kind`` is ``"bpe"``,
-    ``"char"``, ``"wordpiece"``, or ``"json"`` for a tokenizer.json of some
+    Build one with :meth:`train`, :meth:`from_words` or :meth:`from_file`.
+    ``kind`` is ``"bpe"``, ``"char"``, ``"wordpiece"``, ``"word"`` (whole
+    words, :meth:`from_words`), or ``"json"`` for a tokenizer.json of some
     other design.
     """
 
@@ -293,6 +302,34 @@ class Tokenizer:
         tok.train_from_iterator(texts, trainer=trainer)
         _add_bert_post_processor(tok)
         return cls(tok, "wordpiece")
+
+    @classmethod
+    def from_words(cls, words: Iterable[str]) -> Tokenizer:
+        """A word-level tokenizer over ``words`` (e.g. the words of a word-vector file).
+
+        Ids: ``[PAD]`` = 0, ``[UNK]`` = 1, then the words in the order given
+        (duplicates and the two special tokens skipped). Text is NFC-normalized
+        and lowercased, then split by :data:`WORD_PATTERN` (words, single CJK
+        characters, single punctuation marks; whitespace dropped), exactly as
+        :func:`lmlab.models.embeddings.tokenize_words` splits it; a word not in
+        the list becomes ``[UNK]``. Lossy: ``decode`` joins words with spaces.
+        Its kind is ``"word"``.
+        """
+        from tokenizers import Regex, models, normalizers, pre_tokenizers
+        from tokenizers import Tokenizer as HFTokenizer
+
+        vocab = {PAD_TOKEN: 0, UNK_TOKEN: 1}
+        for word in words:
+            if not isinstance(word, str) or not word or any(c.isspace() for c in word):
+                raise LmlabError(f"a word-level vocabulary entry must be a word without "
+                                 f"whitespace, got {word!r}")
+            vocab.setdefault(word, len(vocab))
+        tok = HFTokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
+        tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+        # invert=True: the pattern matches the pieces to keep; the rest (whitespace) is removed.
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex(WORD_PATTERN), "removed", invert=True)
+        tok.add_special_tokens([PAD_TOKEN, UNK_TOKEN])
+        return cls(tok, "word")
 
     # ------------------------------------------------------------------ files
     @classmethod
@@ -895,6 +932,9 @@ def _infer_kind(spec: dict[str, Any]) -> str:
     pre = spec.get("pre_tokenizer") or {}
     if model.get("type") == "WordPiece":
         return "wordpiece"
+    if (model.get("type") == "WordLevel" and pre.get("type") == "Split"
+            and (pre.get("pattern") or {}).get("Regex") == WORD_PATTERN):
+        return "word"  # from_words (a foreign WordLevel tokenizer is "json")
     if model.get("type") != "BPE":
         return "json"
     if (

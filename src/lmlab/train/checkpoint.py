@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from lmlab.atomic import atomic_dir, write_text
-from lmlab.config import BertConfig, GPTConfig, load_config
+from lmlab.config import BertConfig, GPTConfig, RNNConfig, load_config
 from lmlab.errors import LmlabError
 from lmlab.models.gpt import GPT
 
@@ -40,13 +40,19 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer | None = None,
                     trainer_state: dict[str, Any] | None = None,
                     rng_tensors: dict[str, torch.Tensor] | None = None,
-                    keep: int = 2) -> Path:
-    """Write ``run_dir/checkpoints/step-NNNNNN`` atomically and point ``latest`` at it."""
+                    keep: int = 2,
+                    carry_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``run_dir/checkpoints/step-NNNNNN`` atomically and point ``latest`` at it.
+
+    ``rng_tensors`` (generator states) and ``carry_tensors`` (state carried from
+    step to step, e.g. a recurrent model's hidden state) are saved beside the
+    optimizer's, as ``rng.*`` and ``carry.*``.
+    """
     ckpt_root = run_dir / "checkpoints"
     name = f"step-{step:06d}"
     with atomic_dir(ckpt_root / name) as tmp:
         _write_checkpoint(tmp, model, tokenizer_json, optimizer, trainer_state, rng_tensors,
-                          step)
+                          step, carry_tensors)
     # Only a complete checkpoint folder can be named by "latest".
     write_text(ckpt_root / "latest", name + "\n")
     # Prune old checkpoints only after "latest" points at the new one.
@@ -59,7 +65,8 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module,
 def _write_checkpoint(tmp: Path, model: torch.nn.Module, tokenizer_json: Path | None,
                       optimizer: torch.optim.Optimizer | None,
                       trainer_state: dict[str, Any] | None,
-                      rng_tensors: dict[str, torch.Tensor] | None, step: int) -> None:
+                      rng_tensors: dict[str, torch.Tensor] | None, step: int,
+                      carry_tensors: dict[str, torch.Tensor] | None = None) -> None:
     from safetensors.torch import save_file
 
     save_file(model_state(model), str(tmp / MODEL_FILE), metadata={"format": "pt"})
@@ -69,6 +76,7 @@ def _write_checkpoint(tmp: Path, model: torch.nn.Module, tokenizer_json: Path | 
     if optimizer is not None:
         tensors, meta = _flatten_optimizer(optimizer)
         tensors.update({f"rng.{k}": v for k, v in (rng_tensors or {}).items()})
+        tensors.update({f"carry.{k}": v for k, v in (carry_tensors or {}).items()})
         save_file(tensors, str(tmp / OPTIM_FILE))
         state = dict(trainer_state or {}, step=step, optimizer=meta)
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
@@ -127,7 +135,8 @@ def load_model(path: Path, device: str = "cpu",
     """Build the model from config.json and load model.safetensors, checking every key.
 
     A GPT for a decoder's config; for an encoder's, a ``BertForPreTraining``
-    when the weights include the masked-LM head, else the bare ``Bert``.
+    when the weights include the masked-LM head, else the bare ``Bert``; a
+    feed-forward or recurrent LM (``models/rnn.py``) for a classic one's.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -146,7 +155,7 @@ def load_model(path: Path, device: str = "cpu",
     return model.eval()
 
 
-def build_model(config: GPTConfig | BertConfig, sd: dict[str, torch.Tensor],
+def build_model(config: GPTConfig | BertConfig | RNNConfig, sd: dict[str, torch.Tensor],
                 source: Path) -> torch.nn.Module:
     """A model for ``config`` holding the weights ``sd`` (no random init, no copy).
 
@@ -169,7 +178,12 @@ def build_model(config: GPTConfig | BertConfig, sd: dict[str, torch.Tensor],
     if config.tie_embeddings:
         sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
     with torch.device("meta"):
-        model = GPT(config)
+        if isinstance(config, RNNConfig):
+            from lmlab.models.rnn import build_lm
+
+            model = build_lm(config)
+        else:
+            model = GPT(config)
     load_weights(model, sd, source)
     return model.eval()
 
@@ -190,17 +204,27 @@ def load_weights(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: Pa
         if tuple(sd[k].shape) != tuple(v.shape):
             raise LmlabError(f"{source}: tensor {k} has shape {tuple(sd[k].shape)} but "
                              f"config.json implies {tuple(v.shape)}")
-    tied = getattr(model.config, "tie_embeddings", False)
+    tied = _tied_embedding_key(model)
     if tied:
-        sd = dict(sd, **{"lm_head.weight": sd["transformer.wte.weight"]})
+        sd = dict(sd, **{"lm_head.weight": sd[tied]})
     # assign=True swaps in the loaded tensors (no copy, needed on meta); a model
     # with real weights is copied into instead, so optimizers keep their params.
     model.load_state_dict(sd, strict=True, assign=next(model.parameters()).is_meta)
     if tied:
-        model.lm_head.weight = model.transformer.wte.weight
+        model.lm_head.weight = model.get_parameter(tied)
     # Buffers that are not saved (RoPE tables) were built on meta: rebuild them.
     if getattr(model.config, "pos", None) == "rope":
         from lmlab.models.gpt import rope_cache
 
         cos, sin = rope_cache(model.config)
         model.rope_cos, model.rope_sin = cos, sin
+
+
+def _tied_embedding_key(model: torch.nn.Module) -> str | None:
+    """The key of the input embedding a tied ``lm_head`` shares (``transformer.wte.weight``
+    for a GPT, ``encoder.wte.weight`` for a recurrent LM), or None when untied."""
+    if not getattr(model.config, "tie_embeddings", False):
+        return None
+    head = model.lm_head.weight
+    return next(k for k, v in model.state_dict(keep_vars=True).items()
+                if v is head and k != "lm_head.weight")

@@ -1,9 +1,10 @@
 """Fine-tuning a pretrained backbone for classification, tagging or extractive QA.
 
 Setup, fit, test, in plain code (``Finetuner``): read the splits
-(``data/tasks.py``), load a backbone (a BERT encoder or a GPT decoder), put a
-task head on it (``TaskModel``), train with AdamW and BERT's linear warm-up
-and decay, evaluate on the validation split every epoch (and every
+(``data/tasks.py``), load a backbone (a BERT encoder, a GPT decoder, or a
+recurrent encoder such as the bidirectional GRU of the ``gru-classifier``
+preset), put a task head on it (``TaskModel``), train with AdamW and BERT's
+linear warm-up and decay, evaluate on the validation split every epoch (and every
 ``eval_interval`` steps), keep the best checkpoint, stop early when the
 validation metric stops improving, then score the best checkpoint on the
 test split.
@@ -17,7 +18,8 @@ Inputs (BERT / GPT):
 
 GPT rows are right-padded: causal attention never looks right, so no real
 token ever attends to padding, and ``last`` pooling reads the last real token,
-the only one that has read the whole text.
+the only one that has read the whole text. A recurrent encoder reads the same
+inputs as a GPT; its rows are packed, so neither direction reads padding.
 
 Truncation (``max_length`` tokens, special tokens included):
 
@@ -58,7 +60,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmlab.atomic import atomic_dir, write_text
-from lmlab.config import BERT_PRESETS, PRESETS, BertConfig, GPTConfig, load_config
+from lmlab.config import (
+    BERT_PRESETS,
+    PRESETS,
+    RNN_PRESETS,
+    BertConfig,
+    GPTConfig,
+    RNNConfig,
+    load_config,
+)
 from lmlab.data.tasks import ClassifyExample, LabelSet, QAExample, TagExample, Task
 from lmlab.errors import LmlabError
 from lmlab.models.bert import (
@@ -70,11 +80,12 @@ from lmlab.models.bert import (
     TokenClassificationHead,
 )
 from lmlab.models.gpt import GPT
+from lmlab.models.rnn import FeedForwardLM, RecurrentLM, RNNEncoder
 from lmlab.tokenizer import Tokenizer
 from lmlab.train.loop import make_optimizer
 
 Truncation = Literal["tail", "head"]
-BackboneKind = Literal["bert", "gpt"]
+BackboneKind = Literal["bert", "gpt", "rnn"]
 TASK_FILE = "task.json"
 FORMAT = "lmlab-finetuned"
 DEFAULT_MAX_LENGTH = 256
@@ -134,7 +145,9 @@ class FinetuneConfig:
 
 
 # ---------------------------------------------------------------- backbone + head
-Backbone = Bert | GPT
+Backbone = Bert | GPT | RNNEncoder
+# Recurrent presets that can encode a text (the feed-forward LM cannot).
+_RNN_ENCODER_PRESETS = [n for n, p in RNN_PRESETS.items() if p["model_type"] != "ffnn"]
 
 
 def _default_pooling_of_folder(folder: Path) -> Pooling | None:
@@ -153,14 +166,22 @@ def _default_pooling_of_folder(folder: Path) -> Pooling | None:
     return None
 
 
-def load_backbone(source: str | Path, tokenizer: str | Path | None = None
+def load_backbone(source: str | Path, tokenizer: str | Path | None = None,
+                  embedding_init: torch.Tensor | None = None
                   ) -> tuple[Backbone, Tokenizer, Path | None, Pooling | None]:
     """A backbone, its tokenizer, the folder it came from, and the folder's own pooling.
 
     ``source`` is a Hugging Face BERT/GPT-2/Llama folder, an lmlab checkpoint
-    or run folder (BERT or GPT), or a preset name (BERT_PRESETS or GPT PRESETS)
-    for a randomly initialised backbone sized to ``tokenizer``. A masked-LM
-    model (``BertForPreTraining``) gives its encoder; its MLM head is dropped.
+    or run folder (BERT, GPT, or a recurrent LM), or a preset name
+    (BERT_PRESETS, GPT PRESETS, or a recurrent one of RNN_PRESETS such as
+    ``gru-classifier``) for a randomly initialised backbone sized to
+    ``tokenizer``. A masked-LM model (``BertForPreTraining``) gives its
+    encoder (its MLM head is dropped), and a recurrent LM its ``RNNEncoder``
+    (its output layer is dropped).
+
+    ``embedding_init`` (vocab_size, dim), e.g. word vectors looked up for each
+    token of ``tokenizer``, initialises a recurrent preset's token embeddings
+    (its width becomes ``dim``); it applies to recurrent presets only.
     """
     from lmlab.interop.hf_folder import is_hf_folder, load_hf
     from lmlab.loading import eos_token_of_folder
@@ -168,6 +189,20 @@ def load_backbone(source: str | Path, tokenizer: str | Path | None = None
 
     name = str(source)
     path = Path(source)
+    if embedding_init is not None and (path.exists() or name not in RNN_PRESETS):
+        raise LmlabError(f"--model {name}: initial embeddings apply to a recurrent preset "
+                         f"(random initialisation: {', '.join(_RNN_ENCODER_PRESETS)}) only")
+    if not path.exists() and name in RNN_PRESETS:
+        if name not in _RNN_ENCODER_PRESETS:
+            raise LmlabError(f"--model {name} is a feed-forward LM, not a text encoder; use a "
+                             f"recurrent preset: {', '.join(_RNN_ENCODER_PRESETS)}")
+        if tokenizer is None:
+            raise LmlabError(f"--model {name} is a preset (random initialisation); it needs "
+                             "--tokenizer (a tokenizer.json)")
+        tok = Tokenizer.from_file(tokenizer)
+        width = embedding_init.shape[1] if embedding_init is not None else None
+        config = RNNConfig.from_name(name, vocab_size=tok.vocab_size, n_embd=width)
+        return RNNEncoder(config, embedding_init), tok, None, None
     if not path.exists() and (name in BERT_PRESETS or name in PRESETS):
         if tokenizer is None:
             raise LmlabError(f"--model {name} is a preset (random initialisation); it needs "
@@ -182,7 +217,8 @@ def load_backbone(source: str | Path, tokenizer: str | Path | None = None
     if not path.exists():
         raise LmlabError(
             f"--model {name}: unknown backbone source: not a folder nor a preset (BERT presets: "
-            f"{', '.join(BERT_PRESETS)}; GPT presets: {', '.join(PRESETS)})")
+            f"{', '.join(BERT_PRESETS)}; GPT presets: {', '.join(PRESETS)}; recurrent presets: "
+            f"{', '.join(_RNN_ENCODER_PRESETS)})")
     if is_hf_folder(path):
         folder = path
         model = load_hf(path)
@@ -194,8 +230,13 @@ def load_backbone(source: str | Path, tokenizer: str | Path | None = None
         model = load_model(folder)
     if isinstance(model, BertForPreTraining):
         model = model.bert  # the MLM / NSP heads play no part in fine-tuning
-    if not isinstance(model, Bert | GPT):
-        raise LmlabError(f"{source}: not a BERT or GPT model")
+    if isinstance(model, RecurrentLM):
+        model = model.encoder  # embedding + RNN; the output layer plays no part
+    if isinstance(model, FeedForwardLM):
+        raise LmlabError(f"{source}: is a feed-forward LM, which reads a fixed window, not a "
+                         "whole text; fine-tune a recurrent, BERT or GPT model")
+    if not isinstance(model, Bert | GPT | RNNEncoder):
+        raise LmlabError(f"{source}: not a BERT, GPT or recurrent model")
     if tokenizer is None and not ((folder / TOKENIZER_FILE).exists()
                                   or (folder / "vocab.txt").exists()
                                   or (folder / "vocab.json").exists()):
@@ -204,8 +245,16 @@ def load_backbone(source: str | Path, tokenizer: str | Path | None = None
     return model.float(), tok, folder, _default_pooling_of_folder(folder)
 
 
+def backbone_kind(backbone: Backbone) -> BackboneKind:
+    """How a backbone reads its input: "bert" ([CLS] ... [SEP]), "gpt" or "rnn" (the text)."""
+    if isinstance(backbone, Bert):
+        return "bert"
+    return "rnn" if isinstance(backbone, RNNEncoder) else "gpt"
+
+
 class TaskModel(nn.Module):
-    """A backbone (``Bert`` or ``GPT``) and one task head over its final hidden states.
+    """A backbone (``Bert``, ``GPT`` or ``RNNEncoder``) and one task head over its final
+    hidden states.
 
     ``forward`` gives classify logits (B, K), tag logits (B, T, K) or QA
     start/end logits (B, T, 2).
@@ -215,10 +264,11 @@ class TaskModel(nn.Module):
                  dropout: float) -> None:
         super().__init__()
         self.task = task
-        self.kind: BackboneKind = "bert" if isinstance(backbone, Bert) else "gpt"
+        self.kind = backbone_kind(backbone)
         self.pooling = pooling
         self.config = backbone.config
-        C = backbone.config.n_embd
+        # A bidirectional RNN's states are both directions side by side.
+        C = backbone.out_dim if isinstance(backbone, RNNEncoder) else backbone.config.n_embd
         pooler = None
         if isinstance(backbone, Bert):
             # BERT's pooler moves into the classification head when it is used
@@ -227,7 +277,7 @@ class TaskModel(nn.Module):
             if task == "classify" and pooling == "cls":
                 pooler = backbone.pooler
             backbone.pooler = None
-        else:
+        elif isinstance(backbone, GPT):
             # The LM head is not used by any task head (a tied one is wte, which
             # stays); dropping it saves V x C parameters for an untied model.
             backbone.lm_head = nn.Identity()
@@ -246,6 +296,8 @@ class TaskModel(nn.Module):
         """Final hidden states (B, T, C) of right-padded rows."""
         if self.kind == "bert":
             return self.backbone(ids, mask, types)
+        if self.kind == "rnn":
+            return self.backbone(ids, lengths=mask.sum(1))[0]  # (B, T, H * directions)
         # Causal attention: a real token only sees earlier (real) tokens, never
         # the padding on its right, so no mask is needed.
         return self.backbone(ids, hidden=True)
@@ -293,8 +345,10 @@ class TaskEncoder:
             raise LmlabError(f"{tok.path or 'the tokenizer'}: GPT question answering needs an "
                              "end-of-text token to separate question and context")
         # The fewest tokens any input needs: specials plus one token of text.
-        least = {"bert": {"classify": 3, "tag": 3, "qa": 5}, "gpt": {"classify": 1, "tag": 1,
-                                                                  "qa": 3}}[kind][task]
+        # A recurrent encoder reads the same inputs as a GPT (no special tokens).
+        fewest = ({"classify": 3, "tag": 3, "qa": 5} if kind == "bert"
+                  else {"classify": 1, "tag": 1, "qa": 3})
+        least = fewest[task]
         if max_length < least:
             raise LmlabError(f"--max-length {max_length} is too short for {task} with a "
                              f"{kind.upper()} backbone (at least {least})")
@@ -670,7 +724,13 @@ def load_task_model(path: Path, device: str = "cpu"
     info = _read_task_info(folder)
     config = load_config(folder / "config.json")
     with torch.device("meta"):
-        backbone: Backbone = Bert(config) if isinstance(config, BertConfig) else GPT(config)
+        backbone: Backbone
+        if isinstance(config, BertConfig):
+            backbone = Bert(config)
+        elif isinstance(config, RNNConfig):
+            backbone = RNNEncoder(config)
+        else:
+            backbone = GPT(config)
         model = TaskModel(backbone, info["task"], max(1, len(info["labels"])),
                           info["pooling"], info.get("head_dropout", 0.1))
     try:
@@ -774,7 +834,9 @@ class Finetuner:
     """Holds data, model, optimizer and run folder; ``fit`` trains, ``test`` scores."""
 
     def __init__(self, cfg: FinetuneConfig, overwrite: bool = False,
-                 progress: bool = True) -> None:
+                 progress: bool = True, embedding_init: torch.Tensor | None = None) -> None:
+        """Check every input and build the model; ``embedding_init`` (vocab_size, dim)
+        initialises a recurrent preset's token embeddings (see ``load_backbone``)."""
         from lmlab.data.tasks import compute_class_weights, load_splits
 
         self.cfg, self.progress = cfg, progress
@@ -804,21 +866,26 @@ class Finetuner:
 
         # -- model
         torch.manual_seed(cfg.seed)  # the head's initialisation and dropout
-        backbone, self.tok, self.source, folder_pooling = load_backbone(cfg.model, cfg.tokenizer)
-        kind: BackboneKind = "bert" if isinstance(backbone, Bert) else "gpt"
+        backbone, self.tok, self.source, folder_pooling = load_backbone(
+            cfg.model, cfg.tokenizer, embedding_init)
+        kind = backbone_kind(backbone)
         if self.tok.vocab_size > backbone.config.vocab_size:
             raise LmlabError(f"{cfg.tokenizer or cfg.model}: the tokenizer has "
                              f"{self.tok.vocab_size:,} tokens but the model only "
                              f"{backbone.config.vocab_size:,}")
-        context = backbone.config.block_size
-        self.max_length = cfg.max_length or min(context, DEFAULT_MAX_LENGTH)
-        if self.max_length > context:
+        # A recurrent encoder has no context limit (its block_size is a training length).
+        context = backbone.config.block_size if kind != "rnn" else None
+        self.max_length = cfg.max_length or min(context or DEFAULT_MAX_LENGTH, DEFAULT_MAX_LENGTH)
+        if context is not None and self.max_length > context:
             raise LmlabError(f"--max-length {self.max_length} is larger than the backbone's "
                              f"context of {context} tokens")
-        pooling: Pooling = cfg.pooling or folder_pooling or ("cls" if kind == "bert" else "last")
-        if kind == "gpt" and pooling == "cls":
-            raise LmlabError("--pooling cls needs a BERT backbone: a GPT's first token has "
-                             "seen only itself; use last or mean")
+        # An RNN's mean state over the text is its usual summary; the last state of a
+        # bidirectional one has read the text one way only.
+        default: Pooling = {"bert": "cls", "gpt": "last", "rnn": "mean"}[kind]
+        pooling: Pooling = cfg.pooling or folder_pooling or default
+        if kind != "bert" and pooling == "cls":
+            raise LmlabError(f"--pooling cls needs a BERT backbone: a {kind.upper()}'s first "
+                             "token has seen only itself; use last or mean")
         self.pooling = pooling
         n_labels = len(self.labels) if self.labels else 1
         self.model = TaskModel(backbone, cfg.task, n_labels, pooling, cfg.head_dropout)

@@ -12,6 +12,17 @@ Two objectives share the loop: ``clm`` trains a GPT to predict the next token;
 prediction with ``nsp``), with its data, masking and metrics in ``train/mlm.py``.
 The masking draws from the same sampler generator as the batches, so exact
 resume holds for both.
+
+``clm`` also trains the classic LMs of ``models/rnn.py``, picked by preset
+(``RNN_PRESETS``). A feed-forward LM reads random windows like the GPT, each
+row with its ``context - 1`` tokens of history. A recurrent LM is trained by
+truncated back-propagation through time (Williams & Peng 1990; Zaremba et
+al. 2014): the training stream is cut into ``batch_size`` contiguous parts
+read side by side (``stream_batch``), each step reads the next block of
+every part, and the hidden state is carried from step to step, detached, so
+gradients flow back ``block_size`` tokens while the state remembers further.
+Which block a step reads is a pure function of the step, and the carried
+state is saved in each checkpoint, so resume stays exact.
 """
 
 from __future__ import annotations
@@ -27,14 +38,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmlab.config import BERT_PRESETS, PRESETS, BertConfig, GPTConfig
+from lmlab.config import BERT_PRESETS, PRESETS, RNN_PRESETS, BertConfig, GPTConfig, RNNConfig
 from lmlab.errors import LmlabError
 from lmlab.evaluate import LMScore, score_tokens
 from lmlab.models.bert import BertForPreTraining
 from lmlab.models.gpt import GPT
+from lmlab.models.rnn import (
+    FeedForwardLM,
+    RecurrentLM,
+    State,
+    build_lm,
+    detach_state,
+    state_from_tensors,
+    state_to_tensors,
+)
 from lmlab.runs import MetricsLogger, plot_loss
 from lmlab.train import checkpoint as ckpt
 from lmlab.train.mlm import (
@@ -54,6 +75,10 @@ class TrainConfig:
     data: str  # a folder made by `lmlab prepare`
     out: str  # the run folder
     preset: str | None = None  # default: gpt-mini for clm, bert-mini for mlm
+    # Overrides of the preset. For the classic (RNN_PRESETS) models: n_layer is the
+    # stacked recurrent layers (ffnn: tanh layers); n_embd the embedding width, with
+    # the hidden width keeping the preset's ratio to it (equal for rnn/lstm/gru);
+    # block_size the BPTT length (ffnn: positions per row); n_head does not apply.
     n_layer: int | None = None
     n_head: int | None = None
     n_embd: int | None = None
@@ -86,20 +111,43 @@ class TrainConfig:
             raise LmlabError(f"objective must be 'clm' or 'mlm', not {self.objective!r}")
         if self.preset is None:
             self.preset = "bert-mini" if self.objective == "mlm" else "gpt-mini"
+        lm_presets = f"GPT: {', '.join(PRESETS)}; classic: {', '.join(_LM_RNN_PRESETS)}"
         if self.objective == "mlm" and self.preset in PRESETS:
             raise LmlabError(f"preset {self.preset!r} is a GPT (decoder) preset; masked-LM "
                              f"pretraining needs an encoder preset: {', '.join(BERT_PRESETS)}")
+        if self.objective == "mlm" and self.preset in RNN_PRESETS:
+            raise LmlabError(f"preset {self.preset!r} is a classic left-to-right LM preset; "
+                             "masked-LM pretraining needs an encoder preset: "
+                             f"{', '.join(BERT_PRESETS)}")
         if self.objective == "clm" and self.preset in BERT_PRESETS:
             raise LmlabError(f"preset {self.preset!r} is a BERT (encoder) preset, which cannot "
-                             "be trained as a causal LM; use --objective mlm, or a GPT preset: "
-                             f"{', '.join(PRESETS)}")
+                             "be trained as a causal LM; use --objective mlm, or a causal LM "
+                             f"preset ({lm_presets})")
+        if self.objective == "clm" and self.preset not in PRESETS | RNN_PRESETS:
+            raise LmlabError(f"unknown preset {self.preset!r}; choose one of ({lm_presets})")
+        if self.preset in RNN_PRESETS:
+            if RNN_PRESETS[self.preset].get("bidirectional"):
+                raise LmlabError(f"preset {self.preset!r} is a bidirectional text encoder (for "
+                                 "`lmlab finetune`), not a language model; choose one of "
+                                 f"{', '.join(_LM_RNN_PRESETS)}")
+            if self.n_head is not None:
+                raise LmlabError(f"preset {self.preset!r} has no attention heads; drop --n-head")
         if self.objective == "clm" and (self.nsp or self.whole_word_mask):
             raise LmlabError("--nsp and --whole-word-mask apply to --objective mlm only")
         if not 0.0 < self.mask_prob < 1.0:
             raise LmlabError(f"mask_prob must be between 0 and 1, not {self.mask_prob}")
 
-    def model_config(self, vocab_size: int, pad_token_id: int = 0) -> GPTConfig | BertConfig:
+    def model_config(self, vocab_size: int,
+                     pad_token_id: int = 0) -> GPTConfig | BertConfig | RNNConfig:
         assert self.preset is not None  # set by __post_init__
+        if self.preset in RNN_PRESETS:
+            base = RNNConfig.from_name(self.preset)
+            n_hidden = None
+            if self.n_embd is not None:
+                n_hidden = max(1, round(self.n_embd * base.n_hidden / base.n_embd))
+            return RNNConfig.from_name(
+                self.preset, vocab_size=vocab_size, n_layer=self.n_layer, n_embd=self.n_embd,
+                n_hidden=n_hidden, block_size=self.block_size, dropout=self.dropout)
         if self.objective == "mlm":
             return BertConfig.from_name(
                 self.preset, vocab_size=vocab_size, n_layer=self.n_layer, n_head=self.n_head,
@@ -108,6 +156,31 @@ class TrainConfig:
         return GPTConfig.from_name(
             self.preset, vocab_size=vocab_size, n_layer=self.n_layer, n_head=self.n_head,
             n_embd=self.n_embd, block_size=self.block_size, dropout=self.dropout)
+
+
+# The classic presets that are language models (not bidirectional encoders).
+_LM_RNN_PRESETS = [name for name, p in RNN_PRESETS.items() if not p.get("bidirectional")]
+
+
+def stream_batch(tokens: np.ndarray, batch_size: int, block_size: int,
+                 index: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Micro-batch ``index`` of truncated BPTT: inputs x and targets y (B, T), int64, and
+    whether it begins a new pass over the data (the carried state must then be reset).
+
+    The stream of N tokens is cut into B parts of L = N // B tokens; row b of
+    the batch reads part b, block k = index mod (L - 1) // T of it, so row b of
+    one batch continues exactly where row b of the previous one ended.
+    """
+    B, T = batch_size, block_size
+    L = len(tokens) // B
+    per_pass = (L - 1) // T  # blocks per part; the last needs one more token as target
+    if per_pass < 1:
+        raise LmlabError(f"{len(tokens)} tokens are too few for {B} parallel streams of "
+                         f"block_size {T} (+1 target token); lower batch_size or block_size")
+    k = index % per_pass
+    rows = np.stack([tokens[b * L + k * T: b * L + k * T + T + 1] for b in range(B)])
+    buf = torch.from_numpy(rows.astype(np.int64))  # (B, T+1)
+    return buf[:, :-1].contiguous(), buf[:, 1:].contiguous(), k == 0
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -161,6 +234,17 @@ class Trainer:
             # Checked before the run folder is touched: a BPE/char tokenizer has no [MASK].
             self.mlm_vocab = MLMVocab.from_tokenizer(tokenizer, whole_word=cfg.whole_word_mask,
                                                      nsp=cfg.nsp)
+            self.model_config = cfg.model_config(tokenizer.vocab_size, self.mlm_vocab.pad_id)
+        else:
+            self.model_config = cfg.model_config(tokenizer.vocab_size)
+        self.block = self.model_config.block_size
+        if isinstance(self.model_config, RNNConfig) and self.model_config.recurrent:
+            self.train_tokens = self.train_data.tokens()  # read in order, not by random windows
+            if len(self.train_tokens) // cfg.batch_size <= self.block:
+                raise LmlabError(
+                    f"{data}: the training split has {len(self.train_tokens):,} tokens, too "
+                    f"few for --batch-size {cfg.batch_size} parallel streams of --block-size "
+                    f"{self.block} (+1); lower one of them")
         self.run_dir = Path(cfg.out)
         has_run = (self.run_dir / "checkpoints" / "latest").exists()
         if resume and not has_run:
@@ -175,26 +259,26 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
         self.start_step = 0
+        self.step = 0  # the step being trained: a recurrent model's blocks depend on it
+        # A recurrent model's hidden state, carried from micro-batch to micro-batch.
+        self.carry: State | None = None
         state: dict[str, Any] | None = None
         if resume:
             state = self._load_resume_state()
         else:
             torch.manual_seed(cfg.seed)
-        self.model: GPT | BertForPreTraining
-        if cfg.objective == "mlm":
-            self.model_config = cfg.model_config(tokenizer.vocab_size, self.mlm_vocab.pad_id)
-            assert isinstance(self.model_config, BertConfig)
+        self.model: GPT | BertForPreTraining | FeedForwardLM | RecurrentLM
+        if isinstance(self.model_config, BertConfig):
             self.model = BertForPreTraining(self.model_config, nsp=cfg.nsp)
+        elif isinstance(self.model_config, RNNConfig):
+            self.model = build_lm(self.model_config)
         else:
-            self.model_config = cfg.model_config(tokenizer.vocab_size)
-            assert isinstance(self.model_config, GPTConfig)
             self.model = GPT(self.model_config)
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay,
                                         (cfg.beta1, cfg.beta2))
         self.generator = torch.Generator().manual_seed(cfg.seed)
         if state is not None:
             self._restore(state)
-        self.block = self.model_config.block_size
         self.val_tokens = self.val_data.tokens()
         if len(self.val_tokens) < 2:
             raise LmlabError(f"{data}: the validation split has {len(self.val_tokens)} tokens; "
@@ -235,6 +319,8 @@ class Trainer:
         ckpt.load_optimizer(self.optimizer, tensors, state["optimizer"])
         self.generator.set_state(tensors["rng.sampler"])
         torch.set_rng_state(tensors["rng.torch"])
+        self.carry = state_from_tensors({k.removeprefix("carry."): v for k, v in tensors.items()
+                                         if k.startswith("carry.")})
         self.start_step = state["step"]
         print(f"resuming from {path} at step {self.start_step}", file=sys.stderr)
 
@@ -253,9 +339,28 @@ class Trainer:
         self.most_frequent_id = self.mlm_train.most_frequent_token()
 
     # -- one step ----------------------------------------------------------
-    def _micro_batch_loss(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Loss of one micro-batch from the sampler generator, and its parts (mlm only)."""
+    def _micro_batch_loss(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of micro-batch ``index`` of the run, and its parts (mlm only).
+
+        Batches come from the sampler generator, except a recurrent model's,
+        which are the next blocks of its parallel streams (``stream_batch``).
+        """
         cfg = self.cfg
+        if isinstance(self.model, RecurrentLM):
+            x, y, new_pass = stream_batch(self.train_tokens, cfg.batch_size, self.block, index)
+            with _autocast(cfg.dtype):
+                logits, carry = self.compiled(x, None if new_pass else self.carry)  # (B, T, V)
+            self.carry = detach_state(carry)
+            return F.cross_entropy(logits.float().flatten(0, 1), y.flatten()), {}
+        if isinstance(self.model, FeedForwardLM):
+            # Each row comes with the context - 1 tokens before it, so its first
+            # positions read a full window too.
+            past = self.model_config.context - 1
+            x, y = self.train_data.sample_batch(cfg.batch_size, self.block + past,
+                                                self.generator)  # (B, past + T)
+            with _autocast(cfg.dtype):
+                logits, _ = self.compiled(x[:, past:], x[:, :past])  # (B, T, V)
+            return F.cross_entropy(logits.float().flatten(0, 1), y[:, past:].flatten()), {}
         if cfg.objective == "mlm":
             batch = self.mlm_train.sample(cfg.batch_size, self.generator)
             with _autocast(cfg.dtype):
@@ -273,8 +378,8 @@ class Trainer:
         cfg = self.cfg
         loss_sum = 0.0
         part_sums: dict[str, float] = {}
-        for _ in range(cfg.grad_accum):
-            loss, parts = self._micro_batch_loss()
+        for i in range(cfg.grad_accum):
+            loss, parts = self._micro_batch_loss(self.step * cfg.grad_accum + i)
             (loss / cfg.grad_accum).backward()
             loss_sum += loss.item()
             for k, v in parts.items():
@@ -287,6 +392,8 @@ class Trainer:
         if self.cfg.objective == "mlm":
             with _autocast(self.cfg.dtype):
                 return evaluate_mlm(self.model, self.val_batches, self.most_frequent_id)
+        # A GPT is scored in windows of its context; a feed-forward or recurrent LM
+        # reads batch_size parallel streams, carrying its state (``score_stream``).
         with _autocast(self.cfg.dtype):
             nll, count = score_tokens(self.model, self.val_tokens, batch_size=self.cfg.batch_size,
                                       max_tokens=self.cfg.eval_tokens)
@@ -297,7 +404,8 @@ class Trainer:
         rng = {"sampler": self.generator.get_state(), "torch": torch.get_rng_state()}
         state = {"train_config": dataclasses.asdict(self.cfg)}
         return ckpt.save_checkpoint(self.run_dir, step, self.model, self.tokenizer_path,
-                                    self.optimizer, state, rng)
+                                    self.optimizer, state, rng,
+                                    carry_tensors=state_to_tensors(self.carry))
 
     # -- the loop ----------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -322,6 +430,7 @@ class Trainer:
                 lr = lr_at(step, cfg)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
+                self.step = step
                 loss = self._train_step()
                 if not math.isfinite(loss):
                     raise LmlabError(
