@@ -395,3 +395,34 @@ def test_bad_configs_and_backbones(tmp_path, sentiment, capsys):
     rc = main(["finetune", "--task", "classify", "--train", str(train), "--model",
                "ffnn-small", "--tokenizer", str(tok), "--out", str(tmp_path / "run")])
     assert rc == 2 and "not a text encoder" in capsys.readouterr().err
+
+
+def test_gru_classifier_starts_from_a_word_vector_file(sentiment, tmp_path, capsys):
+    """--vectors without --tokenizer: a word tokenizer over the file's words, each word's
+    embedding row its vector; the run saves that tokenizer, so predict reads text."""
+    from lmlab.models.embeddings import WordVectors, save_vectors
+    from lmlab.tokenizer import Tokenizer
+
+    train, _ = sentiment
+    words = ["the", "film", "was", "really", "plot", "and", "acting", "quite",
+             "great", "fine", "lovely", "superb", "awful", "poor", "dull", "bad"]
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(len(words), 12)).astype(np.float32)
+    vecs[8:12, 0], vecs[12:, 0] = 3.0, -3.0  # polarity on one axis, as good vectors have
+    save_vectors(WordVectors(words, vecs), tmp_path / "vectors.txt")
+    out = tmp_path / "run"
+    rc = main(["finetune", "--task", "classify", "--train", str(train), "--model",
+               "gru-classifier", "--vectors", str(tmp_path / "vectors.txt"), "--out", str(out),
+               "--epochs", "3", "--batch-size", "16", "--lr", "1e-2", "--threads", "1"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "vectors: 16 of 18 tokens start from" in err  # all words; not [PAD], [UNK]
+    tok = Tokenizer.from_file(out / "best" / "tokenizer.json")
+    assert tok.kind == "word" and tok.encode("The FILM")[0] == 2
+    assert main(["predict", str(out), "--texts", "superb acting", "dull plot"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["pos", "neg"]
+    # A vector file for a model that cannot take it: one error line.
+    rc = main(["finetune", "--task", "classify", "--train", str(train), "--model", "gpt-nano",
+               "--vectors", str(tmp_path / "vectors.txt"), "--out", str(tmp_path / "gpt")])
+    assert rc == 2 and "recurrent preset" in capsys.readouterr().err

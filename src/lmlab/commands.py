@@ -562,7 +562,8 @@ def neighbors(model: Path, file: Path, query: list[str] | None = None, top: int 
 
 def finetune(*, task: Literal["classify", "tag", "qa"], train: Path, model: str, out: Path,
              validation: Path | None = None, test: Path | None = None,
-             tokenizer: Path | None = None, text_field: str = "text",
+             tokenizer: Path | None = None, vectors: Path | None = None,
+             vectors_max_words: int | None = None, text_field: str = "text",
              label_field: str = "label", tokens_field: str = "tokens", tags_field: str = "tags",
              context_field: str = "context", question_field: str = "question",
              answer_field: str = "answer", answer_start_field: str = "answer_start",
@@ -618,7 +619,12 @@ def finetune(*, task: Literal["classify", "tag", "qa"], train: Path, model: str,
         out: the run folder
         validation: labelled validation file (default: carved from --train)
         test: labelled test file (default: carved from --train)
-        tokenizer: tokenizer file (default: the model's own; required for a preset)
+        tokenizer: tokenizer file (default: the model's own; required for a preset, unless
+            --vectors gives the words)
+        vectors: word vectors (word2vec text/binary or GloVe text, e.g. from `lmlab embed
+            train`) that initialise a recurrent preset's embeddings (their width becomes the
+            vectors'); without --tokenizer, a word-level tokenizer over the vectors' words
+        vectors_max_words: keep only the first (most frequent) words of --vectors
         text_field: classify: the text column/key
         label_field: classify: the label column/key
         tokens_field: tag: the words column/key (space-separated in CSV/TSV)
@@ -664,14 +670,17 @@ def finetune(*, task: Literal["classify", "tag", "qa"], train: Path, model: str,
         lmlab finetune --task qa --train squad-train.json --test squad-dev.json --model path/to/all-MiniLM-L6-v2 --max-length 384 --out runs/qa
         lmlab finetune --task classify --train spam.jsonl --model runs/gpt --pooling mean --out runs/spam-gpt
         lmlab finetune --task classify --train spam.jsonl --model gru-classifier --tokenizer data/tokenizer.json --lr 3e-3 --epochs 5 --out runs/spam-gru
+        lmlab finetune --task classify --train spam.jsonl --model gru-classifier --vectors vectors.txt --lr 3e-3 --epochs 5 --out runs/spam-glove
     """  # noqa: E501
     from lmlab.train.finetune import FinetuneConfig, Finetuner
 
     cfg = FinetuneConfig(
         task=task, train=str(train), model=str(model), out=str(out),
         validation=str(validation) if validation else None, test=str(test) if test else None,
-        tokenizer=str(tokenizer) if tokenizer else None, text_field=text_field,
-        label_field=label_field, tokens_field=tokens_field, tags_field=tags_field,
+        tokenizer=str(tokenizer) if tokenizer else None,
+        vectors=str(vectors) if vectors else None, vectors_max_words=vectors_max_words,
+        text_field=text_field, label_field=label_field, tokens_field=tokens_field,
+        tags_field=tags_field,
         context_field=context_field, question_field=question_field, answer_field=answer_field,
         answer_start_field=answer_start_field, encoding=encoding, val_fraction=val_fraction,
         test_fraction=test_fraction, max_length=max_length, truncation=truncation,

@@ -103,6 +103,10 @@ class FinetuneConfig:
     validation: str | None = None  # default: carved from train
     test: str | None = None  # default: carved from train
     tokenizer: str | None = None  # default: the model's own (required for a preset)
+    # Word vectors (word2vec/GloVe file) that initialise a recurrent preset's embeddings;
+    # without --tokenizer, a word-level tokenizer over the vectors' words is built.
+    vectors: str | None = None
+    vectors_max_words: int | None = None  # keep only the first (most frequent) words
     text_field: str = "text"
     label_field: str = "label"
     tokens_field: str = "tokens"
@@ -166,7 +170,37 @@ def _default_pooling_of_folder(folder: Path) -> Pooling | None:
     return None
 
 
-def load_backbone(source: str | Path, tokenizer: str | Path | None = None,
+def vector_embeddings(path: Path, tokenizer: str | None, max_words: int | None,
+                      seed: int) -> tuple[Tokenizer, torch.Tensor]:
+    """A tokenizer and its (vocab_size, dim) initial embeddings from a word-vector file.
+
+    Without ``tokenizer``, a word-level one over the file's (first ``max_words``)
+    words, so every word has its vector. Tokens without a vector (the special
+    tokens, words missing from the file) start as random rows of the vectors'
+    own scale, so they neither dominate nor vanish next to the copied ones.
+    """
+    from lmlab.models.embeddings import (
+        WordVectors,
+        init_embedding,
+        load_vectors,
+        word_tokenizer,
+    )
+
+    vectors = load_vectors(path)
+    if max_words is not None:
+        vectors = WordVectors(vectors.words[:max_words], vectors.vectors[:max_words], path)
+    tok = Tokenizer.from_file(tokenizer) if tokenizer else word_tokenizer(vectors)
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(tok.vocab_size, vectors.dim, generator=g) * float(vectors.vectors.std())
+    hits, total = init_embedding(weight, tok, vectors)
+    if hits == 0:
+        raise LmlabError(f"{path}: none of the tokenizer's {total:,} tokens has a vector")
+    print(f"vectors: {hits:,} of {total:,} tokens start from {path} ({vectors.dim}-dim)",
+          file=sys.stderr, flush=True)
+    return tok, weight
+
+
+def load_backbone(source: str | Path, tokenizer: str | Path | Tokenizer | None = None,
                   embedding_init: torch.Tensor | None = None
                   ) -> tuple[Backbone, Tokenizer, Path | None, Pooling | None]:
     """A backbone, its tokenizer, the folder it came from, and the folder's own pooling.
@@ -199,7 +233,7 @@ def load_backbone(source: str | Path, tokenizer: str | Path | None = None,
         if tokenizer is None:
             raise LmlabError(f"--model {name} is a preset (random initialisation); it needs "
                              "--tokenizer (a tokenizer.json)")
-        tok = Tokenizer.from_file(tokenizer)
+        tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.from_file(tokenizer)
         width = embedding_init.shape[1] if embedding_init is not None else None
         config = RNNConfig.from_name(name, vocab_size=tok.vocab_size, n_embd=width)
         return RNNEncoder(config, embedding_init), tok, None, None
@@ -866,8 +900,14 @@ class Finetuner:
 
         # -- model
         torch.manual_seed(cfg.seed)  # the head's initialisation and dropout
+        tokenizer: str | Tokenizer | None = cfg.tokenizer
+        if cfg.vectors:
+            if embedding_init is not None:
+                raise LmlabError("give word vectors either as --vectors or as embedding_init")
+            tokenizer, embedding_init = vector_embeddings(
+                Path(cfg.vectors), cfg.tokenizer, cfg.vectors_max_words, cfg.seed)
         backbone, self.tok, self.source, folder_pooling = load_backbone(
-            cfg.model, cfg.tokenizer, embedding_init)
+            cfg.model, tokenizer, embedding_init)
         kind = backbone_kind(backbone)
         if self.tok.vocab_size > backbone.config.vocab_size:
             raise LmlabError(f"{cfg.tokenizer or cfg.model}: the tokenizer has "
