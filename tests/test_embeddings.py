@@ -121,6 +121,25 @@ def test_glove_loss_falls_and_groups_separate():
     np.testing.assert_array_equal(again.vectors.vectors, first.vectors.vectors)  # seeded
 
 
+def test_glove_step_is_per_cell_adagrad():
+    # Each cell takes its own AdaGrad step and adds its own g^2 (glove.c), even when
+    # a batch holds a row twice; summing the gradients first starved frequent words.
+    model = E.GloVe(4, 3, torch.Generator().manual_seed(0), initial_accumulator=1.0)
+    w0, wt0, b0, bt0 = (t.clone() for t in (model.w, model.w_tilde, model.b, model.b_tilde))
+    i, j = torch.tensor([0, 0]), torch.tensor([1, 2])
+    log_x, f_x = torch.tensor([1.0, 2.0]), torch.tensor([1.0, 0.5])
+    loss = model.step(i, j, log_x, f_x, lr=0.1)
+    f_diff = f_x * ((w0[0] * wt0[j]).sum(-1) + b0[0] + bt0[j] - log_x)  # (2,)
+    assert loss == pytest.approx(0.5 * float((f_diff * f_diff / f_x).sum()), rel=1e-5)
+    g = f_diff[:, None] * wt0[j]  # (2, D): the two cells' gradients on w_0
+    torch.testing.assert_close(model.w[0], w0[0] - 0.1 * g.sum(0) / (1 + (g * g).sum(0)).sqrt())
+    torch.testing.assert_close(model.b[0],
+                               b0[0] - 0.1 * f_diff.sum() / (1 + (f_diff ** 2).sum()).sqrt())
+    torch.testing.assert_close(model.w_tilde[1], wt0[1] - 0.1 * f_diff[0] * w0[0]
+                               / (1 + (f_diff[0] * w0[0]) ** 2).sqrt())
+    torch.testing.assert_close(model.w[3], w0[3])  # rows outside the batch stay
+
+
 @pytest.mark.parametrize("method", ["skipgram", "cbow", "fasttext"])
 def test_gensim_methods_separate_groups(method):
     # sample=0: with 22 words, all "frequent", subsampling would drop most of them.
