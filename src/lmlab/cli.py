@@ -121,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="lmlab",
-        description="lmlab: corpus -> tokenizer -> GPT / BERT -> training -> fine-tuning -> "
-                    "evaluation -> generation.",
+        description="lmlab: corpus -> tokenizer -> n-gram / word vectors / RNN / GPT / BERT -> "
+                    "training -> fine-tuning -> evaluation -> generation.",
         epilog=(
             "examples:\n"
             "  lmlab demo                      # the whole pipeline on the built-in corpus\n"
@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
             "  lmlab finetune --task classify --train spam.jsonl --model runs/bert "
             "--out runs/spam\n"
             "  lmlab predict runs/spam --texts 'WIN A FREE CRUISE' 'lunch at noon?'\n"
+            "  lmlab ngram train data/corpus --order 3 --out wiki3.arpa\n"
+            "  lmlab embed train default --method skipgram --out vectors.txt\n"
+            "  lmlab pretrain data/shards --preset lstm-small --max-steps 600 --out runs/lstm\n"
+            "  lmlab compare                   # n-grams, FFNN, LSTM, GRU, GPT: one table\n"
             "\nRun `lmlab COMMAND --help` for each command's options."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -215,13 +215,9 @@ def plot_confusion(report: ClassificationReport, png_path: Path, title: str = ""
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or f"accuracy {report.accuracy:.3f}, macro F1 {report.macro_f1:.3f}")
-    fig.tight_layout()
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png_path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(png_path)
-    return png_path
+    from lmlab.runs import save_figure
+
+    return save_figure(fig, png_path)
 
 
 # --------------------------------------------------------------------------- entity spans

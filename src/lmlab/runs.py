@@ -83,9 +83,17 @@ def plot_loss(metrics_path: Path, out_png: Path, title: str = "",
     ax.set_title(title or str(metrics_path.parent))
     ax.grid(alpha=0.3)
     ax.legend()
+    return save_figure(fig, out_png)
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out, write under a temporary name, close, rename: a reader never sees half a PNG."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    tmp = out_png.with_suffix(".tmp.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp)
     plt.close(fig)
-    tmp.replace(out_png)
-    return out_png
+    tmp.replace(path)
+    return path
