@@ -232,9 +232,15 @@ def pretrain(data: Path, out: Path | None = None,
         eval_interval=eval_interval, eval_tokens=eval_tokens,
         checkpoint_interval=checkpoint_interval, seed=seed, dtype=dtype, compile=compile,
         threads=threads)
+    from lmlab.config import RNNConfig
+
     trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
+    mc = trainer.model_config
+    # A recurrent model has no context limit: its block is how far gradients flow back.
+    span = ("back-propagation length" if isinstance(mc, RNNConfig) and mc.recurrent
+            else "context")
     _say(f"model: {trainer.model.num_params():,} parameters ({cfg.preset}), "
-         f"context {trainer.block}, vocab {trainer.model_config.vocab_size:,}")
+         f"{span} {trainer.block}, vocab {mc.vocab_size:,}")
     result = trainer.fit()
     val = result["val"]
     if val and objective == "mlm":
