@@ -93,7 +93,7 @@ def format_results(res: dict) -> str:
            f"{s['workers']} gensim threads; GloVe: 1 torch thread, x_max {s['glove_x_max']}", ""]
     sims = list(res["rows"][0]["similarity"])
     headers = ["method", "vocab", "epochs", "train s", "words/s", "analogies",
-               *(f"{name[:12]}" for name in SECTIONS), *(f"{n} rho" for n in sims)]
+               *(name[:12] for name in SECTIONS), *(f"{n} rho" for n in sims)]
     rows = []
     for r in res["rows"]:
         cells = [r["method"], f"{r['vocab']:,}", r["epochs"], f"{r['seconds']:.1f}",

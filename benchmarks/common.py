@@ -43,14 +43,9 @@ def machine_line() -> str:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A GitHub markdown table; numbers should already be formatted as strings."""
-    cells = [[str(c) for c in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
-              for i, h in enumerate(headers)]
-    def line(vals: Sequence[str]) -> str:
-        return "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True)) + " |"
-    out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    out += [line(r) for r in cells]
-    return "\n".join(out)
+    from lmlab.runs import markdown_table
+
+    return markdown_table(headers, rows)
 
 
 def median(xs: Sequence[float]) -> float:

@@ -354,10 +354,16 @@ def test_init_embedding_into_gpt_wte(tmp_path):
     for keep in (tok.pad_id, tok.unk_id, tok.token_to_id("unseen")):
         assert torch.equal(w[keep], before[keep])
     assert model.lm_head.weight is wte.weight  # tied: the output layer starts there too
-    model(torch.tensor([[2, 3, 4]]))  # still a working model
+    logits = model(torch.tensor([[2, 3, 4]]))  # still a working model
+    assert logits.shape[-1] == tok.vocab_size and torch.isfinite(logits).all()
 
-    hits, _ = E.init_embedding(wte, tok, wv, rescale=True)
+    # From the GPT's own rows (std 0.02): copied unscaled, the word2vec rows (std 1)
+    # would dominate; rescaled, they take the rows' std before the copy.
+    with torch.no_grad():
+        wte.weight.copy_(before)
+    assert E.init_embedding(wte, tok, wv, rescale=True) == (21, tok.vocab_size)
     assert w[2:22].std().item() == pytest.approx(w.std().item(), rel=0.5)
+    assert w[2:22].std().item() == pytest.approx(before.std().item(), rel=0.2)
 
 
 def test_init_embedding_bpe_and_wordpiece(lee_docs):

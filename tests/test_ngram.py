@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +53,10 @@ def test_kn_bigram_by_hand():
     gamma0 = 3 * 1.0 / 6
     p1 = (2 - 1.0) / 6 + gamma0 / 4  # 4 predictable words: <unk> </s> a b
     p_unk = gamma0 / 4
-    assert math.isclose(p1, 7 / 24) and math.isclose(p_unk, 1 / 8)
+    uni = 10.0 ** m.logp[0].astype(np.float64)  # the model's own unigram table
+    for w, p in {"a": p1, "b": p1, "</s>": p1, "<unk>": p_unk}.items():
+        assert uni[m.vocab.index(w)] == pytest.approx(p, rel=1e-6), w
+    assert (p1, p_unk) == pytest.approx((7 / 24, 1 / 8))
     # After <s>: raw counts a:2 (D2), b:1 (D1); gamma = (1.0 + 0.5) / 3.
     g = (1.0 + 0.5) / 3
     want = {"a": (2 - 1.0) / 3 + g * p1, "b": (1 - 0.5) / 3 + g * p1, "</s>": g * p1,
@@ -149,9 +154,9 @@ def test_arpa_round_trip(lee_kn, lee_split, tmp_path):
     lee_kn.save(tmp_path / "m.arpa")
     back = NgramLM.load(tmp_path / "m.arpa")
     assert back.order == 3 and back.smoothing == "kn" and back.discounts == lee_kn.discounts
+    assert back.vocab == lee_kn.vocab
     for n in range(3):
-        np.testing.assert_array_equal(back.ngram_tokens(n + 1).shape,
-                                      lee_kn.ngram_tokens(n + 1).shape)
+        np.testing.assert_array_equal(back.ngram_tokens(n + 1), lee_kn.ngram_tokens(n + 1))
         np.testing.assert_array_equal(back.logp[n], lee_kn.logp[n])  # float32, exactly
         np.testing.assert_array_equal(back.logb[n], lee_kn.logb[n])
     a, b = lee_kn.score_words(lee_split[1]), back.score_words(lee_split[1])
@@ -165,6 +170,7 @@ def test_arpa_round_trip(lee_kn, lee_split, tmp_path):
 def test_npz_round_trip(lee_split, tmp_path, smoothing):
     m = NgramLM.fit_words(lee_split[0][:40], order=2, smoothing=smoothing, min_count=2)
     m.save(tmp_path / "m.npz")
+    assert [f.name for f in tmp_path.iterdir()] == ["m.npz"]  # no temporary file left over
     back = NgramLM.load(tmp_path / "m.npz")
     assert back.score_words(lee_split[1]) == m.score_words(lee_split[1])
 
@@ -353,8 +359,10 @@ def test_cli_word_level(lee_docs, tmp_path, capsys):
     assert code == 0 and "validation: perplexity" in out and "bits per byte" in out, out
     code, out2, _ = run(capsys, "ngram", "eval", tmp_path / "lee3.arpa", corpus, "--json-out")
     assert code == 0
-    ppl = float(out.split("perplexity ")[1].split(",")[0].replace(",", ""))
-    assert f"perplexity {ppl:,.2f}" in out2
+    shown = re.search(r"perplexity ([\d,]+\.\d\d)", out).group(1)  # "1,234.56": keep commas
+    assert f"perplexity {shown}" in out2
+    ppl = json.loads(out2.strip().splitlines()[-1])["perplexity"]
+    assert f"{ppl:,.2f}" == shown
     code, out, _ = run(capsys, "ngram", "sample", tmp_path / "lee3.arpa", "--num", "2",
                        "--prompt", "The government", "--seed", "1")
     lines = out.strip().splitlines()

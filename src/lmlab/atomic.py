@@ -14,6 +14,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 
 def sibling(path: Path, tag: str) -> Path:
@@ -29,18 +30,32 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write a small file atomically: a temporary file, fsync, then rename."""
+@contextmanager
+def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a file for writing that appears whole at ``path`` or not at all.
+
+    Writes go to a temporary sibling, which is fsynced and renamed over
+    ``path`` when the block ends normally, and removed if it raises. Text
+    modes write UTF-8.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes ('w' or 'wb'), not {mode!r}")
     tmp = sibling(path, "tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a small file atomically: a temporary file, fsync, then rename."""
+    with atomic_open(path) as f:
+        f.write(text)
 
 
 def replace_dir(new: Path, out_dir: Path) -> None:

@@ -87,11 +87,11 @@ def tokenizer_train(corpus_dir: Path, out: Path = Path("data/tokenizer.json"),
         lmlab tokenizer train data/wiki --kind char --out data/char.json
         lmlab tokenizer train data/wiki --kind wordpiece --vocab-size 8192 --out data/wp8k.json
     """
-    from lmlab.data.corpus import iter_documents, read_split
+    from lmlab.data.corpus import has_split, iter_documents, read_split
     from lmlab.tokenizer import Tokenizer
 
     corpus_dir = Path(corpus_dir)
-    if corpus_dir.is_dir() and (corpus_dir / "train.jsonl").exists():
+    if has_split(corpus_dir, "train"):
         texts = read_split(corpus_dir, "train")
     else:
         texts = iter_documents(corpus_dir)
@@ -890,7 +890,8 @@ def _ngram_tokenizer(model_meta: dict, tokenizer: Path | None):
 def _ngram_report(model, texts: list[str], tok, label: str) -> dict:
     from lmlab.models.ngram import text_sentences
 
-    sents, n_bytes = text_sentences(texts, tokenizer=tok, use_jieba=model.meta.get("jieba", False))
+    sents = text_sentences(texts, tokenizer=tok, use_jieba=model.meta.get("jieba", False))
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)  # for bits per byte
     s = (model.score(sents, n_bytes=n_bytes) if tok is not None
          else model.score_words(sents, n_bytes=n_bytes))
     what = "perplexity" if s.normalized else \
@@ -939,6 +940,7 @@ def ngram_train(corpus_dir: Path, out: Path = Path("ngram.arpa"), order: int = 3
     """
     import warnings
 
+    from lmlab.data.corpus import has_split
     from lmlab.models.ngram import DiscountFallbackWarning, NgramLM, read_texts, text_sentences
     from lmlab.tokenizer import Tokenizer
 
@@ -953,8 +955,8 @@ def ngram_train(corpus_dir: Path, out: Path = Path("ngram.arpa"), order: int = 3
     if tok is not None:
         meta |= {"tokenizer": str(Path(tokenizer).resolve()), "tokenizer_sha256": tok.sha256}
     t0 = time.perf_counter()
-    sents, _ = text_sentences(read_texts(corpus_dir, "train", progress=True), tokenizer=tok,
-                              use_jieba=jieba)
+    sents = text_sentences(read_texts(corpus_dir, "train", progress=True), tokenizer=tok,
+                           use_jieba=jieba)
     t1 = time.perf_counter()
     opts = {"order": order, "smoothing": smoothing, "min_count": min_count, "k": k,
             "discount_fallback": discount_fallback, "meta": meta}
@@ -974,7 +976,7 @@ def ngram_train(corpus_dir: Path, out: Path = Path("ngram.arpa"), order: int = 3
         _say("discounts D1 D2 D3+: " + "; ".join(
             f"order {n}: " + " ".join(f"{x:.3f}" for x in d)
             for n, d in enumerate(model.discounts, 1)))
-    if corpus_dir.is_dir() and (corpus_dir / "val.jsonl").exists():
+    if has_split(corpus_dir, "val"):
         _ngram_report(model, read_texts(corpus_dir, "val"), tok, "validation")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     model.save(out)

@@ -22,6 +22,7 @@ across tokenizers (the optional word-level n-gram row shows one).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from lmlab.errors import LmlabError
+from lmlab.runs import markdown_table
 
 # Names a user can pass to --models; "ngram-N" takes any order N >= 1.
 NEURAL = {"ffnn": "ffnn-small", "rnn": "rnn-small", "lstm": "lstm-small",
@@ -132,18 +134,6 @@ def split_documents(stream: np.ndarray, eos_id: int) -> list[np.ndarray]:
     return [stream[a:b] for a, b in zip(starts, stops, strict=True) if b > a or b < len(stream)]
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A GitHub markdown table; cells are formatted by the caller."""
-    cells = [[str(c) for c in r] for r in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-
-    def line(vals: Sequence[str]) -> str:
-        return "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True)) + " |"
-
-    return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-                      *(line(r) for r in cells)])
-
-
 def format_table(rows: Sequence[Row]) -> str:
     headers = ["model", "level", "parameters", "train tokens", "train time",
                "val perplexity", "val <unk>", "bits/byte"]
@@ -201,13 +191,17 @@ class Comparison:
         self.val_docs = split_documents(self.val.tokens(), eos)
         self.rows: list[Row] = []
 
+    @functools.cached_property
+    def train_docs(self) -> list[np.ndarray]:
+        """The training split as documents, split once for every n-gram row."""
+        return split_documents(self.train.tokens(), self.eos)
+
     # -- the families --------------------------------------------------------------
     def ngram(self, order: int) -> Row:
         from lmlab.models.ngram import NgramLM
 
-        train_docs = split_documents(self.train.tokens(), self.eos)
         t0 = time.perf_counter()
-        lm = NgramLM.fit(train_docs, order=order, vocab_size=self.tokenizer.vocab_size,
+        lm = NgramLM.fit(self.train_docs, order=order, vocab_size=self.tokenizer.vocab_size,
                          smoothing="kn")
         seconds = time.perf_counter() - t0
         score = lm.score(self.val_docs)
@@ -222,7 +216,7 @@ class Comparison:
         def words(docs: list[np.ndarray]) -> list[list[str]]:
             return [self.tokenizer.decode(d.tolist()).split() for d in docs]
 
-        train_words = words(split_documents(self.train.tokens(), self.eos))
+        train_words = words(self.train_docs)
         t0 = time.perf_counter()
         vocab = WordVocab.build(train_words)
         lm = NgramLM.fit([vocab.encode(w) for w in train_words], order=order,
@@ -249,14 +243,11 @@ class Comparison:
         # A leading end-of-text token: the first document's first token is scored too,
         # so the neural models predict exactly the tokens the n-grams predict.
         stream = np.concatenate([[self.eos], self.val.tokens()]).astype(np.int64)
-        import torch
-
         # Recurrent and feed-forward models read the split as one stream, carrying their
         # state (batch 1 is exact: parallel streams would start cold); the GPT reads
         # windows of its context, as it was trained.
         batch = cfg.batch_size if kind == "gpt" else 1
-        with torch.no_grad():
-            nll, count = score_tokens(model, stream, batch_size=batch)
+        nll, count = score_tokens(model, stream, batch_size=batch)
         return Row(preset, kind if kind != "gpt" else "transformer", "subword",
                    model.num_params(), cfg.tokens_per_model, result["train_seconds"], nll,
                    count, self.val.num_bytes)

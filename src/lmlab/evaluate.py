@@ -69,12 +69,6 @@ def window_starts(n: int, block: int, stride: int) -> list[tuple[int, int]]:
     return out
 
 
-def stream_chunks(n: int, streams: int, chunk: int) -> int:
-    """Forward calls ``score_stream`` makes for n tokens (for progress bars)."""
-    per_stream = (n - 1) // max(1, min(streams, n - 1)) if n > 1 else 0
-    return -(-per_stream // chunk)
-
-
 @torch.inference_mode()
 def score_stream(model: StatefulLM, tokens: np.ndarray | torch.Tensor, *, streams: int = 1,
                  chunk: int | None = None,
@@ -99,8 +93,8 @@ def score_stream(model: StatefulLM, tokens: np.ndarray | torch.Tensor, *, stream
     streams = max(1, min(streams, n_targets))
     L = n_targets // streams  # targets per stream
     device = next(model.parameters()).device
-    # Row b reads tokens [b*L, (b+1)*L] (inputs and targets).
-    rows = torch.stack([toks[b * L: (b + 1) * L + 1] for b in range(streams)]).to(device)
+    # Row b reads tokens [b*L, (b+1)*L] (inputs and targets): windows overlapping by one.
+    rows = toks.unfold(0, L + 1, L)[:streams].to(device)  # (streams, L+1)
     was_training = model.training
     model.eval()
     nll, state = 0.0, None
@@ -193,7 +187,8 @@ def evaluate_documents(model: GPT | StatefulLM, tokenizer, docs: Sequence[str], 
     if show_progress:
         from lmlab.progress import progress_bar
 
-        total = (stream_chunks(len(ids), 1, block) if stateful
+        # One stream: a forward call per block of the len(ids) - 1 targets.
+        total = (-(-max(len(ids) - 1, 0) // block) if stateful
                  else len(window_starts(len(ids), block, stride)))
         bar = progress_bar(total=total, desc="eval", unit="chunk" if stateful else "win",
                            leave=False)

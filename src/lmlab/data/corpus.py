@@ -63,23 +63,27 @@ _BINARY_MAGIC = (
 )
 
 
-def default_corpus_source() -> Path:
-    """The built-in corpus: the Wikipedia dump in gensim's test data.
+def gensim_test_data(name: str, what: str) -> Path:
+    """A file of gensim's test data (``what`` names it in errors).
 
     The path is found without importing gensim (which takes ~2 s, pulling in
     scipy): its test data lives at ``gensim/test/test_data`` in the package.
     """
     spec = importlib.util.find_spec("gensim")
     if spec is None or not spec.submodule_search_locations:
-        raise LmlabError(
-            "the built-in corpus comes with gensim, which is not installed "
-            "(pip install gensim==4.4.0), or pass your own text files"
-        )
+        raise LmlabError(f"{what} comes with gensim, which is not installed "
+                         "(pip install gensim==4.4.0)")
     package_dir = Path(next(iter(spec.submodule_search_locations)))
-    path = package_dir / "test" / "test_data" / GENSIM_WIKI_DUMP
+    path = package_dir / "test" / "test_data" / name
     if not path.is_file():
-        raise LmlabError(f"{path}: gensim's test Wikipedia dump is missing; reinstall gensim")
+        raise LmlabError(f"{path}: {what} is missing from gensim's test data; reinstall gensim")
     return path
+
+
+def default_corpus_source() -> Path:
+    """The built-in corpus: the Wikipedia dump in gensim's test data."""
+    return gensim_test_data(GENSIM_WIKI_DUMP, "the built-in corpus (gensim's test Wikipedia "
+                            "dump; or pass your own text files)")
 
 
 # --------------------------------------------------------------------------- reading
@@ -507,6 +511,11 @@ def _write_corpus(
             stats.add(split, json.loads(line)["text"])
     kept.unlink()
     return stats
+
+
+def has_split(path: Path, split: str) -> bool:
+    """Whether ``path`` is a corpus folder built by lmlab with this split (else: plain text)."""
+    return Path(path).is_dir() and (Path(path) / f"{split}.jsonl").is_file()
 
 
 def read_split(corpus_dir: Path, split: str) -> Iterator[str]:

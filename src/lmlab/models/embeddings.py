@@ -94,11 +94,11 @@ def read_sentences(source: str | Path) -> list[list[str]]:
             folder :func:`lmlab.data.corpus.iter_documents` reads, plain text
             being one document per line.
     """
-    from lmlab.data.corpus import default_corpus_source, iter_documents, read_split
+    from lmlab.data.corpus import default_corpus_source, has_split, iter_documents, read_split
 
     path = default_corpus_source() if str(source) == "default" else Path(source)
-    if path.is_dir() and (path / "train.jsonl").is_file():
-        splits = [s for s in ("train", "val") if (path / f"{s}.jsonl").is_file()]
+    if has_split(path, "train"):
+        splits = [s for s in ("train", "val") if has_split(path, s)]
         docs: Iterable[str] = (d for split in splits for d in read_split(path, split))
     else:
         docs = iter_documents(path, txt_mode="line")
@@ -171,7 +171,15 @@ class WordVectors:
         return index
 
     def unit(self) -> np.ndarray:
-        """Rows scaled to length 1 (zero rows stay zero), so dot products are cosines."""
+        """Rows scaled to length 1 (zero rows stay zero), so dot products are cosines.
+
+        Computed once and shared (like :attr:`index`): the evaluations and
+        each :meth:`most_similar` call need it, and it is as large as ``vectors``.
+        """
+        return self._unit
+
+    @cached_property
+    def _unit(self) -> np.ndarray:
         norms = np.linalg.norm(self.vectors, axis=1, keepdims=True)
         return self.vectors / np.maximum(norms, 1e-12)
 
@@ -454,14 +462,10 @@ def train_glove(sentences: Sequence[Sequence[str]], *, dim: int = 100, window: i
 
 
 def _datapath(name: str) -> Path:
-    """A file of gensim's test data, found without importing gensim (scipy, ~2 s)."""
-    import importlib.util
+    """An evaluation set from gensim's test data, found without importing gensim."""
+    from lmlab.data.corpus import gensim_test_data
 
-    spec = importlib.util.find_spec("gensim")
-    if spec is None or not spec.submodule_search_locations:
-        raise LmlabError("the evaluation sets come with gensim, which is not installed "
-                         "(pip install gensim==4.4.0); or pass your own files")
-    return Path(next(iter(spec.submodule_search_locations))) / "test" / "test_data" / name
+    return gensim_test_data(name, f"the evaluation set {name}")
 
 
 def analogy_path() -> Path:
@@ -474,16 +478,12 @@ def similarity_paths() -> dict[str, Path]:
     return {"WordSim-353": _datapath("wordsim353.tsv"), "SimLex-999": _datapath("simlex999.txt")}
 
 
-def _read_lines(path: Path) -> list[str]:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise LmlabError(f"{path}: no such file") from None
-    try:
-        return data.decode("utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise LmlabError(f"{path}: line {line} is not UTF-8 text") from None
+def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line without its line break) of a UTF-8 text file."""
+    from lmlab.data.corpus import _iter_lines  # names the file and line of bad bytes
+
+    for lineno, line in _iter_lines(path):
+        yield lineno, line.rstrip("\r\n")
 
 
 def _lowercase_index(vectors: WordVectors, restrict_vocab: int | None) -> dict[str, int]:
@@ -543,7 +543,7 @@ def evaluate_analogies(vectors: WordVectors, path: str | Path | None = None, *,
     sections: list[str] = []
     questions: list[tuple[int, int, int, int, int]] = []  # section, a, b, c, d
     total = skipped = 0
-    for lineno, line in enumerate(_read_lines(path), 1):
+    for lineno, line in _read_lines(path):
         if line.startswith(":"):
             sections.append(line[1:].strip())
             continue
@@ -628,7 +628,7 @@ def evaluate_similarity(vectors: WordVectors, path: str | Path, *, name: str | N
     gold: list[float] = []
     model: list[float] = []
     oov = 0
-    for lineno, line in enumerate(_read_lines(path), 1):
+    for lineno, line in _read_lines(path):
         if not line.strip() or line.startswith("#"):
             continue
         parts = line.split("\t")
@@ -689,7 +689,7 @@ def save_vectors(vectors: WordVectors, path: str | Path, *, binary: bool = False
 
     Written to a temporary file and renamed, so a crash leaves no partial file.
     """
-    from lmlab.atomic import sibling
+    from lmlab.atomic import atomic_open
 
     path = Path(path)
     for w in vectors.words:
@@ -698,22 +698,16 @@ def save_vectors(vectors: WordVectors, path: str | Path, *, binary: bool = False
                              "words without whitespace")
     N, D = vectors.vectors.shape
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = sibling(path, "tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(f"{N} {D}\n".encode())
-            if binary:
-                data = vectors.vectors.astype("<f4")
-                for w, row in zip(vectors.words, data, strict=True):
-                    f.write(w.encode("utf-8") + b" " + row.tobytes() + b"\n")
-            else:
-                # repr-exact float32 round trip needs 9 significant digits.
-                for w, row in zip(vectors.words, vectors.vectors.tolist(), strict=True):
-                    f.write((w + " " + " ".join(f"{v:.9g}" for v in row) + "\n").encode())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        f.write(f"{N} {D}\n".encode())
+        if binary:
+            data = vectors.vectors.astype("<f4")
+            for w, row in zip(vectors.words, data, strict=True):
+                f.write(w.encode("utf-8") + b" " + row.tobytes() + b"\n")
+        else:
+            # repr-exact float32 round trip needs 9 significant digits.
+            for w, row in zip(vectors.words, vectors.vectors.tolist(), strict=True):
+                f.write((w + " " + " ".join(f"{v:.9g}" for v in row) + "\n").encode())
     vectors.path = path
 
 

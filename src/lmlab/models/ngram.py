@@ -67,6 +67,7 @@ from typing import Any
 
 import numpy as np
 
+from lmlab.atomic import atomic_open
 from lmlab.errors import LmlabError
 
 UNK, BOS, EOS = 0, 1, 2
@@ -334,10 +335,8 @@ class NgramLM:
                     alpha=alpha, k=k, meta=meta)
         if smoothing == "kn":
             model._estimate_kn(counts, suffixes, discount_fallback, fallback_discounts)
-        elif smoothing == "addk":
-            model._estimate_addk(counts)
         else:
-            model._estimate_stupid(counts)
+            model._estimate_relative(counts)
         return model
 
     def _estimate_kn(self, counts: list[np.ndarray], suffixes: list[np.ndarray | None],
@@ -397,36 +396,25 @@ class NgramLM:
                 lp[BOS] = NEVER
             self.logp.append(lp.astype(np.float32))
 
-    def _estimate_addk(self, counts: list[np.ndarray]) -> None:
-        V, k, keys = self.V, self.k, self.keys
+    def _estimate_relative(self, counts: list[np.ndarray]) -> None:
+        """add-k, or stupid backoff: add-one unigrams, relative frequencies above (k = 0)."""
+        V, keys, stupid = self.V, self.keys, self.smoothing == "stupid"
         self.logp, self.logb = [], [np.zeros(len(x), np.float32) for x in keys]
         for n in range(1, self.order + 1):
             c = counts[n - 1].astype(np.float64)
             if n == 1:
+                k = 1.0 if stupid else self.k  # add-one for stupid backoff, so <unk> scores > 0
                 c[BOS] = 0
                 lp = _log10((c + k) / (c.sum() + k * (V - 1)))
                 lp[BOS] = NEVER
             else:
+                k = 0.0 if stupid else self.k
                 prefix = keys[n - 1] // V
                 total = np.bincount(prefix, weights=c, minlength=len(keys[n - 2]))
                 lp = _log10((c + k) / (total[prefix] + k * (V - 1)))
-                # A word unseen after a context: k / (c(h) + k|V|), kept as the context's "backoff".
-                self.logb[n - 2] = _log10(k / (total + k * (V - 1))).astype(np.float32)
-            self.logp.append(lp.astype(np.float32))
-
-    def _estimate_stupid(self, counts: list[np.ndarray]) -> None:
-        V, keys = self.V, self.keys
-        self.logp, self.logb = [], [np.zeros(len(x), np.float32) for x in keys]
-        for n in range(1, self.order + 1):
-            c = counts[n - 1].astype(np.float64)
-            if n == 1:
-                c[BOS] = 0
-                lp = _log10((c + 1) / (c.sum() + V - 1))  # add-one, so <unk> scores > 0
-                lp[BOS] = NEVER
-            else:
-                prefix = keys[n - 1] // V
-                total = np.bincount(prefix, weights=c, minlength=len(keys[n - 2]))
-                lp = _log10(c / total[prefix])
+                if not stupid:
+                    # A word unseen after a context: k / (c(h) + k|V|), kept as its "backoff".
+                    self.logb[n - 2] = _log10(k / (total + k * (V - 1))).astype(np.float32)
             self.logp.append(lp.astype(np.float32))
 
     # ------------------------------------------------------------------ querying
@@ -628,31 +616,18 @@ class NgramLM:
         bad = [w for w in self.vocab if not w or any(c.isspace() for c in w)]
         if bad:
             raise LmlabError(f"ARPA words cannot be empty or hold whitespace: {bad[0]!r}")
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            self._write_arpa(tmp)
-            tmp.replace(path)  # never a half-written model under the real name
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    def _write_arpa(self, tmp: Path) -> None:
         words = np.array(self.vocab, dtype=object)
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_open(Path(path)) as f:  # never a half-written model under the real name
             f.write(META_TAG + json.dumps(self._settings(), ensure_ascii=False) + "\n\n")
             f.write("\\data\\\n")
-            for n, k in enumerate(self.keys, 1):
-                f.write(f"ngram {n}={len(k)}\n")
+            f.writelines(f"ngram {n}={len(k)}\n" for n, k in enumerate(self.keys, 1))
             for n in range(1, self.order + 1):
                 f.write(f"\n\\{n}-grams:\n")
                 grams = [" ".join(row) for row in words[self.ngram_tokens(n)]]
-                probs = self.logp[n - 1].tolist()
-                if n < self.order:
-                    backs = self.logb[n - 1].tolist()
-                    f.writelines(f"{p:.9g}\t{g}\t{b:.9g}\n" if b else f"{p:.9g}\t{g}\n"
-                                 for p, g, b in zip(probs, grams, backs, strict=True))
-                else:
-                    f.writelines(f"{p:.9g}\t{g}\n" for p, g in zip(probs, grams, strict=True))
+                # A zero backoff weight is left out (always so at the highest order).
+                f.writelines(f"{p:.9g}\t{g}\t{b:.9g}\n" if b else f"{p:.9g}\t{g}\n"
+                             for p, g, b in zip(self.logp[n - 1].tolist(), grams,
+                                                self.logb[n - 1].tolist(), strict=True))
             f.write("\n\\end\\\n")
 
     @classmethod
@@ -675,12 +650,8 @@ class NgramLM:
             arrays[f"keys{n + 1}"] = self.keys[n]
             arrays[f"logp{n + 1}"] = self.logp[n]
             arrays[f"logb{n + 1}"] = self.logb[n]
-        tmp = path.with_name(f".{path.name}.tmp.npz")
-        try:
-            np.savez_compressed(tmp, **arrays)
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_open(path, "wb") as f:  # a file object: numpy adds no .npz to the name
+            np.savez_compressed(f, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> NgramLM:
@@ -757,7 +728,7 @@ def _read_arpa(path: Path) -> NgramLM:
     word_id = {w: j for j, w in enumerate(SPECIALS)}
     vocab = list(SPECIALS)
     seen: set[str] = set()
-    V = 0
+    V = 0  # the vocabulary size, set once the unigrams are read
     keys: list[np.ndarray] = []
     logp: list[np.ndarray] = []
     logb: list[np.ndarray] = []
@@ -838,7 +809,6 @@ def _read_arpa(path: Path) -> NgramLM:
         raise fail(min(i + 1, len(lines)), "expected \\end\\ after the last n-gram section")
 
     # User ids: the ids saved by lmlab (subword models), else the words in file order.
-    V = len(vocab)
     if settings.get("id_names"):
         try:
             user = np.array([int(w) for w in vocab[3:]], dtype=np.int64)
@@ -883,29 +853,23 @@ def _jieba() -> Any:
     jieba.setLogLevel(60)  # its "Building prefix dict" chatter would bury the output
     return jieba
 
+
 def read_texts(path: Path, split: str = "train", progress: bool = False) -> list[str]:
     """Documents of one split of a corpus folder made by `lmlab corpus`, or of any text file."""
-    from lmlab.data.corpus import iter_documents, read_split
-
-    path = Path(path)
-    if path.is_dir() and (path / f"{split}.jsonl").exists():
-        docs = read_split(path, split)
-    else:
-        docs = iter_documents(path)
-    if not progress:
-        return list(docs)
+    from lmlab.data.corpus import has_split, iter_documents, read_split
     from lmlab.progress import progress_bar
 
-    with progress_bar(desc=f"reading {split}", unit="doc", leave=False) as bar:
-        return list(bar.update(1) or d for d in docs)
+    path = Path(path)
+    docs = read_split(path, split) if has_split(path, split) else iter_documents(path)
+    return list(progress_bar(iterable=docs, desc=f"reading {split}", unit="doc", leave=False,
+                             disable=not progress))
 
 
 def text_sentences(texts: Sequence[str], *, tokenizer: Any = None, use_jieba: bool = False
-                   ) -> tuple[list[list[str]] | list[list[int]], int]:
+                   ) -> list[list[str]] | list[list[int]]:
     """Sentences (the non-blank lines of each document) as words, or as token ids when a
-    tokenizer is given; and the UTF-8 size of the documents, for bits per byte."""
-    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    tokenizer is given."""
     if tokenizer is not None:
         lines = [line for t in texts for line in t.splitlines() if line.strip()]
-        return tokenizer.encode_batch(lines), n_bytes
-    return [s for t in texts for s in split_words(t, use_jieba=use_jieba)], n_bytes
+        return tokenizer.encode_batch(lines)
+    return [s for t in texts for s in split_words(t, use_jieba=use_jieba)]

@@ -36,8 +36,10 @@ State = torch.Tensor | tuple[torch.Tensor, ...]
 
 def detach_state(state: State | None) -> State | None:
     """The state cut from the graph: truncated BPTT back-propagates within one block only."""
-    if state is None or isinstance(state, torch.Tensor):
-        return None if state is None else state.detach()
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return state.detach()
     return tuple(s.detach() for s in state)
 
 

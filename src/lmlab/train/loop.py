@@ -178,8 +178,8 @@ def stream_batch(tokens: np.ndarray, batch_size: int, block_size: int,
         raise LmlabError(f"{len(tokens)} tokens are too few for {B} parallel streams of "
                          f"block_size {T} (+1 target token); lower batch_size or block_size")
     k = index % per_pass
-    rows = np.stack([tokens[b * L + k * T: b * L + k * T + T + 1] for b in range(B)])
-    buf = torch.from_numpy(rows.astype(np.int64))  # (B, T+1)
+    parts = tokens[:B * L].reshape(B, L)  # a view: row b is part b
+    buf = torch.from_numpy(parts[:, k * T:k * T + T + 1].astype(np.int64))  # (B, T+1)
     return buf[:, :-1].contiguous(), buf[:, 1:].contiguous(), k == 0
 
 
