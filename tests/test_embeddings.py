@@ -48,7 +48,10 @@ def group_margin(wv: E.WordVectors) -> float:
 
 def test_tokenize_words_and_word_tokenizer_split_alike():
     text = "The King's 2 sons, naïve café!\n我爱北京。 Über-cool"
-    words = E.tokenize_words(text)
+    # Word vectors keep a run of Chinese characters as one word (see test_chinese.py)...
+    assert E.tokenize_words(text)[-6:] == ["!", "我爱北京", "。", "über", "-", "cool"]
+    # ... the word-level tokenizer splits it into characters, as "chars" does.
+    words = E.tokenize_words(text, "chars")
     assert words == ["the", "king", "'", "s", "2", "sons", ",", "naïve", "café", "!", "我", "爱",
                      "北", "京", "。", "über", "-", "cool"]
     tok = Tokenizer.from_words(words + ["the"])

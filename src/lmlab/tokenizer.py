@@ -53,12 +53,15 @@ import hashlib
 import itertools
 import json
 import os
+import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from lmlab.data.chinese import CJK
 from lmlab.errors import LmlabError
 
 if TYPE_CHECKING:
@@ -83,14 +86,13 @@ CONTINUING_PREFIX = "##"  # marks a WordPiece token that continues a word
 # GPT-2's pre-tokenization regex (encoder.py in openai/gpt-2); HF's ByteLevel
 # pre-tokenizer with use_regex=True applies exactly this pattern.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-# Words for word vectors and the word-level tokenizer: a run of word characters,
-# or one CJK ideograph (Chinese has no spaces; as in BERT, each character is a
-# word), or one punctuation mark. _CJK is not a raw string, so the pattern
-# holds the characters themselves rather than \u escapes, which Python's `re`
-# and the Oniguruma engine of HF `tokenizers` would read differently: so
-# models.embeddings.tokenize_words and Tokenizer.from_words split text identically.
-_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-WORD_PATTERN = rf"[{_CJK}]|[^\W{_CJK}]+|[^\w\s]"
+# Words for the word-level tokenizer: a run of word characters, or one CJK
+# ideograph (Chinese has no spaces; as in BERT, each character is a word), or
+# one punctuation mark. CJK (lmlab.data.chinese) is not a raw string, so the
+# pattern holds the characters themselves rather than \u escapes, which Python's
+# `re` and the Oniguruma engine of HF `tokenizers` would read differently: so
+# Python code and Tokenizer.from_words split text identically.
+WORD_PATTERN = rf"[{CJK}]|[^\W{CJK}]+|[^\w\s]"
 
 
 def _byte_token(b: int) -> str:
@@ -141,6 +143,8 @@ class Tokenizer:
         # A model's own end-of-sequence token when it is not <|endoftext|>
         # (e.g. SmolLM2's <|im_end|>, named in its GGUF metadata).
         self._eos_token = eos_token
+        # [UNK]s among the tokens encode_batch has produced, for warn_unknown.
+        self._unk_count = UnknownCount()
 
     # ------------------------------------------------------------------ training
     @classmethod
@@ -545,10 +549,17 @@ class Tokenizer:
             self._tok.encode_special_tokens = True
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of many texts, encoded in parallel on all cores by the Rust side."""
+        """Token ids of many texts, encoded in parallel on all cores by the Rust side.
+
+        Every caller that encodes a data set comes through here, so the share of
+        ``[UNK]`` tokens is counted here too: past 5% a warning is printed, once
+        (see :func:`warn_unknown`).
+        """
         # The "fast" variant skips computing character offsets, which we never use.
         encs = self._tok.encode_batch_fast(list(texts), add_special_tokens=False)
-        return [e.ids for e in encs]
+        ids = [e.ids for e in encs]
+        warn_unknown(self, texts, ids)
+        return ids
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """Token ids of one text and, for each, its ``(start, end)`` span in ``text``.
@@ -720,6 +731,80 @@ class Tokenizer:
     def __repr__(self) -> str:
         where = f", path={str(self.path)!r}" if self.path else ""
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size}{where})"
+
+
+# --------------------------------------------------------------------------- [UNK]
+
+# A vocabulary that misses the text's script turns much of it into [UNK] (the
+# English WordPiece of all-MiniLM-L6-v2 maps 28% of Chinese review tokens to it),
+# and a model then reads noise. Past this share lmlab warns.
+UNK_WARN_SHARE = 0.05
+# Below this many tokens the share says little (one unknown emoji in a query).
+UNK_MIN_TOKENS = 20
+# Past this many tokens the share is known well enough: counting stops.
+UNK_COUNT_TOKENS = 1_000_000
+
+
+@dataclass
+class UnknownCount:
+    """[UNK] tokens among all tokens encoded so far, and whether the warning was given."""
+
+    unknown: int = 0
+    tokens: int = 0
+    warned: bool = False
+
+    @property
+    def share(self) -> float:
+        return self.unknown / self.tokens if self.tokens else 0.0
+
+
+def unk_rate(tok: Tokenizer, texts: Sequence[str]) -> float:
+    """The share of the tokens of ``texts`` that are ``[UNK]`` (0.0 without an [UNK] token)."""
+    if tok.unk_id is None:
+        return 0.0
+    encs = tok._tok.encode_batch_fast(list(texts), add_special_tokens=False)
+    total = sum(len(e.ids) for e in encs)
+    return sum(e.ids.count(tok.unk_id) for e in encs) / total if total else 0.0
+
+
+def unknown_warning(tok: Tokenizer, share: float, texts: Sequence[str]) -> str:
+    """The one-line warning for ``share`` of [UNK] tokens, with the fix."""
+    from lmlab.data.chinese import is_chinese
+
+    name = tok.path or "the tokenizer"
+    script = " (the text is Chinese)" if is_chinese(texts) else ""
+    return (f"warning: {share:.0%} of the tokens are [UNK]: {name} has no entry for much of "
+            f"this text{script}; use a model whose vocabulary covers it, or train a tokenizer "
+            "on it (`lmlab tokenizer train DATA --kind wordpiece`) and a model with it")
+
+
+def warn_unknown(tok: Tokenizer, texts: Sequence[str], ids: Sequence[Sequence[int]] | None = None,
+                 *, warn: Callable[[str], None] | None = None) -> float:
+    """Count the [UNK]s of ``texts`` (or of their token ``ids``, already encoded) into the
+    tokenizer's running total, and warn once when that total's share passes 5%.
+
+    Called by :meth:`Tokenizer.encode_batch`, so fine-tuning, prediction,
+    ``neighbors`` and ``prepare`` all warn without doing anything. The share is
+    over every token encoded so far (counting stops after a million), so a
+    data set encoded in batches gets one warning, not one per batch. Returns
+    the running share; 0.0 for a tokenizer without [UNK] (byte-level BPE, char).
+    """
+    count: UnknownCount = tok._unk_count
+    unk = tok.unk_id
+    if unk is None or count.warned or count.tokens >= UNK_COUNT_TOKENS:
+        return count.share
+    if ids is None:
+        ids = [e.ids for e in tok._tok.encode_batch_fast(list(texts), add_special_tokens=False)]
+    count.tokens += sum(len(x) for x in ids)
+    count.unknown += sum(x.count(unk) for x in ids)
+    if count.tokens >= UNK_MIN_TOKENS and count.share > UNK_WARN_SHARE:
+        count.warned = True
+        msg = unknown_warning(tok, count.share, texts)
+        if warn is not None:
+            warn(msg)
+        else:
+            print(msg, file=sys.stderr, flush=True)
+    return count.share
 
 
 def _read_text(path: Path) -> str:

@@ -38,6 +38,7 @@ __all__ = [
     "iter_json_lines",
     "normalize_document",
     "read_split",
+    "split_warning",
 ]
 
 TxtMode = Literal["paragraph", "file", "line"]
@@ -511,6 +512,27 @@ def _write_corpus(
             stats.add(split, json.loads(line)["text"])
     kept.unlink()
     return stats
+
+
+def split_warning(stats: CorpusStats, out_dir: Path, txt_mode: TxtMode) -> str | None:
+    """The warning for a corpus whose validation split came out empty, else None.
+
+    That happens when the inputs gave a single document (after cleaning and
+    deduplication): nothing can be held out, and every later step that scores
+    validation text has none. The usual cause is one document per line read
+    in paragraph or file mode, so when the one document has several lines
+    the fix named is ``--txt-mode line``; otherwise it is more text.
+    """
+    if stats.val_docs > 0:
+        return None
+    what = "the corpus is a single document, so its validation split is empty"
+    if txt_mode != "line":
+        doc = next(read_split(out_dir, "train"), "")
+        lines = sum(1 for line in doc.split("\n") if line.strip())
+        if lines > 1:
+            return (f"warning: {what}: its {lines:,} lines were read as one document "
+                    f"(--txt-mode {txt_mode}); if each line is a document, add --txt-mode line")
+    return f"warning: {what}; give more text (at least two different documents)"
 
 
 def has_split(path: Path, split: str) -> bool:

@@ -60,11 +60,13 @@ __all__ = [
     "compute_class_weights",
     "email_text",
     "load_splits",
+    "read_run_splits",
     "read_spamassassin",
     "read_task_file",
     "spamassassin_dir",
     "split_examples",
     "write_jsonl",
+    "write_splits",
 ]
 
 Task = Literal["classify", "tag", "qa"]
@@ -859,6 +861,77 @@ def load_splits(
                 f"cannot predict them; add training examples with them or remove them"
             )
     return splits
+
+
+# --------------------------------------------------------------------------- a run's splits
+
+# Where a fine-tuning run keeps the examples of each split it used, so that a
+# baseline (or a later run) can score exactly the same test set.
+SPLITS_DIR = "splits"
+RUN_CONFIG = "finetune_config.json"
+# The FinetuneConfig fields that decide the splits, besides the three files.
+_SPLIT_SETTINGS = ("seed", "val_fraction", "test_fraction")
+_FIELD_SETTINGS = ("text_field", "label_field", "tokens_field", "tags_field", "context_field",
+                   "question_field", "answer_field", "answer_start_field", "encoding")
+
+
+def write_splits(splits: dict[str, Sequence[Example]], folder: Path) -> list[Path]:
+    """Save each split as ``folder/splits/<name>.jsonl`` (train, val, test), atomically.
+
+    An empty split is written as an empty file, so the folder always says
+    which splits there were. :func:`read_run_splits` reads them back.
+    """
+    return [write_jsonl(splits.get(name, []), Path(folder) / SPLITS_DIR / f"{name}.jsonl")
+            for name in SPLIT_NAMES]
+
+
+def read_run_splits(run: Path, task: Task = "classify") -> dict[str, list[Any]]:
+    """The train/val/test examples of a fine-tuning run folder.
+
+    The split files the run wrote (``run/splits/*.jsonl``, see
+    :func:`write_splits`) when they exist; else the splits are carved again
+    from the files and settings in ``run/finetune_config.json`` by
+    :func:`load_splits`, which gives the same examples for the same files and
+    seed.
+
+    Raises:
+        LmlabError: ``run`` is neither, the run was for another task, or the
+            data files its config names are not found from here.
+    """
+    run = Path(run)
+    folder = run / SPLITS_DIR
+    if (folder / "train.jsonl").is_file():
+        out: dict[str, list[Any]] = {}
+        for name in SPLIT_NAMES:
+            path = folder / f"{name}.jsonl"
+            empty = not path.is_file() or path.stat().st_size == 0
+            out[name] = [] if empty else read_task_file(path, task)
+        return out
+    config = run / RUN_CONFIG
+    if not config.is_file():
+        raise LmlabError(f"{run}: not a fine-tuning run folder (no {SPLITS_DIR}/train.jsonl "
+                         f"and no {RUN_CONFIG}); give the data files instead")
+    try:
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+        settings = {k: cfg[k] for k in _SPLIT_SETTINGS}
+        files = {k: cfg[k] for k in ("train", "validation", "test")}
+        run_task = cfg["task"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise LmlabError(f"{config}: not a readable fine-tuning config ({err})") from None
+    if run_task != task:
+        raise LmlabError(f"{run}: a {run_task} run, not {task}")
+    for name, path in files.items():
+        if path and not Path(path).is_file():
+            raise LmlabError(f"{config} names the {name} file {path}, which is not found from "
+                             "here; run from the folder the fine-tuning ran in, or give the "
+                             "data files instead")
+    fields = {k: cfg[k] for k in _FIELD_SETTINGS if k in cfg}
+    return load_splits(Path(files["train"]), _path_or_none(files["validation"]),
+                       _path_or_none(files["test"]), task, **settings, **fields)
+
+
+def _path_or_none(path: str | None) -> Path | None:
+    return Path(path) if path else None
 
 
 # --------------------------------------------------------------------------- SpamAssassin

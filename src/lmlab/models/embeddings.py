@@ -2,10 +2,14 @@
 
 The pieces, in the order data flows through them:
 
-* **Words.** Text is NFC-normalized, lowercased and split by
-  :data:`lmlab.tokenizer.WORD_PATTERN` into words, single CJK characters and
-  single punctuation marks (:func:`tokenize_words`). Each line of a document
-  is a sentence: context windows never cross a line.
+* **Words.** Text is NFC-normalized, lowercased and split into words and
+  single punctuation marks (:func:`tokenize_words`). Chinese, which has no
+  spaces between words, is handled three ways (:data:`Segmentation`): text
+  already segmented by spaces keeps its words (a run of CJK characters is a
+  word); raw Chinese is cut into words by jieba (``jieba``) or, without it,
+  into single characters (``chars``, :data:`lmlab.tokenizer.WORD_PATTERN`'s
+  split), which :func:`read_sentences` chooses and reports. Each line of a
+  document is a sentence: context windows never cross a line.
 * **word2vec and fastText** (Mikolov et al. 2013; Bojanowski et al. 2017) are
   trained by gensim, the reference implementation in Python: skip-gram or
   CBOW with negative sampling, and fastText's subword skip-gram.
@@ -33,6 +37,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import time
 import unicodedata
 from collections import Counter
@@ -44,6 +49,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from lmlab.data.chinese import CJK
 from lmlab.errors import LmlabError
 from lmlab.tokenizer import WORD_PATTERN
 
@@ -61,31 +67,54 @@ DEFAULT_EPOCHS = {"skipgram": 5, "cbow": 5, "fasttext": 5, "glove": 25}
 MAX_SENTENCE = 10_000
 
 _WORD_RE = re.compile(WORD_PATTERN)
+# As WORD_PATTERN, but a run of CJK ideographs is one word, so Chinese segmented
+# by spaces (or by jieba) keeps its words: "中国 人民" gives 中国, 人民.
+_VECTOR_WORD_RE = re.compile(rf"[{CJK}]+|[^\W{CJK}]+|[^\w\s]")
+# How Chinese becomes words: "words" keeps what spaces separate, "jieba" cuts raw
+# text into words first, "chars" makes every CJK character a word.
+Segmentation = Literal["words", "jieba", "chars"]
 
 
 # --------------------------------------------------------------------------- words
 
 
-def tokenize_words(text: str) -> list[str]:
-    """Lowercased words, single CJK characters and punctuation marks of ``text``.
+def tokenize_words(text: str, segmentation: Segmentation = "words") -> list[str]:
+    """Lowercased words and punctuation marks of ``text``.
 
-    ``"The King's 2 sons, 我们"`` gives ``the king ' s 2 sons , 我 们``; the same
-    split as :meth:`lmlab.tokenizer.Tokenizer.from_words` (tested).
+    ``"The King's 2 sons, 中国 人民"`` gives ``the king ' s 2 sons , 中国 人民``.
+    A run of CJK characters is one word (``"words"``), cut by jieba into words
+    (``"jieba"``), or cut into characters (``"chars"``: 中 国 人 民, the same
+    split as :meth:`lmlab.tokenizer.Tokenizer.from_words`, tested).
     """
-    return _WORD_RE.findall(unicodedata.normalize("NFC", text).lower())
+    text = unicodedata.normalize("NFC", text).lower()
+    if segmentation == "chars":
+        return _WORD_RE.findall(text)
+    if segmentation == "jieba":
+        from lmlab.data.chinese import segment
+
+        return [w for piece in segment(text) for w in _VECTOR_WORD_RE.findall(piece)]
+    return _VECTOR_WORD_RE.findall(text)
 
 
-def sentences_of(documents: Iterable[str]) -> Iterator[list[str]]:
+def sentences_of(documents: Iterable[str], segmentation: Segmentation = "words"
+                 ) -> Iterator[list[str]]:
     """Each non-empty line of each document as a list of words (cut at 10,000 words)."""
     for doc in documents:
         for line in doc.split("\n"):
-            words = tokenize_words(line)
+            words = tokenize_words(line, segmentation)
             for start in range(0, len(words), MAX_SENTENCE):
                 yield words[start:start + MAX_SENTENCE]
 
 
-def read_sentences(source: str | Path) -> list[list[str]]:
+def read_sentences(source: str | Path, *, jieba: bool = False,
+                   warn: Callable[[str], None] | None = None) -> list[list[str]]:
     """Sentences (lists of words) of a corpus, held in memory for several passes.
+
+    Chinese is cut into words by jieba with ``jieba``. Without it, Chinese
+    segmented by spaces keeps its words, and Chinese without spaces between
+    words (:func:`lmlab.data.chinese.needs_segmentation`) is cut into single
+    characters, with a warning through ``warn`` (default: printed to stderr)
+    that says to add --jieba.
 
     Args:
         source: ``"default"`` (the built-in Wikipedia extract), a folder made
@@ -93,16 +122,25 @@ def read_sentences(source: str | Path) -> list[list[str]]:
             analogy and similarity sets, not on held-out text), or any file or
             folder :func:`lmlab.data.corpus.iter_documents` reads, plain text
             being one document per line.
+        jieba: segment Chinese into words with jieba.
+        warn: called with each warning line.
     """
+    from lmlab.data.chinese import needs_segmentation
     from lmlab.data.corpus import default_corpus_source, has_split, iter_documents, read_split
 
+    warn = warn or (lambda msg: print(msg, file=sys.stderr, flush=True))
     path = default_corpus_source() if str(source) == "default" else Path(source)
     if has_split(path, "train"):
         splits = [s for s in ("train", "val") if has_split(path, s)]
-        docs: Iterable[str] = (d for split in splits for d in read_split(path, split))
+        docs: list[str] = [d for split in splits for d in read_split(path, split)]
     else:
-        docs = iter_documents(path, txt_mode="line")
-    sentences = list(sentences_of(docs))
+        docs = list(iter_documents(path, txt_mode="line"))
+    segmentation: Segmentation = "jieba" if jieba else "words"
+    if not jieba and needs_segmentation(docs):
+        segmentation = "chars"
+        warn(f"warning: {source} is Chinese without spaces between words: training vectors "
+             "of single characters; add --jieba for word vectors")
+    sentences = list(sentences_of(docs, segmentation))
     if not sentences:
         raise LmlabError(f"{source}: no words to train word vectors on")
     return sentences
@@ -650,15 +688,22 @@ def evaluate_similarity(vectors: WordVectors, path: str | Path, *, name: str | N
 
 @dataclass
 class Evaluation:
-    """The standard word-vector evaluation: analogies, WordSim-353, SimLex-999."""
+    """The standard word-vector evaluation: analogies, WordSim-353, SimLex-999.
 
-    analogies: AnalogyResult
+    The sets are English; on vectors of another language (Chinese) they are
+    skipped: ``analogies`` is None, ``similarities`` empty, and ``note`` says why.
+    """
+
+    analogies: AnalogyResult | None
     similarities: list[SimilarityResult]
     restrict_vocab: int
+    note: str = ""
 
     def format(self) -> str:
         """A plain-text report: one line per analogy section, then the similarity sets."""
         a = self.analogies
+        if a is None:
+            return f"note: {self.note}"
         lines = [f"analogies (3CosAdd over the {self.restrict_vocab:,} most frequent words): "
                  f"{a.correct:,}/{a.answered:,} "
                  f"correct = {a.accuracy:.1%}; {a.skipped:,} of {a.questions:,} questions "
@@ -673,8 +718,25 @@ class Evaluation:
         return "\n".join(lines)
 
 
+# The language of a vocabulary is judged on its most frequent words.
+LANGUAGE_WORDS = 10_000
+
+
 def evaluate(vectors: WordVectors, *, restrict_vocab: int = 30_000) -> Evaluation:
-    """Analogy accuracy (first ``restrict_vocab`` words) and WordSim/SimLex Spearman."""
+    """Analogy accuracy (first ``restrict_vocab`` words) and WordSim/SimLex Spearman.
+
+    The sets are English: when most of the 10,000 first words with letters
+    are Chinese (:func:`lmlab.data.chinese.cjk_word_share` at least 0.5) they
+    would score nothing ("0/0", Spearman nan), so they are skipped with a note.
+    """
+    from lmlab.data.chinese import CHINESE_SHARE, cjk_word_share
+
+    share = cjk_word_share(vectors.words[:LANGUAGE_WORDS])
+    if share >= CHINESE_SHARE:
+        note = (f"{share:.0%} of the most frequent words are Chinese: the English analogy, "
+                "WordSim-353 and SimLex-999 sets were skipped (no Chinese set ships with "
+                "lmlab); look at neighbours with `lmlab embed neighbors VECTORS WORD`")
+        return Evaluation(None, [], restrict_vocab, note)
     analogies = evaluate_analogies(vectors, restrict_vocab=restrict_vocab)
     sims = [evaluate_similarity(vectors, p, name=n) for n, p in similarity_paths().items()]
     return Evaluation(analogies, sims, restrict_vocab)
