@@ -22,6 +22,22 @@ def sibling(path: Path, tag: str) -> Path:
     return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}")
 
 
+def missing_root(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what
+    ``mkdir(parents=True)`` would make first), or None when ``path`` exists.
+
+    A command that fails before its output is complete removes this folder,
+    and so never deletes one that was there before it ran.
+    """
+    path = Path(path)
+    made = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        made = folder
+    return made
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -98,11 +98,24 @@ def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
 
 def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
                    meta: dict[str, Any]) -> None:
+    """Restore ``optimizer`` from ``_flatten_optimizer``'s output.
+
+    Raises ValueError when the saved state does not fit the optimizer's
+    parameters (another model, or a damaged file), before anything is loaded.
+    """
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     state: dict[int, dict[str, Any]] = {}
     for key, v in tensors.items():
         if key.startswith("state."):
             _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = v
+            i = int(pid)
+            if not 0 <= i < len(params):
+                raise ValueError(f"state for parameter {i}, but the model has {len(params)}")
+            # Moments (exp_avg, exp_avg_sq) have their parameter's shape; the step is a scalar.
+            if v.dim() > 0 and v.shape != params[i].shape:
+                raise ValueError(f"{key} has shape {tuple(v.shape)}, its parameter "
+                                 f"{tuple(params[i].shape)}")
+            state.setdefault(i, {})[name] = v
     for pid, sc in meta.get("scalars", {}).items():
         state.setdefault(int(pid), {}).update(sc)
     groups = meta["param_groups"]
@@ -122,12 +135,34 @@ def resolve_checkpoint(path: Path) -> Path:
     for root in (path / "checkpoints", path):
         latest = root / "latest"
         if latest.exists():
-            ckpt = root / latest.read_text().strip()
+            try:
+                name = latest.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as e:
+                raise LmlabError(f"{latest}: unreadable ({e})") from None
+            if not name or "/" in name or name.startswith("."):
+                raise LmlabError(f"{latest}: damaged (it should name a checkpoint folder, "
+                                 f"such as step-000100, in {root})")
+            ckpt = root / name
             if (ckpt / MODEL_FILE).exists():
                 return ckpt
-            raise LmlabError(f"{latest}: points at {ckpt.name}, which has no {MODEL_FILE}")
+            raise LmlabError(f"{latest}: points at {name}, which has no {MODEL_FILE}")
     raise LmlabError(f"{path}: not a checkpoint (no {MODEL_FILE}) nor a run folder "
                      "(no checkpoints/latest)")
+
+
+def read_tensors(path: Path, device: str = "cpu",
+                 what: str = "safetensors file") -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; a missing, truncated or damaged file is an
+    LmlabError naming it (``what`` says what it should hold)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise LmlabError(f"{path}: missing (the {what})")
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise LmlabError(f"{path}: damaged or truncated {what} ({e})") from None
 
 
 def load_model(path: Path, device: str = "cpu",
@@ -138,17 +173,11 @@ def load_model(path: Path, device: str = "cpu",
     when the weights include the masked-LM head, else the bare ``Bert``; a
     feed-forward or recurrent LM (``models/rnn.py``) for a classic one's.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     ckpt = resolve_checkpoint(path)
     if not (ckpt / CONFIG_FILE).exists():
         raise LmlabError(f"{ckpt}: missing {CONFIG_FILE}")
     config = load_config(ckpt / CONFIG_FILE)
-    try:
-        sd = load_file(str(ckpt / MODEL_FILE), device=device)
-    except (SafetensorError, OSError) as e:
-        raise LmlabError(f"{ckpt / MODEL_FILE}: unreadable safetensors file ({e})") from None
+    sd = read_tensors(ckpt / MODEL_FILE, device=device)
     model = build_model(config, sd, ckpt / MODEL_FILE).to(device)
     if dtype is not None:
         model = model.to(dtype)

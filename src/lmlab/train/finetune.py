@@ -38,6 +38,15 @@ The best checkpoint is a folder ``OUT/best/`` written atomically:
 ``config.json`` (the backbone's config), ``task.json`` (task, labels,
 pooling, input policy) and ``tokenizer.json``. ``load_task_model`` reads it back.
 
+The splits the run used are written beside it, as ``OUT/splits/train.jsonl``,
+``val.jsonl`` and ``test.jsonl`` (one example per line, the default field
+names; an empty split is an empty file): the examples as read from
+``--validation`` / ``--test``, or as carved from ``--train``. A baseline
+scored on them (``lmlab baseline --train OUT``) sees exactly the same split.
+OUT, with ``finetune_config.json``, the splits and the metrics, is made only
+when the first checkpoint is saved (the splits folder appears whole); a run
+that fails or is stopped before then leaves no OUT behind.
+
 Shapes: B batch, T tokens, C width, K labels.
 """
 
@@ -59,7 +68,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmlab.atomic import atomic_dir, write_text
+from lmlab.atomic import atomic_dir, missing_root, write_text
 from lmlab.config import (
     BERT_PRESETS,
     PRESETS,
@@ -82,13 +91,14 @@ from lmlab.models.bert import (
 from lmlab.models.gpt import GPT
 from lmlab.models.rnn import FeedForwardLM, RecurrentLM, RNNEncoder
 from lmlab.tokenizer import Tokenizer
-from lmlab.train.loop import make_optimizer
+from lmlab.train.loop import StopOnInterrupt, check_range, make_optimizer
 
 Truncation = Literal["tail", "head"]
 BackboneKind = Literal["bert", "gpt", "rnn"]
 TASK_FILE = "task.json"
 FORMAT = "lmlab-finetuned"
 DEFAULT_MAX_LENGTH = 256
+SPLITS_DIR = "splits"  # OUT/splits/{train,val,test}.jsonl (data/tasks.read_run_splits reads them)
 IGNORE = -100  # cross_entropy's ignore_index: tokens that carry no tag target
 
 
@@ -140,6 +150,27 @@ class FinetuneConfig:
     # bfloat16 autocast: matmuls in bf16, weights, optimizer and loss in fp32.
     # On CPUs with AMX it measured 1.6x faster here; on CPUs without, slower.
     dtype: Literal["float32", "bfloat16"] = "float32"
+
+    def __post_init__(self) -> None:
+        # Checked before any file is read or folder made: a 0 would otherwise surface
+        # later as a misleading error (--max-steps 0: "no such fine-tuned checkpoint").
+        for name in ("epochs", "max_steps", "batch_size", "max_length", "max_answer_tokens",
+                     "patience", "eval_interval", "threads", "vectors_max_words"):
+            check_range(name, getattr(self, name), 1)
+        check_range("lr", self.lr, 0)
+        check_range("weight_decay", self.weight_decay, 0)
+        check_range("grad_clip", self.grad_clip, 0, lo_open=True)
+        check_range("warmup_ratio", self.warmup_ratio, 0, 1)
+        check_range("head_dropout", self.head_dropout, 0, 1, hi_open=True)
+        check_range("val_fraction", self.val_fraction, 0, 1, hi_open=True)
+        check_range("test_fraction", self.test_fraction, 0, 1, hi_open=True)
+        # A split given as a file carves nothing from --train.
+        carved = ((0.0 if self.validation else self.val_fraction)
+                  + (0.0 if self.test else self.test_fraction))
+        if carved >= 1:
+            raise LmlabError(f"--val-fraction {self.val_fraction} and --test-fraction "
+                             f"{self.test_fraction} leave no training examples; their sum "
+                             "must be below 1")
 
     def field_names(self) -> dict[str, str]:
         """The ``read_task_file`` keyword arguments naming columns, and the encoding."""
@@ -876,9 +907,6 @@ class Finetuner:
         self.cfg, self.progress = cfg, progress
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        for name in ("epochs", "batch_size"):
-            if getattr(cfg, name) < 1:
-                raise LmlabError(f"--{name.replace('_', '-')} must be at least 1")
         if cfg.pooling is not None and cfg.task != "classify":
             raise LmlabError(f"--pooling applies to classify, not {cfg.task}")
         if cfg.class_weights and cfg.task == "qa":
@@ -972,14 +1000,12 @@ class Finetuner:
         self.warmup = round(cfg.warmup_ratio * self.total_steps)
         self.metric_name = ""
         self.kind = kind
-        # Only now, with every input checked, is an old run in OUT replaced.
-        self._clear_run_dir()
-        write_text(self.run_dir / "finetune_config.json",
-                   json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        # Nothing is written yet: OUT is made (and an old run in it replaced) by
+        # ``fit``, together with the first checkpoint (``_start_run``).
 
     # -- setup helpers -------------------------------------------------------
     _RUN_OUTPUTS = ("best", "tb", "metrics.jsonl", "loss.png", "report.json", "report.txt",
-                    "confusion.png", "finetune_config.json")
+                    "confusion.png", "finetune_config.json", SPLITS_DIR)
 
     def _check_run_dir(self, overwrite: bool) -> None:
         present = [n for n in self._RUN_OUTPUTS if (self.run_dir / n).exists()]
@@ -987,14 +1013,42 @@ class Finetuner:
             raise LmlabError(f"{self.run_dir}: already holds a fine-tuning run ({present[0]}); "
                              "pass --overwrite to replace it, or choose another --out")
 
-    def _clear_run_dir(self) -> None:
+    def _remove_outputs(self) -> None:
         for name in self._RUN_OUTPUTS:
             p = self.run_dir / name
             if p.is_dir():
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
+
+    def _start_run(self) -> None:
+        """Make OUT as the first checkpoint is about to be saved: replace an old run's
+        outputs, write finetune_config.json and the splits."""
+        self._remove_outputs()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(self.run_dir / "finetune_config.json",
+                   json.dumps(dataclasses.asdict(self.cfg), indent=2) + "\n")
+        self._write_splits()
+
+    def _write_splits(self) -> None:
+        """OUT/splits/{train,val,test}.jsonl: the examples of each split, as read or
+        carved, in the format ``read_task_file`` reads; the folder appears whole."""
+        from lmlab.data.tasks import SPLIT_NAMES, write_jsonl
+
+        with atomic_dir(self.run_dir / SPLITS_DIR) as tmp:
+            for name in SPLIT_NAMES:
+                write_jsonl(self.splits.get(name, []), tmp / f"{name}.jsonl")
+
+    def _discard_run(self, made: Path | None) -> None:
+        """After a failure before any checkpoint: remove the folder this run made, or
+        (in one that was already there) what this run wrote."""
+        if (self.run_dir / "best").exists():
+            return
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+            _warn(f"removed {made}: fine-tuning stopped before its first checkpoint")
+            return
+        self._remove_outputs()
 
     def _note(self, msg: str) -> None:
         self.notes.append(msg)
@@ -1078,10 +1132,20 @@ class Finetuner:
             self.model.backbone.eval()  # a frozen backbone gives stable features: no dropout
 
     def fit(self) -> dict[str, Any]:
+        """Train, validating every epoch (and every ``eval_interval`` steps) and keeping
+        the best model in OUT/best/. OUT itself appears with that first checkpoint.
+
+        Ctrl-C lets the step under way end, validates the model as it is (saving it
+        if it is the best so far), says where the best model is and raises
+        KeyboardInterrupt; a second Ctrl-C stops at once. A run stopped or failed
+        before its first checkpoint leaves no OUT behind (if it made it).
+        """
         from lmlab.runs import MetricsLogger, plot_loss
 
         cfg = self.cfg
-        logger = MetricsLogger(self.run_dir)
+        logger: MetricsLogger | None = None  # made with OUT, at the first evaluation
+        early_rows: list[dict[str, Any]] = []  # train rows logged before that
+        started, made = False, None  # made: the outermost folder _start_run made
         bar = None
         if self.progress:
             from lmlab.progress import progress_bar
@@ -1093,15 +1157,29 @@ class Finetuner:
         losses: list[float] = []
         t_start = t_last = time.perf_counter()
         seen = 0
+        evaluated_at = -1
+
+        def log(row: dict[str, Any]) -> None:
+            if logger is None:
+                early_rows.append(row)
+            else:
+                logger.log(row)
 
         def validate() -> bool:
             """Evaluate, keep the best checkpoint; True when patience has run out."""
-            nonlocal best, best_step, bad_evals
+            nonlocal best, best_step, bad_evals, evaluated_at, logger, made, started
+            evaluated_at = step
             name, value, _, loss = self.evaluate("val")
             self.metric_name = name
             row = {"step": step, "split": "val", "epoch": epoch, name: value}
             if loss is not None:
                 row["loss"] = loss
+            if logger is None:
+                started, made = True, missing_root(self.run_dir)
+                self._start_run()
+                logger = MetricsLogger(self.run_dir)
+                for r in early_rows:
+                    logger.log(r)
             logger.log(row)
             improved = value > best
             if improved:
@@ -1119,42 +1197,69 @@ class Finetuner:
             self._train_mode()
             return cfg.patience is not None and bad_evals >= cfg.patience
 
+        stop = StopOnInterrupt()
+
+        def check_stop() -> None:
+            """On Ctrl-C, between steps: validate the model as it is, then stop."""
+            if stop.requested and step < self.total_steps:
+                if evaluated_at != step:
+                    validate()
+                raise KeyboardInterrupt
+
         self._train_mode()
         try:
-            while epoch < cfg.epochs and step < self.total_steps and not stopped_early:
-                epoch += 1
-                evaluated_at = -1
-                for idx in length_bucketed_batches(lengths, cfg.batch_size, self.generator):
-                    if step >= self.total_steps:
-                        break
-                    loss, norm = self.train_step(idx, step)
-                    step += 1
-                    seen += len(idx)
-                    losses.append(loss)
-                    if step % 10 == 0 or step == self.total_steps:
-                        now = time.perf_counter()
-                        mean = sum(losses) / len(losses)
-                        lr = self.optimizer.param_groups[0]["lr"]
-                        logger.log({"step": step, "split": "train", "epoch": epoch,
-                                    "loss": mean, "lr": lr, "grad_norm": norm,
-                                    "examples_per_s": seen / max(now - t_last, 1e-9),
-                                    "elapsed_s": now - t_start})
+            with stop:
+                while epoch < cfg.epochs and step < self.total_steps and not stopped_early:
+                    epoch += 1
+                    for idx in length_bucketed_batches(lengths, cfg.batch_size, self.generator):
+                        if step >= self.total_steps:
+                            break
+                        loss, norm = self.train_step(idx, step)
+                        step += 1
+                        seen += len(idx)
+                        losses.append(loss)
+                        if step % 10 == 0 or step == self.total_steps:
+                            now = time.perf_counter()
+                            mean = sum(losses) / len(losses)
+                            lr = self.optimizer.param_groups[0]["lr"]
+                            log({"step": step, "split": "train", "epoch": epoch, "loss": mean,
+                                 "lr": lr, "grad_norm": norm,
+                                 "examples_per_s": seen / max(now - t_last, 1e-9),
+                                 "elapsed_s": now - t_start})
+                            if bar:
+                                bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}", refresh=False)
+                            losses, seen, t_last = [], 0, now
                         if bar:
-                            bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}", refresh=False)
-                        losses, seen, t_last = [], 0, now
-                    if bar:
-                        bar.update(1)
-                    if cfg.eval_interval and step % cfg.eval_interval == 0:
-                        evaluated_at = step
-                        if validate():
+                            bar.update(1)
+                        if cfg.eval_interval and step % cfg.eval_interval == 0 and validate():
                             stopped_early = True
                             break
-                if not stopped_early and evaluated_at != step and validate():
-                    stopped_early = True
+                        check_stop()
+                    if not stopped_early and evaluated_at != step and validate():
+                        stopped_early = True
+                    if not stopped_early and epoch < cfg.epochs:
+                        check_stop()
+        except BaseException as e:
+            if bar:
+                bar.close()
+                bar = None
+            if logger is not None:
+                logger.close()
+                logger = None
+            if not (self.run_dir / "best").exists():
+                if started:
+                    self._discard_run(made)
+            elif isinstance(e, KeyboardInterrupt):
+                print(f"interrupted at step {step} of {self.total_steps}; the best model so "
+                      f"far (val {self.metric_name} {best:.4f}, step {best_step}) is in "
+                      f"{self.run_dir / 'best'}, which `lmlab predict {self.run_dir}` uses "
+                      "(the test split was not scored)", file=sys.stderr)
+            raise
         finally:
             if bar:
                 bar.close()
-            logger.close()
+            if logger is not None:
+                logger.close()
         return {"steps": step, "epochs": epoch, "total_steps": self.total_steps,
                 "stopped_early": stopped_early, "best_step": best_step,
                 "metric": self.metric_name, "best_val": best,

@@ -23,6 +23,14 @@ every part, and the hidden state is carried from step to step, detached, so
 gradients flow back ``block_size`` tokens while the state remembers further.
 Which block a step reads is a pure function of the step, and the carried
 state is saved in each checkpoint, so resume stays exact.
+
+Ctrl-C asks the loop to stop (``StopOnInterrupt``): the step under way ends,
+a checkpoint of that step is saved (atomically, like every checkpoint), the
+``--resume`` command is printed and KeyboardInterrupt is raised; a second
+Ctrl-C stops at once, leaving the last complete checkpoint. A run that fails
+or is stopped before its first checkpoint removes the run folder it created
+(never one that was there before), so no folder without a checkpoint looks
+like a run.
 """
 
 from __future__ import annotations
@@ -31,8 +39,11 @@ import contextlib
 import dataclasses
 import json
 import math
+import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +53,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lmlab.atomic import missing_root, write_text
 from lmlab.config import BERT_PRESETS, PRESETS, RNN_PRESETS, BertConfig, GPTConfig, RNNConfig
 from lmlab.errors import LmlabError
 from lmlab.evaluate import LMScore, score_tokens
@@ -134,8 +146,21 @@ class TrainConfig:
                 raise LmlabError(f"preset {self.preset!r} has no attention heads; drop --n-head")
         if self.objective == "clm" and (self.nsp or self.whole_word_mask):
             raise LmlabError("--nsp and --whole-word-mask apply to --objective mlm only")
-        if not 0.0 < self.mask_prob < 1.0:
-            raise LmlabError(f"mask_prob must be between 0 and 1, not {self.mask_prob}")
+        # Checked here, before any folder is made: a 0 would otherwise surface later
+        # as a misleading error (--max-steps 0: "not a checkpoint"; --block-size 0: NaN).
+        for name, lo in (("n_layer", 1), ("n_head", 1), ("n_embd", 1), ("block_size", 1),
+                         ("batch_size", 1), ("grad_accum", 1), ("max_steps", 1),
+                         ("warmup_steps", 0), ("eval_interval", 1), ("eval_tokens", 1),
+                         ("checkpoint_interval", 1), ("threads", 1)):
+            check_range(name, getattr(self, name), lo)
+        check_range("lr", self.lr, 0, lo_open=True)
+        check_range("min_lr", self.min_lr, 0)
+        check_range("weight_decay", self.weight_decay, 0)
+        check_range("grad_clip", self.grad_clip, 0, lo_open=True)
+        check_range("dropout", self.dropout, 0, 1, hi_open=True)
+        check_range("beta1", self.beta1, 0, 1, hi_open=True)
+        check_range("beta2", self.beta2, 0, 1, hi_open=True)
+        check_range("mask_prob", self.mask_prob, 0, 1, lo_open=True, hi_open=True)
 
     def model_config(self, vocab_size: int,
                      pad_token_id: int = 0) -> GPTConfig | BertConfig | RNNConfig:
@@ -156,6 +181,41 @@ class TrainConfig:
         return GPTConfig.from_name(
             self.preset, vocab_size=vocab_size, n_layer=self.n_layer, n_head=self.n_head,
             n_embd=self.n_embd, block_size=self.block_size, dropout=self.dropout)
+
+
+def check_range(name: str, value: float | None, lo: float, hi: float | None = None, *,
+                lo_open: bool = False, hi_open: bool = False) -> None:
+    """Refuse a config value out of range, naming its flag (``--max-steps``); None passes."""
+    if value is None:
+        return
+    ok = not (isinstance(value, float) and math.isnan(value))
+    ok = ok and (value > lo if lo_open else value >= lo)
+    if hi is not None:
+        ok = ok and (value < hi if hi_open else value <= hi)
+    if ok:
+        return
+    if hi is None:
+        bound = f"{'greater than' if lo_open else 'at least'} {lo:g}"
+    else:
+        bound = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    raise LmlabError(f"{flag(name)} must be {bound}, got {value}")
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a config field: ``max_steps`` -> ``--max-steps``."""
+    return "--" + name.replace("_", "-")
+
+
+def _flag_words(name: str, value: Any) -> str:
+    """A setting as the user would type it: ``--batch-size 8``, ``--nsp``, ``--no-nsp``."""
+    if isinstance(value, bool):
+        return flag(name) if value else "--no-" + flag(name)[2:]
+    return f"{flag(name)} {value}"
+
+
+def _with(name: str, value: Any) -> str:
+    """``with --batch-size 8``, or ``without --n-layer`` for a setting left to the preset."""
+    return f"without {flag(name)}" if value is None else f"with {_flag_words(name, value)}"
 
 
 # The classic presets that are language models (not bidirectional encoders).
@@ -250,18 +310,17 @@ class Trainer:
         if resume and not has_run:
             raise LmlabError(f"{self.run_dir}: nothing to resume (no checkpoints/latest); "
                              "drop --resume to start a new run")
-        if has_run and not resume:
-            if not overwrite:
-                raise LmlabError(f"{self.run_dir}: already holds a run; pass --resume to "
-                                 "continue it, --overwrite to start over, or another --out")
-            for name in ("checkpoints", "tb"):
-                shutil.rmtree(self.run_dir / name, ignore_errors=True)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if has_run and not resume and not overwrite:
+            raise LmlabError(f"{self.run_dir}: already holds a run; pass --resume to "
+                             "continue it, --overwrite to start over, or another --out")
 
         self.start_step = 0
         self.step = 0  # the step being trained: a recurrent model's blocks depend on it
         # A recurrent model's hidden state, carried from micro-batch to micro-batch.
         self.carry: State | None = None
+        # Train losses since the last logged row (a checkpoint keeps them, so a resumed
+        # run logs the same means as an uninterrupted one).
+        self.pending: dict[str, Any] = {"losses": [], "parts": {}}
         state: dict[str, Any] | None = None
         if resume:
             state = self._load_resume_state()
@@ -287,40 +346,178 @@ class Trainer:
         self.step_parts: dict[str, float] = {}
         if cfg.objective == "mlm":
             self._setup_mlm()
-        (self.run_dir / "train_config.json").write_text(
-            json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
         if cfg.compile:
             self.compiled = torch.compile(self.model)
         else:
             self.compiled = self.model
-        self.logger = MetricsLogger(self.run_dir, resume_step=self.start_step if resume else None)
+        # Only now, with every input checked, is the run folder made (or an old run in
+        # it replaced); a folder made here goes again if no checkpoint follows.
+        self.made_dir = self._start_run_dir(replace=has_run and not resume)
+        try:
+            write_text(self.run_dir / "train_config.json",
+                       json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+            self.logger = self._open_logger(self.start_step if resume else None)
+        except BaseException:
+            self._discard_run()
+            raise
+
+    # -- the run folder ----------------------------------------------------
+    # What a run writes beside its checkpoints: removed with them when a run stops
+    # before its first checkpoint in a folder that was there before.
+    _RUN_FILES = ("train_config.json", "metrics.jsonl", "tb", "loss.png")
+
+    def _start_run_dir(self, replace: bool) -> Path | None:
+        """Make the run folder (clearing the old run when ``replace``); return the
+        outermost folder this made, or None when the run folder was already there."""
+        made = missing_root(self.run_dir)
+        if replace:
+            for name in ("checkpoints", "tb"):
+                shutil.rmtree(self.run_dir / name, ignore_errors=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        return made
+
+    def _discard_run(self) -> None:
+        """After a failure: unless a checkpoint exists, leave nothing that looks like a run.
+
+        A folder this run made is removed whole; in one that was already there,
+        only what this run wrote goes.
+        """
+        if (self.run_dir / "checkpoints" / "latest").exists():
+            return
+        if self.made_dir is not None:
+            shutil.rmtree(self.made_dir, ignore_errors=True)
+            print(f"warning: removed {self.made_dir}: the run stopped before its first "
+                  "checkpoint", file=sys.stderr)
+            return
+        for name in (*self._RUN_FILES, "checkpoints"):
+            p = self.run_dir / name
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.exists():
+                p.unlink()
+
+    def _open_logger(self, resume_step: int | None) -> MetricsLogger:
+        try:
+            return MetricsLogger(self.run_dir, resume_step=resume_step)
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise LmlabError(f"{self.run_dir / 'metrics.jsonl'}: damaged ({e}); fix or delete "
+                             "the file to resume") from None
+
+    def resume_command(self) -> str:
+        """The command line that continues this run: `lmlab pretrain DATA --out RUN ...
+        --resume`, with every setting that differs from the defaults."""
+        cfg = self.cfg
+        default = TrainConfig(data=cfg.data, out=cfg.out, objective=cfg.objective)
+        words = ["lmlab", "pretrain", cfg.data, "--out", cfg.out]
+        for f in dataclasses.fields(cfg):
+            value = getattr(cfg, f.name)
+            if f.name in ("data", "out") or value is None or value == getattr(default, f.name):
+                continue
+            words += _flag_words(f.name, value).split(" ")
+        return shlex.join([*words, "--resume"])
 
     # -- resume ------------------------------------------------------------
+    # Settings a resumed run must share with the run it continues.
+    RESUME_KEYS = ("preset", "n_layer", "n_head", "n_embd", "block_size", "batch_size",
+                   "grad_accum", "seed", "objective", "nsp", "mask_prob", "whole_word_mask")
+
+    def _damaged(self, path: Path, what: str) -> LmlabError:
+        """An error naming a damaged checkpoint file, with the ways to go on."""
+        ckpt_dir = path.parent
+        earlier = sorted(p.name for p in ckpt_dir.parent.glob("step-*")
+                         if p.is_dir() and p.name < ckpt_dir.name)
+        back = (f"write {earlier[-1]} into {ckpt_dir.parent / 'latest'} to resume from that "
+                "earlier checkpoint, or " if earlier else "")
+        return LmlabError(f"{path}: {what}; cannot resume from {ckpt_dir.name}; {back}start "
+                          "over with --overwrite")
+
     def _load_resume_state(self) -> dict[str, Any]:
         path = ckpt.resolve_checkpoint(self.run_dir)
-        state = json.loads((path / ckpt.STATE_FILE).read_text())
+        file = path / ckpt.STATE_FILE
+        if not file.is_file():
+            raise self._damaged(file, "missing (this checkpoint holds weights only)")
+        try:
+            state = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise self._damaged(file, f"damaged, not valid JSON ({e})") from None
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int) \
+                or not isinstance(state.get("optimizer"), dict):
+            raise self._damaged(file, "incomplete (no step or optimizer state)")
+        self._check_tokenizer(path)
         saved = state.get("train_config", {})
-        for key in ("preset", "n_layer", "n_head", "n_embd", "block_size", "batch_size",
-                    "grad_accum", "seed", "objective", "nsp", "mask_prob", "whole_word_mask"):
+        if not isinstance(saved, dict):
+            raise self._damaged(file, "incomplete (train_config is not an object)")
+        for key in self.RESUME_KEYS:
             if key in saved and saved[key] != getattr(self.cfg, key):
+                now, then = _with(key, getattr(self.cfg, key)), _with(key, saved[key])
                 raise LmlabError(
-                    f"{path}: cannot resume with {key}={getattr(self.cfg, key)!r}; the run "
-                    f"was started with {key}={saved[key]!r}")
+                    f"{self.run_dir}: cannot resume {now}: the run was started {then} ({key} "
+                    f"in {file}); resume {then}, or start over with --overwrite")
         state["path"] = str(path)
         return state
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        from safetensors.torch import load_file
+    def _check_tokenizer(self, path: Path) -> None:
+        """Shards made with another tokenizer than the run's: say so, before any shapes clash."""
+        from lmlab.tokenizer import Tokenizer
 
+        file = path / ckpt.CONFIG_FILE
+        try:
+            vocab = json.loads(file.read_text(encoding="utf-8"))["vocab_size"]
+        except FileNotFoundError:
+            raise self._damaged(file, "missing") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise self._damaged(file, f"damaged ({type(e).__name__}: {e})") from None
+        ours = self.model_config.vocab_size
+        if vocab != ours:
+            raise LmlabError(
+                f"{self.cfg.data}: these shards were made with a different tokenizer (vocab "
+                f"size {ours:,}) than the run in {self.run_dir} (vocab size {vocab:,}); resume "
+                "with the shards the run was trained on, or start a new run (--overwrite or "
+                "another --out)")
+        tok_file = path / ckpt.TOKENIZER_FILE
+        if tok_file.is_file():
+            try:
+                same = Tokenizer.from_file(tok_file).sha256 == self.tokenizer.sha256
+            except LmlabError as e:
+                raise self._damaged(tok_file, f"damaged ({e})") from None
+            if not same:
+                raise LmlabError(
+                    f"{self.cfg.data}: these shards were made with a different tokenizer than "
+                    f"the run in {self.run_dir} (both have vocab size {ours:,}, but "
+                    f"{self.tokenizer_path} differs from {tok_file}); resume with the shards "
+                    "the run was trained on, or start a new run (--overwrite or another --out)")
+
+    def _restore(self, state: dict[str, Any]) -> None:
         path = Path(state["path"])
-        sd = load_file(str(path / ckpt.MODEL_FILE))
+
+        def read(file: Path, what: str) -> dict[str, torch.Tensor]:
+            try:
+                return ckpt.read_tensors(file, what=what)
+            except LmlabError as e:
+                raise self._damaged(file, str(e).removeprefix(f"{file}: ")) from None
+
+        sd = read(path / ckpt.MODEL_FILE, "model weights")
         ckpt.load_weights(self.model, sd, path / ckpt.MODEL_FILE)
-        tensors = load_file(str(path / ckpt.OPTIM_FILE))
-        ckpt.load_optimizer(self.optimizer, tensors, state["optimizer"])
-        self.generator.set_state(tensors["rng.sampler"])
-        torch.set_rng_state(tensors["rng.torch"])
-        self.carry = state_from_tensors({k.removeprefix("carry."): v for k, v in tensors.items()
-                                         if k.startswith("carry.")})
+        optim_file = path / ckpt.OPTIM_FILE
+        tensors = read(optim_file, "optimizer state")
+        try:
+            ckpt.load_optimizer(self.optimizer, tensors, state["optimizer"])
+            self.generator.set_state(tensors["rng.sampler"])
+            torch.set_rng_state(tensors["rng.torch"])
+        except KeyError as e:
+            raise self._damaged(optim_file, f"incomplete (no {e.args[0]})") from None
+        except (ValueError, RuntimeError, TypeError) as e:
+            raise self._damaged(optim_file, f"does not match the model ({e})") from None
+        try:
+            self.carry = state_from_tensors({k.removeprefix("carry."): v
+                                             for k, v in tensors.items()
+                                             if k.startswith("carry.")})
+        except (KeyError, ValueError) as e:
+            raise self._damaged(optim_file, f"damaged carried state ({e})") from None
+        pending = state.get("pending")
+        if isinstance(pending, dict):
+            self.pending = {"losses": list(pending.get("losses", [])),
+                            "parts": dict(pending.get("parts", {}))}
         self.start_step = state["step"]
         print(f"resuming from {path} at step {self.start_step}", file=sys.stderr)
 
@@ -402,7 +599,7 @@ class Trainer:
 
     def save(self, step: int) -> Path:
         rng = {"sampler": self.generator.get_state(), "torch": torch.get_rng_state()}
-        state = {"train_config": dataclasses.asdict(self.cfg)}
+        state = {"train_config": dataclasses.asdict(self.cfg), "pending": self.pending}
         return ckpt.save_checkpoint(self.run_dir, step, self.model, self.tokenizer_path,
                                     self.optimizer, state, rng,
                                     carry_tensors=state_to_tensors(self.carry))
@@ -421,56 +618,77 @@ class Trainer:
                                unit="step")
         last: dict[str, Any] = {}
         # Train rows are logged every 10 steps with the mean loss since the last row.
-        t_last, tok_since, losses = time.perf_counter(), 0, []
-        parts: dict[str, float] = {}  # sums of the loss parts since the last row (mlm)
+        t_last, tok_since = time.perf_counter(), 0
+        losses: list[float] = self.pending["losses"]
+        parts: dict[str, float] = self.pending["parts"]  # sums of the loss parts (mlm)
         t_start = time.perf_counter()
         step = self.start_step
+        saved = -1  # the step of the last checkpoint this run wrote
+        stop = StopOnInterrupt()
         try:
-            while step < cfg.max_steps:
-                lr = lr_at(step, cfg)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                self.step = step
-                loss = self._train_step()
-                if not math.isfinite(loss):
-                    raise LmlabError(
-                        f"step {step}: training loss is {loss}; try a lower --lr (now {cfg.lr:g}),"
-                        " --dtype float32, or check the data for empty or corrupt shards")
-                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                step += 1
-                tok_since += tokens_per_step
-                losses.append(loss)
-                for k, v in self.step_parts.items():
-                    parts[k] = parts.get(k, 0.0) + v
-                now = time.perf_counter()
-                if step % 10 == 0 or step == cfg.max_steps:
-                    tps = tok_since / max(now - t_last, 1e-9)
-                    mean_loss = sum(losses) / len(losses)
-                    mean_parts = {k: v / len(losses) for k, v in parts.items()}
-                    t_last, tok_since, losses, parts = now, 0, [], {}
-                    row = {"step": step, "split": "train", "loss": mean_loss, **mean_parts,
-                           "lr": lr, "grad_norm": float(norm), "tokens_per_s": tps,
-                           "elapsed_s": now - t_start}
-                    self.logger.log(row)
+            with stop:
+                while step < cfg.max_steps:
+                    lr = lr_at(step, cfg)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    self.step = step
+                    loss = self._train_step()
+                    if not math.isfinite(loss):
+                        raise LmlabError(
+                            f"step {step}: training loss is {loss}; try a lower --lr (now "
+                            f"{cfg.lr:g}), --dtype float32, or check the data for empty or "
+                            "corrupt shards")
+                    norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    tok_since += tokens_per_step
+                    losses.append(loss)
+                    for k, v in self.step_parts.items():
+                        parts[k] = parts.get(k, 0.0) + v
+                    now = time.perf_counter()
+                    if step % 10 == 0 or step == cfg.max_steps:
+                        tps = tok_since / max(now - t_last, 1e-9)
+                        mean_loss = sum(losses) / len(losses)
+                        mean_parts = {k: v / len(losses) for k, v in parts.items()}
+                        t_last, tok_since = now, 0
+                        losses.clear()
+                        parts.clear()
+                        row = {"step": step, "split": "train", "loss": mean_loss, **mean_parts,
+                               "lr": lr, "grad_norm": float(norm), "tokens_per_s": tps,
+                               "elapsed_s": now - t_start}
+                        self.logger.log(row)
+                        if bar:
+                            bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tps:,.0f}",
+                                            lr=f"{lr:.2e}", refresh=False)
                     if bar:
-                        bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tps:,.0f}",
-                                        lr=f"{lr:.2e}", refresh=False)
-                if bar:
-                    bar.update(1)
-                if step % cfg.eval_interval == 0 or step == cfg.max_steps:
-                    score = self.validate()
-                    last = {"step": step, "split": "val", **score.to_dict()}
-                    self.logger.log(last)
-                    if bar and isinstance(score, MLMScore):
-                        bar.write(f"step {step}: {score.summary()}")
-                    elif bar:
-                        bar.write(f"step {step}: val loss {score.loss:.4f}, "
-                                  f"ppl {score.perplexity:.2f}, bpb {score.bits_per_byte:.4f}")
-                    plot_loss(self.logger.path, self.run_dir / "loss.png")
-                if step % ckpt_every == 0 or step == cfg.max_steps:
-                    self.save(step)
+                        bar.update(1)
+                    if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+                        score = self.validate()
+                        last = {"step": step, "split": "val", **score.to_dict()}
+                        self.logger.log(last)
+                        if bar and isinstance(score, MLMScore):
+                            bar.write(f"step {step}: {score.summary()}")
+                        elif bar:
+                            bar.write(f"step {step}: val loss {score.loss:.4f}, "
+                                      f"ppl {score.perplexity:.2f}, "
+                                      f"bpb {score.bits_per_byte:.4f}")
+                        plot_loss(self.logger.path, self.run_dir / "loss.png")
+                    if step % ckpt_every == 0 or step == cfg.max_steps:
+                        self.save(step)
+                        saved = step
+                    if stop.requested and step < cfg.max_steps:
+                        # Ctrl-C: the step has ended, so its state is whole; keep it.
+                        if saved != step:
+                            self.save(step)
+                            saved = step
+                        raise KeyboardInterrupt
+        except BaseException as e:
+            if bar:
+                bar.close()
+                bar = None
+            self._report_stop(e, step, stopped=stop.requested and saved == step)
+            raise
         finally:
             if bar:
                 bar.close()
@@ -479,3 +697,57 @@ class Trainer:
                 "checkpoint": str(ckpt.resolve_checkpoint(self.run_dir)),
                 "plot": str(self.run_dir / "loss.png"), "params": self.model.num_params(),
                 "train_seconds": time.perf_counter() - t_start}
+
+    def _report_stop(self, e: BaseException, step: int, stopped: bool) -> None:
+        """After training ended early: say where to resume from, or discard a run that
+        has no checkpoint (``stopped``: the loop saved step ``step`` on Ctrl-C)."""
+        latest = self.run_dir / "checkpoints" / "latest"
+        if not latest.exists():
+            self._discard_run()
+            return
+        if not isinstance(e, KeyboardInterrupt):
+            return  # an error: the CLI reports it; the last checkpoint stays resumable
+        if stopped:
+            print(f"interrupted at step {step}; saved a checkpoint to {self.run_dir}. "
+                  f"Resume with: {self.resume_command()}", file=sys.stderr)
+        else:
+            at = latest.read_text().strip().removeprefix("step-").lstrip("0") or "0"
+            print(f"interrupted at step {step}; the last checkpoint in {self.run_dir} is of "
+                  f"step {at}. Resume from it with: {self.resume_command()}", file=sys.stderr)
+
+
+class StopOnInterrupt:
+    """Ctrl-C as a request to stop where the training state is whole, between steps.
+
+    While active (in the main thread; elsewhere it does nothing), the first
+    SIGINT sets ``requested`` and lets the step under way finish, so the loop
+    can save that step and raise KeyboardInterrupt itself. A second SIGINT
+    raises KeyboardInterrupt at once: a checkpoint being written then never
+    appears, and the last complete one stays ``latest``.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._installed = False
+        self._previous: Any = None
+
+    def __enter__(self) -> StopOnInterrupt:
+        # A process started with SIGINT ignored (nohup, `cmd &`) keeps ignoring it.
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            # None: a handler not set from Python; Python's own is the closest.
+            signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+            self._installed = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this step (Ctrl-C again to stop at once, without saving it)",
+              file=sys.stderr, flush=True)
