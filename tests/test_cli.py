@@ -106,7 +106,7 @@ def test_tokenizer_that_does_not_match_the_shards(pipeline, tmp_path, capsys):
     shards = tmp_path / "shards"
     shutil.copytree(pipeline / "shards", shards)
     code = main(["tokenizer", "train", str(pipeline / "corpus"), "--kind", "char",
-                 "--vocab-size", "280", "--out", str(shards / "tokenizer.json")])
+                 "--vocab-size", "280", "--out", str(shards / "tokenizer.json"), "--overwrite"])
     assert code == 0
     capsys.readouterr()
     code, _, err = run(capsys, "pretrain", shards, "--preset", "gpt-nano", "--max-steps", "2",

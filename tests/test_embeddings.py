@@ -416,7 +416,7 @@ def test_cli_train_eval_neighbors(tmp_path, capsys):
     for method in ("skipgram", "glove"):
         assert main(["embed", "train", str(text), "--method", method, "--dim", "12",
                      "--min-count", "1", "--epochs", "3", "--workers", "2",
-                     "--out", str(out), "--no-eval"]) == 0
+                     "--out", str(out), "--no-eval", "--overwrite"]) == 0
         printed = capsys.readouterr().out
         assert "words/s" in printed and f"wrote {out}" in printed
     assert E.load_vectors(out).dim == 12

@@ -400,7 +400,7 @@ def test_cli_jieba(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--order", "0"], "positive integer"),
+    (["--order", "0"], "--order must be at least 1"),
     (["--order", "2", "--smoothing", "addk"], "not a backoff model"),
     (["--level", "subword"], "needs --tokenizer"),
     (["--order", "2", "--no-discount-fallback"], "cannot estimate Kneser-Ney discounts"),

@@ -117,3 +117,18 @@ def atomic_dir(out_dir: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def save_safetensors(tensors: dict[str, Any], path: Path,
+                     metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically, through Python's file I/O.
+
+    ``safetensors.torch.save_file`` reports a full disk as a SafetensorError with
+    no file name; serializing to bytes and writing them here makes it an OSError
+    naming the file, which the CLI prints as one line.
+    """
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    with atomic_open(Path(path), "wb") as f:
+        f.write(data)

@@ -12,12 +12,12 @@ import argparse
 import inspect
 import os
 import sys
-import types
 import typing
 from collections.abc import Callable
 from typing import Any, Literal, get_args, get_origin
 
 from lmlab.errors import LmlabError
+from lmlab.options import check_arguments, describe, describe_os_error, split_annotation
 
 
 def _parse_docstring(fn: Callable[..., Any]) -> tuple[str, str, dict[str, str], str]:
@@ -52,22 +52,21 @@ def _parse_docstring(fn: Callable[..., Any]) -> tuple[str, str, dict[str, str], 
     return summary, "\n".join(body).strip(), args, "\n".join(examples).strip("\n")
 
 
-def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
-    origin = get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0], True
-    return tp, False
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one ``error:`` line like lmlab's own."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
 def _add_param(parser: argparse.ArgumentParser, p: inspect.Parameter, tp: Any, help_: str) -> None:
-    tp, _ = _unwrap_optional(tp)
+    tp, meta, _ = split_annotation(tp)
     has_default = p.default is not inspect.Parameter.empty
     flag = "--" + p.name.replace("_", "-")
-    kwargs: dict[str, Any] = {"help": help_}
+    notes = [describe(meta)] if describe(meta) else []
     if has_default and p.default is not None and tp is not bool:
-        kwargs["help"] = f"{help_} (default: {p.default})"
+        notes.append(f"default: {p.default}")
+    kwargs: dict[str, Any] = {"help": f"{help_} ({'; '.join(notes)})" if notes else help_}
     if p.kind is inspect.Parameter.POSITIONAL_ONLY or (
         p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and not has_default
     ):
@@ -108,7 +107,7 @@ def add_command(sub: Any, name: str, fn: Callable[..., Any]) -> argparse.Argumen
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    hints = typing.get_type_hints(fn)
+    hints = typing.get_type_hints(fn, include_extras=True)
     for p in inspect.signature(fn).parameters.values():
         _add_param(parser, p, hints.get(p.name, str), arg_help.get(p.name, ""))
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -119,7 +118,7 @@ def add_command(sub: Any, name: str, fn: Callable[..., Any]) -> argparse.Argumen
 def build_parser() -> argparse.ArgumentParser:
     from lmlab import __version__, commands
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lmlab",
         description="lmlab: corpus -> tokenizer -> n-gram / word vectors / RNN / GPT / BERT -> "
                     "training -> fine-tuning -> evaluation -> generation.",
@@ -144,11 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"lmlab {__version__}")
-    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
     for name, fn in commands.COMMANDS.items():
         if isinstance(fn, dict):
             group = sub.add_parser(name, help=fn["__doc__"], description=fn["__doc__"])
-            group_sub = group.add_subparsers(title="commands", metavar="COMMAND")
+            group_sub = group.add_subparsers(title="commands", metavar="COMMAND",
+                                             parser_class=_Parser)
             group.set_defaults(_group=group)
             for sub_name, sub_fn in fn.items():
                 if sub_name != "__doc__":
@@ -168,21 +168,44 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = {k: v for k, v in vars(ns).items() if not k.startswith("_") and k != "debug"}
     debug = ns.debug or os.environ.get("LMLAB_DEBUG") == "1"
     try:
+        # Every value is checked against its declared range, input and output before any work.
+        check_arguments(ns._fn, kwargs)
         positional = [kwargs.pop(p.name) for p in inspect.signature(ns._fn).parameters.values()
                       if p.kind is inspect.Parameter.POSITIONAL_ONLY]
         result = ns._fn(*positional, **kwargs)
     except LmlabError as e:
         if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as e:
+        return _fail(str(e))
+    except OSError as e:  # read-only, disk full, permission: the path and the reason
         if debug:
             raise
-        print(f"error: {e.filename or e}: no such file or directory", file=sys.stderr)
-        return 2
+        return _fail(describe_os_error(e))
+    except UnicodeDecodeError as e:
+        if debug:
+            raise
+        return _fail(f"input is not UTF-8 text ({e.reason} at byte {e.start}); convert it "
+                     "to UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+    except MemoryError:
+        if debug:
+            raise
+        return _fail("out of memory; try a smaller --batch-size or a smaller model")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug: say so in one line, the traceback is one flag away
+        if debug:
+            raise
+        print(f"internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        print("this is a bug in lmlab; rerun with --debug for the traceback and report it",
+              file=sys.stderr)
+        return 1
     return int(result) if isinstance(result, int) else 0
+
+
+def _fail(message: str) -> int:
+    """Print one ``error:`` line (after whatever a progress bar left on the line); exit 2."""
+    sys.stderr.write("\n" if getattr(sys.stderr, "isatty", lambda: False)() else "")
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 

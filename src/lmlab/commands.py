@@ -11,18 +11,41 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from lmlab.errors import LmlabError
+from lmlab.options import (
+    Count,
+    Dropout,
+    InDir,
+    InFile,
+    InPath,
+    Input,
+    NonNegative,
+    NonNegativeFloat,
+    OutDir,
+    OutFile,
+    PositiveFloat,
+    Range,
+    RunDir,
+)
+
+# Shares of a data set held out: 0 (none) up to, not including, all of it.
+Share = Annotated[float, Range(0, 1, hi_open=True)]
+# A corpus source: a path, or the word `default` for the built-in extract.
+Source = Annotated[Path, Input("any", words=("default",))]
+# Nucleus sampling threshold: 1 disables it, 0 would keep nothing.
+TopP = Annotated[float, Range(0, 1, lo_open=True)]
 
 
 def _say(msg: str = "") -> None:
     print(msg, flush=True)
 
 
-def corpus(inputs: list[Path], out: Path = Path("data/corpus"), text_field: str = "text",
+def corpus(inputs: list[Source], out: OutDir = Path("data/corpus"), text_field: str = "text",
            txt_mode: Literal["paragraph", "file", "line"] = "paragraph",
-           val_fraction: float = 0.05, min_chars: int = 1, seed: int = 0) -> None:
+           val_fraction: Share = 0.05, min_chars: NonNegative = 1, seed: int = 0,
+           overwrite: bool = False) -> None:
     """Build a clean corpus (train/validation split by document) from text files.
 
     Reads plain-text files, folders (recursively), JSONL files and MediaWiki XML
@@ -40,13 +63,14 @@ def corpus(inputs: list[Path], out: Path = Path("data/corpus"), text_field: str 
         val_fraction: share of documents held out for validation
         min_chars: drop documents shorter than this
         seed: seed of the train/validation assignment
+        overwrite: replace OUT if it already holds files
 
     Examples:
         lmlab corpus default --out data/wiki
         lmlab corpus enwiki-latest-pages-articles.xml.bz2 --out data/enwiki
         lmlab corpus notes/ reviews.jsonl --text-field body --out data/mine
     """
-    from lmlab.data.corpus import build_corpus, default_corpus_source
+    from lmlab.data.corpus import build_corpus, default_corpus_source, split_warning
 
     paths = [default_corpus_source() if str(p) == "default" else Path(p) for p in inputs]
     stats = build_corpus(paths, out, text_field=text_field, txt_mode=txt_mode,
@@ -57,12 +81,15 @@ def corpus(inputs: list[Path], out: Path = Path("data/corpus"), text_field: str 
     _say(f"train: {s['train_docs']:,} documents, {s['train_chars']:,} characters")
     _say(f"val:   {s['val_docs']:,} documents, {s['val_chars']:,} characters")
     _say(f"wrote {out}/train.jsonl, {out}/val.jsonl, {out}/corpus.json")
+    hint = split_warning(stats, Path(out), txt_mode)
+    if hint:
+        print(hint, file=sys.stderr, flush=True)
 
 
-def tokenizer_train(corpus_dir: Path, out: Path = Path("data/tokenizer.json"),
-                    kind: Literal["bpe", "char", "wordpiece"] = "bpe", vocab_size: int = 4096,
-                    special_tokens: list[str] | None = None, min_frequency: int = 2,
-                    lowercase: bool = True) -> None:
+def tokenizer_train(corpus_dir: InPath, out: OutFile = Path("data/tokenizer.json"),
+                    kind: Literal["bpe", "char", "wordpiece"] = "bpe", vocab_size: Count = 4096,
+                    special_tokens: list[str] | None = None, min_frequency: Count = 2,
+                    lowercase: bool = True, overwrite: bool = False) -> None:
     """Train a byte-level BPE, character-level or WordPiece tokenizer; save tokenizer.json.
 
     bpe and char encode any UTF-8 text and decode it back exactly: byte-level
@@ -81,6 +108,7 @@ def tokenizer_train(corpus_dir: Path, out: Path = Path("data/tokenizer.json"),
         min_frequency: BPE and WordPiece merges need at least this many occurrences
         lowercase: wordpiece only: lowercase and strip accents, as BERT uncased (the
             default); --no-lowercase keeps case and accents
+        overwrite: replace OUT if it exists
 
     Examples:
         lmlab tokenizer train data/wiki --kind bpe --vocab-size 8192 --out data/bpe8k.json
@@ -105,8 +133,8 @@ def tokenizer_train(corpus_dir: Path, out: Path = Path("data/tokenizer.json"),
          f"{time.perf_counter() - t0:.1f}s; wrote {out}")
 
 
-def prepare(corpus_dir: Path, tokenizer: Path = Path("data/tokenizer.json"),
-            out: Path = Path("data/shards"), shard_tokens: int = 50_000_000,
+def prepare(corpus_dir: InPath, tokenizer: InFile = Path("data/tokenizer.json"),
+            out: OutDir = Path("data/shards"), shard_tokens: Count = 50_000_000,
             overwrite: bool = False) -> None:
     """Tokenize a corpus on all cores into memory-mapped token shards.
 
@@ -137,17 +165,21 @@ def prepare(corpus_dir: Path, tokenizer: Path = Path("data/tokenizer.json"),
     _say(f"{manifest['dtype']} shards in {out} ({total / max(dt, 1e-9):,.0f} tokens/s)")
 
 
-def pretrain(data: Path, out: Path | None = None,
+def pretrain(data: InDir, out: OutDir | None = None,
              objective: Literal["clm", "mlm"] = "clm", nsp: bool = False,
-             mask_prob: float = 0.15, whole_word_mask: bool = False, preset: str | None = None,
-             n_layer: int | None = None, n_head: int | None = None, n_embd: int | None = None,
-             block_size: int | None = None, dropout: float | None = None, batch_size: int = 16,
-             grad_accum: int = 1, max_steps: int = 1000, lr: float = 1e-3,
-             min_lr: float | None = None, warmup_steps: int = 50, weight_decay: float = 0.1,
-             grad_clip: float = 1.0, eval_interval: int = 100, eval_tokens: int = 131072,
-             checkpoint_interval: int | None = None, seed: int = 1337,
+             mask_prob: Annotated[float, Range(0, 1, lo_open=True, hi_open=True)] = 0.15,
+             whole_word_mask: bool = False, preset: str | None = None,
+             n_layer: Count | None = None, n_head: Count | None = None,
+             n_embd: Count | None = None, block_size: Count | None = None,
+             dropout: Dropout | None = None, batch_size: Count = 16,
+             grad_accum: Count = 1, max_steps: Count = 1000, lr: PositiveFloat = 1e-3,
+             min_lr: NonNegativeFloat | None = None, warmup_steps: NonNegative = 50,
+             weight_decay: NonNegativeFloat = 0.1, grad_clip: NonNegativeFloat = 1.0,
+             eval_interval: Count = 100, eval_tokens: Count = 131072,
+             checkpoint_interval: Count | None = None, seed: int = 1337,
              dtype: Literal["float32", "bfloat16"] = "float32", compile: bool = False,
-             threads: int | None = None, resume: bool = False, overwrite: bool = False) -> None:
+             threads: Count | None = None, resume: bool = False,
+             overwrite: bool = False) -> None:
     """Pretrain a GPT, a classic LM (feed-forward, RNN, LSTM, GRU) or a BERT encoder.
 
     --objective clm (the default) trains a GPT-style decoder to predict each next
@@ -255,8 +287,9 @@ def pretrain(data: Path, out: Path | None = None,
     _say(f"loss curve: {result['plot']}   metrics: {out}/metrics.jsonl   tensorboard: {out}/tb")
 
 
-def evaluate(checkpoint: Path, text: Path, tokenizer: Path | None = None,
-             stride: int | None = None, batch_size: int = 8,
+def evaluate(checkpoint: InPath, text: InPath, tokenizer: InFile | None = None,
+             split: Literal["val", "train"] = "val",
+             stride: Count | None = None, batch_size: Count = 8,
              dtype: Literal["float32", "bfloat16"] = "float32",
              quantize: Literal["none", "int8"] = "none", json_out: bool = False) -> None:
     """Perplexity and bits per byte of a checkpoint on a text file.
@@ -266,12 +299,15 @@ def evaluate(checkpoint: Path, text: Path, tokenizer: Path | None = None,
     feed-forward or recurrent checkpoint reads the text as one stream instead,
     carrying its state, so every token has all the text before it. A JSONL
     file (e.g. a corpus split) is scored document by document, joined by the
-    end-of-text token.
+    end-of-text token. A corpus folder (from `lmlab corpus`) has its
+    validation split scored, and says so; --split train scores the training
+    split instead. Empty input is an error, not a perplexity of 1.
 
     Args:
         checkpoint: a run folder or checkpoint folder
-        text: a UTF-8 text file, or a JSONL file with a "text" field
+        text: a UTF-8 text file, a JSONL file with a "text" field, or a corpus folder
         tokenizer: tokenizer.json (default: the checkpoint's)
+        split: which split of a corpus folder to score: val (the default) or train
         stride: tokens advanced per window (default: the full context)
         batch_size: windows per forward pass
         dtype: float32 or bfloat16
@@ -279,30 +315,45 @@ def evaluate(checkpoint: Path, text: Path, tokenizer: Path | None = None,
         json_out: print the result as JSON
 
     Examples:
-        lmlab eval runs/mini data/wiki/val.jsonl
+        lmlab eval runs/mini data/wiki              # its validation split
+        lmlab eval runs/mini data/wiki --split train
         lmlab eval runs/mini notes.txt --stride 64
     """
-    from lmlab.data.corpus import iter_documents
+    from lmlab.data.corpus import has_split, iter_documents, read_split
     from lmlab.evaluate import evaluate_documents
     from lmlab.loading import load_for_inference
 
+    text = Path(text)
+    if has_split(text, split):  # a corpus folder: one split, never train and val mixed
+        docs = list(read_split(text, split))
+        what = f"{text} ({split} split)"
+    elif text.is_dir() and (text / "corpus.json").is_file():
+        raise LmlabError(f"{text}: this corpus has no {split} split ({split}.jsonl)")
+    else:
+        docs = list(iter_documents(text, txt_mode="file"))
+        what = str(text)
+    if not any(d.strip() for d in docs):
+        raise LmlabError(f"{what}: no text to score (empty)")
     loaded = load_for_inference(checkpoint, tokenizer, dtype, quantize)
     model, tok, ckpt = loaded.model, loaded.tokenizer, loaded.source
-    docs = list(iter_documents(Path(text), txt_mode="file"))
     score = evaluate_documents(model, tok, docs, stride=stride, batch_size=batch_size)
+    if score.tokens == 0:
+        raise LmlabError(f"{what}: the tokenizer made no tokens of this text")
     if json_out:
-        _say(json.dumps({"checkpoint": str(ckpt), "text": str(text), **score.to_dict()}))
+        _say(json.dumps({"checkpoint": str(ckpt), "text": str(text), "split":
+                         split if what != str(text) else None, **score.to_dict()}))
         return
-    _say(f"{text}: {score.tokens:,} tokens, {score.n_bytes:,} bytes")
+    _say(f"{what}: {score.tokens:,} tokens, {score.n_bytes:,} bytes")
     _say(f"loss {score.loss:.4f} nats/token   perplexity {score.perplexity:.2f}   "
          f"bits/byte {score.bits_per_byte:.4f}")
 
 
-def generate(checkpoint: Path, prompt: str = "", max_new_tokens: int = 100,
-             temperature: float = 0.8, top_k: int | None = None, top_p: float | None = 0.95,
-             repetition_penalty: float = 1.0, greedy: bool = False,
-             num_return_sequences: int = 1, stop: list[str] | None = None,
-             seed: int | None = None, tokenizer: Path | None = None,
+def generate(checkpoint: InPath, prompt: str = "", max_new_tokens: Count = 100,
+             temperature: NonNegativeFloat = 0.8, top_k: Count | None = None,
+             top_p: TopP | None = 0.95, repetition_penalty: PositiveFloat = 1.0,
+             greedy: bool = False, num_return_sequences: Count = 1,
+             stop: list[str] | None = None, seed: int | None = None,
+             tokenizer: InFile | None = None,
              dtype: Literal["float32", "bfloat16"] = "float32", stream: bool = True,
              quantize: Literal["none", "int8"] = "none", compile: bool = False) -> None:
     """Generate text from a checkpoint, streamed to the terminal.
@@ -341,11 +392,6 @@ def generate(checkpoint: Path, prompt: str = "", max_new_tokens: int = 100,
         lmlab generate runs/mini --prompt "Once" --num-return-sequences 3 --seed 0 --stop "\\n\\n"
     """
     from lmlab.generate import SamplingConfig, generate_text
-
-    if max_new_tokens < 1:
-        raise LmlabError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise LmlabError(f"--top-p must be in (0, 1], got {top_p}")
     from lmlab.loading import load_for_inference
 
     loaded = load_for_inference(checkpoint, tokenizer, dtype, quantize)
@@ -378,10 +424,10 @@ def generate(checkpoint: Path, prompt: str = "", max_new_tokens: int = 100,
     print(f"[{n_tok} tokens in {dt:.2f}s, {n_tok / max(dt, 1e-9):.1f} tokens/s]", file=sys.stderr)
 
 
-def chat(model: Path, prompt: str | None = None, system: str | None = None,
-         max_new_tokens: int = 256, temperature: float = 0.7, top_p: float = 0.9,
-         top_k: int | None = None, repetition_penalty: float = 1.0, greedy: bool = False,
-         seed: int | None = None, tokenizer: Path | None = None,
+def chat(model: InPath, prompt: str | None = None, system: str | None = None,
+         max_new_tokens: Count = 256, temperature: NonNegativeFloat = 0.7, top_p: TopP = 0.9,
+         top_k: Count | None = None, repetition_penalty: PositiveFloat = 1.0,
+         greedy: bool = False, seed: int | None = None, tokenizer: InFile | None = None,
          dtype: Literal["float32", "bfloat16"] = "float32",
          quantize: Literal["none", "int8"] = "none") -> None:
     """Chat with a model in the terminal, answers streamed as they are generated.
@@ -456,7 +502,7 @@ def chat(model: Path, prompt: str | None = None, system: str | None = None,
         answer(line)
 
 
-def convert(source: Path, *, out: Path) -> None:
+def convert(source: InDir, *, out: OutDir, overwrite: bool = False) -> None:
     """Convert a Hugging Face model folder to an lmlab checkpoint, or back.
 
     The direction follows the source: an HF folder (config.json with a
@@ -471,6 +517,7 @@ def convert(source: Path, *, out: Path) -> None:
     Args:
         source: an HF model folder, or an lmlab run/checkpoint folder
         out: the folder to write
+        overwrite: replace OUT if it already holds files (the new folder replaces it whole)
 
     Examples:
         lmlab convert ~/models/gpt2 --out ckpt/gpt2
@@ -480,8 +527,6 @@ def convert(source: Path, *, out: Path) -> None:
     from lmlab.interop.hf_folder import export_hf, import_hf, is_hf_folder
 
     source = Path(source)
-    if not source.exists():
-        raise LmlabError(f"{source}: no such folder")
     if is_hf_folder(source):
         import_hf(source, Path(out))
         encoder = json.loads((source / "config.json").read_text()).get("model_type") == "bert"
@@ -494,8 +539,8 @@ def convert(source: Path, *, out: Path) -> None:
              "(AutoModelForCausalLM.from_pretrained loads it)")
 
 
-def demo(out: Path = Path("runs/demo"), steps: int = 600, preset: str = "gpt-mini",
-         vocab_size: int = 4096, prompt: str = "The history of") -> None:
+def demo(out: RunDir = Path("runs/demo"), steps: Count = 600, preset: str = "gpt-mini",
+         vocab_size: Count = 4096, prompt: str = "The history of") -> None:
     """The whole pipeline on the built-in Wikipedia extract, in a few minutes on a CPU.
 
     Cleans the corpus, trains a byte-level BPE tokenizer, tokenizes into
@@ -518,9 +563,9 @@ def demo(out: Path = Path("runs/demo"), steps: int = 600, preset: str = "gpt-min
     run_demo(Path(out), steps=steps, preset=preset, vocab_size=vocab_size, prompt=prompt)
 
 
-def neighbors(model: Path, file: Path, query: list[str] | None = None, top: int = 5,
-              batch_size: int = 32, tokenizer: Path | None = None,
-              save: Path | None = None) -> None:
+def neighbors(model: InPath, file: InFile, query: list[str] | None = None, top: Count = 5,
+              batch_size: Count = 32, tokenizer: InFile | None = None,
+              save: OutFile | None = None, overwrite: bool = False) -> None:
     """Embed every line of a file with an encoder and find the lines nearest to queries.
 
     Sentence vectors are the mean of the encoder's final hidden states over the
@@ -536,6 +581,7 @@ def neighbors(model: Path, file: Path, query: list[str] | None = None, top: int 
         batch_size: lines embedded per forward pass
         tokenizer: tokenizer file (default: the model's own)
         save: also write the line embeddings (N, C) to this .safetensors file
+        overwrite: replace --save's file if it exists
 
     Examples:
         lmlab neighbors path/to/all-MiniLM-L6-v2 faq.txt --query "how do I reset my password"
@@ -544,8 +590,6 @@ def neighbors(model: Path, file: Path, query: list[str] | None = None, top: int 
     from lmlab.data.corpus import iter_documents
     from lmlab.sentences import load_encoder, nearest, sentence_embeddings
 
-    if top < 1:
-        raise LmlabError(f"--top must be at least 1, got {top}")
     encoder, tok = load_encoder(model, tokenizer)
     lines = [t.strip() for t in iter_documents(Path(file), txt_mode="line") if t.strip()]
     if not lines:
@@ -555,9 +599,9 @@ def neighbors(model: Path, file: Path, query: list[str] | None = None, top: int 
     print(f"embedded {len(lines):,} lines in {time.perf_counter() - t0:.1f}s "
           f"({corpus.size(1)} dimensions)", file=sys.stderr)
     if save is not None:
-        from safetensors.torch import save_file
+        from lmlab.atomic import save_safetensors
 
-        save_file({"embeddings": corpus.contiguous()}, str(save))
+        save_safetensors({"embeddings": corpus.contiguous()}, Path(save))
     queries = list(query or []) or [q.strip() for q in sys.stdin if q.strip()]
     q = sentence_embeddings(encoder, tok, queries, batch_size=batch_size, normalize=True)
     for text, hits in zip(queries, nearest(q, corpus, lines, top), strict=True):
@@ -566,22 +610,23 @@ def neighbors(model: Path, file: Path, query: list[str] | None = None, top: int 
             _say(f"  {h.score:6.3f}  [{h.index + 1}] {h.text}")
 
 
-def finetune(*, task: Literal["classify", "tag", "qa"], train: Path, model: str, out: Path,
-             validation: Path | None = None, test: Path | None = None,
-             tokenizer: Path | None = None, vectors: Path | None = None,
-             vectors_max_words: int | None = None, text_field: str = "text",
+def finetune(*, task: Literal["classify", "tag", "qa"], train: InFile, model: str,
+             out: OutDir, validation: InFile | None = None, test: InFile | None = None,
+             tokenizer: InFile | None = None, vectors: InFile | None = None,
+             vectors_max_words: Count | None = None, text_field: str = "text",
              label_field: str = "label", tokens_field: str = "tokens", tags_field: str = "tags",
              context_field: str = "context", question_field: str = "question",
              answer_field: str = "answer", answer_start_field: str = "answer_start",
-             encoding: str = "utf-8", val_fraction: float = 0.1, test_fraction: float = 0.1,
-             max_length: int | None = None, truncation: Literal["tail", "head"] = "tail",
-             pooling: Literal["cls", "mean", "last"] | None = None, max_answer_tokens: int = 30,
-             epochs: int = 3, max_steps: int | None = None, batch_size: int = 16,
-             lr: float = 5e-5, weight_decay: float = 0.01, warmup_ratio: float = 0.1,
-             grad_clip: float = 1.0, head_dropout: float = 0.1,
-             class_weights: bool | None = None, patience: int | None = None,
-             eval_interval: int | None = None, freeze_backbone: bool = False, seed: int = 0,
-             threads: int | None = None, device: str | None = None,
+             encoding: str = "utf-8", val_fraction: Share = 0.1, test_fraction: Share = 0.1,
+             max_length: Count | None = None, truncation: Literal["tail", "head"] = "tail",
+             pooling: Literal["cls", "mean", "last"] | None = None,
+             max_answer_tokens: Count = 30, epochs: Count = 3, max_steps: Count | None = None,
+             batch_size: Count = 16, lr: PositiveFloat = 5e-5,
+             weight_decay: NonNegativeFloat = 0.01, warmup_ratio: Share = 0.1,
+             grad_clip: NonNegativeFloat = 1.0, head_dropout: Dropout = 0.1,
+             class_weights: bool | None = None, patience: Count | None = None,
+             eval_interval: Count | None = None, freeze_backbone: bool = False, seed: int = 0,
+             threads: Count | None = None, device: str | None = None,
              dtype: Literal["float32", "bfloat16"] = "float32",
              overwrite: bool = False) -> None:
     """Fine-tune a BERT, GPT or GRU/LSTM backbone for classification, tagging or extractive QA.
@@ -716,11 +761,11 @@ def finetune(*, task: Literal["classify", "tag", "qa"], train: Path, model: str,
     _say(f"best model: {out}/best   loss curve: {out}/loss.png   tensorboard: {out}/tb")
 
 
-def predict(checkpoint: Path, texts: list[str] | None = None, file: Path | None = None,
-            out: Path | None = None, context: str | None = None, batch_size: int = 32,
+def predict(checkpoint: InDir, texts: list[str] | None = None, file: InFile | None = None,
+            out: OutFile | None = None, context: str | None = None, batch_size: Count = 32,
             text_field: str = "text", tokens_field: str = "tokens",
             context_field: str = "context", question_field: str = "question",
-            encoding: str = "utf-8") -> None:
+            encoding: str = "utf-8", overwrite: bool = False) -> None:
     """Predict with a model made by `lmlab finetune`.
 
     Input: --texts, else --file (any format `lmlab finetune` reads; labels
@@ -746,6 +791,7 @@ def predict(checkpoint: Path, texts: list[str] | None = None, file: Path | None 
         context_field: qa: the context column/key of --file
         question_field: qa: the question column/key of --file
         encoding: text encoding of --file
+        overwrite: replace --out's file if it exists
 
     Examples:
         lmlab predict runs/spam --texts "WIN a FREE cruise, reply now" "minutes of Monday's meeting"
@@ -825,9 +871,9 @@ def predict(checkpoint: Path, texts: list[str] | None = None, file: Path | None 
                  f"{' '.join(ex.question.split())}")
 
 
-def compare(data: Path | None = None, /, *, out: Path = Path("runs/compare"),
-            models: list[str] | None = None, steps: int = 600, batch_size: int = 16,
-            block_size: int = 128, word_ngram: int = 0,
+def compare(data: InDir | None = None, /, *, out: RunDir = Path("runs/compare"),
+            models: list[str] | None = None, steps: Count = 600, batch_size: Count = 16,
+            block_size: Count = 128, word_ngram: NonNegative = 0,
             dtype: Literal["float32", "bfloat16"] = "float32", seed: int = 1337) -> None:
     """Train every family of LM on one corpus and tokenizer; one table and one chart.
 
@@ -902,11 +948,11 @@ def _ngram_report(model, texts: list[str], tok, label: str) -> dict:
     return s.to_dict()
 
 
-def ngram_train(corpus_dir: Path, out: Path = Path("ngram.arpa"), order: int = 3,
+def ngram_train(corpus_dir: InPath, out: OutFile = Path("ngram.arpa"), order: Count = 3,
                 smoothing: Literal["kn", "addk", "stupid"] = "kn",
-                level: Literal["word", "subword"] = "word", tokenizer: Path | None = None,
-                jieba: bool = False, min_count: int = 1, k: float = 1.0,
-                discount_fallback: bool = True) -> None:
+                level: Literal["word", "subword"] = "word", tokenizer: InFile | None = None,
+                jieba: bool = False, min_count: Count = 1, k: PositiveFloat = 1.0,
+                discount_fallback: bool = True, overwrite: bool = False) -> None:
     """Train an n-gram language model; print validation perplexity and bits per byte.
 
     One sentence per non-blank line of each document, padded with <s> ... </s>
@@ -930,6 +976,7 @@ def ngram_train(corpus_dir: Path, out: Path = Path("ngram.arpa"), order: int = 3
         k: add-k's pseudo-count (1 = add-one)
         discount_fallback: when the data are too few to estimate Kneser-Ney discounts, use
             KenLM's fallback 0.5 1.0 1.5 with a warning (--no-discount-fallback: fail)
+        overwrite: replace OUT if it exists
 
     Examples:
         lmlab ngram train data/wiki --order 3 --out wiki3.arpa
@@ -941,7 +988,13 @@ def ngram_train(corpus_dir: Path, out: Path = Path("ngram.arpa"), order: int = 3
     import warnings
 
     from lmlab.data.corpus import has_split
-    from lmlab.models.ngram import DiscountFallbackWarning, NgramLM, read_texts, text_sentences
+    from lmlab.models.ngram import (
+        DiscountFallbackWarning,
+        NgramLM,
+        read_texts,
+        text_sentences,
+        whitespace_warning,
+    )
     from lmlab.tokenizer import Tokenizer
 
     if Path(out).suffix == ".arpa" and smoothing != "kn":
@@ -955,8 +1008,11 @@ def ngram_train(corpus_dir: Path, out: Path = Path("ngram.arpa"), order: int = 3
     if tok is not None:
         meta |= {"tokenizer": str(Path(tokenizer).resolve()), "tokenizer_sha256": tok.sha256}
     t0 = time.perf_counter()
-    sents = text_sentences(read_texts(corpus_dir, "train", progress=True), tokenizer=tok,
-                           use_jieba=jieba)
+    texts = read_texts(corpus_dir, "train", progress=True)
+    hint = whitespace_warning(texts, str(corpus_dir)) if level == "word" and not jieba else None
+    if hint:
+        print(hint, file=sys.stderr, flush=True)
+    sents = text_sentences(texts, tokenizer=tok, use_jieba=jieba)
     t1 = time.perf_counter()
     opts = {"order": order, "smoothing": smoothing, "min_count": min_count, "k": k,
             "discount_fallback": discount_fallback, "meta": meta}
@@ -983,7 +1039,7 @@ def ngram_train(corpus_dir: Path, out: Path = Path("ngram.arpa"), order: int = 3
     _say(f"wrote {out} ({model.num_params:,} entries)")
 
 
-def ngram_eval(model: Path, text: Path, tokenizer: Path | None = None,
+def ngram_eval(model: InFile, text: InPath, tokenizer: InFile | None = None,
                json_out: bool = False) -> None:
     """Perplexity and bits per byte of text under an n-gram model (.arpa or .npz).
 
@@ -1006,8 +1062,9 @@ def ngram_eval(model: Path, text: Path, tokenizer: Path | None = None,
         _say(json.dumps(res))
 
 
-def ngram_sample(model: Path, prompt: str = "", num: int = 1, max_len: int = 50,
-                 temperature: float = 1.0, seed: int = 0, tokenizer: Path | None = None) -> None:
+def ngram_sample(model: InFile, prompt: str = "", num: Count = 1, max_len: Count = 50,
+                 temperature: NonNegativeFloat = 1.0, seed: int = 0,
+                 tokenizer: InFile | None = None) -> None:
     """Sample sentences from an n-gram model, one per line; each stops at </s>.
 
     Args:
@@ -1037,20 +1094,24 @@ def ngram_sample(model: Path, prompt: str = "", num: int = 1, max_len: int = 50,
             _say(("" if use_jieba else " ").join(words + [lm.id_to_word(j) for j in ids]))
 
 
-def embed_train(corpus: Path,
+def embed_train(corpus: Source,
                 method: Literal["skipgram", "word2vec", "cbow", "fasttext", "glove"] = "skipgram",
-                dim: int = 100, window: int = 5, min_count: int = 5, epochs: int | None = None,
-                x_max: float = 100.0, workers: int | None = None, seed: int = 0,
-                out: Path = Path("vectors.txt"), binary: bool = False, eval: bool = True,
-                restrict_vocab: int = 30_000) -> None:
+                dim: Count = 100, window: Count = 5, min_count: Count = 5,
+                epochs: Count | None = None, x_max: PositiveFloat = 100.0,
+                workers: Count | None = None, seed: int = 0,
+                out: OutFile = Path("vectors.txt"), binary: bool = False, eval: bool = True,
+                restrict_vocab: Count = 30_000, jieba: bool = False,
+                overwrite: bool = False) -> None:
     """Train word vectors (word2vec, fastText or GloVe) and evaluate them.
 
-    Text is lowercased and split into words and punctuation marks (each
-    Chinese character a word); each line is a sentence. word2vec and fastText
-    are trained by gensim; GloVe by lmlab (co-occurrence counts, then AdaGrad).
-    Prints training words/s and, unless --no-eval, the analogy accuracy and
-    WordSim-353 / SimLex-999 correlations. Small corpora (a million words)
-    give low analogy scores: the word2vec papers trained on billions.
+    Text is lowercased and split into words and punctuation marks; each line
+    is a sentence. Chinese segmented by spaces keeps its words; raw Chinese is
+    cut into words by jieba with --jieba, else into characters (with a
+    warning). word2vec and fastText are trained by gensim; GloVe by lmlab
+    (co-occurrence counts, then AdaGrad). Prints training words/s and, unless
+    --no-eval, the analogy accuracy and WordSim-353 / SimLex-999 correlations
+    (English sets: skipped, with a note, on Chinese vectors). Small corpora (a
+    million words) give low analogy scores: the word2vec papers trained on billions.
 
     Args:
         corpus: a folder made by `lmlab corpus`, a text file (one document per
@@ -1068,15 +1129,18 @@ def embed_train(corpus: Path,
         binary: write word2vec binary instead of text
         eval: evaluate on the analogy and word-similarity sets (--no-eval to skip)
         restrict_vocab: analogy answers are searched among this many most frequent words
+        jieba: segment Chinese text into words with jieba
+        overwrite: replace OUT if it exists
 
     Examples:
         lmlab embed train default --method skipgram --out data/w2v.txt
         lmlab embed train data/wiki --method glove --x-max 10 --out data/glove.txt
         lmlab embed train reviews.txt --method fasttext --dim 50 --min-count 2 --no-eval
+        lmlab embed train data/zh --jieba --min-count 2 --out zh.txt
     """
     from lmlab.models.embeddings import evaluate, read_sentences, train_vectors
 
-    sentences = read_sentences(corpus)
+    sentences = read_sentences(corpus, jieba=jieba)
     kwargs = {"x_max": x_max} if method == "glove" else {}
     result = train_vectors(sentences, method, dim=dim, window=window, min_count=min_count,
                            epochs=epochs, seed=seed, workers=workers, **kwargs)
@@ -1089,7 +1153,7 @@ def embed_train(corpus: Path,
         _say(evaluate(result.vectors, restrict_vocab=restrict_vocab).format())
 
 
-def embed_eval(vectors: Path, restrict_vocab: int = 30_000) -> None:
+def embed_eval(vectors: InFile, restrict_vocab: Count = 30_000) -> None:
     """Evaluate word vectors: analogies per section, WordSim-353 and SimLex-999.
 
     Analogies ("man is to king as woman is to ?") are answered by 3CosAdd
@@ -1112,7 +1176,7 @@ def embed_eval(vectors: Path, restrict_vocab: int = 30_000) -> None:
     _say(evaluate(wv, restrict_vocab=restrict_vocab).format())
 
 
-def embed_neighbors(vectors: Path, word: list[str], top: int = 10) -> None:
+def embed_neighbors(vectors: InFile, word: list[str], top: Count = 10) -> None:
     """Show the nearest words (by cosine similarity) of each word given.
 
     Args:
@@ -1125,14 +1189,84 @@ def embed_neighbors(vectors: Path, word: list[str], top: int = 10) -> None:
     """
     from lmlab.models.embeddings import load_vectors
 
-    if top < 1:
-        raise LmlabError(f"--top must be at least 1, got {top}")
     wv = load_vectors(vectors)
     for w in word:
         key = w if w in wv else w.lower()
         _say(f"{w}:")
         for other, sim in wv.most_similar(key, top):
             _say(f"  {sim:6.3f}  {other}")
+
+
+def baseline(*, train: InPath, test: InFile | None = None, validation: InFile | None = None,
+             features: Literal["auto", "word", "char", "jieba"] = "auto",
+             text_field: str = "text", label_field: str = "label", encoding: str = "utf-8",
+             val_fraction: Share = 0.1, test_fraction: Share = 0.1, seed: int = 0,
+             out: OutFile | None = None, overwrite: bool = False) -> None:
+    """Score a TF-IDF + logistic-regression text classifier: what fine-tuning must beat.
+
+    Reads the files `lmlab finetune --task classify` reads and carves the
+    splits it carves: without --test, the same --val-fraction,
+    --test-fraction and --seed give the same test set (the validation split
+    is held out and unused). --train may also be a finetune run folder: its
+    split files, or the data and settings of its finetune_config.json. Trains
+    on the train split, scores the test split.
+
+    Features: word (word 1-2-grams), char (character 1-3-grams within words,
+    the usual choice for Chinese), jieba (1-2-grams of jieba's Chinese words);
+    auto picks char for Chinese text, word otherwise. Terms in fewer than 2
+    training texts are dropped; classes are weighted by inverse frequency.
+
+    Args:
+        train: labelled training file, or a `lmlab finetune` run folder
+        test: labelled test file (default: carved from --train)
+        validation: labelled validation file (only changes what is carved, as in finetune)
+        features: auto, word, char or jieba
+        text_field: the text column/key
+        label_field: the label column/key
+        encoding: text encoding of the data files
+        val_fraction: share of --train held out for validation when no --validation
+        test_fraction: share of --train held out for testing when no --test
+        seed: random seed of the splits and the model
+        out: also write the report to this JSON file
+        overwrite: replace --out's file if it exists
+
+    Examples:
+        lmlab baseline --train reviews.jsonl --test reviews-test.jsonl
+        lmlab baseline --train reviews.csv --text-field review --features jieba
+        lmlab baseline --train runs/reviews-bert --out runs/reviews-bert/baseline.json
+    """
+    from lmlab.atomic import write_text
+    from lmlab.baselines import DESCRIPTIONS, tfidf_logreg
+    from lmlab.data.tasks import load_splits, read_run_splits
+
+    train = Path(train)
+    if train.is_dir():
+        if test is not None or validation is not None:
+            raise LmlabError(f"{train} is a run folder with its own splits; give --test and "
+                             "--validation only with a data file as --train")
+        splits = read_run_splits(train, "classify")
+    else:
+        splits = load_splits(train, validation, test, "classify", seed=seed,
+                             val_fraction=val_fraction, test_fraction=test_fraction,
+                             text_field=text_field, label_field=label_field, encoding=encoding)
+    if not splits["test"]:
+        raise LmlabError(f"{train}: no test examples; give --test FILE or a --test-fraction > 0")
+    result = tfidf_logreg(splits["train"], splits["test"], features=features, seed=seed)
+    n_labels = len(result.report.labels)
+    held = (f" ({len(splits['val']):,} validation examples held out, as finetune holds them)"
+            if splits["val"] else "")
+    _say(f"data: {len(splits['train']):,} train, {len(splits['test']):,} test, "
+         f"{n_labels} labels{held}")
+    _say(f"baseline: TF-IDF of {DESCRIPTIONS[result.features]} + logistic regression, "
+         f"{result.n_features:,} features, fitted in {result.fit_seconds:.1f}s")
+    _say(f"test ({result.report.n:,} examples):")
+    _say(result.report.format())
+    if out is not None:
+        report = {"train": str(train), "test": str(test) if test else None, "seed": seed,
+                  "validation_examples": len(splits["val"])} | result.to_dict()
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_text(Path(out), json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        _say(f"report: {out}")
 
 
 COMMANDS: dict = {
@@ -1153,4 +1287,5 @@ COMMANDS: dict = {
     "finetune": finetune,
     "predict": predict,
     "compare": compare,
+    "baseline": baseline,
 }

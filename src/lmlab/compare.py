@@ -33,7 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from lmlab.atomic import write_text
 from lmlab.errors import LmlabError
+from lmlab.options import refuse_foreign
 from lmlab.runs import markdown_table
 
 # Names a user can pass to --models; "ngram-N" takes any order N >= 1.
@@ -159,6 +161,11 @@ def notes(rows: Sequence[Row]) -> list[str]:
     return out
 
 
+# What `lmlab compare` makes in its folder, and so may replace when run again there.
+COMPARE_NAMES = {"data", "runs", "compare_config.json", "compare.md", "compare.json",
+                 "compare.png"}
+
+
 class Comparison:
     """Trains and scores each model of a :class:`CompareConfig`; ``run`` does it all."""
 
@@ -169,6 +176,7 @@ class Comparison:
         self.cfg = cfg
         self.say = say
         self.out = Path(cfg.out)
+        refuse_foreign(self.out, COMPARE_NAMES, "compare")
         if cfg.data is None:
             data = self.out / "data" / "shards"
             if not (data / "manifest.json").is_file():
@@ -256,8 +264,8 @@ class Comparison:
     def run(self) -> list[Row]:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "compare_config.json").write_text(
-            json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        write_text(self.out / "compare_config.json",
+                   json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
         jobs: list[tuple[str, Callable[[], Row]]] = []
         for name in cfg.models:
             kind, arg = _parse_model(name)
@@ -281,7 +289,6 @@ class Comparison:
         return self.rows
 
     def save(self) -> None:
-        from lmlab.atomic import write_text
 
         table = format_table(self.rows)
         text = "\n".join(f"- {n}." for n in notes(self.rows))

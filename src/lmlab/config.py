@@ -16,29 +16,33 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmlab.errors import LmlabError
+from lmlab.options import Count, Dropout, NonNegative, PositiveFloat, check_fields
 
 
 @dataclass
 class GPTConfig:
     """Hyper-parameters of a decoder-only Transformer (see ``models/gpt.py``)."""
 
-    vocab_size: int = 50257
-    block_size: int = 1024  # context length in tokens
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    n_kv_head: int | None = None  # < n_head: grouped-query attention (Ainslie et al. 2023)
-    intermediate_size: int | None = None  # MLP hidden width; derived when None
+    vocab_size: Count = 50257
+    block_size: Count = 1024  # context length in tokens
+    n_layer: Count = 12
+    n_head: Count = 12
+    n_embd: Count = 768
+    n_kv_head: Count | None = None  # < n_head: grouped-query attention (Ainslie et al. 2023)
+    intermediate_size: Count | None = None  # MLP hidden width; derived when None
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
-    norm_eps: float = 1e-5
+    norm_eps: PositiveFloat = 1e-5
     pos: Literal["learned", "rope"] = "learned"
-    rope_base: float = 10000.0
+    rope_base: PositiveFloat = 10000.0
     mlp: Literal["gelu", "swiglu"] = "gelu"
     bias: bool = True
     tie_embeddings: bool = True
-    dropout: float = 0.0
+    dropout: Dropout = 0.0
 
     def __post_init__(self) -> None:
+        # A config.json is user input: "n_layer": "two" or "norm": "batchnorm" is an
+        # error naming the field, not a TypeError from inside the model.
+        check_fields(self, "model config")
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.intermediate_size is None:
@@ -120,21 +124,22 @@ class BertConfig:
     checkpoint's config.json as an encoder's, so loaders can tell it from a GPT's.
     """
 
-    vocab_size: int = 30522
-    block_size: int = 512  # max_position_embeddings: the longest input in tokens
-    type_vocab_size: int = 2  # segment A / segment B
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    intermediate_size: int | None = None  # MLP hidden width; 4 * n_embd when None
-    norm_eps: float = 1e-12
-    dropout: float = 0.1  # embeddings, residual branches and task heads
-    attn_dropout: float = 0.1  # on the attention probabilities
-    pad_token_id: int = 0
+    vocab_size: Count = 30522
+    block_size: Count = 512  # max_position_embeddings: the longest input in tokens
+    type_vocab_size: Count = 2  # segment A / segment B
+    n_layer: Count = 12
+    n_head: Count = 12
+    n_embd: Count = 768
+    intermediate_size: Count | None = None  # MLP hidden width; 4 * n_embd when None
+    norm_eps: PositiveFloat = 1e-12
+    dropout: Dropout = 0.1  # embeddings, residual branches and task heads
+    attn_dropout: Dropout = 0.1  # on the attention probabilities
+    pad_token_id: NonNegative = 0
     pooler: bool = True  # tanh(dense) over the [CLS] state, used by NSP and classification
     model_type: Literal["bert"] = "bert"
 
     def __post_init__(self) -> None:
+        check_fields(self, "model config")
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.n_embd
         if self.n_embd % self.n_head:
@@ -173,9 +178,15 @@ def config_from_dict(d: dict[str, Any]) -> GPTConfig | BertConfig | RNNConfig:
 def load_config(path: Path) -> GPTConfig | BertConfig | RNNConfig:
     """Read a checkpoint's config.json (any family)."""
     try:
-        return config_from_dict(json.loads(Path(path).read_text()))
-    except json.JSONDecodeError as e:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise LmlabError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise LmlabError(f"{path}: not a model config (a JSON object was expected)")
+    try:
+        return config_from_dict(d)
+    except LmlabError as e:
+        raise LmlabError(f"{path}: {e}") from None
 
 
 # Sizes after Turc et al. 2019 ("Well-Read Students Learn Better": BERT-Tiny/Mini/Small/
@@ -209,28 +220,21 @@ class RNNConfig:
     """
 
     model_type: Literal["ffnn", "rnn", "lstm", "gru"] = "lstm"
-    vocab_size: int = 8192
-    block_size: int = 64
-    n_embd: int = 256  # token embedding width
-    n_hidden: int = 256  # hidden width (tanh layer of the ffnn, state of an RNN)
-    n_layer: int = 2  # hidden layers (ffnn) or stacked recurrent layers
-    context: int = 5  # ffnn: tokens read per prediction (an n-gram of order context + 1)
+    vocab_size: Count = 8192
+    block_size: Count = 64
+    n_embd: Count = 256  # token embedding width
+    n_hidden: Count = 256  # hidden width (tanh layer of the ffnn, state of an RNN)
+    n_layer: Count = 2  # hidden layers (ffnn) or stacked recurrent layers
+    context: Count = 5  # ffnn: tokens read per prediction (an n-gram of order context + 1)
     direct: bool = False  # ffnn: Bengio's direct connections from the window to the output
     bidirectional: bool = False  # encoders only: read the text both ways
-    dropout: float = 0.0
+    dropout: Dropout = 0.0
     # Output matrix = input embedding (Press & Wolf 2017, Inan et al. 2017); a hidden
     # width unlike n_embd goes through a linear projection first.
     tie_embeddings: bool = True
 
     def __post_init__(self) -> None:
-        if self.model_type not in RNN_TYPES:
-            raise LmlabError(f"model_type must be one of {', '.join(RNN_TYPES)}, "
-                             f"not {self.model_type!r}")
-        for name in ("vocab_size", "block_size", "n_embd", "n_hidden", "n_layer", "context"):
-            if getattr(self, name) < 1:
-                raise LmlabError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise LmlabError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_fields(self, "model config")
 
     @property
     def recurrent(self) -> bool:

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lmlab.options import refuse_foreign
+
 if TYPE_CHECKING:
     from lmlab.tokenizer import Tokenizer
 
@@ -52,6 +54,10 @@ def builtin_data(out: Path, vocab_size: int = 4096,
     return tok
 
 
+# What the demo makes in its folder, and so may replace when run again there.
+DEMO_NAMES = {"corpus", "tokenizer.json", "shards", "gpt"}
+
+
 def run_demo(out: Path, steps: int = 600, preset: str = "gpt-mini", vocab_size: int = 4096,
              prompt: str = "The history of") -> dict:
     """Run the whole pipeline in ``out``; return the figures it printed."""
@@ -62,6 +68,7 @@ def run_demo(out: Path, steps: int = 600, preset: str = "gpt-mini", vocab_size: 
     from lmlab.generate import SamplingConfig, generate_text
     from lmlab.train.loop import TrainConfig, Trainer
 
+    refuse_foreign(out, DEMO_NAMES, "demo")
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
 

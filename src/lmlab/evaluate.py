@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lmlab.errors import LmlabError
 from lmlab.models.gpt import GPT
 from lmlab.models.rnn import StatefulLM
 
@@ -57,6 +58,8 @@ def window_starts(n: int, block: int, stride: int) -> list[tuple[int, int]]:
     token is scored exactly once with at least ``block - stride`` tokens of
     context.
     """
+    if stride < 1:
+        raise ValueError(f"stride must be at least 1, got {stride}")  # else it never advances
     if n < 2:
         return []
     out = [(0, 0)]
@@ -172,6 +175,12 @@ def evaluate_documents(model: GPT | StatefulLM, tokenizer, docs: Sequence[str], 
     reads the whole stream as one, carrying its state (exact; ``stride`` and
     ``batch_size`` do not apply).
     """
+    if stride is not None and stride < 1:
+        raise LmlabError(f"stride must be at least 1, got {stride}")  # 0 or less never advances
+    if batch_size < 1:
+        raise LmlabError(f"batch size must be at least 1, got {batch_size}")
+    if not any(doc.strip() for doc in docs):
+        raise LmlabError("nothing to score: the text is empty")
     eos = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
     ids: list[int] = list(eos)
     for i, doc in enumerate(docs):

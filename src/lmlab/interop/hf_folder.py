@@ -117,9 +117,9 @@ def import_hf(folder: Path, out: Path) -> Path:
     folder = Path(folder)
     model = load_hf(folder)
     with atomic_dir(out) as tmp:
-        from safetensors.torch import save_file
+        from lmlab.atomic import save_safetensors
 
-        save_file(model_state(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_safetensors(model_state(model), tmp / "model.safetensors", metadata={"format": "pt"})
         model.config.save(tmp / "config.json")
         for name in TOKENIZER_FILES:
             if (folder / name).exists():
@@ -146,8 +146,7 @@ def hf_config_for(config: GPTConfig | BertConfig,
 def export_hf(checkpoint: Path, out: Path) -> Path:
     """Write an lmlab checkpoint as an HF folder: ``AutoModelForCausalLM`` loads a GPT's,
     ``BertForPreTraining`` / ``BertForMaskedLM`` / ``BertModel`` an encoder's."""
-    from safetensors.torch import save_file
-
+    from lmlab.atomic import save_safetensors
     from lmlab.train.checkpoint import load_model, model_state, resolve_checkpoint
 
     ckpt = resolve_checkpoint(checkpoint)
@@ -175,7 +174,7 @@ def export_hf(checkpoint: Path, out: Path) -> Path:
     if getattr(config, "tie_embeddings", False):
         theirs.pop("lm_head.weight", None)  # HF re-ties it from the input embedding
     with atomic_dir(out) as tmp:
-        save_file({k: v.contiguous() for k, v in theirs.items()}, str(tmp / "model.safetensors"),
+        save_safetensors({k: v.contiguous() for k, v in theirs.items()}, tmp / "model.safetensors",
                   metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
         for name in TOKENIZER_FILES:

@@ -67,9 +67,9 @@ def _write_checkpoint(tmp: Path, model: torch.nn.Module, tokenizer_json: Path | 
                       trainer_state: dict[str, Any] | None,
                       rng_tensors: dict[str, torch.Tensor] | None, step: int,
                       carry_tensors: dict[str, torch.Tensor] | None = None) -> None:
-    from safetensors.torch import save_file
+    from lmlab.atomic import save_safetensors
 
-    save_file(model_state(model), str(tmp / MODEL_FILE), metadata={"format": "pt"})
+    save_safetensors(model_state(model), tmp / MODEL_FILE, metadata={"format": "pt"})
     model.config.save(tmp / CONFIG_FILE)
     if tokenizer_json is not None:
         shutil.copyfile(tokenizer_json, tmp / TOKENIZER_FILE)
@@ -77,7 +77,7 @@ def _write_checkpoint(tmp: Path, model: torch.nn.Module, tokenizer_json: Path | 
         tensors, meta = _flatten_optimizer(optimizer)
         tensors.update({f"rng.{k}": v for k, v in (rng_tensors or {}).items()})
         tensors.update({f"carry.{k}": v for k, v in (carry_tensors or {}).items()})
-        save_file(tensors, str(tmp / OPTIM_FILE))
+        save_safetensors(tensors, tmp / OPTIM_FILE)
         state = dict(trainer_state or {}, step=step, optimizer=meta)
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 

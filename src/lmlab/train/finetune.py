@@ -757,15 +757,14 @@ def resolve_task_checkpoint(path: Path) -> Path:
 def save_task_checkpoint(folder: Path, model: TaskModel, tok: Tokenizer,
                          info: dict[str, Any], source: Path | None) -> Path:
     """Write ``folder`` atomically: weights, backbone config, task.json, tokenizer files."""
-    from safetensors.torch import save_file
-
+    from lmlab.atomic import save_safetensors
     from lmlab.interop.hf_folder import TOKENIZER_FILES
     from lmlab.train.checkpoint import model_state
 
     with atomic_dir(folder) as tmp:
         # TaskModel gives every tensor one owner (an LM head is dropped), so the
         # plain state dict is already free of duplicates.
-        save_file(model_state(model), str(tmp / "model.safetensors"),
+        save_safetensors(model_state(model), tmp / "model.safetensors",
                   metadata={"format": "pt"})
         model.config.save(tmp / "config.json")
         (tmp / TASK_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
