@@ -133,7 +133,7 @@ def tokenizer_train(corpus_dir: InPath, out: OutFile = Path("data/tokenizer.json
          f"{time.perf_counter() - t0:.1f}s; wrote {out}")
 
 
-def prepare(corpus_dir: InPath, tokenizer: InFile = Path("data/tokenizer.json"),
+def prepare(corpus_dir: InDir, tokenizer: InFile = Path("data/tokenizer.json"),
             out: OutDir = Path("data/shards"), shard_tokens: Count = 50_000_000,
             overwrite: bool = False) -> None:
     """Tokenize a corpus on all cores into memory-mapped token shards.

@@ -54,7 +54,8 @@ class GPTConfig:
                 hidden = int(2 * 4 * self.n_embd / 3)
                 self.intermediate_size = 64 * ((hidden + 63) // 64)
         if self.n_embd % self.n_head:
-            raise LmlabError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+            raise LmlabError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head} "
+                             "(--n-embd, --n-head)")
         if self.n_head % self.n_kv_head:
             raise LmlabError(f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}")
         if self.pos == "rope" and self.head_dim % 2:

@@ -17,6 +17,7 @@ import errno
 import inspect
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -36,8 +37,8 @@ class Range:
     hi_open: bool = False
 
     def contains(self, x: float) -> bool:
-        if isinstance(x, float) and math.isnan(x):
-            return False
+        if isinstance(x, float) and not math.isfinite(x):
+            return False  # nan and inf are never a sensible rate, size or share
         if self.lo is not None and (x <= self.lo if self.lo_open else x < self.lo):
             return False
         return not (self.hi is not None and (x >= self.hi if self.hi_open else x > self.hi))
@@ -221,9 +222,15 @@ _REASONS = {
 
 
 def describe_os_error(e: OSError) -> str:
-    """One line for a file-system error: the path, then what went wrong in plain words."""
+    """One line for a file-system error: the path, then what went wrong in plain words.
+
+    A hidden temporary name of :mod:`lmlab.atomic` is shown as the output it stands for.
+    """
     reason = _REASONS.get(e.errno or 0) or e.strerror or str(e)
     where = e.filename if e.filename not in (None, "") else None
+    if where is not None:
+        where = re.sub(r"(^|/)\.([^/]+)\.(?:partial|tmp|old)-\d+-[0-9a-f]+(?=/|$)", r"\1\2",
+                       str(where))
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         reason += " (free some space, or write elsewhere)"
     elif e.errno == errno.EROFS:

@@ -489,7 +489,10 @@ class Tokenizer:
                 )
             vocab[token] = i
         if UNK_TOKEN not in vocab:
-            raise LmlabError(f"{path}: no {UNK_TOKEN} token in vocab.txt, which WordPiece needs")
+            raise LmlabError(
+                f"{path}: not a tokenizer: read as a BERT vocab.txt (one token per line) it "
+                f"has no {UNK_TOKEN} token; give a tokenizer.json (`lmlab tokenizer train`) or "
+                "a BERT vocab.txt")
         model = models.WordPiece(
             vocab=vocab,
             unk_token=UNK_TOKEN,

@@ -876,13 +876,19 @@ _FIELD_SETTINGS = ("text_field", "label_field", "tokens_field", "tags_field", "c
 
 
 def write_splits(splits: dict[str, Sequence[Example]], folder: Path) -> list[Path]:
-    """Save each split as ``folder/splits/<name>.jsonl`` (train, val, test), atomically.
+    """Save each split as ``folder/splits/<name>.jsonl`` (train, val, test).
 
-    An empty split is written as an empty file, so the folder always says
-    which splits there were. :func:`read_run_splits` reads them back.
+    The splits folder appears whole or not at all (a crash never leaves a train
+    file without its test file). An empty split is written as an empty file, so
+    the folder always says which splits there were. :func:`read_run_splits`
+    reads them back.
     """
-    return [write_jsonl(splits.get(name, []), Path(folder) / SPLITS_DIR / f"{name}.jsonl")
-            for name in SPLIT_NAMES]
+    from lmlab.atomic import atomic_dir
+
+    with atomic_dir(Path(folder) / SPLITS_DIR) as tmp:
+        for name in SPLIT_NAMES:
+            write_jsonl(splits.get(name, []), tmp / f"{name}.jsonl")
+    return [Path(folder) / SPLITS_DIR / f"{name}.jsonl" for name in SPLIT_NAMES]
 
 
 def read_run_splits(run: Path, task: Task = "classify") -> dict[str, list[Any]]:

@@ -78,7 +78,15 @@ from lmlab.config import (
     RNNConfig,
     load_config,
 )
-from lmlab.data.tasks import ClassifyExample, LabelSet, QAExample, TagExample, Task
+from lmlab.data.tasks import (
+    SPLITS_DIR,
+    ClassifyExample,
+    LabelSet,
+    QAExample,
+    TagExample,
+    Task,
+    write_splits,
+)
 from lmlab.errors import LmlabError
 from lmlab.models.bert import (
     Bert,
@@ -98,7 +106,6 @@ BackboneKind = Literal["bert", "gpt", "rnn"]
 TASK_FILE = "task.json"
 FORMAT = "lmlab-finetuned"
 DEFAULT_MAX_LENGTH = 256
-SPLITS_DIR = "splits"  # OUT/splits/{train,val,test}.jsonl (data/tasks.read_run_splits reads them)
 IGNORE = -100  # cross_entropy's ignore_index: tokens that carry no tag target
 
 
@@ -422,9 +429,14 @@ class TaskEncoder:
         """Features of ``examples``; targets only when ``labelled``."""
         if self.task == "classify":
             return self._classify(examples, labelled)
+        from lmlab.tokenizer import warn_unknown
+
+        # classify counts [UNK]s in encode_batch; tag and qa encode piece by piece.
         if self.task == "tag":
+            warn_unknown(self.tok, [" ".join(ex.tokens) for ex in examples])
             return [self._tag(ex, labelled, f"{where} example {i + 1}")
                     for i, ex in enumerate(examples)]
+        warn_unknown(self.tok, [f"{ex.question} {ex.context}" for ex in examples])
         return [self._qa(ex, labelled) for ex in examples]
 
     def _classify(self, examples: Sequence[ClassifyExample], labelled: bool) -> list[Feature]:
@@ -912,7 +924,14 @@ class Finetuner:
             raise LmlabError("--class-weights applies to classify and tag, not qa")
         self.run_dir = Path(cfg.out)
         self._check_run_dir(overwrite)
-        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available()
+                                                      else "cpu"))
+        except RuntimeError:
+            raise LmlabError(f"--device {cfg.device}: not a device; use cpu or cuda "
+                             "(cuda:N for one of several GPUs)") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise LmlabError("--device cuda: no CUDA GPU is available here; use --device cpu")
 
         # -- data
         self.splits = load_splits(Path(cfg.train), _opt_path(cfg.validation),
@@ -1027,16 +1046,8 @@ class Finetuner:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.run_dir / "finetune_config.json",
                    json.dumps(dataclasses.asdict(self.cfg), indent=2) + "\n")
-        self._write_splits()
-
-    def _write_splits(self) -> None:
-        """OUT/splits/{train,val,test}.jsonl: the examples of each split, as read or
-        carved, in the format ``read_task_file`` reads; the folder appears whole."""
-        from lmlab.data.tasks import SPLIT_NAMES, write_jsonl
-
-        with atomic_dir(self.run_dir / SPLITS_DIR) as tmp:
-            for name in SPLIT_NAMES:
-                write_jsonl(self.splits.get(name, []), tmp / f"{name}.jsonl")
+        # The examples of each split, as read or carved, so a baseline scores the same ones.
+        write_splits(self.splits, self.run_dir)
 
     def _discard_run(self, made: Path | None) -> None:
         """After a failure before any checkpoint: remove the folder this run made, or
