@@ -173,7 +173,7 @@ def build_models():
     from lmlab.config import GPTConfig
     from lmlab.interop.hf_gpt2 import hf_gpt2_config, to_hf_gpt2
     from lmlab.models.gpt import GPT
-    from lmlab.train.checkpoint import model_state
+    from lmlab.models.weights import model_state
 
     cfg = GPTConfig.from_name(PRESET)
     torch.manual_seed(0)
@@ -306,7 +306,7 @@ def per_token_overhead(n: int = 200) -> tuple[float, float]:
     from lmlab.config import GPTConfig
     from lmlab.interop.hf_gpt2 import hf_gpt2_config, to_hf_gpt2
     from lmlab.models.gpt import GPT
-    from lmlab.train.checkpoint import model_state
+    from lmlab.models.weights import model_state
 
     cfg = GPTConfig(n_layer=12, n_head=12, n_embd=96, vocab_size=128, block_size=1024)
     torch.manual_seed(0)

@@ -136,7 +136,7 @@ def train_config(shards: Path, out: Path, total_steps: int, dtype: str = "float3
 def lmlab_run(name: str, shards: Path, out: Path, total_steps: int, dtype: str,
               compile: bool) -> tuple[Run, dict[str, torch.Tensor]]:
     """A Trainer as `lmlab pretrain` builds it; returns the run and its initial weights."""
-    from lmlab.train.checkpoint import model_state
+    from lmlab.models.weights import model_state
     from lmlab.train.loop import Trainer, lr_at
 
     t0 = time.perf_counter()

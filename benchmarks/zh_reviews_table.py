@@ -165,6 +165,9 @@ def unk_share(model_dir: Path, test_file: Path) -> float:
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    # The folder's tokenizer.json pads every batch to 128: padding would count as tokens.
+    tok.no_padding()
+    tok.no_truncation()
     unk = tok.token_to_id("[UNK]")
     texts, _ = read_split(test_file)
     ids = [i for enc in tok.encode_batch(texts, add_special_tokens=False) for i in enc.ids]

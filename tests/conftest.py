@@ -48,7 +48,7 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
     """The model weights of a run's latest checkpoint."""
     from safetensors.torch import load_file
 
-    from lmlab.train.checkpoint import resolve_checkpoint
+    from lmlab.models.weights import resolve_checkpoint
 
     return load_file(str(resolve_checkpoint(run) / "model.safetensors"))
 
@@ -57,7 +57,7 @@ def interrupt_and_resume(cfg: dict[str, Any], root: Path, die_at: int,
                          monkeypatch: pytest.MonkeyPatch) -> str:
     """Train ``root/straight`` to the end; train ``root/broken``, killed as step ``die_at``
     begins, then resumed to the end. Returns the checkpoint the resume started from."""
-    from lmlab.train.checkpoint import resolve_checkpoint
+    from lmlab.models.weights import resolve_checkpoint
     from lmlab.train.loop import TrainConfig, Trainer
 
     Trainer(TrainConfig(out=str(root / "straight"), **cfg), progress=False).fit()

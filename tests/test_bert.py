@@ -116,10 +116,10 @@ def test_convert_minilm_to_lmlab_and_back(minilm_dir, tmp_path):
     """HF folder -> lmlab checkpoint -> HF folder: BertModel gives the same hidden states."""
     from lmlab.cli import main
     from lmlab.models.bert import Bert
-    from lmlab.train.checkpoint import load_model
+    from lmlab.models.weights import load_checkpoint
 
     assert main(["convert", str(minilm_dir), "--out", str(tmp_path / "ckpt")]) == 0
-    model = load_model(tmp_path / "ckpt")
+    model = load_checkpoint(tmp_path / "ckpt")
     assert isinstance(model, Bert) and model.num_params() == 22_713_216
     assert main(["convert", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf")]) == 0
     ref = transformers.BertModel.from_pretrained(str(minilm_dir)).eval()

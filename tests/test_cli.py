@@ -118,7 +118,7 @@ def test_tokenizer_that_does_not_match_the_shards(pipeline, tmp_path, capsys):
 def test_checkpoint_of_another_config(pipeline, tmp_path, capsys):
     import shutil
 
-    from lmlab.train.checkpoint import resolve_checkpoint
+    from lmlab.models.weights import resolve_checkpoint
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(resolve_checkpoint(pipeline / "run"), ckpt)

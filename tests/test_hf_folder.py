@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lmlab.cli import main
-from lmlab.train.checkpoint import load_model
+from lmlab.models.weights import load_checkpoint
 
 transformers = pytest.importorskip("transformers")
 
@@ -31,7 +31,7 @@ def test_convert_round_trip_keeps_logits(kind, tied, tmp_path, capsys):
     hf = tiny_hf(kind, tied)
     hf.save_pretrained(tmp_path / "hf", safe_serialization=True)
     assert main(["convert", str(tmp_path / "hf"), "--out", str(tmp_path / "ours")]) == 0
-    ours = load_model(tmp_path / "ours")
+    ours = load_checkpoint(tmp_path / "ours")
     idx = torch.randint(0, 97, (2, 16))
     with torch.no_grad():
         expected = hf(idx).logits

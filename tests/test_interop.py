@@ -6,7 +6,7 @@ import torch
 from lmlab.config import GPTConfig
 from lmlab.interop.hf_gpt2 import from_hf_gpt2, hf_gpt2_config, to_hf_gpt2
 from lmlab.models.gpt import GPT
-from lmlab.train.checkpoint import model_state
+from lmlab.models.weights import model_state
 
 transformers = pytest.importorskip("transformers")
 

@@ -14,9 +14,9 @@ from lmlab.cli import main
 from lmlab.data.shards import TokenShards
 from lmlab.errors import LmlabError
 from lmlab.models.bert import BertForPreTraining
+from lmlab.models.weights import load_checkpoint, resolve_checkpoint
 from lmlab.runs import read_metrics
 from lmlab.tokenizer import Tokenizer
-from lmlab.train.checkpoint import load_model, resolve_checkpoint
 from lmlab.train.loop import TrainConfig, Trainer
 from lmlab.train.mlm import MLMData, MLMVocab, mask_tokens
 
@@ -182,7 +182,7 @@ def test_pretrain_mlm_nsp_through_the_cli(wp_shards, tmp_path, capsys):
     assert json.loads((ckpt / "config.json").read_text())["model_type"] == "bert"
     keys = set(weights(run))
     assert {k.split(".")[0] for k in keys} == {"bert", "mlm", "nsp"}
-    model = load_model(run)
+    model = load_checkpoint(run)
     assert isinstance(model, BertForPreTraining) and model.nsp is not None
     assert model.config.block_size == 64 and model.config.pad_token_id == 0
 

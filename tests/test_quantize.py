@@ -165,8 +165,9 @@ def test_bf16_model_then_int8():
 def test_cli_generate_quantize_int8(tmp_path, capsys):
     from lmlab.cli import main
     from lmlab.loading import load_for_inference
+    from lmlab.models.weights import TOKENIZER_FILE
     from lmlab.tokenizer import Tokenizer
-    from lmlab.train.checkpoint import TOKENIZER_FILE, save_checkpoint
+    from lmlab.train.checkpoint import save_checkpoint
 
     tok = Tokenizer.train(["the quick brown fox jumps over the lazy dog\n"] * 3, kind="char",
                           vocab_size=VOCAB, show_progress=False)

@@ -18,6 +18,7 @@ import torch
 from conftest import make_shards, weights
 from lmlab.cli import main
 from lmlab.errors import LmlabError
+from lmlab.models.weights import resolve_checkpoint
 from lmlab.runs import read_metrics
 from lmlab.tokenizer import Tokenizer
 from lmlab.train import checkpoint as ckpt
@@ -44,7 +45,7 @@ def _copy(run: Path, tmp_path: Path) -> tuple[Path, Path]:
     """A copy of ``run`` and the folder of its latest checkpoint."""
     dst = tmp_path / "run"
     shutil.copytree(run, dst)
-    return dst, ckpt.resolve_checkpoint(dst)
+    return dst, resolve_checkpoint(dst)
 
 
 def _truncate(path: Path) -> None:
@@ -169,7 +170,7 @@ def test_ctrl_c_saves_the_step_and_the_printed_command_resumes_exactly(
     _ctrl_c_at(monkeypatch, Trainer, "_train_step", 4)  # during step 4 (index 3)
     with pytest.raises(KeyboardInterrupt):
         Trainer(_cfg(char_shards, run, **kw), progress=False).fit()
-    assert ckpt.resolve_checkpoint(run).name == "step-000004"  # the step it stopped at
+    assert resolve_checkpoint(run).name == "step-000004"  # the step it stopped at
     err = capsys.readouterr().err
     line = next(x for x in err.splitlines() if x.startswith("interrupted"))
     assert line.startswith(f"interrupted at step 4; saved a checkpoint to {run}. Resume with: "
@@ -204,7 +205,7 @@ def test_ctrl_c_during_the_save_keeps_the_previous_checkpoint(char_shards, tmp_p
     monkeypatch.setattr(ckpt, "_write_checkpoint", write)
     with pytest.raises(KeyboardInterrupt):
         Trainer(_cfg(char_shards, run, max_steps=10, eval_interval=3), progress=False).fit()
-    assert ckpt.resolve_checkpoint(run).name == "step-000003"
+    assert resolve_checkpoint(run).name == "step-000003"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-000003"]
     err = capsys.readouterr().err
     assert "interrupted at step 5; the last checkpoint" in err and "step 3" in err
@@ -229,7 +230,7 @@ def test_a_real_ctrl_c_exits_130_with_the_resume_command(char_shards, tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    stopped = ckpt.resolve_checkpoint(run).name
+    stopped = resolve_checkpoint(run).name
     assert stopped >= "step-000020"
     step = int(stopped.removeprefix("step-"))
     assert f"interrupted at step {step}; saved a checkpoint to {run}. Resume with: " in err

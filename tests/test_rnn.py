@@ -20,8 +20,8 @@ from lmlab.config import RNN_PRESETS, RNNConfig, load_config
 from lmlab.errors import LmlabError
 from lmlab.evaluate import score_stream, score_tokens
 from lmlab.models.rnn import FeedForwardLM, RecurrentLM, RNNEncoder, build_lm
+from lmlab.models.weights import load_checkpoint, resolve_checkpoint
 from lmlab.runs import read_metrics
-from lmlab.train.checkpoint import load_model, resolve_checkpoint
 from lmlab.train.loop import TrainConfig, Trainer, stream_batch
 
 FAMILIES = ["ffnn", "rnn", "lstm", "gru"]
@@ -91,7 +91,7 @@ def test_tied_output_is_the_embedding_and_saved_once(tmp_path):
 
     save_checkpoint(tmp_path / "run", 0, projected, None)
     assert "lm_head.weight" not in weights(tmp_path / "run")
-    loaded = load_model(tmp_path / "run")
+    loaded = load_checkpoint(tmp_path / "run")
     assert isinstance(loaded, RecurrentLM)
     assert loaded.lm_head.weight is loaded.encoder.wte.weight
     x = torch.randint(0, 50, (1, 5))
@@ -196,7 +196,7 @@ def test_every_family_learns_through_the_trainer(kind, char_shards, tmp_path):
     val = result["val"]
     assert val["loss"] < math.log(512) - 1.5  # far better than uniform over the vocabulary
     assert set(val) >= {"loss", "perplexity", "bits_per_byte"}
-    assert result["params"] == load_model(run).num_params() and result["train_seconds"] > 0
+    assert result["params"] == load_checkpoint(run).num_params() and result["train_seconds"] > 0
     config = load_config(resolve_checkpoint(run) / "config.json")
     assert isinstance(config, RNNConfig) and config.model_type == kind
     assert config.n_embd == 32 and config.n_layer == 1 and config.block_size == 16
@@ -237,7 +237,7 @@ def test_eval_reads_the_text_as_one_stream(lstm_run, char_shards, capsys):
     text = char_shards.parent / "corpus" / "val.jsonl"
     assert main(["eval", str(lstm_run), str(text), "--json-out"]) == 0
     got = json.loads(capsys.readouterr().out)
-    model = load_model(lstm_run)
+    model = load_checkpoint(lstm_run)
     from lmlab.data.corpus import iter_documents
     from lmlab.tokenizer import Tokenizer
 
@@ -360,7 +360,7 @@ def test_a_pretrained_lstm_is_a_fine_tuning_backbone(lstm_run):
     from lmlab.train.finetune import load_backbone
 
     backbone, _, _, _ = load_backbone(lstm_run)
-    lm = load_model(lstm_run)
+    lm = load_checkpoint(lstm_run)
     assert isinstance(backbone, RNNEncoder)
     for k, v in lm.encoder.state_dict().items():
         assert torch.equal(backbone.state_dict()[k], v), k

@@ -15,8 +15,8 @@ import torch
 
 from conftest import interrupt_and_resume, weights
 from lmlab.errors import LmlabError
+from lmlab.models.weights import load_checkpoint, resolve_checkpoint
 from lmlab.runs import read_metrics
-from lmlab.train.checkpoint import load_model, resolve_checkpoint
 from lmlab.train.loop import TrainConfig, Trainer, lr_at
 
 TINY = dict(preset="gpt-nano", block_size=32, batch_size=8, lr=3e-3, warmup_steps=5,
@@ -49,7 +49,7 @@ def test_thirty_steps_loss_falls_and_run_folder_is_complete(char_shards, tmp_pat
     for f in ("model.safetensors", "config.json", "tokenizer.json", "optimizer.safetensors",
               "trainer_state.json"):
         assert (ckpt / f).exists(), f
-    model = load_model(run)
+    model = load_checkpoint(run)
     assert model.config.block_size == 32
 
 
@@ -136,5 +136,5 @@ def test_llama_style_and_grad_accumulation_train(char_shards, tmp_path):
     rows = read_metrics(tmp_path / "llama" / "metrics.jsonl")
     train = [r["loss"] for r in rows if r["split"] == "train"]
     assert train[-1] < train[0]
-    model = load_model(tmp_path / "llama")
+    model = load_checkpoint(tmp_path / "llama")
     assert model.config.norm == "rmsnorm" and model.config.n_kv_head == 2

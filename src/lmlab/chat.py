@@ -18,6 +18,8 @@ from functools import lru_cache
 from lmlab.errors import LmlabError
 from lmlab.generate import Completion, SamplingConfig, generate_text
 from lmlab.models.gpt import GPT
+from lmlab.models.registry import context_of
+from lmlab.models.rnn import StatefulLM
 from lmlab.tokenizer import Tokenizer
 
 PLAIN_TEMPLATE = (
@@ -56,7 +58,8 @@ def render_chat(template: str, messages: list[dict[str, str]], *,
 class ChatSession:
     """A conversation with one model; ``reply`` adds a user turn and answers it."""
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer, template: str | None = None, *,
+    def __init__(self, model: GPT | StatefulLM, tokenizer: Tokenizer,
+                 template: str | None = None, *,
                  system: str | None = None, cfg: SamplingConfig | None = None,
                  max_new_tokens: int = 256, seed: int | None = None,
                  warn: Callable[[str], None] | None = None) -> None:
@@ -66,7 +69,12 @@ class ChatSession:
         self.stops = () if template else PLAIN_STOPS
         self.system = system
         self.cfg = cfg or SamplingConfig(temperature=0.7, top_p=0.9)
-        self.max_new_tokens = min(max_new_tokens, model.config.block_size // 2)
+        # A Transformer's context bounds the reply and the history; a feed-forward or
+        # recurrent LM carries its state over any length (its block_size is only how far
+        # training back-propagated), so nothing is cut.
+        self.context = context_of(model)
+        self.max_new_tokens = (max_new_tokens if self.context is None
+                               else min(max_new_tokens, self.context // 2))
         self.seed = seed
         self.warn = warn or (lambda msg: print(msg, file=sys.stderr))
         self.messages: list[dict[str, str]] = []
@@ -86,7 +94,9 @@ class ChatSession:
 
     def prompt_ids(self) -> list[int]:
         """The rendered conversation, dropping the oldest turns until it fits the context."""
-        budget = self.model.config.block_size - self.max_new_tokens
+        if self.context is None:
+            return self._encode(self.messages)
+        budget = self.context - self.max_new_tokens
         first = 1 if self.system else 0
         dropped = 0
         ids = self._encode(self.messages)
@@ -95,7 +105,7 @@ class ChatSession:
             dropped += 1
             ids = self._encode(self.messages)
         if dropped:
-            self.warn(f"(the conversation outgrew the context of {self.model.config.block_size} "
+            self.warn(f"(the conversation outgrew the context of {self.context} "
                       f"tokens: dropped its {dropped} oldest message(s))")
         return ids
 

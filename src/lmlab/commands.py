@@ -264,13 +264,12 @@ def pretrain(data: InDir, out: OutDir | None = None,
         eval_interval=eval_interval, eval_tokens=eval_tokens,
         checkpoint_interval=checkpoint_interval, seed=seed, dtype=dtype, compile=compile,
         threads=threads)
-    from lmlab.config import RNNConfig
+    from lmlab.models.registry import family_of
 
     trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
     mc = trainer.model_config
     # A recurrent model has no context limit: its block is how far gradients flow back.
-    span = ("back-propagation length" if isinstance(mc, RNNConfig) and mc.recurrent
-            else "context")
+    span = "back-propagation length" if family_of(mc).batches == "streams" else "context"
     _say(f"model: {trainer.model.num_params():,} parameters ({cfg.preset}), "
          f"{span} {trainer.block}, vocab {mc.vocab_size:,}")
     result = trainer.fit()

@@ -166,7 +166,7 @@ class BertConfig:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
-def config_from_dict(d: dict[str, Any]) -> GPTConfig | BertConfig | RNNConfig:
+def config_from_dict(d: dict[str, Any]) -> ModelConfig:
     """The config a checkpoint's config.json describes: an encoder's, a decoder's, or a
     classic (feed-forward / recurrent) LM's, told apart by ``model_type``."""
     if d.get("model_type") == "bert":
@@ -176,7 +176,7 @@ def config_from_dict(d: dict[str, Any]) -> GPTConfig | BertConfig | RNNConfig:
     return GPTConfig.from_dict(d)
 
 
-def load_config(path: Path) -> GPTConfig | BertConfig | RNNConfig:
+def load_config(path: Path) -> ModelConfig:
     """Read a checkpoint's config.json (any family)."""
     try:
         d = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -274,3 +274,7 @@ RNN_PRESETS: dict[str, dict[str, Any]] = {
     "gru-classifier": dict(model_type="gru", n_embd=128, n_hidden=128, n_layer=1,
                            bidirectional=True, dropout=0.1, block_size=256),
 }
+
+
+# Any family's config (``models/registry.py`` says which family a config is).
+ModelConfig = GPTConfig | BertConfig | RNNConfig

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from lmlab.errors import LmlabError
 from lmlab.models.gpt import GPT
+from lmlab.models.registry import is_stateful
 from lmlab.models.rnn import StatefulLM
 
 
@@ -129,7 +130,7 @@ def score_tokens(model: GPT | StatefulLM, tokens: np.ndarray | torch.Tensor, *,
     """
     toks = torch.from_numpy(np.array(tokens[: max_tokens + 1] if max_tokens else tokens,
                                      dtype=np.int64))
-    if isinstance(model, StatefulLM):
+    if is_stateful(model):
         return score_stream(model, toks, streams=batch_size, progress=progress)
     block = model.config.block_size
     stride = min(stride or block, block)
@@ -189,7 +190,7 @@ def evaluate_documents(model: GPT | StatefulLM, tokenizer, docs: Sequence[str], 
         ids += tokenizer.encode(doc)
     block = model.config.block_size
     stride = min(stride or block, block)
-    stateful = isinstance(model, StatefulLM)
+    stateful = is_stateful(model)
     if stateful:
         batch_size = 1  # one stream: every token scored with the whole text before it
     bar = None

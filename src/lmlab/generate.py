@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from lmlab.models.gpt import GPT
+from lmlab.models.registry import context_of, is_stateful
 from lmlab.models.rnn import State, StatefulLM
 
 
@@ -199,7 +200,7 @@ def generate(model: GPT | StatefulLM, prompt: torch.Tensor, max_new_tokens: int,
     (``compile`` does not apply).
     """
     cfg = cfg or SamplingConfig()
-    if isinstance(model, StatefulLM):
+    if is_stateful(model):
         yield from generate_stateful(model, prompt, max_new_tokens, cfg, eos_id, generator, pad)
         return
     step = _compiled_decode() if compile else decode_one_token
@@ -339,8 +340,8 @@ def generate_texts(model: GPT | StatefulLM, tokenizer, prompts: Sequence[str | S
                              "start from")
         # A stateful LM has no context limit: its state reads any prompt.
         dropped = 0
-        if not isinstance(model, StatefulLM):
-            ids, dropped = fit_prompt(ids, model.config.block_size, max_new_tokens)
+        if (context := context_of(model)) is not None:
+            ids, dropped = fit_prompt(ids, context, max_new_tokens)
         if dropped:
             warn(f"warning: prompt is longer than the context; kept its last {len(ids)} "
                  f"tokens (dropped {dropped})")

@@ -1,7 +1,8 @@
 """Load any model lmlab can run: an lmlab run or checkpoint, an HF folder, a GGUF file.
 
-``load_for_inference`` is what `generate`, `eval` and `chat` call; it returns
-the model, its tokenizer and the chat template when the source has one.
+``load_model`` is the one way in, for every command; ``load_for_inference``
+(what `generate`, `eval` and `chat` call) adds the tokenizer and the chat
+template when the source has one, and refuses an encoder.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import torch
 
 from lmlab.errors import LmlabError
 from lmlab.models.gpt import GPT
+from lmlab.models.registry import kind_of
 from lmlab.models.rnn import StatefulLM
+from lmlab.models.weights import TOKENIZER_FILE, load_checkpoint, resolve_checkpoint
 from lmlab.tokenizer import Tokenizer
 
 
@@ -54,6 +57,38 @@ def eos_token_of_folder(folder: Path) -> str | None:
     return eos.get("content") if isinstance(eos, dict) else eos
 
 
+def _load(source: Path, device: str = "cpu") -> tuple[torch.nn.Module, Path, dict | None]:
+    """The model, the folder (or file) it came from, and a GGUF file's metadata."""
+    from lmlab.interop.hf_folder import is_hf_folder, load_hf
+
+    source = Path(source)
+    if source.suffix == ".gguf":
+        from lmlab.interop.gguf import load_gguf
+
+        if not source.is_file():
+            raise LmlabError(f"{source}: no such file")
+        model, tok, meta = load_gguf(source)
+        return model.to(device), source, dict(meta, tokenizer=tok)
+    if is_hf_folder(source):
+        return load_hf(source).to(device), source, None
+    folder = resolve_checkpoint(source)
+    return load_checkpoint(folder, device=device), folder, None
+
+
+def model_folder(source: Path | str) -> Path:
+    """The folder holding a model's files: an HF folder itself, a run's latest checkpoint."""
+    from lmlab.interop.hf_folder import is_hf_folder
+
+    return Path(source) if is_hf_folder(source) else resolve_checkpoint(Path(source))
+
+
+def load_model(source: Path | str, device: str = "cpu") -> torch.nn.Module:
+    """Any model lmlab reads, in eval mode: an lmlab run or checkpoint folder, a Hugging
+    Face folder (GPT-2, Llama, BERT) or a ``.gguf`` file. ``models/registry.py`` tells
+    what it is (``kind_of``, ``context_of``)."""
+    return _load(Path(source), device)[0]
+
+
 def load_for_inference(source: Path, tokenizer: Path | None = None, dtype: str = "float32",
                        quantize: str = "none") -> Loaded:
     """Model + tokenizer from a run/checkpoint folder, an HF folder or a ``.gguf`` file.
@@ -61,30 +96,15 @@ def load_for_inference(source: Path, tokenizer: Path | None = None, dtype: str =
     The model is a GPT-style decoder or, from an lmlab checkpoint, a classic
     feed-forward or recurrent LM (``models/rnn.py``); an encoder is refused.
     """
-    from lmlab.interop.hf_folder import is_hf_folder, load_hf
-    from lmlab.train.checkpoint import TOKENIZER_FILE, load_model, resolve_checkpoint
-
-    source = Path(source)
-    template = None
-    if source.suffix == ".gguf":
-        from lmlab.interop.gguf import load_gguf
-
-        if not source.is_file():
-            raise LmlabError(f"{source}: no such file")
-        model, tok, meta = load_gguf(source)
-        template = meta.get("chat_template")
-        folder = source
+    model, folder, gguf = _load(Path(source))
+    if kind_of(model) == "encoder":
+        raise LmlabError(f"{source}: is an encoder (BERT), which cannot generate or score "
+                         "text left to right; use it with `lmlab neighbors` or "
+                         "`lmlab finetune`")
+    if gguf is not None:
+        template = gguf.get("chat_template")
+        tok = Tokenizer.from_file(tokenizer) if tokenizer is not None else gguf["tokenizer"]
     else:
-        if is_hf_folder(source):
-            folder = source
-            model = load_hf(source)
-        else:
-            folder = resolve_checkpoint(source)
-            model = load_model(folder)
-        if not isinstance(model, GPT | StatefulLM):
-            raise LmlabError(f"{source}: is an encoder (BERT), which cannot generate or score "
-                             "text left to right; use it with `lmlab neighbors` or "
-                             "`lmlab finetune`")
         tok_path = folder / TOKENIZER_FILE
         if tokenizer is None and not tok_path.exists():
             raise LmlabError(f"{folder}: no {TOKENIZER_FILE} beside the model; pass --tokenizer")
@@ -92,8 +112,6 @@ def load_for_inference(source: Path, tokenizer: Path | None = None, dtype: str =
         eos = eos_token_of_folder(folder) if tokenizer is None else None
         tok = Tokenizer.from_file(tokenizer or tok_path, eos_token=eos)
         template = _template_from_folder(folder)
-    if tokenizer is not None and source.suffix == ".gguf":
-        tok = Tokenizer.from_file(tokenizer)
     if tok.vocab_size > model.config.vocab_size:
         raise LmlabError(f"{folder}: tokenizer has {tok.vocab_size} tokens but the model has "
                          f"only {model.config.vocab_size}")

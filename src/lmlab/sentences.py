@@ -16,6 +16,7 @@ import torch
 
 from lmlab.errors import LmlabError
 from lmlab.models.bert import Bert, BertForPreTraining, mean_pool
+from lmlab.models.registry import backbone_of, kind_of
 from lmlab.tokenizer import Tokenizer
 
 
@@ -48,7 +49,7 @@ def sentence_embeddings(encoder: Bert | BertForPreTraining, tok: Tokenizer,
 
     Texts are sorted by length into batches, so little compute goes to padding.
     """
-    bert = encoder.bert if isinstance(encoder, BertForPreTraining) else encoder
+    bert = backbone_of(encoder)  # a masked-LM model's encoder, without its heads
     bert.eval()
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = torch.empty(len(texts), bert.config.n_embd)
@@ -68,7 +69,7 @@ def load_encoder(source: Path, tokenizer: Path | None = None) -> tuple[Bert, Tok
     if not Path(source).exists():
         raise LmlabError(f"{source}: no such model folder")
     model, tok, _, _ = load_backbone(source, tokenizer)
-    if not isinstance(model, Bert):
+    if kind_of(model) != "encoder":
         raise LmlabError(f"{source}: not an encoder (BERT) model; sentence embeddings need one")
     return model, tok
 

@@ -285,7 +285,7 @@ def load_gguf(path: str | Path) -> tuple[GPT, Tokenizer, dict[str, Any]]:
     file has one, ``chat_template`` (a Jinja string).
     """
     from lmlab.models.gpt import GPT
-    from lmlab.train.checkpoint import build_model, model_state
+    from lmlab.models.weights import build_from_weights, model_state
 
     path = Path(path)
     reader = read_gguf(path)
@@ -301,4 +301,4 @@ def load_gguf(path: str | Path) -> tuple[GPT, Tokenizer, dict[str, Any]]:
         if name in sd and sd[name].shape != want:
             raise LmlabError(f"{path}: tensor {name} has shape {tuple(sd[name].shape)} but "
                              f"the GGUF metadata implies {tuple(want)}")
-    return build_model(config, sd, path), tokenizer, meta
+    return build_from_weights(config, sd, path), tokenizer, meta

@@ -20,9 +20,9 @@ from lmlab.atomic import atomic_dir
 from lmlab.config import BertConfig, GPTConfig
 from lmlab.errors import LmlabError
 from lmlab.interop import hf_bert, hf_gpt2, hf_llama
+from lmlab.models.registry import family_of
+from lmlab.models.weights import TOKENIZER_FILES
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "vocab.json", "merges.txt", "generation_config.json", "vocab.txt")
 _PICKLES = ("pytorch_model.bin", "model.bin", "pytorch_model.bin.index.json", "model.pt",
             "model.pth", "consolidated.00.pth")
 
@@ -93,7 +93,7 @@ def load_hf(folder: Path) -> torch.nn.Module:
     A BERT folder gives a ``BertForPreTraining`` if it holds the masked-LM head
     (``BertForMaskedLM`` / ``BertForPreTraining``), else a bare ``Bert`` encoder.
     """
-    from lmlab.train.checkpoint import build_model
+    from lmlab.models.weights import build_from_weights
 
     folder = Path(folder)
     cfg_path = folder / "config.json"
@@ -107,12 +107,12 @@ def load_hf(folder: Path) -> torch.nn.Module:
         ours = hf_gpt2.from_hf_gpt2(sd)
     else:
         ours = hf_llama.from_hf_llama(sd, config.n_layer, f"{folder} (config.json)")
-    return build_model(config, ours, folder / "model.safetensors").float()
+    return build_from_weights(config, ours, folder / "model.safetensors").float()
 
 
 def import_hf(folder: Path, out: Path) -> Path:
     """Convert an HF GPT-2, Llama or BERT folder into an lmlab checkpoint folder ``out``."""
-    from lmlab.train.checkpoint import model_state
+    from lmlab.models.weights import model_state
 
     folder = Path(folder)
     model = load_hf(folder)
@@ -130,7 +130,7 @@ def import_hf(folder: Path, out: Path) -> Path:
 def hf_config_for(config: GPTConfig | BertConfig,
                   architecture: str | None = None) -> dict[str, Any]:
     """config.json contents that ``transformers.AutoConfig`` reads back as this model."""
-    if isinstance(config, BertConfig):
+    if family_of(config).name == "bert":
         d = hf_bert.hf_bert_config(config)
         d.update(model_type="bert", architectures=[architecture or "BertModel"])
     elif config.norm == "layernorm":
@@ -147,13 +147,13 @@ def export_hf(checkpoint: Path, out: Path) -> Path:
     """Write an lmlab checkpoint as an HF folder: ``AutoModelForCausalLM`` loads a GPT's,
     ``BertForPreTraining`` / ``BertForMaskedLM`` / ``BertModel`` an encoder's."""
     from lmlab.atomic import save_safetensors
-    from lmlab.train.checkpoint import load_model, model_state, resolve_checkpoint
+    from lmlab.models.weights import load_checkpoint, model_state, resolve_checkpoint
 
     ckpt = resolve_checkpoint(checkpoint)
-    model = load_model(ckpt)
+    model = load_checkpoint(ckpt)
     config = model.config
     sd = model_state(model)
-    if isinstance(config, BertConfig):
+    if family_of(config).name == "bert":
         if not any(k.startswith("bert.") for k in sd):
             sd = {f"bert.{k}": v for k, v in sd.items()}  # a bare encoder
         arch = ("BertForPreTraining" if "nsp.weight" in sd else

@@ -206,6 +206,13 @@ class GPT(nn.Module):
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
+    def rebuild_buffers(self, device: torch.device | str = "cpu") -> None:
+        """Recompute the buffers that are not saved (RoPE tables): after a model built on
+        the meta device has had its weights loaded, they are still meta."""
+        if self.config.pos == "rope":
+            cos, sin = rope_cache(self.config)
+            self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
+
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters counted once (tied weights are shared)."""
         n = sum(p.numel() for p in self.parameters())

@@ -69,15 +69,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmlab.atomic import atomic_dir, missing_root, write_text
-from lmlab.config import (
-    BERT_PRESETS,
-    PRESETS,
-    RNN_PRESETS,
-    BertConfig,
-    GPTConfig,
-    RNNConfig,
-    load_config,
-)
+from lmlab.config import BERT_PRESETS, PRESETS, RNN_PRESETS, load_config
 from lmlab.data.tasks import (
     SPLITS_DIR,
     ClassifyExample,
@@ -90,14 +82,29 @@ from lmlab.data.tasks import (
 from lmlab.errors import LmlabError
 from lmlab.models.bert import (
     Bert,
-    BertForPreTraining,
     ClassificationHead,
     Pooling,
     SpanHead,
     TokenClassificationHead,
 )
 from lmlab.models.gpt import GPT
-from lmlab.models.rnn import FeedForwardLM, RecurrentLM, RNNEncoder
+from lmlab.models.registry import (
+    backbone_for,
+    backbone_of,
+    context_of,
+    family_of_preset,
+    hidden_width,
+    reader_of,
+    strip_for_task,
+)
+from lmlab.models.rnn import RNNEncoder
+from lmlab.models.weights import (
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    TOKENIZER_FILES,
+    load_weights,
+    read_tensors,
+)
 from lmlab.tokenizer import Tokenizer
 from lmlab.train.loop import StopOnInterrupt, check_range, make_optimizer
 
@@ -255,73 +262,48 @@ def load_backbone(source: str | Path, tokenizer: str | Path | Tokenizer | None =
     token of ``tokenizer``, initialises a recurrent preset's token embeddings
     (its width becomes ``dim``); it applies to recurrent presets only.
     """
-    from lmlab.interop.hf_folder import is_hf_folder, load_hf
-    from lmlab.loading import eos_token_of_folder
-    from lmlab.train.checkpoint import TOKENIZER_FILE, load_model, resolve_checkpoint
+    from lmlab.loading import eos_token_of_folder, load_model, model_folder
 
     name = str(source)
     path = Path(source)
     if embedding_init is not None and (path.exists() or name not in RNN_PRESETS):
         raise LmlabError(f"--model {name}: initial embeddings apply to a recurrent preset "
                          f"(random initialisation: {', '.join(_RNN_ENCODER_PRESETS)}) only")
-    if not path.exists() and name in RNN_PRESETS:
-        if name not in _RNN_ENCODER_PRESETS:
+    if not path.exists():
+        family = family_of_preset(name)
+        if family is None:
+            raise LmlabError(
+                f"--model {name}: unknown backbone source: not a folder nor a preset (BERT "
+                f"presets: {', '.join(BERT_PRESETS)}; GPT presets: {', '.join(PRESETS)}; "
+                f"recurrent presets: {', '.join(_RNN_ENCODER_PRESETS)})")
+        if family.reader is None:
             raise LmlabError(f"--model {name} is a feed-forward LM, not a text encoder; use a "
                              f"recurrent preset: {', '.join(_RNN_ENCODER_PRESETS)}")
         if tokenizer is None:
             raise LmlabError(f"--model {name} is a preset (random initialisation); it needs "
-                             "--tokenizer (a tokenizer.json)")
-        tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.from_file(tokenizer)
-        width = embedding_init.shape[1] if embedding_init is not None else None
-        config = RNNConfig.from_name(name, vocab_size=tok.vocab_size, n_embd=width)
-        return RNNEncoder(config, embedding_init), tok, None, None
-    if not path.exists() and (name in BERT_PRESETS or name in PRESETS):
-        if tokenizer is None:
-            raise LmlabError(f"--model {name} is a preset (random initialisation); it needs "
                              "--tokenizer (a tokenizer.json; for BERT a WordPiece one)")
-        tok = Tokenizer.from_file(tokenizer)
-        if name in BERT_PRESETS:
-            backbone: Backbone = Bert(BertConfig.from_name(name, vocab_size=tok.vocab_size,
-                                                           pad_token_id=tok.pad_id))
-        else:
-            backbone = GPT(GPTConfig.from_name(name, vocab_size=tok.vocab_size))
-        return backbone, tok, None, None
-    if not path.exists():
-        raise LmlabError(
-            f"--model {name}: unknown backbone source: not a folder nor a preset (BERT presets: "
-            f"{', '.join(BERT_PRESETS)}; GPT presets: {', '.join(PRESETS)}; recurrent presets: "
-            f"{', '.join(_RNN_ENCODER_PRESETS)})")
-    if is_hf_folder(path):
-        folder = path
-        model = load_hf(path)
-    else:
-        folder = resolve_checkpoint(path)
-        if (folder / TASK_FILE).exists():
-            raise LmlabError(f"{folder}: is already a fine-tuned {_read_task_info(folder)['task']}"
-                             " model; fine-tune from its pretrained backbone instead")
-        model = load_model(folder)
-    if isinstance(model, BertForPreTraining):
-        model = model.bert  # the MLM / NSP heads play no part in fine-tuning
-    if isinstance(model, RecurrentLM):
-        model = model.encoder  # embedding + RNN; the output layer plays no part
-    if isinstance(model, FeedForwardLM):
-        raise LmlabError(f"{source}: is a feed-forward LM, which reads a fixed window, not a "
-                         "whole text; fine-tune a recurrent, BERT or GPT model")
-    if not isinstance(model, Bert | GPT | RNNEncoder):
-        raise LmlabError(f"{source}: not a BERT, GPT or recurrent model")
+        tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.from_file(tokenizer)
+        overrides: dict[str, Any] = {"vocab_size": tok.vocab_size}
+        if family.kind == "encoder":
+            overrides["pad_token_id"] = tok.pad_id
+        if embedding_init is not None:  # its width becomes the vectors'
+            overrides["n_embd"] = embedding_init.shape[1]
+        config = family.config_cls.from_name(name, **overrides)
+        return backbone_for(config, embedding_init=embedding_init), tok, None, None
+    folder = model_folder(path)
+    if (folder / TASK_FILE).exists():
+        raise LmlabError(f"{folder}: is already a fine-tuned {_read_task_info(folder)['task']}"
+                         " model; fine-tune from its pretrained backbone instead")
+    try:
+        model = backbone_of(load_model(folder))  # MLM / NSP heads, an LM's output layer: gone
+    except LmlabError as e:
+        raise LmlabError(f"{source}: {e}") from None
     if tokenizer is None and not ((folder / TOKENIZER_FILE).exists()
                                   or (folder / "vocab.txt").exists()
                                   or (folder / "vocab.json").exists()):
         raise LmlabError(f"{folder}: no tokenizer beside the model; pass --tokenizer")
     tok = Tokenizer.from_file(tokenizer or folder, eos_token=eos_token_of_folder(folder))
     return model.float(), tok, folder, _default_pooling_of_folder(folder)
-
-
-def backbone_kind(backbone: Backbone) -> BackboneKind:
-    """How a backbone reads its input: "bert" ([CLS] ... [SEP]), "gpt" or "rnn" (the text)."""
-    if isinstance(backbone, Bert):
-        return "bert"
-    return "rnn" if isinstance(backbone, RNNEncoder) else "gpt"
 
 
 class TaskModel(nn.Module):
@@ -336,23 +318,11 @@ class TaskModel(nn.Module):
                  dropout: float) -> None:
         super().__init__()
         self.task = task
-        self.kind = backbone_kind(backbone)
+        self.kind = reader_of(backbone)
         self.pooling = pooling
         self.config = backbone.config
-        # A bidirectional RNN's states are both directions side by side.
-        C = backbone.out_dim if isinstance(backbone, RNNEncoder) else backbone.config.n_embd
-        pooler = None
-        if isinstance(backbone, Bert):
-            # BERT's pooler moves into the classification head when it is used
-            # ("cls" pooling, as BertForSequenceClassification), else it goes:
-            # one owner per tensor, so the checkpoint needs no de-duplication.
-            if task == "classify" and pooling == "cls":
-                pooler = backbone.pooler
-            backbone.pooler = None
-        elif isinstance(backbone, GPT):
-            # The LM head is not used by any task head (a tied one is wte, which
-            # stays); dropping it saves V x C parameters for an untied model.
-            backbone.lm_head = nn.Identity()
+        C = hidden_width(backbone)
+        pooler = strip_for_task(backbone, keep_pooler=task == "classify" and pooling == "cls")
         self.backbone = backbone
         head: nn.Module
         if task == "classify":
@@ -770,8 +740,7 @@ def save_task_checkpoint(folder: Path, model: TaskModel, tok: Tokenizer,
                          info: dict[str, Any], source: Path | None) -> Path:
     """Write ``folder`` atomically: weights, backbone config, task.json, tokenizer files."""
     from lmlab.atomic import save_safetensors
-    from lmlab.interop.hf_folder import TOKENIZER_FILES
-    from lmlab.train.checkpoint import model_state
+    from lmlab.models.weights import model_state
 
     with atomic_dir(folder) as tmp:
         # TaskModel gives every tensor one owner (an LM head is dropped), so the
@@ -793,43 +762,14 @@ def load_task_model(path: Path, device: str = "cpu"
                     ) -> tuple[TaskModel, Tokenizer, dict[str, Any]]:
     """A fine-tuned model (eval mode), its tokenizer and task info from ``path``
     (a run folder made by ``lmlab finetune`` or its ``best/`` folder)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     folder = resolve_task_checkpoint(path)
     info = _read_task_info(folder)
     config = load_config(folder / "config.json")
     with torch.device("meta"):
-        backbone: Backbone
-        if isinstance(config, BertConfig):
-            backbone = Bert(config)
-        elif isinstance(config, RNNConfig):
-            backbone = RNNEncoder(config)
-        else:
-            backbone = GPT(config)
-        model = TaskModel(backbone, info["task"], max(1, len(info["labels"])),
+        model = TaskModel(backbone_for(config), info["task"], max(1, len(info["labels"])),
                           info["pooling"], info.get("head_dropout", 0.1))
-    try:
-        sd = load_file(str(folder / "model.safetensors"), device=device)
-    except (SafetensorError, OSError) as e:
-        raise LmlabError(f"{folder / 'model.safetensors'}: unreadable ({e})") from None
-    expected = model.state_dict()
-    if set(sd) != set(expected):
-        missing = sorted(set(expected) - set(sd))
-        extra = sorted(set(sd) - set(expected))
-        raise LmlabError(f"{folder}: weights do not match config.json and task.json "
-                         f"(missing: {missing[:2]}, unexpected: {extra[:2]})")
-    for k, v in expected.items():
-        if sd[k].shape != v.shape:
-            raise LmlabError(f"{folder}: tensor {k} has shape {tuple(sd[k].shape)}, "
-                             f"expected {tuple(v.shape)}")
-    model.load_state_dict(sd, strict=True, assign=True)
-    if isinstance(config, GPTConfig) and config.pos == "rope":
-        from lmlab.models.gpt import rope_cache
-
-        # Non-persistent buffers were built on meta: rebuild them for real.
-        cos, sin = rope_cache(config)
-        model.backbone.rope_cos, model.backbone.rope_sin = cos.to(device), sin.to(device)
+    sd = read_tensors(folder / MODEL_FILE, device=device, what="fine-tuned model's weights")
+    load_weights(model, sd, folder / MODEL_FILE)
     tok = Tokenizer.from_file(folder / "tokenizer.json", eos_token=info.get("eos_token"))
     return model.eval(), tok, info
 
@@ -954,13 +894,13 @@ class Finetuner:
                 Path(cfg.vectors), cfg.tokenizer, cfg.vectors_max_words, cfg.seed)
         backbone, self.tok, self.source, folder_pooling = load_backbone(
             cfg.model, tokenizer, embedding_init)
-        kind = backbone_kind(backbone)
+        kind = reader_of(backbone)
         if self.tok.vocab_size > backbone.config.vocab_size:
             raise LmlabError(f"{cfg.tokenizer or cfg.model}: the tokenizer has "
                              f"{self.tok.vocab_size:,} tokens but the model only "
                              f"{backbone.config.vocab_size:,}")
         # A recurrent encoder has no context limit (its block_size is a training length).
-        context = backbone.config.block_size if kind != "rnn" else None
+        context = context_of(backbone)
         self.max_length = cfg.max_length or min(context or DEFAULT_MAX_LENGTH, DEFAULT_MAX_LENGTH)
         if context is not None and self.max_length > context:
             raise LmlabError(f"--max-length {self.max_length} is larger than the backbone's "

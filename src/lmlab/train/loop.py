@@ -54,16 +54,13 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.atomic import missing_root, write_text
-from lmlab.config import BERT_PRESETS, PRESETS, RNN_PRESETS, BertConfig, GPTConfig, RNNConfig
+from lmlab.config import BERT_PRESETS, PRESETS, RNN_PRESETS, ModelConfig, RNNConfig
 from lmlab.errors import LmlabError
 from lmlab.evaluate import LMScore, score_tokens
-from lmlab.models.bert import BertForPreTraining
-from lmlab.models.gpt import GPT
+from lmlab.models import weights
+from lmlab.models.registry import build_model, config_from_preset, family_of
 from lmlab.models.rnn import (
-    FeedForwardLM,
-    RecurrentLM,
     State,
-    build_lm,
     detach_state,
     state_from_tensors,
     state_to_tensors,
@@ -163,7 +160,7 @@ class TrainConfig:
         check_range("mask_prob", self.mask_prob, 0, 1, lo_open=True, hi_open=True)
 
     def model_config(self, vocab_size: int,
-                     pad_token_id: int = 0) -> GPTConfig | BertConfig | RNNConfig:
+                     pad_token_id: int = 0) -> ModelConfig:
         assert self.preset is not None  # set by __post_init__
         if self.preset in RNN_PRESETS:
             base = RNNConfig.from_name(self.preset)
@@ -173,14 +170,12 @@ class TrainConfig:
             return RNNConfig.from_name(
                 self.preset, vocab_size=vocab_size, n_layer=self.n_layer, n_embd=self.n_embd,
                 n_hidden=n_hidden, block_size=self.block_size, dropout=self.dropout)
-        if self.objective == "mlm":
-            return BertConfig.from_name(
-                self.preset, vocab_size=vocab_size, n_layer=self.n_layer, n_head=self.n_head,
-                n_embd=self.n_embd, block_size=self.block_size, dropout=self.dropout,
-                attn_dropout=self.dropout, pad_token_id=pad_token_id)
-        return GPTConfig.from_name(
-            self.preset, vocab_size=vocab_size, n_layer=self.n_layer, n_head=self.n_head,
-            n_embd=self.n_embd, block_size=self.block_size, dropout=self.dropout)
+        extra = ({"attn_dropout": self.dropout, "pad_token_id": pad_token_id}
+                 if self.objective == "mlm" else {})
+        return config_from_preset(
+            self.preset, self.objective, vocab_size=vocab_size, n_layer=self.n_layer,
+            n_head=self.n_head, n_embd=self.n_embd, block_size=self.block_size,
+            dropout=self.dropout, **extra)
 
 
 def check_range(name: str, value: float | None, lo: float, hi: float | None = None, *,
@@ -298,7 +293,8 @@ class Trainer:
         else:
             self.model_config = cfg.model_config(tokenizer.vocab_size)
         self.block = self.model_config.block_size
-        if isinstance(self.model_config, RNNConfig) and self.model_config.recurrent:
+        self.batches = family_of(self.model_config).batches
+        if self.batches == "streams":
             self.train_tokens = self.train_data.tokens()  # read in order, not by random windows
             if len(self.train_tokens) // cfg.batch_size <= self.block:
                 raise LmlabError(
@@ -326,13 +322,7 @@ class Trainer:
             state = self._load_resume_state()
         else:
             torch.manual_seed(cfg.seed)
-        self.model: GPT | BertForPreTraining | FeedForwardLM | RecurrentLM
-        if isinstance(self.model_config, BertConfig):
-            self.model = BertForPreTraining(self.model_config, nsp=cfg.nsp)
-        elif isinstance(self.model_config, RNNConfig):
-            self.model = build_lm(self.model_config)
-        else:
-            self.model = GPT(self.model_config)
+        self.model = build_model(self.model_config, nsp=cfg.nsp)
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay,
                                         (cfg.beta1, cfg.beta2))
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -432,7 +422,7 @@ class Trainer:
                           "over with --overwrite")
 
     def _load_resume_state(self) -> dict[str, Any]:
-        path = ckpt.resolve_checkpoint(self.run_dir)
+        path = weights.resolve_checkpoint(self.run_dir)
         file = path / ckpt.STATE_FILE
         if not file.is_file():
             raise self._damaged(file, "missing (this checkpoint holds weights only)")
@@ -460,7 +450,7 @@ class Trainer:
         """Shards made with another tokenizer than the run's: say so, before any shapes clash."""
         from lmlab.tokenizer import Tokenizer
 
-        file = path / ckpt.CONFIG_FILE
+        file = path / weights.CONFIG_FILE
         try:
             vocab = json.loads(file.read_text(encoding="utf-8"))["vocab_size"]
         except FileNotFoundError:
@@ -474,7 +464,7 @@ class Trainer:
                 f"size {ours:,}) than the run in {self.run_dir} (vocab size {vocab:,}); resume "
                 "with the shards the run was trained on, or start a new run (--overwrite or "
                 "another --out)")
-        tok_file = path / ckpt.TOKENIZER_FILE
+        tok_file = path / weights.TOKENIZER_FILE
         if tok_file.is_file():
             try:
                 same = Tokenizer.from_file(tok_file).sha256 == self.tokenizer.sha256
@@ -492,12 +482,12 @@ class Trainer:
 
         def read(file: Path, what: str) -> dict[str, torch.Tensor]:
             try:
-                return ckpt.read_tensors(file, what=what)
+                return weights.read_tensors(file, what=what)
             except LmlabError as e:
                 raise self._damaged(file, str(e).removeprefix(f"{file}: ")) from None
 
-        sd = read(path / ckpt.MODEL_FILE, "model weights")
-        ckpt.load_weights(self.model, sd, path / ckpt.MODEL_FILE)
+        sd = read(path / weights.MODEL_FILE, "model weights")
+        weights.load_weights(self.model, sd, path / weights.MODEL_FILE)
         optim_file = path / ckpt.OPTIM_FILE
         tensors = read(optim_file, "optimizer state")
         try:
@@ -543,13 +533,13 @@ class Trainer:
         which are the next blocks of its parallel streams (``stream_batch``).
         """
         cfg = self.cfg
-        if isinstance(self.model, RecurrentLM):
+        if self.batches == "streams":
             x, y, new_pass = stream_batch(self.train_tokens, cfg.batch_size, self.block, index)
             with _autocast(cfg.dtype):
                 logits, carry = self.compiled(x, None if new_pass else self.carry)  # (B, T, V)
             self.carry = detach_state(carry)
             return F.cross_entropy(logits.float().flatten(0, 1), y.flatten()), {}
-        if isinstance(self.model, FeedForwardLM):
+        if self.batches == "windows+past":
             # Each row comes with the context - 1 tokens before it, so its first
             # positions read a full window too.
             past = self.model_config.context - 1
@@ -558,7 +548,7 @@ class Trainer:
             with _autocast(cfg.dtype):
                 logits, _ = self.compiled(x[:, past:], x[:, :past])  # (B, T, V)
             return F.cross_entropy(logits.float().flatten(0, 1), y[:, past:].flatten()), {}
-        if cfg.objective == "mlm":
+        if self.batches == "masked":
             batch = self.mlm_train.sample(cfg.batch_size, self.generator)
             with _autocast(cfg.dtype):
                 mlm, nsp, _, _ = pretraining_losses(self.compiled, batch)
@@ -694,7 +684,7 @@ class Trainer:
                 bar.close()
             self.logger.close()
         return {"step": step, "val": last, "run_dir": str(self.run_dir),
-                "checkpoint": str(ckpt.resolve_checkpoint(self.run_dir)),
+                "checkpoint": str(weights.resolve_checkpoint(self.run_dir)),
                 "plot": str(self.run_dir / "loss.png"), "params": self.model.num_params(),
                 "train_seconds": time.perf_counter() - t_start}
 
