@@ -6,9 +6,9 @@ with gensim), from the same initial weights, on the same batches, with the
 same AdamW hyper-parameters, gradient clipping and warm-up + cosine schedule.
 
 * lmlab: ``lmlab.train.loop.Trainer`` built from a ``TrainConfig`` exactly as
-  ``lmlab pretrain`` builds it; each step runs ``Trainer._train_step`` plus the
-  lines of ``Trainer.fit`` around it (lr from ``lr_at``, clip, fused AdamW
-  step, zero_grad). Evaluation, checkpoints and logging are left out.
+  ``lmlab pretrain`` builds it; each step is ``Trainer.train_step``, the step
+  ``Trainer.fit`` runs (lr from ``lr_at``, forward and backward, clip, fused
+  AdamW step). Evaluation, checkpoints and logging are left out.
 * HF: ``GPT2LMHeadModel`` with ``attn_implementation="sdpa"``, initialized with
   lmlab's initial weights via ``to_hf_gpt2``; its batches come from the same
   ``TokenShards.sample_batch`` with an identically seeded ``torch.Generator``.
@@ -137,7 +137,7 @@ def lmlab_run(name: str, shards: Path, out: Path, total_steps: int, dtype: str,
               compile: bool) -> tuple[Run, dict[str, torch.Tensor]]:
     """A Trainer as `lmlab pretrain` builds it; returns the run and its initial weights."""
     from lmlab.models.weights import model_state
-    from lmlab.train.loop import Trainer, lr_at
+    from lmlab.train.loop import Trainer
 
     t0 = time.perf_counter()
     tr = Trainer(train_config(shards, out, total_steps, dtype, compile), progress=False)
@@ -153,18 +153,10 @@ def lmlab_run(name: str, shards: Path, out: Path, total_steps: int, dtype: str,
         return x, y
 
     tr.train_data.sample_batch = recording_sample  # type: ignore[method-assign]
-    params = list(tr.model.parameters())
 
     def step(s: int) -> float:
-        # The body of Trainer.fit's loop, minus logging/eval/checkpoints.
-        lr = lr_at(s, tr.cfg)
-        for group in tr.optimizer.param_groups:
-            group["lr"] = lr
-        loss = tr._train_step()
-        torch.nn.utils.clip_grad_norm_(params, tr.cfg.grad_clip)
-        tr.optimizer.step()
-        tr.optimizer.zero_grad(set_to_none=True)
-        return loss
+        # Trainer.fit's step, without its validation, logging and checkpoints.
+        return tr.train_step(s)[0]
 
     run.step = step
     run.setup_s = time.perf_counter() - t0

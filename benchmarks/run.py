@@ -2,6 +2,7 @@
 
     python benchmarks/run.py                   # everything, default settings (~5 min)
     python benchmarks/run.py --only train      # or: --only generate, smollm2, finetune, ngram
+    python benchmarks/run.py --only distributed  # 2 processes x 1 thread vs 1 x 2 (torchrun)
     python benchmarks/run.py --quick           # short smoke version (~1 min)
 
 Each benchmark runs its peer (Hugging Face transformers) in the same process
@@ -18,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_distributed  # noqa: E402
 import bench_finetune  # noqa: E402
 import bench_generate  # noqa: E402
 import bench_ngram  # noqa: E402
@@ -26,7 +28,10 @@ import bench_train  # noqa: E402
 from common import machine_line, wait_for_idle  # noqa: E402
 
 BENCHMARKS = {"train": bench_train, "generate": bench_generate, "smollm2": bench_smollm2,
-              "finetune": bench_finetune, "ngram": bench_ngram}
+              "finetune": bench_finetune, "ngram": bench_ngram,
+              "distributed": bench_distributed}
+# Run when no --only is given (distributed starts its own processes: ask for it by name).
+DEFAULT = ("train", "generate", "smollm2", "finetune", "ngram")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(2)
-    names = args.only or list(BENCHMARKS)
+    names = args.only or list(DEFAULT)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     print(f"# lmlab benchmarks{' (quick)' if args.quick else ''}\n")
     print(machine_line() + "\n")

@@ -11,7 +11,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from lmlab.errors import LmlabError
 from lmlab.options import (
@@ -174,12 +174,15 @@ def pretrain(data: InDir, out: OutDir | None = None,
              dropout: Dropout | None = None, batch_size: Count = 16,
              grad_accum: Count = 1, max_steps: Count = 1000, lr: PositiveFloat = 1e-3,
              min_lr: NonNegativeFloat | None = None, warmup_steps: NonNegative = 50,
-             weight_decay: NonNegativeFloat = 0.1, grad_clip: NonNegativeFloat = 1.0,
+             weight_decay: NonNegativeFloat = 0.1,
+             beta1: Annotated[float, Range(0, 1, hi_open=True)] = 0.9,
+             beta2: Annotated[float, Range(0, 1, hi_open=True)] = 0.95,
+             grad_clip: NonNegativeFloat = 1.0,
              eval_interval: Count = 100, eval_tokens: Count = 131072,
              checkpoint_interval: Count | None = None, seed: int = 1337,
              dtype: Literal["float32", "bfloat16"] = "float32", compile: bool = False,
-             threads: Count | None = None, resume: bool = False,
-             overwrite: bool = False) -> None:
+             device: str = "auto", fsdp: bool = False, threads: Count | None = None,
+             resume: bool = False, overwrite: bool = False) -> None:
     """Pretrain a GPT, a classic LM (feed-forward, RNN, LSTM, GRU) or a BERT encoder.
 
     --objective clm (the default) trains a GPT-style decoder to predict each next
@@ -206,6 +209,14 @@ def pretrain(data: InDir, out: OutDir | None = None,
     checkpoints (safetensors, written atomically) in OUT/checkpoints.
     `--resume` continues a stopped run exactly where its last checkpoint left it.
 
+    Launched by torchrun, it trains with DDP across the processes (gloo on
+    CPU, NCCL on GPU): each process reads --batch-size rows of every global
+    batch of batch-size x processes rows, gradients are averaged, and rank 0
+    alone writes the run folder. Resume with the same number of processes.
+    With --fsdp, FSDP2 shards parameters, gradients and optimizer state across
+    the processes instead (each layer a unit); checkpoints are gathered whole,
+    so they load in one process like any other.
+
     Args:
         data: a folder made by `lmlab prepare`
         out: the run folder (default: runs/gpt for clm, runs/bert for mlm)
@@ -231,6 +242,8 @@ def pretrain(data: InDir, out: OutDir | None = None,
         min_lr: final learning rate of the cosine decay (default lr/10)
         warmup_steps: steps of linear warm-up
         weight_decay: AdamW weight decay (matrices only)
+        beta1: AdamW's first-moment decay
+        beta2: AdamW's second-moment decay (0.95 as GPT-3; BERT used 0.999)
         grad_clip: clip the gradient norm to this
         eval_interval: validate every this many steps
         eval_tokens: validation tokens scored each time
@@ -239,6 +252,8 @@ def pretrain(data: InDir, out: OutDir | None = None,
         dtype: float32, or bfloat16 autocast (less memory; on CPUs without AMX it
             measured slower than float32, see benchmarks/RESULTS.md)
         compile: torch.compile the model
+        device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
+        fsdp: under torchrun: shard the model with FSDP2 instead of replicating it (DDP)
         threads: CPU threads (default: torch's choice)
         resume: continue the run in OUT from its last checkpoint
         overwrite: start over in OUT, deleting the run already there
@@ -250,7 +265,10 @@ def pretrain(data: InDir, out: OutDir | None = None,
         lmlab pretrain data/wiki-bpe8k --preset lstm-small --lr 3e-3 --out runs/lstm
         lmlab pretrain data/wiki-wp8k --objective mlm --nsp --lr 5e-4 --out runs/bert
         lmlab pretrain data/wiki-wp8k --objective mlm --whole-word-mask --out runs/bert-wwm
+        torchrun --nproc_per_node 2 -m lmlab pretrain data/wiki-bpe8k --out runs/ddp
+        torchrun --nproc_per_node 4 -m lmlab pretrain data/wiki-bpe8k --fsdp --out runs/fsdp
     """
+    from lmlab.train import distributed
     from lmlab.train.loop import TrainConfig, Trainer
 
     if out is None:
@@ -260,19 +278,43 @@ def pretrain(data: InDir, out: OutDir | None = None,
         data=str(data), out=str(out), preset=preset, n_layer=n_layer, n_head=n_head,
         n_embd=n_embd, block_size=block_size, dropout=dropout, batch_size=batch_size,
         grad_accum=grad_accum, max_steps=max_steps, lr=lr, min_lr=min_lr,
-        warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip,
-        eval_interval=eval_interval, eval_tokens=eval_tokens,
+        warmup_steps=warmup_steps, weight_decay=weight_decay, beta1=beta1, beta2=beta2,
+        grad_clip=grad_clip, eval_interval=eval_interval, eval_tokens=eval_tokens,
         checkpoint_interval=checkpoint_interval, seed=seed, dtype=dtype, compile=compile,
-        threads=threads)
+        device=device, fsdp=fsdp, threads=threads)
+
+    try:
+        trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
+        if trainer.world.main:
+            _pretrain_summary(trainer)
+        result = trainer.fit()
+    finally:
+        distributed.leave()
+    if trainer.world.main:
+        _pretrain_result(result, objective, out)
+
+
+def _pretrain_summary(trainer: Any) -> None:
+    """The model, and what one optimizer step reads."""
     from lmlab.models.registry import family_of
 
-    trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
-    mc = trainer.model_config
+    cfg, mc, world = trainer.cfg, trainer.model_config, trainer.world
     # A recurrent model has no context limit: its block is how far gradients flow back.
     span = "back-propagation length" if family_of(mc).batches == "streams" else "context"
     _say(f"model: {trainer.model.num_params():,} parameters ({cfg.preset}), "
-         f"{span} {trainer.block}, vocab {mc.vocab_size:,}")
-    result = trainer.fit()
+         f"{span} {trainer.block}, vocab {mc.vocab_size:,}, on {trainer.device}")
+    parts = [f"{cfg.batch_size} rows"]
+    if world.distributed:
+        parts.append(f"{world.size} processes")
+    if cfg.grad_accum > 1:
+        parts.append(f"{cfg.grad_accum} micro-batches")
+    if len(parts) > 1:
+        rows = cfg.batch_size * world.size * cfg.grad_accum
+        _say(f"global batch: {' x '.join(parts)} = {rows} rows of {trainer.block} tokens "
+             "per step")
+
+
+def _pretrain_result(result: dict[str, Any], objective: str, out: Path) -> None:
     val = result["val"]
     if val and objective == "mlm":
         nsp_part = f", NSP accuracy {val['nsp_accuracy']:.1%}" if "nsp_accuracy" in val else ""
@@ -290,7 +332,8 @@ def evaluate(checkpoint: InPath, text: InPath, tokenizer: InFile | None = None,
              split: Literal["val", "train"] = "val",
              stride: Count | None = None, batch_size: Count = 8,
              dtype: Literal["float32", "bfloat16"] = "float32",
-             quantize: Literal["none", "int8"] = "none", json_out: bool = False) -> None:
+             quantize: Literal["none", "int8"] = "none", device: str = "auto",
+             json_out: bool = False) -> None:
     """Perplexity and bits per byte of a checkpoint on a text file.
 
     Text longer than the context is scored with a sliding window: each token is
@@ -311,6 +354,7 @@ def evaluate(checkpoint: InPath, text: InPath, tokenizer: InFile | None = None,
         batch_size: windows per forward pass
         dtype: float32 or bfloat16
         quantize: int8 for weight-only int8 Linear layers (see `lmlab generate --help`)
+        device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
         json_out: print the result as JSON
 
     Examples:
@@ -333,7 +377,7 @@ def evaluate(checkpoint: InPath, text: InPath, tokenizer: InFile | None = None,
         what = str(text)
     if not any(d.strip() for d in docs):
         raise LmlabError(f"{what}: no text to score (empty)")
-    loaded = load_for_inference(checkpoint, tokenizer, dtype, quantize)
+    loaded = load_for_inference(checkpoint, tokenizer, dtype, quantize, device)
     model, tok, ckpt = loaded.model, loaded.tokenizer, loaded.source
     score = evaluate_documents(model, tok, docs, stride=stride, batch_size=batch_size)
     if score.tokens == 0:
@@ -354,7 +398,8 @@ def generate(checkpoint: InPath, prompt: str = "", max_new_tokens: Count = 100,
              stop: list[str] | None = None, seed: int | None = None,
              tokenizer: InFile | None = None,
              dtype: Literal["float32", "bfloat16"] = "float32", stream: bool = True,
-             quantize: Literal["none", "int8"] = "none", compile: bool = False) -> None:
+             quantize: Literal["none", "int8"] = "none", device: str = "auto",
+             compile: bool = False) -> None:
     """Generate text from a checkpoint, streamed to the terminal.
 
     Incremental decoding with a KV cache. A prompt longer than the context
@@ -381,6 +426,7 @@ def generate(checkpoint: InPath, prompt: str = "", max_new_tokens: Count = 100,
         quantize: int8 stores every Linear weight as int8 with one scale per output
             row (weight-only, applied after loading): ~4x less weight memory than
             float32 and faster decoding on CPUs, at a small cost in accuracy
+        device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
         compile: torch.compile the decode step (about a minute to compile on 2 cores;
             then faster per token, worth it for long outputs of many-layer models)
 
@@ -393,7 +439,7 @@ def generate(checkpoint: InPath, prompt: str = "", max_new_tokens: Count = 100,
     from lmlab.generate import SamplingConfig, generate_text
     from lmlab.loading import load_for_inference
 
-    loaded = load_for_inference(checkpoint, tokenizer, dtype, quantize)
+    loaded = load_for_inference(checkpoint, tokenizer, dtype, quantize, device)
     model, tok = loaded.model, loaded.tokenizer
     cfg = SamplingConfig(temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p,
                          repetition_penalty=repetition_penalty)
@@ -428,7 +474,7 @@ def chat(model: InPath, prompt: str | None = None, system: str | None = None,
          top_k: Count | None = None, repetition_penalty: PositiveFloat = 1.0,
          greedy: bool = False, seed: int | None = None, tokenizer: InFile | None = None,
          dtype: Literal["float32", "bfloat16"] = "float32",
-         quantize: Literal["none", "int8"] = "none") -> None:
+         quantize: Literal["none", "int8"] = "none", device: str = "auto") -> None:
     """Chat with a model in the terminal, answers streamed as they are generated.
 
     Uses the model's own chat template (from the GGUF metadata or the HF
@@ -452,6 +498,7 @@ def chat(model: InPath, prompt: str | None = None, system: str | None = None,
         tokenizer: tokenizer file (default: the model's own)
         dtype: float32 or bfloat16
         quantize: int8 for weight-only int8 Linear layers
+        device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
 
     Examples:
         lmlab chat SmolLM2-135M-Instruct.Q4_1.gguf
@@ -462,7 +509,7 @@ def chat(model: InPath, prompt: str | None = None, system: str | None = None,
     from lmlab.generate import SamplingConfig
     from lmlab.loading import load_for_inference
 
-    loaded = load_for_inference(model, tokenizer, dtype, quantize)
+    loaded = load_for_inference(model, tokenizer, dtype, quantize, device)
     cfg = SamplingConfig(temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p,
                          repetition_penalty=repetition_penalty)
     session = ChatSession(loaded.model, loaded.tokenizer, loaded.chat_template, system=system,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from lmlab.device import resolve_device
 from lmlab.errors import LmlabError
 from lmlab.models.gpt import GPT
 from lmlab.models.registry import kind_of
@@ -90,7 +91,7 @@ def load_model(source: Path | str, device: str = "cpu") -> torch.nn.Module:
 
 
 def load_for_inference(source: Path, tokenizer: Path | None = None, dtype: str = "float32",
-                       quantize: str = "none") -> Loaded:
+                       quantize: str = "none", device: str = "cpu") -> Loaded:
     """Model + tokenizer from a run/checkpoint folder, an HF folder or a ``.gguf`` file.
 
     The model is a GPT-style decoder or, from an lmlab checkpoint, a classic
@@ -123,4 +124,10 @@ def load_for_inference(source: Path, tokenizer: Path | None = None, dtype: str =
         quantize_int8(model)
     elif quantize != "none":
         raise LmlabError(f"unknown quantization {quantize!r} (choose none or int8)")
+    target = resolve_device(device)
+    if target.type != "cpu":
+        if quantize != "none":
+            raise LmlabError(f"--quantize {quantize} runs on the CPU only; drop it for "
+                             f"--device {device}")
+        model = model.to(target)
     return Loaded(model.eval(), tok, folder, template)

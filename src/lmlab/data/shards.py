@@ -307,12 +307,15 @@ class TokenShards:
         return np.concatenate(pieces)
 
     def sample_batch(
-        self, batch_size: int, block_size: int, generator: torch.Generator
+        self, batch_size: int, block_size: int, generator: torch.Generator,
+        rows: slice | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Random windows: x (B, T) and targets y (B, T) = x shifted left by one, int64.
 
         Window starts come only from ``torch.randint(generator=generator)``, so
-        restoring the generator's state reproduces the same batches.
+        restoring the generator's state reproduces the same batches. ``rows``
+        keeps some rows of the batch drawn (one process's share of a global
+        batch); the generator advances as for the whole batch.
         """
         import torch
 
@@ -324,6 +327,8 @@ class TokenShards:
             )
         # Start s needs s + T + 1 <= N, so s is drawn from [0, N - T).
         starts = torch.randint(0, self.num_tokens - T, (B,), generator=generator)
+        if rows is not None:
+            starts = starts[rows]
         rows = np.stack([self._window(int(s), T + 1) for s in starts])  # (B, T+1)
         buf = torch.from_numpy(rows.astype(np.int64))
         return buf[:, :-1].contiguous(), buf[:, 1:].contiguous()

@@ -28,22 +28,25 @@ STATE_FILE = "trainer_state.json"
 
 def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module,
                     tokenizer_json: Path | None,
-                    optimizer: torch.optim.Optimizer | None = None,
+                    optimizer: torch.optim.Optimizer | dict[str, Any] | None = None,
                     trainer_state: dict[str, Any] | None = None,
                     rng_tensors: dict[str, torch.Tensor] | None = None,
                     keep: int = 2,
-                    carry_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+                    carry_tensors: dict[str, torch.Tensor] | None = None,
+                    model_tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``run_dir/checkpoints/step-NNNNNN`` atomically and point ``latest`` at it.
 
     ``rng_tensors`` (generator states) and ``carry_tensors`` (state carried from
     step to step, e.g. a recurrent model's hidden state) are saved beside the
-    optimizer's, as ``rng.*`` and ``carry.*``.
+    optimizer's, as ``rng.*`` and ``carry.*``. A sharded model's weights and
+    optimizer state come gathered: ``model_tensors`` (``model_state``'s form) and
+    ``optimizer`` as a state dict.
     """
     ckpt_root = run_dir / "checkpoints"
     name = f"step-{step:06d}"
     with atomic_dir(ckpt_root / name) as tmp:
         _write_checkpoint(tmp, model, tokenizer_json, optimizer, trainer_state, rng_tensors,
-                          step, carry_tensors)
+                          step, carry_tensors, model_tensors)
     # Only a complete checkpoint folder can be named by "latest".
     write_text(ckpt_root / "latest", name + "\n")
     # Prune old checkpoints only after "latest" points at the new one.
@@ -54,13 +57,15 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module,
 
 
 def _write_checkpoint(tmp: Path, model: torch.nn.Module, tokenizer_json: Path | None,
-                      optimizer: torch.optim.Optimizer | None,
+                      optimizer: torch.optim.Optimizer | dict[str, Any] | None,
                       trainer_state: dict[str, Any] | None,
                       rng_tensors: dict[str, torch.Tensor] | None, step: int,
-                      carry_tensors: dict[str, torch.Tensor] | None = None) -> None:
+                      carry_tensors: dict[str, torch.Tensor] | None = None,
+                      model_tensors: dict[str, torch.Tensor] | None = None) -> None:
     from lmlab.atomic import save_safetensors
 
-    save_safetensors(model_state(model), tmp / MODEL_FILE, metadata={"format": "pt"})
+    save_safetensors(model_tensors if model_tensors is not None else model_state(model),
+                     tmp / MODEL_FILE, metadata={"format": "pt"})
     model.config.save(tmp / CONFIG_FILE)
     if tokenizer_json is not None:
         shutil.copyfile(tokenizer_json, tmp / TOKENIZER_FILE)
@@ -73,8 +78,9 @@ def _write_checkpoint(tmp: Path, model: torch.nn.Module, tokenizer_json: Path | 
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
 
-def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = optimizer.state_dict()
+def _flatten_optimizer(optimizer: torch.optim.Optimizer | dict[str, Any]
+                       ) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for pid, st in sd["state"].items():
@@ -106,6 +112,12 @@ def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Te
             if v.dim() > 0 and v.shape != params[i].shape:
                 raise ValueError(f"{key} has shape {tuple(v.shape)}, its parameter "
                                  f"{tuple(params[i].shape)}")
+            if v.dim() > 0 and hasattr(params[i], "device_mesh"):
+                # A sharded (FSDP2) parameter: its moments are sharded the same way.
+                from torch.distributed.tensor import distribute_tensor
+
+                v = distribute_tensor(v.to(params[i].device), params[i].device_mesh,
+                                      params[i].placements)
             state.setdefault(i, {})[name] = v
     for pid, sc in meta.get("scalars", {}).items():
         state.setdefault(int(pid), {}).update(sc)

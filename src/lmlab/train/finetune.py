@@ -52,7 +52,6 @@ Shapes: B batch, T tokens, C width, K labels.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -79,6 +78,7 @@ from lmlab.data.tasks import (
     Task,
     write_splits,
 )
+from lmlab.device import autocast, resolve_device
 from lmlab.errors import LmlabError
 from lmlab.models.bert import (
     Bert,
@@ -835,13 +835,6 @@ def linear_schedule(step: int, total: int, warmup: int, peak: float) -> float:
     return peak * max(0.0, (total - step) / max(1, total - warmup))
 
 
-def autocast(dtype: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on ``device`` for ``dtype == "bfloat16"``, else nothing."""
-    if dtype == "bfloat16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr, flush=True)
 
@@ -864,14 +857,7 @@ class Finetuner:
             raise LmlabError("--class-weights applies to classify and tag, not qa")
         self.run_dir = Path(cfg.out)
         self._check_run_dir(overwrite)
-        try:
-            self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available()
-                                                      else "cpu"))
-        except RuntimeError:
-            raise LmlabError(f"--device {cfg.device}: not a device; use cpu or cuda "
-                             "(cuda:N for one of several GPUs)") from None
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise LmlabError("--device cuda: no CUDA GPU is available here; use --device cpu")
+        self.device = resolve_device(cfg.device)
 
         # -- data
         self.splits = load_splits(Path(cfg.train), _opt_path(cfg.validation),

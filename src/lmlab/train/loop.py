@@ -55,6 +55,7 @@ import torch.nn.functional as F
 
 from lmlab.atomic import missing_root, write_text
 from lmlab.config import BERT_PRESETS, PRESETS, RNN_PRESETS, ModelConfig, RNNConfig
+from lmlab.device import autocast
 from lmlab.errors import LmlabError
 from lmlab.evaluate import LMScore, score_tokens
 from lmlab.models import weights
@@ -67,6 +68,7 @@ from lmlab.models.rnn import (
 )
 from lmlab.runs import MetricsLogger, plot_loss
 from lmlab.train import checkpoint as ckpt
+from lmlab.train import distributed
 from lmlab.train.mlm import (
     MLMData,
     MLMScore,
@@ -110,6 +112,8 @@ class TrainConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"
     compile: bool = False
     threads: int | None = None
+    device: str = "auto"  # auto: cuda when available, else cpu
+    fsdp: bool = False  # under torchrun: shard the model with FSDP2 instead of DDP
     objective: Literal["clm", "mlm"] = "clm"  # causal LM (GPT) or masked LM (BERT)
     nsp: bool = False  # mlm: add BERT's next-sentence prediction
     mask_prob: float = 0.15  # mlm: share of tokens selected for prediction
@@ -260,10 +264,16 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
 
 
-def _autocast(dtype: str) -> contextlib.AbstractContextManager:
-    if dtype == "bfloat16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+class _NoLog:
+    """The metrics log of a process other than rank 0, which writes nothing."""
+
+    path = None
+
+    def log(self, row: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class Trainer:
@@ -275,9 +285,20 @@ class Trainer:
         from lmlab.tokenizer import Tokenizer
 
         self.cfg = cfg
-        self.progress = progress
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        # Under torchrun: this process's rank among the others, and its own device.
+        if cfg.fsdp and not distributed.launched():
+            raise LmlabError("--fsdp shards the model across processes: launch the run with "
+                             "torchrun --nproc_per_node N (N > 1)")
+        self.world, self.device = distributed.join(cfg.device)
+        if cfg.fsdp and not self.world.distributed:
+            raise LmlabError("--fsdp needs more than one process (torchrun --nproc_per_node "
+                             "N, N > 1)")
+        self.progress = progress and self.world.main
+        # Every process draws the same global batch of batch_size x world_size rows from
+        # the same sampler and keeps its own rows: N processes step as one with N x B.
+        self.global_batch = cfg.batch_size * self.world.size
         data = Path(cfg.data)
         self.train_data = TokenShards(data, "train")
         self.val_data = TokenShards(data, "val")
@@ -296,10 +317,11 @@ class Trainer:
         self.batches = family_of(self.model_config).batches
         if self.batches == "streams":
             self.train_tokens = self.train_data.tokens()  # read in order, not by random windows
-            if len(self.train_tokens) // cfg.batch_size <= self.block:
+            if len(self.train_tokens) // self.global_batch <= self.block:
                 raise LmlabError(
                     f"{data}: the training split has {len(self.train_tokens):,} tokens, too "
-                    f"few for --batch-size {cfg.batch_size} parallel streams of --block-size "
+                    f"few for {self.global_batch} parallel streams (--batch-size "
+                    f"{cfg.batch_size} x {self.world.size} processes) of --block-size "
                     f"{self.block} (+1); lower one of them")
         self.run_dir = Path(cfg.out)
         has_run = (self.run_dir / "checkpoints" / "latest").exists()
@@ -322,7 +344,23 @@ class Trainer:
             state = self._load_resume_state()
         else:
             torch.manual_seed(cfg.seed)
-        self.model = build_model(self.model_config, nsp=cfg.nsp)
+        self.model = build_model(self.model_config, nsp=cfg.nsp).to(self.device)
+        if state is not None:
+            self._restore_weights(state)  # whole, before any sharding
+        elif self.world.distributed:
+            torch.manual_seed(cfg.seed + self.world.rank)  # its own dropout masks
+        self.ddp: torch.nn.Module | None = None
+        net: torch.nn.Module = self.model
+        if cfg.fsdp:
+            distributed.shard(self.model, self.world, self.device)
+        elif self.world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # BERT's pooler serves only NSP: without NSP its weights get no gradient.
+            self.ddp = net = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                else None, find_unused_parameters=cfg.objective == "mlm" and not cfg.nsp)
+        self.compiled = torch.compile(net) if cfg.compile else net
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay,
                                         (cfg.beta1, cfg.beta2))
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -336,20 +374,20 @@ class Trainer:
         self.step_parts: dict[str, float] = {}
         if cfg.objective == "mlm":
             self._setup_mlm()
-        if cfg.compile:
-            self.compiled = torch.compile(self.model)
-        else:
-            self.compiled = self.model
         # Only now, with every input checked, is the run folder made (or an old run in
-        # it replaced); a folder made here goes again if no checkpoint follows.
-        self.made_dir = self._start_run_dir(replace=has_run and not resume)
-        try:
-            write_text(self.run_dir / "train_config.json",
-                       json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-            self.logger = self._open_logger(self.start_step if resume else None)
-        except BaseException:
-            self._discard_run()
-            raise
+        # it replaced); a folder made here goes again if no checkpoint follows. Only
+        # rank 0 writes the run folder.
+        self.made_dir = None
+        self.logger: MetricsLogger | _NoLog = _NoLog()
+        if self.world.main:
+            self.made_dir = self._start_run_dir(replace=has_run and not resume)
+            try:
+                write_text(self.run_dir / "train_config.json",
+                           json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+                self.logger = self._open_logger(self.start_step if resume else None)
+            except BaseException:
+                self._discard_run()
+                raise
 
     # -- the run folder ----------------------------------------------------
     # What a run writes beside its checkpoints: removed with them when a run stops
@@ -372,7 +410,7 @@ class Trainer:
         A folder this run made is removed whole; in one that was already there,
         only what this run wrote goes.
         """
-        if (self.run_dir / "checkpoints" / "latest").exists():
+        if (self.run_dir / "checkpoints" / "latest").exists() or not self.world.main:
             return
         if self.made_dir is not None:
             shutil.rmtree(self.made_dir, ignore_errors=True)
@@ -399,6 +437,8 @@ class Trainer:
         cfg = self.cfg
         default = TrainConfig(data=cfg.data, out=cfg.out, objective=cfg.objective)
         words = ["lmlab", "pretrain", cfg.data, "--out", cfg.out]
+        if self.world.distributed:
+            words[:1] = ["torchrun", "--nproc_per_node", str(self.world.size), "-m", "lmlab"]
         for f in dataclasses.fields(cfg):
             value = getattr(cfg, f.name)
             if f.name in ("data", "out") or value is None or value == getattr(default, f.name):
@@ -437,6 +477,14 @@ class Trainer:
         saved = state.get("train_config", {})
         if not isinstance(saved, dict):
             raise self._damaged(file, "incomplete (train_config is not an object)")
+        was = state.get("world_size", 1)
+        if was != self.world.size:
+            # Each process's rows and random state come from the world size.
+            raise LmlabError(
+                f"{self.run_dir}: cannot resume with {self.world.size} process(es): the run "
+                f"was trained with {was} (world_size in {file}); resume it with "
+                f"{'torchrun --nproc_per_node ' + str(was) if was > 1 else 'one process'}, "
+                "or start over with --overwrite")
         for key in self.RESUME_KEYS:
             if key in saved and saved[key] != getattr(self.cfg, key):
                 now, then = _with(key, getattr(self.cfg, key)), _with(key, saved[key])
@@ -477,31 +525,39 @@ class Trainer:
                     f"{self.tokenizer_path} differs from {tok_file}); resume with the shards "
                     "the run was trained on, or start a new run (--overwrite or another --out)")
 
+    def _read(self, file: Path, what: str) -> dict[str, torch.Tensor]:
+        try:
+            return weights.read_tensors(file, what=what)
+        except LmlabError as e:
+            raise self._damaged(file, str(e).removeprefix(f"{file}: ")) from None
+
+    def _restore_weights(self, state: dict[str, Any]) -> None:
+        file = Path(state["path"]) / weights.MODEL_FILE
+        weights.load_weights(self.model, self._read(file, "model weights"), file)
+
     def _restore(self, state: dict[str, Any]) -> None:
+        """The optimizer, the random states and the carried state of the checkpoint."""
         path = Path(state["path"])
-
-        def read(file: Path, what: str) -> dict[str, torch.Tensor]:
-            try:
-                return weights.read_tensors(file, what=what)
-            except LmlabError as e:
-                raise self._damaged(file, str(e).removeprefix(f"{file}: ")) from None
-
-        sd = read(path / weights.MODEL_FILE, "model weights")
-        weights.load_weights(self.model, sd, path / weights.MODEL_FILE)
         optim_file = path / ckpt.OPTIM_FILE
-        tensors = read(optim_file, "optimizer state")
+        tensors = self._read(optim_file, "optimizer state")
         try:
             ckpt.load_optimizer(self.optimizer, tensors, state["optimizer"])
             self.generator.set_state(tensors["rng.sampler"])
-            torch.set_rng_state(tensors["rng.torch"])
+            rank = self.world.rank
+            torch.set_rng_state(tensors["rng.torch" if rank == 0 else f"rng.torch.rank{rank}"])
+            if self.device.type == "cuda" and "rng.cuda" in tensors:
+                torch.cuda.set_rng_state(tensors["rng.cuda" if rank == 0 else
+                                                 f"rng.cuda.rank{rank}"], self.device)
         except KeyError as e:
             raise self._damaged(optim_file, f"incomplete (no {e.args[0]})") from None
         except (ValueError, RuntimeError, TypeError) as e:
             raise self._damaged(optim_file, f"does not match the model ({e})") from None
         try:
-            self.carry = state_from_tensors({k.removeprefix("carry."): v
-                                             for k, v in tensors.items()
-                                             if k.startswith("carry.")})
+            # A distributed run saved every process's streams side by side (dim 1).
+            rows = self.world.rows(self.cfg.batch_size)
+            self.carry = state_from_tensors({
+                k.removeprefix("carry."): (v[:, rows] if self.world.distributed else v)
+                .to(self.device) for k, v in tensors.items() if k.startswith("carry.")})
         except (KeyError, ValueError) as e:
             raise self._damaged(optim_file, f"damaged carried state ({e})") from None
         pending = state.get("pending")
@@ -509,7 +565,8 @@ class Trainer:
             self.pending = {"losses": list(pending.get("losses", [])),
                             "parts": dict(pending.get("parts", {}))}
         self.start_step = state["step"]
-        print(f"resuming from {path} at step {self.start_step}", file=sys.stderr)
+        if self.world.main:
+            print(f"resuming from {path} at step {self.start_step}", file=sys.stderr)
 
     # -- masked LM -------------------------------------------------------
     def _setup_mlm(self) -> None:
@@ -522,7 +579,8 @@ class Trainer:
         # steps; about eval_tokens tokens, but no more than the split holds.
         per_batch = cfg.batch_size * self.block
         n = max(1, min(cfg.eval_tokens, self.val_data.num_tokens) // per_batch)
-        self.val_batches = fixed_batches(mlm_val, n, cfg.batch_size, seed=cfg.seed + 1)
+        self.val_batches = [b.map(lambda t: t.to(self.device)) for b in
+                            fixed_batches(mlm_val, n, cfg.batch_size, seed=cfg.seed + 1)]
         self.most_frequent_id = self.mlm_train.most_frequent_token()
 
     # -- one step ----------------------------------------------------------
@@ -534,8 +592,10 @@ class Trainer:
         """
         cfg = self.cfg
         if self.batches == "streams":
-            x, y, new_pass = stream_batch(self.train_tokens, cfg.batch_size, self.block, index)
-            with _autocast(cfg.dtype):
+            x, y, new_pass = stream_batch(self.train_tokens, self.global_batch, self.block,
+                                          index)
+            x, y = self._mine(x), self._mine(y)
+            with autocast(cfg.dtype, self.device):
                 logits, carry = self.compiled(x, None if new_pass else self.carry)  # (B, T, V)
             self.carry = detach_state(carry)
             return F.cross_entropy(logits.float().flatten(0, 1), y.flatten()), {}
@@ -543,62 +603,126 @@ class Trainer:
             # Each row comes with the context - 1 tokens before it, so its first
             # positions read a full window too.
             past = self.model_config.context - 1
-            x, y = self.train_data.sample_batch(cfg.batch_size, self.block + past,
-                                                self.generator)  # (B, past + T)
-            with _autocast(cfg.dtype):
+            x, y = self._sample(self.block + past)  # (B, past + T)
+            with autocast(cfg.dtype, self.device):
                 logits, _ = self.compiled(x[:, past:], x[:, :past])  # (B, T, V)
             return F.cross_entropy(logits.float().flatten(0, 1), y[:, past:].flatten()), {}
         if self.batches == "masked":
-            batch = self.mlm_train.sample(cfg.batch_size, self.generator)
-            with _autocast(cfg.dtype):
+            batch = self.mlm_train.sample(self.global_batch, self.generator).map(self._mine)
+            with autocast(cfg.dtype, self.device):
                 mlm, nsp, _, _ = pretraining_losses(self.compiled, batch)
             if nsp is None:
                 return mlm, {"mlm_loss": mlm}
             # BERT's objective: the sum of the two mean losses.
             return mlm + nsp, {"mlm_loss": mlm, "nsp_loss": nsp}
-        x, y = self.train_data.sample_batch(cfg.batch_size, self.block, self.generator)
-        with _autocast(cfg.dtype):
+        x, y = self._sample(self.block)
+        with autocast(cfg.dtype, self.device):
             logits = self.compiled(x)  # (B, T, V)
         return F.cross_entropy(logits.float().flatten(0, 1), y.flatten()), {}
+
+    def _mine(self, t: torch.Tensor) -> torch.Tensor:
+        """This process's rows of a global batch tensor, on its device."""
+        if self.world.distributed:
+            t = t[self.world.rows(self.cfg.batch_size)]
+        return t.to(self.device)
+
+    def _sample(self, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random windows x, y (B, T): this process's rows of the global batch."""
+        if self.world.distributed:
+            x, y = self.train_data.sample_batch(self.global_batch, T, self.generator,
+                                                rows=self.world.rows(self.cfg.batch_size))
+        else:
+            x, y = self.train_data.sample_batch(self.global_batch, T, self.generator)
+        return x.to(self.device), y.to(self.device)
+
+    def train_step(self, step: int) -> tuple[float, float]:
+        """One optimizer step (number ``step``, from 0): the learning rate of the schedule,
+        forward and backward over the micro-batches, the NaN check, gradient clipping and
+        the AdamW update. Returns the loss (the mean over processes) and the gradient
+        norm before clipping. ``fit`` adds validation, logging and checkpoints."""
+        cfg = self.cfg
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        self.step = step
+        loss = self._train_step()
+        if not math.isfinite(loss):
+            raise LmlabError(
+                f"step {step}: training loss is {loss}; try a lower --lr (now {cfg.lr:g}), "
+                "--dtype float32, or check the data for empty or corrupt shards")
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, float(norm)
 
     def _train_step(self) -> float:
         cfg = self.cfg
         loss_sum = 0.0
         part_sums: dict[str, float] = {}
         for i in range(cfg.grad_accum):
-            loss, parts = self._micro_batch_loss(self.step * cfg.grad_accum + i)
-            (loss / cfg.grad_accum).backward()
+            # DDP averages the gradients across processes in the last micro-batch's
+            # backward only; the others accumulate locally.
+            last = i == cfg.grad_accum - 1
+            if cfg.fsdp:
+                self.model.set_requires_gradient_sync(last)
+            with (self.ddp.no_sync() if self.ddp is not None and not last
+                  else contextlib.nullcontext()):
+                loss, parts = self._micro_batch_loss(self.step * cfg.grad_accum + i)
+                (loss / cfg.grad_accum).backward()
             loss_sum += loss.item()
             for k, v in parts.items():
                 part_sums[k] = part_sums.get(k, 0.0) + v.item()
-        self.step_parts = {k: v / cfg.grad_accum for k, v in part_sums.items()}
-        return loss_sum / cfg.grad_accum
+        # Logged (and NaN-checked) as the mean over processes: the loss of the global batch.
+        mean = distributed.mean
+        self.step_parts = {k: mean(v / cfg.grad_accum, self.world, self.device)
+                           for k, v in part_sums.items()}
+        return mean(loss_sum / cfg.grad_accum, self.world, self.device)
 
     @torch.no_grad()
     def validate(self) -> LMScore | MLMScore:
         if self.cfg.objective == "mlm":
-            with _autocast(self.cfg.dtype):
+            with autocast(self.cfg.dtype, self.device):
                 return evaluate_mlm(self.model, self.val_batches, self.most_frequent_id)
         # A GPT is scored in windows of its context; a feed-forward or recurrent LM
         # reads batch_size parallel streams, carrying its state (``score_stream``).
-        with _autocast(self.cfg.dtype):
+        with autocast(self.cfg.dtype, self.device):
             nll, count = score_tokens(self.model, self.val_tokens, batch_size=self.cfg.batch_size,
                                       max_tokens=self.cfg.eval_tokens)
         # Bytes of the scored targets, from the split's average bytes per token.
         return LMScore(nll, count, round(count * self.val_data.bytes_per_token))
 
     def save(self, step: int) -> Path:
-        rng = {"sampler": self.generator.get_state(), "torch": torch.get_rng_state()}
-        state = {"train_config": dataclasses.asdict(self.cfg), "pending": self.pending}
-        return ckpt.save_checkpoint(self.run_dir, step, self.model, self.tokenizer_path,
-                                    self.optimizer, state, rng,
-                                    carry_tensors=state_to_tensors(self.carry))
+        """Checkpoint ``step`` (every process calls it; rank 0 writes)."""
+        world, device = self.world, self.device
+        rng = {"sampler": self.generator.get_state()}
+        # Each process's own random state (dropout), and its streams' carried state.
+        for name, state in (("torch", torch.get_rng_state()),
+                            ("cuda", torch.cuda.get_rng_state(device)
+                             if device.type == "cuda" else None)):
+            if state is not None:
+                for r, s in enumerate(distributed.gather(state, world, device)):
+                    rng[name if r == 0 else f"{name}.rank{r}"] = s
+        carry = {k: torch.cat(distributed.gather(v, world, device), dim=1).cpu()
+                 for k, v in state_to_tensors(self.carry).items()}
+        path = self.run_dir / "checkpoints" / f"step-{step:06d}"
+        model_tensors, optimizer = None, self.optimizer
+        if self.cfg.fsdp:  # gathered whole, so that the checkpoint loads in one process
+            model_tensors = {k: distributed.full_tensor(v)
+                             for k, v in weights.model_state(self.model).items()}
+            optimizer = distributed.full_optimizer_state(self.optimizer)
+        if world.main:
+            state = {"train_config": dataclasses.asdict(self.cfg), "pending": self.pending,
+                     "world_size": world.size}
+            path = ckpt.save_checkpoint(self.run_dir, step, self.model, self.tokenizer_path,
+                                        optimizer, state, rng, carry_tensors=carry,
+                                        model_tensors=model_tensors)
+        distributed.barrier(world)
+        return path
 
     # -- the loop ----------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
         ckpt_every = cfg.checkpoint_interval or cfg.eval_interval
-        tokens_per_step = cfg.batch_size * cfg.grad_accum * self.block
+        tokens_per_step = self.global_batch * cfg.grad_accum * self.block
         self.model.train()
         bar = None
         if self.progress:
@@ -619,18 +743,7 @@ class Trainer:
             with stop:
                 while step < cfg.max_steps:
                     lr = lr_at(step, cfg)
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr
-                    self.step = step
-                    loss = self._train_step()
-                    if not math.isfinite(loss):
-                        raise LmlabError(
-                            f"step {step}: training loss is {loss}; try a lower --lr (now "
-                            f"{cfg.lr:g}), --dtype float32, or check the data for empty or "
-                            "corrupt shards")
-                    norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
+                    loss, norm = self.train_step(step)
                     step += 1
                     tok_since += tokens_per_step
                     losses.append(loss)
@@ -653,7 +766,9 @@ class Trainer:
                                             lr=f"{lr:.2e}", refresh=False)
                     if bar:
                         bar.update(1)
-                    if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+                    # A sharded model runs only with every process taking part.
+                    if (self.world.main or cfg.fsdp) and (step % cfg.eval_interval == 0
+                                                          or step == cfg.max_steps):
                         score = self.validate()
                         last = {"step": step, "split": "val", **score.to_dict()}
                         self.logger.log(last)
@@ -663,12 +778,16 @@ class Trainer:
                             bar.write(f"step {step}: val loss {score.loss:.4f}, "
                                       f"ppl {score.perplexity:.2f}, "
                                       f"bpb {score.bits_per_byte:.4f}")
-                        plot_loss(self.logger.path, self.run_dir / "loss.png")
+                        if self.world.main:
+                            plot_loss(self.logger.path, self.run_dir / "loss.png")
                     if step % ckpt_every == 0 or step == cfg.max_steps:
                         self.save(step)
                         saved = step
-                    if stop.requested and step < cfg.max_steps:
+                    # All processes stop at the same step, whichever got the Ctrl-C.
+                    if distributed.any_true(stop.requested, self.world, self.device) \
+                            and step < cfg.max_steps:
                         # Ctrl-C: the step has ended, so its state is whole; keep it.
+                        stop.requested = True
                         if saved != step:
                             self.save(step)
                             saved = step
@@ -677,12 +796,14 @@ class Trainer:
             if bar:
                 bar.close()
                 bar = None
-            self._report_stop(e, step, stopped=stop.requested and saved == step)
+            if self.world.main:
+                self._report_stop(e, step, stopped=stop.requested and saved == step)
             raise
         finally:
             if bar:
                 bar.close()
             self.logger.close()
+        distributed.barrier(self.world)  # rank 0's last checkpoint is complete
         return {"step": step, "val": last, "run_dir": str(self.run_dir),
                 "checkpoint": str(weights.resolve_checkpoint(self.run_dir)),
                 "plot": str(self.run_dir / "loss.png"), "params": self.model.num_params(),

@@ -188,6 +188,13 @@ class MLMBatch:
     token_type_ids: torch.Tensor | None = None  # (B, T) long, 0 for [CLS] A [SEP], 1 for B [SEP]
     nsp_labels: torch.Tensor | None = None  # (B,) long, 0 = IsNext, 1 = NotNext
 
+    def map(self, fn) -> MLMBatch:
+        """The batch with ``fn`` applied to each of its tensors (e.g. a device move, or a
+        slice of rows for one process of a distributed run)."""
+        return MLMBatch(*(None if t is None else fn(t) for t in
+                          (self.input_ids, self.labels, self.attention_mask,
+                           self.token_type_ids, self.nsp_labels)))
+
     @property
     def masked_positions(self) -> torch.Tensor:
         """(B, T) bool: the positions whose original token is predicted."""
