@@ -30,6 +30,12 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def native_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AVX-512 BF16 or AMX); without it, bf16
+    autocast is emulated and many times slower than float32."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
 def machine_line() -> str:
     import torch
     import transformers

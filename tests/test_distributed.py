@@ -144,3 +144,30 @@ def test_fsdp_without_torchrun_and_a_missing_device_are_one_line(shards, tmp_pat
     assert result.stderr.strip().splitlines() == [f"error: {needle}" + result.stderr.strip()
                                                   .split(needle, 1)[1]]
     assert not out.exists()
+
+
+def test_finetune_runs_under_torchrun(tmp_path, tmp_path_factory):
+    """Fine-tuning under torchrun: 2 processes share each global batch, rank 0 alone
+    validates, keeps the best model, scores the test split and reports."""
+    from test_finetune import _train_tokenizer, polarity_path
+
+    tok = _train_tokenizer(tmp_path_factory, "wordpiece", 800)
+    out = tmp_path / "run"
+    result = torchrun("-m", "lmlab", "finetune", "--task", "classify", "--train",
+                      str(polarity_path()), "--encoding", "cp1252", "--model", "bert-nano",
+                      "--tokenizer", str(tok), "--max-length", "32", "--batch-size", "8",
+                      "--epochs", "2", "--lr", "1e-3", "--threads", "1", "--out", str(out))
+    text = result.stdout + result.stderr
+    assert text.count("model: BERT backbone") == 1 and "2 processes x batch 8" in text
+    assert (out / "best" / "model.safetensors").is_file() and (out / "report.json").is_file()
+    info = json.loads((out / "best" / "task.json").read_text())
+    rows = read_metrics(out / "metrics.jsonl")
+    # 2 epochs of global batches of 16 (a last batch of 1 cannot be shared: skipped).
+    n_train = len((out / "splits" / "train.jsonl").read_text().splitlines())
+    per_epoch = -(-n_train // 16) - (n_train % 16 == 1)
+    assert max(r["step"] for r in rows) == 2 * per_epoch
+    assert 0 < info["step"] <= 2 * per_epoch
+    predicted = subprocess.run([sys.executable, "-m", "lmlab", "predict", str(out),
+                                "--texts", "a wonderful, moving film"],
+                               capture_output=True, text=True)
+    assert predicted.returncode == 0, predicted.stderr

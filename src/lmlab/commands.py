@@ -672,7 +672,7 @@ def finetune(*, task: Literal["classify", "tag", "qa"], train: InFile, model: st
              grad_clip: NonNegativeFloat = 1.0, head_dropout: Dropout = 0.1,
              class_weights: bool | None = None, patience: Count | None = None,
              eval_interval: Count | None = None, freeze_backbone: bool = False, seed: int = 0,
-             threads: Count | None = None, device: str | None = None,
+             threads: Count | None = None, device: str = "auto",
              dtype: Literal["float32", "bfloat16"] = "float32",
              overwrite: bool = False) -> None:
     """Fine-tune a BERT, GPT or GRU/LSTM backbone for classification, tagging or extractive QA.
@@ -741,7 +741,7 @@ def finetune(*, task: Literal["classify", "tag", "qa"], train: InFile, model: st
         max_answer_tokens: qa: longest answer span, in tokens
         epochs: passes over the training data
         max_steps: stop after this many optimizer steps (a cap on --epochs)
-        batch_size: examples per step
+        batch_size: examples per step (under torchrun: per process)
         lr: peak learning rate
         weight_decay: AdamW weight decay (not on biases and norms)
         warmup_ratio: share of the steps spent warming the learning rate up
@@ -755,7 +755,7 @@ def finetune(*, task: Literal["classify", "tag", "qa"], train: InFile, model: st
         freeze_backbone: train the head only
         seed: random seed (splits, head, batches, dropout)
         threads: CPU threads (default: torch's choice)
-        device: cpu or cuda (default: cuda when available)
+        device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
         dtype: float32, or bfloat16 autocast (1.6x faster on CPUs with AMX, e.g.
             recent Xeons; slower on CPUs without it)
         overwrite: replace a fine-tuning run already in OUT
@@ -768,7 +768,9 @@ def finetune(*, task: Literal["classify", "tag", "qa"], train: InFile, model: st
         lmlab finetune --task classify --train spam.jsonl --model runs/gpt --pooling mean --out runs/spam-gpt
         lmlab finetune --task classify --train spam.jsonl --model gru-classifier --tokenizer data/tokenizer.json --lr 3e-3 --epochs 5 --out runs/spam-gru
         lmlab finetune --task classify --train spam.jsonl --model gru-classifier --vectors vectors.txt --lr 3e-3 --epochs 5 --out runs/spam-glove
+        torchrun --nproc_per_node 2 -m lmlab finetune --task classify --train spam.jsonl --model all-MiniLM-L6-v2 --out runs/spam-ddp
     """  # noqa: E501
+    from lmlab.train import distributed
     from lmlab.train.finetune import FinetuneConfig, Finetuner
 
     cfg = FinetuneConfig(
@@ -787,13 +789,21 @@ def finetune(*, task: Literal["classify", "tag", "qa"], train: InFile, model: st
         class_weights=class_weights, patience=patience, eval_interval=eval_interval,
         freeze_backbone=freeze_backbone, seed=seed, threads=threads, device=device,
         dtype=dtype)
-    tuner = Finetuner(cfg, overwrite=overwrite)
-    n = {k: len(v) for k, v in tuner.splits.items()}
-    labels = f", {len(tuner.labels)} labels" if tuner.labels else ""
-    _say(f"data: {n['train']:,} train, {n['val']:,} validation, {n['test']:,} test{labels}")
-    _say(f"model: {tuner.kind.upper()} backbone from {model}, {tuner.model.num_params():,} "
-         f"parameters, max length {tuner.max_length}, {tuner.total_steps:,} steps")
-    fit = tuner.fit()
+    try:
+        tuner = Finetuner(cfg, overwrite=overwrite)
+        say = _say if tuner.world.main else (lambda *_: None)  # rank 0 alone reports
+        n = {k: len(v) for k, v in tuner.splits.items()}
+        labels = f", {len(tuner.labels)} labels" if tuner.labels else ""
+        say(f"data: {n['train']:,} train, {n['val']:,} validation, {n['test']:,} test{labels}")
+        world = (f", {tuner.world.size} processes x batch {batch_size}"
+                 if tuner.world.distributed else "")
+        say(f"model: {tuner.kind.upper()} backbone from {model}, {tuner.model.num_params():,} "
+            f"parameters, max length {tuner.max_length}, {tuner.total_steps:,} steps{world}")
+        fit = tuner.fit()
+    finally:
+        distributed.leave()
+    if not tuner.world.main:
+        return
     stop = " (stopped early)" if fit["stopped_early"] else ""
     _say(f"trained {fit['steps']:,} steps, {fit['epochs']} epochs in "
          f"{fit['train_seconds']:.1f}s{stop}; best val {fit['metric']} {fit['best_val']:.4f} "

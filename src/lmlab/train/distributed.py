@@ -45,6 +45,15 @@ class World:
         """This process's rows of a global batch of ``batch_size`` x ``size`` rows."""
         return slice(self.rank * batch_size, (self.rank + 1) * batch_size)
 
+    def share(self, items: list) -> list:
+        """This process's part of ``items`` (at least ``size`` of them): ``size`` contiguous
+        parts whose lengths differ by at most one."""
+        if self.size == 1:
+            return items
+        q, r = divmod(len(items), self.size)
+        start = self.rank * q + min(self.rank, r)
+        return items[start:start + q + (self.rank < r)]
+
 
 def launched() -> bool:
     """Whether torchrun (or another launcher setting its variables) started this process."""
@@ -81,6 +90,16 @@ def leave() -> None:
     """Leave the process group (at the end of a run), if this process joined one."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def data_parallel(model: torch.nn.Module, device: torch.device,
+                  find_unused_parameters: bool = False) -> torch.nn.Module:
+    """``model`` wrapped in DDP: its gradients are averaged across the processes in
+    backward (the model's own parameters stay those of ``model``)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                   else None, find_unused_parameters=find_unused_parameters)
 
 
 def mean(value: float, world: World, device: torch.device) -> float:

@@ -78,7 +78,7 @@ from lmlab.data.tasks import (
     Task,
     write_splits,
 )
-from lmlab.device import autocast, resolve_device
+from lmlab.device import autocast
 from lmlab.errors import LmlabError
 from lmlab.models.bert import (
     Bert,
@@ -106,6 +106,7 @@ from lmlab.models.weights import (
     read_tensors,
 )
 from lmlab.tokenizer import Tokenizer
+from lmlab.train import distributed
 from lmlab.train.loop import StopOnInterrupt, check_range, make_optimizer
 
 Truncation = Literal["tail", "head"]
@@ -160,7 +161,7 @@ class FinetuneConfig:
     freeze_backbone: bool = False
     seed: int = 0
     threads: int | None = None
-    device: str | None = None  # default: cuda when available, else cpu
+    device: str = "auto"  # auto: cuda when available, else cpu
     # bfloat16 autocast: matmuls in bf16, weights, optimizer and loss in fp32.
     # On CPUs with AMX it measured 1.6x faster here; on CPUs without, slower.
     dtype: Literal["float32", "bfloat16"] = "float32"
@@ -848,16 +849,18 @@ class Finetuner:
         initialises a recurrent preset's token embeddings (see ``load_backbone``)."""
         from lmlab.data.tasks import compute_class_weights, load_splits
 
-        self.cfg, self.progress = cfg, progress
+        self.cfg = cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        # Under torchrun: DDP, every process training on its share of each global batch.
+        self.world, self.device = distributed.join(cfg.device)
+        self.progress = progress and self.world.main
         if cfg.pooling is not None and cfg.task != "classify":
             raise LmlabError(f"--pooling applies to classify, not {cfg.task}")
         if cfg.class_weights and cfg.task == "qa":
             raise LmlabError("--class-weights applies to classify and tag, not qa")
         self.run_dir = Path(cfg.out)
         self._check_run_dir(overwrite)
-        self.device = resolve_device(cfg.device)
 
         # -- data
         self.splits = load_splits(Path(cfg.train), _opt_path(cfg.validation),
@@ -906,6 +909,9 @@ class Finetuner:
             for p in self.model.backbone.parameters():
                 p.requires_grad_(False)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.net: nn.Module = self.model  # what training steps call: DDP's wrapper if any
+        if self.world.distributed:
+            self.net = distributed.data_parallel(self.model, self.device)
         self.pad_id = _pad_id(self.tok, self.model)
 
         # -- features
@@ -937,7 +943,9 @@ class Finetuner:
         # BERT's fine-tuning betas (0.9, 0.999); pretraining uses (0.9, 0.95).
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay, (0.9, 0.999))
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        per_epoch = math.ceil(len(self.feats["train"]) / cfg.batch_size)
+        # A global batch is batch_size rows from each process.
+        self.global_batch = cfg.batch_size * self.world.size
+        per_epoch = math.ceil(len(self.feats["train"]) / self.global_batch)
         self.total_steps = cfg.epochs * per_epoch
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
@@ -988,7 +996,8 @@ class Finetuner:
 
     def _note(self, msg: str) -> None:
         self.notes.append(msg)
-        _warn(msg)
+        if self.world.main:
+            _warn(msg)
 
     def _report_truncation(self) -> None:
         cfg = self.cfg
@@ -1041,18 +1050,21 @@ class Finetuner:
 
     # -- the loop ------------------------------------------------------------
     def train_step(self, idx: Sequence[int], step: int) -> tuple[float, float]:
-        """One optimizer step on training features ``idx`` at schedule position ``step``;
-        returns the batch loss and the gradient norm before clipping."""
+        """One optimizer step on training features ``idx`` (the global batch: under
+        torchrun, this process trains on its own share) at schedule position ``step``;
+        returns the batch loss (the mean over processes) and the gradient norm before
+        clipping."""
         cfg = self.cfg
         lr = linear_schedule(step, self.total_steps, self.warmup, cfg.lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batch = collate([self.feats["train"][i] for i in idx], self.pad_id, self.device,
+        mine = self.world.share(idx)
+        batch = collate([self.feats["train"][i] for i in mine], self.pad_id, self.device,
                         cfg.task)
         with autocast(cfg.dtype, self.device):
-            out = self.model(batch.ids, batch.mask, batch.types)
+            out = self.net(batch.ids, batch.mask, batch.types)
         loss = task_loss(out, batch.target, cfg.task, self.weight)
-        value = loss.item()
+        value = distributed.mean(loss.item(), self.world, self.device)
         if not math.isfinite(value):
             raise LmlabError(f"step {step}: training loss is {value}; try a lower --lr "
                              f"(now {cfg.lr:g})")
@@ -1102,9 +1114,15 @@ class Finetuner:
                 logger.log(row)
 
         def validate() -> bool:
-            """Evaluate, keep the best checkpoint; True when patience has run out."""
-            nonlocal best, best_step, bad_evals, evaluated_at, logger, made, started
+            """Evaluate, keep the best checkpoint; True when patience has run out (in every
+            process: rank 0 alone evaluates and writes, and tells the others)."""
+            nonlocal evaluated_at
             evaluated_at = step
+            out_of_patience = self.world.main and evaluate_and_keep()
+            return distributed.any_true(out_of_patience, self.world, self.device)
+
+        def evaluate_and_keep() -> bool:
+            nonlocal best, best_step, bad_evals, logger, made, started
             name, value, _, loss = self.evaluate("val")
             self.metric_name = name
             row = {"step": step, "split": "val", "epoch": epoch, name: value}
@@ -1136,8 +1154,10 @@ class Finetuner:
         stop = StopOnInterrupt()
 
         def check_stop() -> None:
-            """On Ctrl-C, between steps: validate the model as it is, then stop."""
-            if stop.requested and step < self.total_steps:
+            """On Ctrl-C (in any process), between steps: validate the model as it is,
+            then stop."""
+            if distributed.any_true(stop.requested, self.world, self.device) \
+                    and step < self.total_steps:
                 if evaluated_at != step:
                     validate()
                 raise KeyboardInterrupt
@@ -1147,9 +1167,12 @@ class Finetuner:
             with stop:
                 while epoch < cfg.epochs and step < self.total_steps and not stopped_early:
                     epoch += 1
-                    for idx in length_bucketed_batches(lengths, cfg.batch_size, self.generator):
+                    for idx in length_bucketed_batches(lengths, self.global_batch,
+                                                       self.generator):
                         if step >= self.total_steps:
                             break
+                        if len(idx) < self.world.size:
+                            continue  # a last batch too small to give every process a row
                         loss, norm = self.train_step(idx, step)
                         step += 1
                         seen += len(idx)
@@ -1182,6 +1205,8 @@ class Finetuner:
             if logger is not None:
                 logger.close()
                 logger = None
+            if not self.world.main:
+                raise
             if not (self.run_dir / "best").exists():
                 if started:
                     self._discard_run(made)

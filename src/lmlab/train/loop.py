@@ -354,12 +354,10 @@ class Trainer:
         if cfg.fsdp:
             distributed.shard(self.model, self.world, self.device)
         elif self.world.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
             # BERT's pooler serves only NSP: without NSP its weights get no gradient.
-            self.ddp = net = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda"
-                else None, find_unused_parameters=cfg.objective == "mlm" and not cfg.nsp)
+            self.ddp = net = distributed.data_parallel(
+                self.model, self.device,
+                find_unused_parameters=cfg.objective == "mlm" and not cfg.nsp)
         self.compiled = torch.compile(net) if cfg.compile else net
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay,
                                         (cfg.beta1, cfg.beta2))
