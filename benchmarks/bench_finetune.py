@@ -85,7 +85,7 @@ def make_finetuner(data: Path, out: Path, total_steps: int, dtype: str = "float3
 # ----------------------------------------------------------------- lmlab
 def lmlab_rate(ft, warmup: int, steps: int) -> dict:
     """Run ``warmup + steps`` of the Finetuner's own steps; real tokens/s of the timed ones."""
-    from lmlab.train.finetune import length_bucketed_batches
+    from lmlab.train.tasks.features import length_bucketed_batches
 
     feats = ft.feats["train"]
     lengths = [len(f.ids) for f in feats]

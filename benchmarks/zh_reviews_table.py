@@ -203,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minilm-steps", type=int, help="cap MiniLM's fine-tuning at this many "
                     "steps of 32 reviews (default: one epoch, 380 steps)")
     ap.add_argument("--threads", type=int, help="CPU threads for fine-tuning (default: torch's)")
+    ap.add_argument("--gru-epochs", type=int, default=2, help="passes of the GRU over the "
+                    "training reviews (default: 2; the best validation epoch is kept)")
     ap.add_argument("--keep-results", action="store_true", help="keep the rows of routes not "
                     "run now from OUT/results.json (to run the routes one at a time)")
     args = ap.parse_args(argv)
@@ -237,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     needs_vocab = "gru" in routes or ("scratch" in routes and not args.scratch)
     vocab = vocabulary(scratch_dir, data["train"], args.quick) if needs_vocab else None
     if "gru" in routes:
-        done("gru", finetune_row("gru-classifier", data, args.out / "ft-gru", lr=3e-3, epochs=2,
+        done("gru", finetune_row("gru-classifier", data, args.out / "ft-gru", lr=3e-3,
+                                 epochs=args.gru_epochs,
                                  dtype=args.dtype, max_steps=ft_steps, threads=args.threads,
                                  tokenizer=vocab))
     if "scratch" in routes:

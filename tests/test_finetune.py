@@ -13,19 +13,10 @@ import torch
 from lmlab.cli import main
 from lmlab.data.tasks import ClassifyExample, LabelSet, QAExample, TagExample, write_jsonl
 from lmlab.tokenizer import Tokenizer
-from lmlab.train.finetune import (
-    FinetuneConfig,
-    Finetuner,
-    Prediction,
-    TaskEncoder,
-    best_span,
-    char_span_to_tokens,
-    linear_schedule,
-    load_task_model,
-    predict_texts,
-    score_predictions,
-    token_span_to_chars,
-)
+from lmlab.train.finetune import FinetuneConfig, Finetuner, linear_schedule
+from lmlab.train.tasks.checkpoint import load_task_model, predict_texts
+from lmlab.train.tasks.decoding import Prediction, best_span, score_predictions
+from lmlab.train.tasks.features import TaskEncoder, char_span_to_tokens, token_span_to_chars
 
 NAMES = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]
 PLACES = ["paris", "rome", "berlin", "tokyo", "new york", "los angeles", "cairo", "lima"]

@@ -307,7 +307,7 @@ def sentiment(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_gru_classifier_fine_tunes_and_predicts(sentiment, tmp_path, capsys):
-    from lmlab.train.finetune import load_task_model, predict_texts
+    from lmlab.train.tasks.checkpoint import load_task_model, predict_texts
 
     train, tok = sentiment
     out = tmp_path / "run"
@@ -357,7 +357,7 @@ def test_gru_classifier_takes_initial_embeddings(sentiment, tmp_path):
 
 
 def test_a_pretrained_lstm_is_a_fine_tuning_backbone(lstm_run):
-    from lmlab.train.finetune import load_backbone
+    from lmlab.train.tasks.model import load_backbone
 
     backbone, _, _, _ = load_backbone(lstm_run)
     lm = load_checkpoint(lstm_run)

@@ -856,14 +856,13 @@ def predict(checkpoint: InDir, texts: list[str] | None = None, file: InFile | No
         lmlab predict runs/qa --context "lmlab was written in 2025." --texts "When was it written?"
     """
     from lmlab.atomic import write_text
-    from lmlab.train.finetune import (
+    from lmlab.train.tasks.checkpoint import (
         examples_from_texts,
-        iter_prediction_rows,
         load_task_model,
         predict_examples,
-        score_predictions,
         task_labels,
     )
+    from lmlab.train.tasks.decoding import iter_prediction_rows, score_predictions
 
     if out is not None and Path(out).suffix.lower() not in (".jsonl", ".csv"):
         raise LmlabError(f"{out}: --out must end in .jsonl or .csv")

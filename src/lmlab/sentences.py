@@ -64,7 +64,7 @@ def sentence_embeddings(encoder: Bert | BertForPreTraining, tok: Tokenizer,
 def load_encoder(source: Path, tokenizer: Path | None = None) -> tuple[Bert, Tokenizer]:
     """An encoder and its tokenizer from an HF BERT folder or an lmlab BERT checkpoint
     (the same loading as `lmlab finetune`'s backbones, presets excluded)."""
-    from lmlab.train.finetune import load_backbone
+    from lmlab.train.tasks.model import load_backbone
 
     if not Path(source).exists():
         raise LmlabError(f"{source}: no such model folder")

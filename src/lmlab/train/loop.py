@@ -60,12 +60,7 @@ from lmlab.errors import LmlabError
 from lmlab.evaluate import LMScore, score_tokens
 from lmlab.models import weights
 from lmlab.models.registry import build_model, config_from_preset, family_of
-from lmlab.models.rnn import (
-    State,
-    detach_state,
-    state_from_tensors,
-    state_to_tensors,
-)
+from lmlab.models.rnn import State, detach_state, state_from_tensors, state_to_tensors
 from lmlab.runs import MetricsLogger, plot_loss
 from lmlab.train import checkpoint as ckpt
 from lmlab.train import distributed
