@@ -1,0 +1,46 @@
+"""The subcommands of `lmlab`, one typed function each, grouped by what they work on:
+``data`` (corpus, tokenizer, shards), ``train`` (pretrain, finetune, predict,
+baseline), ``inference`` (eval, generate, chat, neighbors, convert), ``classic``
+(n-grams, word vectors, compare) and ``demo``.
+
+`lmlab.cli` builds the parser from these signatures and docstrings (the
+``Args:`` section gives each option's help, ``Examples:`` ends ``--help``).
+Heavy libraries are imported inside the functions so ``lmlab --help`` is fast.
+"""
+
+from __future__ import annotations
+
+from lmlab.commands.classic import (
+    compare,
+    embed_eval,
+    embed_neighbors,
+    embed_train,
+    ngram_eval,
+    ngram_sample,
+    ngram_train,
+)
+from lmlab.commands.data import corpus, prepare, tokenizer_train
+from lmlab.commands.demo import demo
+from lmlab.commands.inference import chat, convert, evaluate, generate, neighbors
+from lmlab.commands.train import baseline, finetune, predict, pretrain
+
+COMMANDS: dict = {
+    "demo": demo,
+    "corpus": corpus,
+    "tokenizer": {"__doc__": "train tokenizers", "train": tokenizer_train},
+    "prepare": prepare,
+    "ngram": {"__doc__": "n-gram language models (Kneser-Ney, add-k, stupid backoff; ARPA)",
+              "train": ngram_train, "eval": ngram_eval, "sample": ngram_sample},
+    "embed": {"__doc__": "train, evaluate and query word vectors", "train": embed_train,
+              "eval": embed_eval, "neighbors": embed_neighbors},
+    "pretrain": pretrain,
+    "eval": evaluate,
+    "generate": generate,
+    "convert": convert,
+    "chat": chat,
+    "neighbors": neighbors,
+    "finetune": finetune,
+    "predict": predict,
+    "compare": compare,
+    "baseline": baseline,
+}

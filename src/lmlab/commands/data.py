@@ -1,0 +1,144 @@
+"""Preparing data: the corpus, a tokenizer, token shards.
+
+One typed function per subcommand; see ``lmlab.commands``."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+from lmlab.commands.common import Share, Source, say
+from lmlab.options import (
+    Count,
+    InDir,
+    InFile,
+    InPath,
+    NonNegative,
+    OutDir,
+    OutFile,
+)
+
+
+def corpus(inputs: list[Source], out: OutDir = Path("data/corpus"), text_field: str = "text",
+           txt_mode: Literal["paragraph", "file", "line"] = "paragraph",
+           val_fraction: Share = 0.05, min_chars: NonNegative = 1, seed: int = 0,
+           overwrite: bool = False) -> None:
+    """Build a clean corpus (train/validation split by document) from text files.
+
+    Reads plain-text files, folders (recursively), JSONL files and MediaWiki XML
+    dumps (.xml or .xml.bz2, streamed, wiki markup stripped). Every document is
+    normalized to Unicode NFC and exact duplicates are removed. Writes
+    OUT/train.jsonl, OUT/val.jsonl and OUT/corpus.json.
+
+    Args:
+        inputs: files or folders to read; the word `default` means the built-in
+            Wikipedia extract shipped with gensim
+        out: output folder
+        text_field: the field holding the text in JSONL records
+        txt_mode: how plain text splits into documents: on blank lines, one per
+            file, or one per line
+        val_fraction: share of documents held out for validation
+        min_chars: drop documents shorter than this
+        seed: seed of the train/validation assignment
+        overwrite: replace OUT if it already holds files
+
+    Examples:
+        lmlab corpus default --out data/wiki
+        lmlab corpus enwiki-latest-pages-articles.xml.bz2 --out data/enwiki
+        lmlab corpus notes/ reviews.jsonl --text-field body --out data/mine
+    """
+    from lmlab.data.corpus import build_corpus, default_corpus_source, split_warning
+
+    paths = [default_corpus_source() if str(p) == "default" else Path(p) for p in inputs]
+    stats = build_corpus(paths, out, text_field=text_field, txt_mode=txt_mode,
+                         val_fraction=val_fraction, seed=seed, min_chars=min_chars)
+    s = stats.to_dict()
+    say(f"read {s['documents_read']:,} documents; dropped {s['empty_dropped']:,} empty/short "
+        f"and {s['duplicates_dropped']:,} duplicates")
+    say(f"train: {s['train_docs']:,} documents, {s['train_chars']:,} characters")
+    say(f"val:   {s['val_docs']:,} documents, {s['val_chars']:,} characters")
+    say(f"wrote {out}/train.jsonl, {out}/val.jsonl, {out}/corpus.json")
+    hint = split_warning(stats, Path(out), txt_mode)
+    if hint:
+        print(hint, file=sys.stderr, flush=True)
+
+
+def tokenizer_train(corpus_dir: InPath, out: OutFile = Path("data/tokenizer.json"),
+                    kind: Literal["bpe", "char", "wordpiece"] = "bpe", vocab_size: Count = 4096,
+                    special_tokens: list[str] | None = None, min_frequency: Count = 2,
+                    lowercase: bool = True, overwrite: bool = False) -> None:
+    """Train a byte-level BPE, character-level or WordPiece tokenizer; save tokenizer.json.
+
+    bpe and char encode any UTF-8 text and decode it back exactly: byte-level
+    BPE starts from the 256 bytes, and the character tokenizer falls back to
+    byte tokens for characters it never saw. wordpiece is BERT's tokenizer,
+    for encoder models: lossy (lowercased by default, unknown words become
+    [UNK]), with [PAD] [UNK] [CLS] [SEP] [MASK] as ids 0..4.
+
+    Args:
+        corpus_dir: a folder made by `lmlab corpus` (its train split is used), or a text/JSONL file
+        out: where to write tokenizer.json
+        kind: bpe (byte-level BPE), char (one token per character) or wordpiece (BERT)
+        vocab_size: vocabulary size, special and byte tokens included
+        special_tokens: special tokens (default: <|endoftext|>; for wordpiece
+            [PAD] [UNK] [CLS] [SEP] [MASK])
+        min_frequency: BPE and WordPiece merges need at least this many occurrences
+        lowercase: wordpiece only: lowercase and strip accents, as BERT uncased (the
+            default); --no-lowercase keeps case and accents
+        overwrite: replace OUT if it exists
+
+    Examples:
+        lmlab tokenizer train data/wiki --kind bpe --vocab-size 8192 --out data/bpe8k.json
+        lmlab tokenizer train data/wiki --kind char --out data/char.json
+        lmlab tokenizer train data/wiki --kind wordpiece --vocab-size 8192 --out data/wp8k.json
+    """
+    from lmlab.data.corpus import has_split, iter_documents, read_split
+    from lmlab.tokenizer import Tokenizer
+
+    corpus_dir = Path(corpus_dir)
+    if has_split(corpus_dir, "train"):
+        texts = read_split(corpus_dir, "train")
+    else:
+        texts = iter_documents(corpus_dir)
+    t0 = time.perf_counter()
+    tok = Tokenizer.train(texts, kind=kind, vocab_size=vocab_size,
+                          special_tokens=tuple(special_tokens) if special_tokens else None,
+                          min_frequency=min_frequency, lowercase=lowercase)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    tok.save(out)
+    say(f"trained a {kind} tokenizer with {tok.vocab_size:,} tokens in "
+        f"{time.perf_counter() - t0:.1f}s; wrote {out}")
+
+
+def prepare(corpus_dir: InDir, tokenizer: InFile = Path("data/tokenizer.json"),
+            out: OutDir = Path("data/shards"), shard_tokens: Count = 50_000_000,
+            overwrite: bool = False) -> None:
+    """Tokenize a corpus on all cores into memory-mapped token shards.
+
+    Writes OUT/train_000.bin..., OUT/val_000.bin... (uint16 when the vocabulary
+    fits, else uint32), a copy of the tokenizer, and OUT/manifest.json with
+    token counts, byte counts and the tokenizer's hash.
+
+    Args:
+        corpus_dir: a folder made by `lmlab corpus`
+        tokenizer: a tokenizer.json
+        out: output folder
+        shard_tokens: tokens per shard file
+        overwrite: replace OUT if it already holds files
+
+    Examples:
+        lmlab prepare data/wiki --tokenizer data/bpe8k.json --out data/wiki-bpe8k
+    """
+    from lmlab.data.shards import prepare as prepare_shards
+
+    t0 = time.perf_counter()
+    manifest = prepare_shards(Path(corpus_dir), Path(tokenizer), Path(out),
+                              shard_tokens=shard_tokens, overwrite=overwrite)
+    dt = time.perf_counter() - t0
+    for split, info in manifest["splits"].items():
+        say(f"{split}: {info['tokens']:,} tokens from {info['documents']:,} documents "
+            f"({info['bytes'] / max(info['tokens'], 1):.2f} bytes/token)")
+    total = sum(info["tokens"] for info in manifest["splits"].values())
+    say(f"{manifest['dtype']} shards in {out} ({total / max(dt, 1e-9):,.0f} tokens/s)")

@@ -1,0 +1,328 @@
+"""Using a model: perplexity, generation, chat, sentence neighbours, format conversion.
+
+One typed function per subcommand; see ``lmlab.commands``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+from lmlab.commands.common import TopP, say
+from lmlab.errors import LmlabError
+from lmlab.options import (
+    Count,
+    InDir,
+    InFile,
+    InPath,
+    NonNegativeFloat,
+    OutDir,
+    OutFile,
+    PositiveFloat,
+)
+
+
+def evaluate(checkpoint: InPath, text: InPath, tokenizer: InFile | None = None,
+             split: Literal["val", "train"] = "val",
+             stride: Count | None = None, batch_size: Count = 8,
+             dtype: Literal["float32", "bfloat16"] = "float32",
+             quantize: Literal["none", "int8"] = "none", device: str = "auto",
+             json_out: bool = False) -> None:
+    """Perplexity and bits per byte of a checkpoint on a text file.
+
+    Text longer than the context is scored with a sliding window: each token is
+    scored once, with at least (context - stride) tokens of context. A
+    feed-forward or recurrent checkpoint reads the text as one stream instead,
+    carrying its state, so every token has all the text before it. A JSONL
+    file (e.g. a corpus split) is scored document by document, joined by the
+    end-of-text token. A corpus folder (from `lmlab corpus`) has its
+    validation split scored, and says so; --split train scores the training
+    split instead. Empty input is an error, not a perplexity of 1.
+
+    Args:
+        checkpoint: a run folder or checkpoint folder
+        text: a UTF-8 text file, a JSONL file with a "text" field, or a corpus folder
+        tokenizer: tokenizer.json (default: the checkpoint's)
+        split: which split of a corpus folder to score: val (the default) or train
+        stride: tokens advanced per window (default: the full context)
+        batch_size: windows per forward pass
+        dtype: float32 or bfloat16
+        quantize: int8 for weight-only int8 Linear layers (see `lmlab generate --help`)
+        device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
+        json_out: print the result as JSON
+
+    Examples:
+        lmlab eval runs/mini data/wiki              # its validation split
+        lmlab eval runs/mini data/wiki --split train
+        lmlab eval runs/mini notes.txt --stride 64
+    """
+    from lmlab.data.corpus import has_split, iter_documents, read_split
+    from lmlab.evaluate import evaluate_documents
+    from lmlab.loading import load_for_inference
+
+    text = Path(text)
+    if has_split(text, split):  # a corpus folder: one split, never train and val mixed
+        docs = list(read_split(text, split))
+        what = f"{text} ({split} split)"
+    elif text.is_dir() and (text / "corpus.json").is_file():
+        raise LmlabError(f"{text}: this corpus has no {split} split ({split}.jsonl)")
+    else:
+        docs = list(iter_documents(text, txt_mode="file"))
+        what = str(text)
+    if not any(d.strip() for d in docs):
+        raise LmlabError(f"{what}: no text to score (empty)")
+    loaded = load_for_inference(checkpoint, tokenizer, dtype, quantize, device)
+    model, tok, ckpt = loaded.model, loaded.tokenizer, loaded.source
+    score = evaluate_documents(model, tok, docs, stride=stride, batch_size=batch_size)
+    if score.tokens == 0:
+        raise LmlabError(f"{what}: the tokenizer made no tokens of this text")
+    if json_out:
+        say(json.dumps({"checkpoint": str(ckpt), "text": str(text), "split":
+                         split if what != str(text) else None, **score.to_dict()}))
+        return
+    say(f"{what}: {score.tokens:,} tokens, {score.n_bytes:,} bytes")
+    say(f"loss {score.loss:.4f} nats/token   perplexity {score.perplexity:.2f}   "
+        f"bits/byte {score.bits_per_byte:.4f}")
+
+
+def generate(checkpoint: InPath, prompt: str = "", max_new_tokens: Count = 100,
+             temperature: NonNegativeFloat = 0.8, top_k: Count | None = None,
+             top_p: TopP | None = 0.95, repetition_penalty: PositiveFloat = 1.0,
+             greedy: bool = False, num_return_sequences: Count = 1,
+             stop: list[str] | None = None, seed: int | None = None,
+             tokenizer: InFile | None = None,
+             dtype: Literal["float32", "bfloat16"] = "float32", stream: bool = True,
+             quantize: Literal["none", "int8"] = "none", device: str = "auto",
+             compile: bool = False) -> None:
+    """Generate text from a checkpoint, streamed to the terminal.
+
+    Incremental decoding with a KV cache. A prompt longer than the context
+    keeps its last tokens (with a warning); when a sequence fills the context,
+    decoding slides on with the last half-context.
+
+    Args:
+        checkpoint: a run folder or checkpoint folder
+        prompt: the text to continue (empty: start from end-of-text)
+        max_new_tokens: tokens to generate per sequence
+        temperature: softmax temperature (0 = greedy)
+        top_k: keep only the k most likely tokens
+        top_p: nucleus sampling: keep the smallest set of tokens whose
+            probability reaches p (1 disables it)
+        repetition_penalty: >1 penalizes tokens already present (CTRL)
+        greedy: always pick the most likely token (same as --temperature 0)
+        num_return_sequences: independent samples of the same prompt
+        stop: stop when any of these strings appears (not printed); the escapes
+            \\n and \\t stand for a newline and a tab
+        seed: random seed, for reproducible samples
+        tokenizer: tokenizer.json (default: the checkpoint's)
+        dtype: float32 or bfloat16
+        stream: print tokens as they are generated
+        quantize: int8 stores every Linear weight as int8 with one scale per output
+            row (weight-only, applied after loading): ~4x less weight memory than
+            float32 and faster decoding on CPUs, at a small cost in accuracy
+        device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
+        compile: torch.compile the decode step (about a minute to compile on 2 cores;
+            then faster per token, worth it for long outputs of many-layer models)
+
+    Examples:
+        lmlab generate runs/mini --prompt "The history of" --max-new-tokens 80
+        lmlab generate runs/mini --prompt "Paris is" --greedy
+        lmlab generate runs/mini --prompt "Paris is" --greedy --quantize int8
+        lmlab generate runs/mini --prompt "Once" --num-return-sequences 3 --seed 0 --stop "\\n\\n"
+    """
+    from lmlab.generate import SamplingConfig, generate_text
+    from lmlab.loading import load_for_inference
+
+    loaded = load_for_inference(checkpoint, tokenizer, dtype, quantize, device)
+    model, tok = loaded.model, loaded.tokenizer
+    cfg = SamplingConfig(temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p,
+                         repetition_penalty=repetition_penalty)
+    live = stream and num_return_sequences == 1
+    # A shell cannot easily pass a newline, so "\n" typed literally means one.
+    stops = [s.replace("\\n", "\n").replace("\\t", "\t") for s in stop or ()]
+
+    def on_text(row: int, piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    t0 = time.perf_counter()
+    if live:
+        sys.stdout.write(prompt)
+    outs = generate_text(model, tok, prompt, max_new_tokens=max_new_tokens, cfg=cfg,
+                         num_return_sequences=num_return_sequences, stop=stops,
+                         compile=compile,
+                         seed=seed, on_text=on_text if live else None)
+    dt = time.perf_counter() - t0
+    if live:
+        say()
+    else:
+        for i, c in enumerate(outs):
+            say(f"--- sample {i + 1} ({c.finish_reason}) ---")
+            say(prompt + c.text)
+    n_tok = sum(c.tokens for c in outs)
+    print(f"[{n_tok} tokens in {dt:.2f}s, {n_tok / max(dt, 1e-9):.1f} tokens/s]", file=sys.stderr)
+
+
+def chat(model: InPath, prompt: str | None = None, system: str | None = None,
+         max_new_tokens: Count = 256, temperature: NonNegativeFloat = 0.7, top_p: TopP = 0.9,
+         top_k: Count | None = None, repetition_penalty: PositiveFloat = 1.0,
+         greedy: bool = False, seed: int | None = None, tokenizer: InFile | None = None,
+         dtype: Literal["float32", "bfloat16"] = "float32",
+         quantize: Literal["none", "int8"] = "none", device: str = "auto") -> None:
+    """Chat with a model in the terminal, answers streamed as they are generated.
+
+    Uses the model's own chat template (from the GGUF metadata or the HF
+    tokenizer_config.json), or a plain "User:/Assistant:" format for models
+    without one. The conversation is kept whole while it fits the context;
+    beyond that its oldest messages are dropped (the system message stays) and
+    a note says so. Type /reset to start over and /exit (or Ctrl-D) to leave.
+    With --prompt, answers one message and exits (for scripts).
+
+    Args:
+        model: a .gguf file, a Hugging Face folder, or an lmlab run/checkpoint
+        prompt: answer this one message and exit
+        system: a system message that opens the conversation
+        max_new_tokens: longest answer, in tokens
+        temperature: softmax temperature (0 = greedy)
+        top_p: nucleus sampling threshold (1 disables it)
+        top_k: keep only the k most likely tokens
+        repetition_penalty: >1 penalizes tokens already present (CTRL)
+        greedy: always pick the most likely token
+        seed: random seed
+        tokenizer: tokenizer file (default: the model's own)
+        dtype: float32 or bfloat16
+        quantize: int8 for weight-only int8 Linear layers
+        device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
+
+    Examples:
+        lmlab chat SmolLM2-135M-Instruct.Q4_1.gguf
+        lmlab chat SmolLM2-135M-Instruct.Q4_1.gguf --prompt "Capital of France?" --greedy
+        echo "Tell me a joke" | lmlab chat ckpt/smollm2 --system "You are terse."
+    """
+    from lmlab.chat import ChatSession
+    from lmlab.generate import SamplingConfig
+    from lmlab.loading import load_for_inference
+
+    loaded = load_for_inference(model, tokenizer, dtype, quantize, device)
+    cfg = SamplingConfig(temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p,
+                         repetition_penalty=repetition_penalty)
+    session = ChatSession(loaded.model, loaded.tokenizer, loaded.chat_template, system=system,
+                          cfg=cfg, max_new_tokens=max_new_tokens, seed=seed)
+
+    def answer(text: str) -> None:
+        session.reply(text, on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+        say()
+
+    if prompt is not None:
+        answer(prompt)
+        return
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"chatting with {loaded.source} ({loaded.model.num_params():,} parameters); "
+              "/reset starts over, /exit leaves", file=sys.stderr)
+    while True:
+        if interactive:
+            try:
+                line = input("> ")
+            except EOFError:
+                break
+        else:
+            line = sys.stdin.readline()
+            if not line:
+                break
+        line = line.strip()
+        if not line:
+            continue
+        if line == "/exit":
+            break
+        if line == "/reset":
+            session.reset()
+            say("(conversation reset)")
+            continue
+        answer(line)
+
+
+def neighbors(model: InPath, file: InFile, query: list[str] | None = None, top: Count = 5,
+              batch_size: Count = 32, tokenizer: InFile | None = None,
+              save: OutFile | None = None, overwrite: bool = False) -> None:
+    """Embed every line of a file with an encoder and find the lines nearest to queries.
+
+    Sentence vectors are the mean of the encoder's final hidden states over the
+    real tokens (as sentence-transformers does for all-MiniLM-L6-v2), compared
+    by cosine similarity. Queries come from --query, else one per line of stdin.
+
+    Args:
+        model: a BERT-style encoder: a Hugging Face BERT folder (e.g.
+            all-MiniLM-L6-v2) or an lmlab BERT checkpoint
+        file: a UTF-8 text file, one sentence or passage per line (blank lines skipped)
+        query: query texts (repeat the option, or give several); default: read stdin
+        top: neighbours shown per query
+        batch_size: lines embedded per forward pass
+        tokenizer: tokenizer file (default: the model's own)
+        save: also write the line embeddings (N, C) to this .safetensors file
+        overwrite: replace --save's file if it exists
+
+    Examples:
+        lmlab neighbors path/to/all-MiniLM-L6-v2 faq.txt --query "how do I reset my password"
+        echo "stock markets fall" | lmlab neighbors runs/bert headlines.txt --top 3
+    """
+    from lmlab.data.corpus import iter_documents
+    from lmlab.sentences import load_encoder, nearest, sentence_embeddings
+
+    encoder, tok = load_encoder(model, tokenizer)
+    lines = [t.strip() for t in iter_documents(Path(file), txt_mode="line") if t.strip()]
+    if not lines:
+        raise LmlabError(f"{file}: no non-empty lines to search")
+    t0 = time.perf_counter()
+    corpus = sentence_embeddings(encoder, tok, lines, batch_size=batch_size, normalize=True)
+    print(f"embedded {len(lines):,} lines in {time.perf_counter() - t0:.1f}s "
+          f"({corpus.size(1)} dimensions)", file=sys.stderr)
+    if save is not None:
+        from lmlab.atomic import save_safetensors
+
+        save_safetensors({"embeddings": corpus.contiguous()}, Path(save))
+    queries = list(query or []) or [q.strip() for q in sys.stdin if q.strip()]
+    q = sentence_embeddings(encoder, tok, queries, batch_size=batch_size, normalize=True)
+    for text, hits in zip(queries, nearest(q, corpus, lines, top), strict=True):
+        say(f"query: {text}")
+        for h in hits:
+            say(f"  {h.score:6.3f}  [{h.index + 1}] {h.text}")
+
+
+def convert(source: InDir, *, out: OutDir, overwrite: bool = False) -> None:
+    """Convert a Hugging Face model folder to an lmlab checkpoint, or back.
+
+    The direction follows the source: an HF folder (config.json with a
+    model_type, model.safetensors, tokenizer files) of the GPT-2, Llama or BERT
+    family becomes an lmlab checkpoint (a decoder for `lmlab generate` and
+    `lmlab eval`, an encoder for `lmlab neighbors` and `lmlab finetune`); an
+    lmlab run or checkpoint folder becomes an HF folder that
+    `AutoModelForCausalLM.from_pretrained(OUT)` loads with the same logits (an
+    encoder: `BertModel`, or `BertForMaskedLM` / `BertForPreTraining` with its heads).
+    Pickle checkpoints (pytorch_model.bin) are refused, never unpickled.
+
+    Args:
+        source: an HF model folder, or an lmlab run/checkpoint folder
+        out: the folder to write
+        overwrite: replace OUT if it already holds files (the new folder replaces it whole)
+
+    Examples:
+        lmlab convert ~/models/gpt2 --out ckpt/gpt2
+        lmlab convert ~/models/all-MiniLM-L6-v2 --out ckpt/minilm
+        lmlab convert runs/mini --out export/mini-hf
+    """
+    from lmlab.interop.hf_folder import export_hf, import_hf, is_hf_folder
+
+    source = Path(source)
+    if is_hf_folder(source):
+        import_hf(source, Path(out))
+        encoder = json.loads((source / "config.json").read_text()).get("model_type") == "bert"
+        hint = (f"lmlab neighbors {out} FILE" if encoder
+                else f"lmlab generate {out} --prompt ...")
+        say(f"wrote lmlab checkpoint {out} (try: {hint})")
+    else:
+        export_hf(source, Path(out))
+        say(f"wrote Hugging Face folder {out} "
+            "(AutoModelForCausalLM.from_pretrained loads it)")
