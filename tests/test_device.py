@@ -68,3 +68,31 @@ def test_pretrain_resume_and_generate_on_cuda(char_shards, tmp_path):
     assert next(loaded.model.parameters()).is_cuda
     out = generate_text(loaded.model, loaded.tokenizer, "The", max_new_tokens=5)[0]
     assert out.tokens >= 1
+
+
+def test_out_of_gpu_memory_is_one_error_line(monkeypatch, capsys):
+    from lmlab import commands
+    from lmlab.cli import main
+
+    def demo() -> None:
+        """Run out of GPU memory."""
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setitem(commands.COMMANDS, "demo", demo)
+    assert main(["demo"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: out of GPU memory; try a smaller --batch-size or --max-length, "
+                   "--dtype bfloat16, or a smaller model"]
+
+
+def test_torchrun_device_settings_that_cannot_work_are_refused():
+    from lmlab.train.distributed import World, _check_device_for
+
+    world = World(rank=0, size=2, local_rank=0, local_size=2)
+    with pytest.raises(LmlabError, match="each process takes its own GPU"):
+        _check_device_for(world, "cuda:1")
+    with pytest.raises(LmlabError, match="no backend for Apple GPUs"):
+        _check_device_for(world, "mps")
+    _check_device_for(world, "cpu")
+    assert World(size=2, local_size=2).launcher() == "torchrun --nproc_per_node 2"
+    assert World(size=16, local_size=8).launcher() == "torchrun --nnodes 2 --nproc_per_node 8"

@@ -138,3 +138,14 @@ def test_chat_with_a_stateful_model_is_not_capped_by_its_training_length(tok):
                                           block_size=64)).eval()
     capped = ChatSession(gpt, tok, max_new_tokens=40, warn=notes.append)
     assert capped.max_new_tokens == 32
+
+
+def test_convert_refuses_a_family_without_a_hugging_face_format(tmp_path, tok, capsys):
+    from lmlab.cli import main
+
+    lstm = build_model(RNNConfig.from_name("lstm-small", vocab_size=tok.vocab_size, n_embd=16,
+                                           n_hidden=16))
+    save_checkpoint(tmp_path / "run", 1, lstm, None)
+    assert main(["convert", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 2
+    assert "a lstm model has no Hugging Face format" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()

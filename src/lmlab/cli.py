@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug: say so in one line, the traceback is one flag away
         if debug:
             raise
+        if type(e).__name__ == "OutOfMemoryError":  # torch's, for a GPU (torch not imported)
+            return _fail("out of GPU memory; try a smaller --batch-size or --max-length, "
+                         "--dtype bfloat16, or a smaller model")
         print(f"internal error: {type(e).__name__}: {e}", file=sys.stderr)
         print("this is a bug in lmlab; rerun with --debug for the traceback and report it",
               file=sys.stderr)

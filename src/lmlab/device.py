@@ -45,5 +45,7 @@ def resolve_device(name: str | None = "auto", local_rank: int | None = None) -> 
 def autocast(dtype: str, device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on ``device`` for ``dtype == "bfloat16"``, else nothing (float32)."""
     if dtype == "bfloat16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise LmlabError(f"--dtype bfloat16: the GPU {device} has no bf16; use float32")
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -97,6 +97,12 @@ def load_for_inference(source: Path, tokenizer: Path | None = None, dtype: str =
     The model is a GPT-style decoder or, from an lmlab checkpoint, a classic
     feed-forward or recurrent LM (``models/rnn.py``); an encoder is refused.
     """
+    if quantize != "none" and device in (None, "auto"):
+        device = "cpu"  # the int8 kernels are the CPU's
+    target = resolve_device(device)  # a device that is not here: refused before any work
+    if target.type != "cpu" and quantize != "none":
+        raise LmlabError(f"--quantize {quantize} runs on the CPU only; drop it for "
+                         f"--device {device}")
     model, folder, gguf = _load(Path(source))
     if kind_of(model) == "encoder":
         raise LmlabError(f"{source}: is an encoder (BERT), which cannot generate or score "
@@ -124,10 +130,6 @@ def load_for_inference(source: Path, tokenizer: Path | None = None, dtype: str =
         quantize_int8(model)
     elif quantize != "none":
         raise LmlabError(f"unknown quantization {quantize!r} (choose none or int8)")
-    target = resolve_device(device)
     if target.type != "cpu":
-        if quantize != "none":
-            raise LmlabError(f"--quantize {quantize} runs on the CPU only; drop it for "
-                             f"--device {device}")
         model = model.to(target)
     return Loaded(model.eval(), tok, folder, template)

@@ -152,6 +152,9 @@ def export_hf(checkpoint: Path, out: Path) -> Path:
     ckpt = resolve_checkpoint(checkpoint)
     model = load_checkpoint(ckpt)
     config = model.config
+    if family_of(config).name not in ("gpt", "bert"):
+        raise LmlabError(f"{ckpt}: a {family_of(config).name} model has no Hugging Face "
+                         "format lmlab writes (GPT-2, Llama and BERT do)")
     sd = model_state(model)
     if family_of(config).name == "bert":
         if not any(k.startswith("bert.") for k in sd):

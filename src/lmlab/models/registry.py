@@ -93,9 +93,6 @@ def _rnn_build(config: RNNConfig, **_: Any) -> nn.Module:
 
 
 def _rnn_weights(config: RNNConfig, keys: Collection[str]) -> tuple[nn.Module, Callable]:
-    # A fine-tuned classifier's encoder is saved without an output layer.
-    if config.model_type != "ffnn" and not any(k.startswith("encoder.") for k in keys):
-        return RNNEncoder(config), _same
     return _rnn_build(config), _same
 
 

@@ -9,13 +9,16 @@ and nothing here does anything.
 The data parallelism is DDP's: each process holds the whole model, reads its
 own rows of every global batch, and the gradients are averaged across
 processes before each optimizer step, so N processes with per-process batch B
-step exactly as one process with batch N x B over the same rows.
+step exactly as one process with batch N x B over the same rows (in
+pretraining; fine-tuning shares an epoch's last, smaller batch unevenly, and
+averages per-process mean losses).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -31,6 +34,7 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    local_size: int = 1  # processes on this machine (torchrun's --nproc_per_node)
 
     @property
     def main(self) -> bool:
@@ -44,6 +48,12 @@ class World:
     def rows(self, batch_size: int) -> slice:
         """This process's rows of a global batch of ``batch_size`` x ``size`` rows."""
         return slice(self.rank * batch_size, (self.rank + 1) * batch_size)
+
+    def launcher(self) -> str:
+        """The torchrun command line (without rendezvous flags) that starts this world."""
+        nodes = max(1, self.size // max(1, self.local_size))
+        per_node = f"--nproc_per_node {self.local_size if nodes > 1 else self.size}"
+        return f"torchrun --nnodes {nodes} {per_node}" if nodes > 1 else f"torchrun {per_node}"
 
     def share(self, items: list) -> list:
         """This process's part of ``items`` (at least ``size`` of them): ``size`` contiguous
@@ -77,13 +87,35 @@ def join(device_name: str | None = "auto") -> tuple[World, torch.device]:
     more than one process (gloo for CPU tensors, NCCL for CUDA ones)."""
     if not launched():
         return World(), resolve_device(device_name)
-    world = World(_env_int("RANK"), _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK", 0))
+    world = World(_env_int("RANK"), _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK", 0),
+                  _env_int("LOCAL_WORLD_SIZE", _env_int("WORLD_SIZE")))
+    if world.distributed:
+        _check_device_for(world, device_name or "auto")
     device = resolve_device(device_name, local_rank=world.local_rank)
     if world.distributed and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # Rank 0 validates (and writes) while the others wait in their next collective:
+        # give a long validation time before the wait counts as a hang.
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                timeout=timedelta(hours=2))
     return world, device
+
+
+def _check_device_for(world: World, name: str) -> None:
+    """Refuse device settings that cannot give each process its own device."""
+    if name.startswith("cuda:"):
+        raise LmlabError(f"--device {name}: under torchrun each process takes its own GPU "
+                         "(cuda:LOCAL_RANK); use --device cuda, and CUDA_VISIBLE_DEVICES to "
+                         "choose the GPUs")
+    if name == "mps":
+        raise LmlabError("--device mps: torch.distributed has no backend for Apple GPUs; "
+                         "use --device cpu under torchrun")
+    if name in ("cuda", "auto") and torch.cuda.is_available() \
+            and world.local_size > torch.cuda.device_count():
+        raise LmlabError(f"{world.local_size} processes on this machine but "
+                         f"{torch.cuda.device_count()} CUDA GPU(s): one process per GPU "
+                         "(--nproc_per_node), or --device cpu")
 
 
 def leave() -> None:

@@ -256,6 +256,7 @@ class Finetuner:
         self.net: nn.Module = self.model  # what training steps call: DDP's wrapper if any
         if self.world.distributed:
             self.net = distributed.data_parallel(self.model, self.device)
+            torch.manual_seed(cfg.seed + self.world.rank)  # its own dropout masks
         self.pad_id = pad_id_of(self.tok, self.model)
 
         # -- features
@@ -289,7 +290,9 @@ class Finetuner:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         # A global batch is batch_size rows from each process.
         self.global_batch = cfg.batch_size * self.world.size
-        per_epoch = math.ceil(len(self.feats["train"]) / self.global_batch)
+        # An epoch's last batch is trained when every process gets a row of it.
+        n, size = len(self.feats["train"]), self.world.size
+        per_epoch = n // self.global_batch + (n % self.global_batch >= size)
         self.total_steps = cfg.epochs * per_epoch
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)

@@ -431,7 +431,7 @@ class Trainer:
         default = TrainConfig(data=cfg.data, out=cfg.out, objective=cfg.objective)
         words = ["lmlab", "pretrain", cfg.data, "--out", cfg.out]
         if self.world.distributed:
-            words[:1] = ["torchrun", "--nproc_per_node", str(self.world.size), "-m", "lmlab"]
+            words[:1] = [*self.world.launcher().split(), "-m", "lmlab"]
         for f in dataclasses.fields(cfg):
             value = getattr(cfg, f.name)
             if f.name in ("data", "out") or value is None or value == getattr(default, f.name):
@@ -473,11 +473,19 @@ class Trainer:
         was = state.get("world_size", 1)
         if was != self.world.size:
             # Each process's rows and random state come from the world size.
+            then = distributed.World(size=was, local_size=state.get("local_world_size", was))
             raise LmlabError(
                 f"{self.run_dir}: cannot resume with {self.world.size} process(es): the run "
                 f"was trained with {was} (world_size in {file}); resume it with "
-                f"{'torchrun --nproc_per_node ' + str(was) if was > 1 else 'one process'}, "
+                f"{then.launcher() if was > 1 else 'one process'}, "
                 "or start over with --overwrite")
+        # Pretraining could use only the CPU before --device: such a run was on the CPU.
+        trained_on = state.get("device", "cpu")
+        if trained_on != self.device.type and self.world.main:
+            print(f"warning: the run was trained on {trained_on} and resumes on "
+                  f"{self.device.type}: it goes on, but not bit-identically to an "
+                  f"uninterrupted run (--device {trained_on} resumes exactly)",
+                  file=sys.stderr)
         for key in self.RESUME_KEYS:
             if key in saved and saved[key] != getattr(self.cfg, key):
                 now, then = _with(key, getattr(self.cfg, key)), _with(key, saved[key])
@@ -704,7 +712,8 @@ class Trainer:
             optimizer = distributed.full_optimizer_state(self.optimizer)
         if world.main:
             state = {"train_config": dataclasses.asdict(self.cfg), "pending": self.pending,
-                     "world_size": world.size}
+                     "world_size": world.size, "local_world_size": world.local_size,
+                     "device": self.device.type}
             path = ckpt.save_checkpoint(self.run_dir, step, self.model, self.tokenizer_path,
                                         optimizer, state, rng, carry_tensors=carry,
                                         model_tensors=model_tensors)
