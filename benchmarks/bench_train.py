@@ -147,8 +147,8 @@ def lmlab_run(name: str, shards: Path, out: Path, total_steps: int, dtype: str,
 
     sample = tr.train_data.sample_batch
 
-    def recording_sample(b: int, t: int, g: torch.Generator):
-        x, y = sample(b, t, g)
+    def recording_sample(b: int, t: int, g: torch.Generator, rows: slice | None = None):
+        x, y = sample(b, t, g, rows=rows)
         run.batch_ids.append(_fingerprint(x))
         return x, y
 

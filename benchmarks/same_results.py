@@ -61,8 +61,10 @@ def compare(a: Path, b: Path) -> tuple[bool, bool, bool]:
     import torch
     from safetensors.torch import load_file
 
-    def same_file(name: str) -> bool:
-        x, y = (load_file(str(next((p / "checkpoints").glob("step-*")) / name)) for p in (a, b))
+    from lmlab.models.weights import resolve_checkpoint
+
+    def same_file(name: str) -> bool:  # of the last checkpoint of each run
+        x, y = (load_file(str(resolve_checkpoint(p) / name)) for p in (a, b))
         return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
     def losses(run: Path) -> list[tuple]:

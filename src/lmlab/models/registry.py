@@ -213,11 +213,6 @@ def reader_of(backbone: nn.Module) -> Reader:
     return reader
 
 
-def is_encoder_only(backbone: nn.Module) -> bool:
-    """Whether ``backbone`` is a bare BERT encoder (sentence embeddings need one)."""
-    return isinstance(backbone, Bert)
-
-
 def hidden_width(backbone: nn.Module) -> int:
     """The width of a backbone's final hidden states (a bidirectional RNN's are both
     directions side by side)."""

@@ -629,11 +629,8 @@ class Trainer:
 
     def _sample(self, T: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Random windows x, y (B, T): this process's rows of the global batch."""
-        if self.world.distributed:
-            x, y = self.train_data.sample_batch(self.global_batch, T, self.generator,
-                                                rows=self.world.rows(self.cfg.batch_size))
-        else:
-            x, y = self.train_data.sample_batch(self.global_batch, T, self.generator)
+        rows = self.world.rows(self.cfg.batch_size) if self.world.distributed else None
+        x, y = self.train_data.sample_batch(self.global_batch, T, self.generator, rows=rows)
         return x.to(self.device), y.to(self.device)
 
     def train_step(self, step: int) -> tuple[float, float]:
