@@ -85,25 +85,20 @@ def make_finetuner(data: Path, out: Path, total_steps: int, dtype: str = "float3
 # ----------------------------------------------------------------- lmlab
 def lmlab_rate(ft, warmup: int, steps: int) -> dict:
     """Run ``warmup + steps`` of the Finetuner's own steps; real tokens/s of the timed ones."""
-    from lmlab.train.tasks.features import length_bucketed_batches
-
-    feats = ft.feats["train"]
-    lengths = [len(f.ids) for f in feats]
-    batches: list[list[int]] = []
-    while len(batches) < warmup + steps:
-        batches += length_bucketed_batches(lengths, BATCH, ft.generator)
-    ft.model.train()
+    lengths = [len(f.ids) for f in ft.feats["train"]]
+    ft.train_mode()
     tokens = padded = 0
     losses = []
     others = OthersCpu()
     t0 = time.perf_counter()
-    for s, idx in enumerate(batches[: warmup + steps]):
+    for s in range(warmup + steps):
         if s == warmup:
             t0 = time.perf_counter()
             others.start()
-        loss, _ = ft.train_step(idx, s)
+        loss, _ = ft.train_step(s)  # the engine's step: its batch from the epoch's order
         losses.append(loss)
         if s >= warmup:
+            idx = ft.last_batch
             tokens += sum(lengths[i] for i in idx)
             padded += len(idx) * max(lengths[i] for i in idx)
     wall = time.perf_counter() - t0

@@ -213,7 +213,7 @@ def test_early_stopping_when_the_metric_stops_improving(tmp_path, wp_tok):
     tuner = Finetuner(cfg, progress=False)
     fit = tuner.fit()
     assert fit["stopped_early"] and fit["epochs"] == 2 < cfg.epochs
-    assert fit["best_step"] == fit["steps"] // 2
+    assert fit["best_step"] == fit["step"] // 2
     vals = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert sum(r["split"] == "val" for r in vals) == 2
 
@@ -401,7 +401,7 @@ def test_minilm_fine_tunes_a_few_steps(tmp_path):
     tuner = Finetuner(cfg, progress=False)
     assert tuner.pooling == "mean"  # from its sentence-transformers 1_Pooling/config.json
     fit = tuner.fit()
-    assert fit["steps"] == 2
+    assert fit["step"] == 2
     assert (tmp_path / "run" / "best" / "vocab.txt").is_file()
     report = tuner.test()
     assert report is not None and report["test_examples"] == 4

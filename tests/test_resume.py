@@ -291,17 +291,20 @@ def _ft_cfg(out: Path, tok: Path, **kw) -> FinetuneConfig:
     return FinetuneConfig(**dict(base, **kw))
 
 
-def test_finetune_writes_its_splits_with_its_first_checkpoint(tmp_path, wp_tok):
+def test_finetune_writes_its_splits_and_a_resume_checkpoint(tmp_path, wp_tok):
     from lmlab.data.tasks import read_task_file
 
     out = tmp_path / "ft"
     tuner = Finetuner(_ft_cfg(out, wp_tok), progress=False)
-    assert not out.exists()  # nothing before the first checkpoint
     tuner.fit()
     assert (out / "best" / "model.safetensors").exists()
     for name in ("train", "val", "test"):
         back = read_task_file(out / "splits" / f"{name}.jsonl", "classify")
         assert back == tuner.splits[name], name
+    # One resume checkpoint: the last validation's.
+    assert resolve_checkpoint(out).name == f"step-{tuner.total_steps:06d}"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "latest", f"step-{tuner.total_steps:06d}"]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
 
 
@@ -309,7 +312,7 @@ def test_finetune_stopped_before_its_first_checkpoint_leaves_no_folder(tmp_path,
                                                                       monkeypatch):
     out = tmp_path / "ft"
 
-    def dying_step(self, idx, step):
+    def dying_step(self, step):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Finetuner, "train_step", dying_step)
@@ -318,13 +321,57 @@ def test_finetune_stopped_before_its_first_checkpoint_leaves_no_folder(tmp_path,
     assert not out.exists()
 
 
-def test_finetune_ctrl_c_keeps_the_best_model_so_far(tmp_path, wp_tok, monkeypatch, capsys):
+def _tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+def test_finetune_ctrl_c_keeps_the_best_model_and_the_printed_command_resumes_exactly(
+        tmp_path, wp_tok, monkeypatch, capsys):
+    # Dropout on, an epoch of 5 steps and validation every 3: Ctrl-C lands mid-epoch,
+    # between validations, so resume must find the place in the epoch's batch order.
+    kw = dict(epochs=2, batch_size=32, eval_interval=3, head_dropout=0.2)
+    straight = Finetuner(_ft_cfg(tmp_path / "straight", wp_tok, **kw), progress=False)
+    straight.fit()
+
     out = tmp_path / "ft"
-    _ctrl_c_at(monkeypatch, Finetuner, "train_step", 2)
+    _ctrl_c_at(monkeypatch, Finetuner, "train_step", 7)  # during step 7 (epoch 2)
     with pytest.raises(KeyboardInterrupt):
-        Finetuner(_ft_cfg(out, wp_tok, epochs=3), progress=False).fit()
+        Finetuner(_ft_cfg(out, wp_tok, **kw), progress=False).fit()
+    monkeypatch.undo()
     assert (out / "best" / "task.json").exists()
     assert (out / "splits" / "test.jsonl").exists()
+    assert resolve_checkpoint(out).name == "step-000007"
     err = capsys.readouterr().err
-    assert "interrupted at step 2 of " in err and "the best model so far" in err
-    assert str(out / "best") in err
+    line = next(x for x in err.splitlines() if x.startswith("interrupted"))
+    assert line.startswith(f"interrupted at step 7; saved a checkpoint to {out}. The best "
+                           "model so far (val macro_f1 ")
+    assert str(out / "best") in line
+    command = shlex.split(line.split("Resume with: ", 1)[1])
+    assert command[:2] == ["lmlab", "finetune"] and command[-1] == "--resume"
+    assert "--head-dropout" in command and "--eval-interval" in command
+
+    assert main(command[1:]) == 0  # the printed command, as typed: trains, then tests
+    for name in ("best", f"checkpoints/step-{straight.total_steps:06d}"):
+        a, b = _tensors(tmp_path / "straight" / name), _tensors(out / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+    rows = [[(r["step"], r["split"], r.get("loss")) for r in read_metrics(p / "metrics.jsonl")]
+            for p in (tmp_path / "straight", out)]
+    assert rows[0] == rows[1]
+    assert (out / "report.json").exists()
+
+
+def test_finetune_resume_refuses_other_data_and_needs_a_checkpoint(tmp_path, wp_tok, capsys):
+    out = tmp_path / "ft"
+    Finetuner(_ft_cfg(out, wp_tok, max_steps=2), progress=False).fit()
+    with pytest.raises(LmlabError, match=r"already holds a run; pass --resume"):
+        Finetuner(_ft_cfg(out, wp_tok, max_steps=2), progress=False)
+    with pytest.raises(LmlabError, match=r"cannot resume with --max-length 16: the run was "
+                                         r"started with --max-length 32"):
+        Finetuner(_ft_cfg(out, wp_tok, max_length=16), progress=False, resume=True)
+    with pytest.raises(LmlabError, match="nothing to resume"):
+        Finetuner(_ft_cfg(tmp_path / "new", wp_tok), progress=False, resume=True)
+    assert not (tmp_path / "new").exists()

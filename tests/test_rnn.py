@@ -165,14 +165,14 @@ def test_trainer_carries_the_state_from_step_to_step(char_shards, tmp_path):
                                   preset="lstm-small", max_steps=4, eval_interval=4,
                                   grad_accum=2, **TINY), progress=False)
     seen: list[tuple] = []
-    real = trainer.compiled
+    real = trainer.net
 
     def recording(x, state):
         logits, new = real(x, state)
         seen.append((x.clone(), state, tuple(s.detach().clone() for s in new)))
         return logits, new
 
-    trainer.compiled = recording
+    trainer.net = recording
     trainer.fit()
     assert len(seen) == 8  # 4 steps x 2 micro-batches
     assert seen[0][1] is None

@@ -208,7 +208,7 @@ def finetune(*, task: Literal["classify", "tag", "qa"], train: InFile, model: st
              eval_interval: Count | None = None, freeze_backbone: bool = False, seed: int = 0,
              threads: Count | None = None, device: str = "auto",
              dtype: Literal["float32", "bfloat16"] = "float32",
-             overwrite: bool = False) -> None:
+             resume: bool = False, overwrite: bool = False) -> None:
     """Fine-tune a BERT, GPT or GRU/LSTM backbone for classification, tagging or extractive QA.
 
     Tasks: classify (one label per text), tag (one tag per word; BIO tags are
@@ -242,6 +242,8 @@ def finetune(*, task: Literal["classify", "tag", "qa"], train: InFile, model: st
     without improvement. Then the best model is scored on the test split:
     OUT/report.txt, OUT/report.json (and OUT/confusion.png for classify).
     OUT also gets metrics.jsonl, TensorBoard events (OUT/tb) and loss.png.
+    With each validation a resume checkpoint is saved in OUT/checkpoints;
+    Ctrl-C saves one too, and `--resume` continues the run exactly.
 
     Args:
         task: classify, tag or qa
@@ -292,10 +294,12 @@ def finetune(*, task: Literal["classify", "tag", "qa"], train: InFile, model: st
         device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
         dtype: float32, or bfloat16 autocast (1.6x faster on CPUs with AMX, e.g.
             recent Xeons; slower on CPUs without it)
+        resume: continue the run in OUT from its last checkpoint
         overwrite: replace a fine-tuning run already in OUT
 
     Examples:
         lmlab finetune --task classify --train spam.jsonl --model path/to/all-MiniLM-L6-v2 --out runs/spam
+        lmlab finetune --task classify --train spam.jsonl --model path/to/all-MiniLM-L6-v2 --out runs/spam --resume
         lmlab finetune --task classify --train reviews.csv --text-field review --label-field stars --model runs/bert --max-length 128 --truncation head --out runs/stars
         lmlab finetune --task tag --train ner-train.conll --validation ner-dev.conll --model bert-mini --tokenizer data/wp8k.json --epochs 10 --patience 2 --out runs/ner
         lmlab finetune --task qa --train squad-train.json --test squad-dev.json --model path/to/all-MiniLM-L6-v2 --max-length 384 --out runs/qa
@@ -324,7 +328,7 @@ def finetune(*, task: Literal["classify", "tag", "qa"], train: InFile, model: st
         freeze_backbone=freeze_backbone, seed=seed, threads=threads, device=device,
         dtype=dtype)
     try:
-        tuner = Finetuner(cfg, overwrite=overwrite)
+        tuner = Finetuner(cfg, overwrite=overwrite, resume=resume)
         tell = say if tuner.world.main else (lambda *_: None)  # rank 0 alone reports
         n = {k: len(v) for k, v in tuner.splits.items()}
         labels = f", {len(tuner.labels)} labels" if tuner.labels else ""
@@ -339,7 +343,7 @@ def finetune(*, task: Literal["classify", "tag", "qa"], train: InFile, model: st
     if not tuner.world.main:
         return
     stop = " (stopped early)" if fit["stopped_early"] else ""
-    say(f"trained {fit['steps']:,} steps, {fit['epochs']} epochs in "
+    say(f"trained {fit['step']:,} steps, {fit['epochs']} epochs in "
         f"{fit['train_seconds']:.1f}s{stop}; best val {fit['metric']} {fit['best_val']:.4f} "
         f"at step {fit['best_step']}")
     report = tuner.test()

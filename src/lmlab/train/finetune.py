@@ -1,6 +1,6 @@
 """Fine-tuning a pretrained backbone for classification, tagging or extractive QA.
 
-Setup, fit, test, in plain code (``Finetuner``): read the splits
+Setup, fit, test (``Finetuner``, an objective on the training engine): read the splits
 (``data/tasks.py``), load a backbone (a BERT encoder, a GPT decoder, or a
 recurrent encoder such as the bidirectional GRU of the ``gru-classifier``
 preset), put a task head on it (``TaskModel``), train with AdamW and BERT's
@@ -43,38 +43,37 @@ The splits the run used are written beside it, as ``OUT/splits/train.jsonl``,
 names; an empty split is an empty file): the examples as read from
 ``--validation`` / ``--test``, or as carved from ``--train``. A baseline
 scored on them (``lmlab baseline --train OUT``) sees exactly the same split.
-OUT, with ``finetune_config.json``, the splits and the metrics, is made only
-when the first checkpoint is saved (the splits folder appears whole); a run
-that fails or is stopped before then leaves no OUT behind.
+OUT, with ``finetune_config.json`` and the splits, is made once every input is
+checked; a run that fails or is stopped before its first checkpoint leaves no
+OUT behind (if it made it).
+
+The loop is the engine's (``train/engine.py``): with each validation the run
+also saves a resume checkpoint in ``OUT/checkpoints`` (weights, AdamW moments,
+random states, the epoch, the place in its batch order and the best score so
+far), so ``--resume`` continues a stopped run exactly, as pretraining does.
 
 Shapes: B batch, T tokens, C width, K labels.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import shutil
 import sys
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn as nn
 
-from lmlab.atomic import missing_root, write_text
+from lmlab.atomic import write_text
 from lmlab.data.tasks import SPLITS_DIR, LabelSet, Task, write_splits
 from lmlab.device import autocast
 from lmlab.errors import LmlabError
 from lmlab.models.bert import Pooling
 from lmlab.models.registry import context_of, reader_of
 from lmlab.tokenizer import Tokenizer
-from lmlab.train import distributed
-from lmlab.train.loop import StopOnInterrupt, check_range, make_optimizer
+from lmlab.train.engine import Engine, check_range
 from lmlab.train.tasks.checkpoint import FORMAT, load_task_model, pad_id_of, save_task_checkpoint
 from lmlab.train.tasks.decoding import (
     decode_outputs,
@@ -184,27 +183,42 @@ def _warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
-class Finetuner:
-    """Holds data, model, optimizer and run folder; ``fit`` trains, ``test`` scores."""
+class Finetuner(Engine):
+    """Fine-tuning on the engine: data, backbone + head and the task objective; ``fit``
+    trains, keeping the best model in OUT/best, and ``test`` scores it."""
+
+    command = "finetune"
+    config_file = "finetune_config.json"
+    run_files = ("best", "tb", "metrics.jsonl", "loss.png", "report.json", "report.txt",
+                 "confusion.png", SPLITS_DIR)
+    # What fixes the examples, the model and the batches; epochs, max_steps, the
+    # learning rate and patience may change on --resume.
+    resume_keys = ("task", "train", "model", "validation", "test", "tokenizer", "vectors",
+                   "vectors_max_words", "text_field", "label_field", "tokens_field",
+                   "tags_field", "context_field", "question_field", "answer_field",
+                   "answer_start_field", "encoding", "val_fraction", "test_fraction",
+                   "max_length", "truncation", "pooling", "batch_size", "head_dropout",
+                   "class_weights", "freeze_backbone", "seed")
+    keep_checkpoints = 1  # the resume point; the model worth keeping is OUT/best
+    rate_name = "examples_per_s"
+    plot_ylabel = "task loss (cross-entropy, nats)"
 
     def __init__(self, cfg: FinetuneConfig, overwrite: bool = False,
-                 progress: bool = True, embedding_init: torch.Tensor | None = None) -> None:
+                 progress: bool = True, embedding_init: torch.Tensor | None = None,
+                 resume: bool = False) -> None:
         """Check every input and build the model; ``embedding_init`` (vocab_size, dim)
         initialises a recurrent preset's token embeddings (see ``load_backbone``)."""
         from lmlab.data.tasks import compute_class_weights, load_splits
 
         self.cfg = cfg
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        self.plot_title = f"finetune {cfg.task}"
         # Under torchrun: DDP, every process training on its share of each global batch.
-        self.world, self.device = distributed.join(cfg.device)
-        self.progress = progress and self.world.main
+        self._join(progress)
         if cfg.pooling is not None and cfg.task != "classify":
             raise LmlabError(f"--pooling applies to classify, not {cfg.task}")
         if cfg.class_weights and cfg.task == "qa":
             raise LmlabError("--class-weights applies to classify and tag, not qa")
-        self.run_dir = Path(cfg.out)
-        self._check_run_dir(overwrite)
+        self._check_run_dir(Path(cfg.out), resume, overwrite)
 
         # -- data
         self.splits = load_splits(Path(cfg.train), _opt_path(cfg.validation),
@@ -246,17 +260,13 @@ class Finetuner:
             raise LmlabError(f"--pooling cls needs a BERT backbone: a {kind.upper()}'s first "
                              "token has seen only itself; use last or mean")
         self.pooling = pooling
+        self.kind = kind
         n_labels = len(self.labels) if self.labels else 1
         self.model = TaskModel(backbone, cfg.task, n_labels, pooling, cfg.head_dropout)
         self.model.to(self.device)
         if cfg.freeze_backbone:
             for p in self.model.backbone.parameters():
                 p.requires_grad_(False)
-        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.net: nn.Module = self.model  # what training steps call: DDP's wrapper if any
-        if self.world.distributed:
-            self.net = distributed.data_parallel(self.model, self.device)
-            torch.manual_seed(cfg.seed + self.world.rank)  # its own dropout masks
         self.pad_id = pad_id_of(self.tok, self.model)
 
         # -- features
@@ -284,10 +294,7 @@ class Finetuner:
             self.weight = torch.tensor(compute_class_weights(y, len(self.labels)),
                                        dtype=torch.float32, device=self.device)
 
-        # -- optimization
-        # BERT's fine-tuning betas (0.9, 0.999); pretraining uses (0.9, 0.95).
-        self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay, (0.9, 0.999))
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        # -- the schedule
         # A global batch is batch_size rows from each process.
         self.global_batch = cfg.batch_size * self.world.size
         # An epoch's last batch is trained when every process gets a row of it.
@@ -297,49 +304,27 @@ class Finetuner:
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.warmup = round(cfg.warmup_ratio * self.total_steps)
+        # Where the batches are: the epoch, its batches (drawn at its start from the
+        # engine's generator, whose state then is kept for resume) and the next one.
+        self.lengths = [len(f.ids) for f in self.feats["train"]]
+        self.epoch, self.order, self.pos = 0, [], 0
+        self.epoch_rng: torch.Tensor | None = None
+        self.last_batch: list[int] = []
+        # The best validation score so far, and evaluations since it improved.
+        self.best, self.best_step, self.bad_evals = -math.inf, 0, 0
         self.metric_name = ""
-        self.kind = kind
-        # Nothing is written yet: OUT is made (and an old run in it replaced) by
-        # ``fit``, together with the first checkpoint (``_start_run``).
+        # BERT's fine-tuning betas (0.9, 0.999); pretraining uses (0.9, 0.95).
+        self._prepare(betas=(0.9, 0.999))
 
-    # -- setup helpers -------------------------------------------------------
-    _RUN_OUTPUTS = ("best", "tb", "metrics.jsonl", "loss.png", "report.json", "report.txt",
-                    "confusion.png", "finetune_config.json", SPLITS_DIR)
+    # -- the run folder --------------------------------------------------------
+    def _holds_run(self) -> bool:
+        # A run of lmlab before resumable fine-tuning has best/ and no checkpoints.
+        return super()._holds_run() or any((self.run_dir / n).exists() for n in self.run_files)
 
-    def _check_run_dir(self, overwrite: bool) -> None:
-        present = [n for n in self._RUN_OUTPUTS if (self.run_dir / n).exists()]
-        if present and not overwrite:
-            raise LmlabError(f"{self.run_dir}: already holds a fine-tuning run ({present[0]}); "
-                             "pass --overwrite to replace it, or choose another --out")
-
-    def _remove_outputs(self) -> None:
-        for name in self._RUN_OUTPUTS:
-            p = self.run_dir / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-
-    def _start_run(self) -> None:
-        """Make OUT as the first checkpoint is about to be saved: replace an old run's
-        outputs, write finetune_config.json and the splits."""
-        self._remove_outputs()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(self.run_dir / "finetune_config.json",
-                   json.dumps(dataclasses.asdict(self.cfg), indent=2) + "\n")
+    def write_run_files(self) -> None:
         # The examples of each split, as read or carved, so a baseline scores the same ones.
-        write_splits(self.splits, self.run_dir)
-
-    def _discard_run(self, made: Path | None) -> None:
-        """After a failure before any checkpoint: remove the folder this run made, or
-        (in one that was already there) what this run wrote."""
-        if (self.run_dir / "best").exists():
-            return
-        if made is not None:
-            shutil.rmtree(made, ignore_errors=True)
-            _warn(f"removed {made}: fine-tuning stopped before its first checkpoint")
-            return
-        self._remove_outputs()
+        if not self.resume:
+            write_splits(self.splits, self.run_dir)
 
     def _note(self, msg: str) -> None:
         self.notes.append(msg)
@@ -395,183 +380,113 @@ class Finetuner:
             "eos_token": tok.id_to_token(tok.eos_id) if tok.eos_id is not None else None,
         }
 
-    # -- the loop ------------------------------------------------------------
-    def train_step(self, idx: Sequence[int], step: int) -> tuple[float, float]:
-        """One optimizer step on training features ``idx`` (the global batch: under
-        torchrun, this process trains on its own share) at schedule position ``step``;
-        returns the batch loss (the mean over processes) and the gradient norm before
-        clipping."""
+    # -- the objective -------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        return linear_schedule(step, self.total_steps, self.warmup, self.cfg.lr)
+
+    def _next_batch(self) -> list[int]:
+        """The next training batch (indices into the train features): the epochs in
+        order, each one's batches of similar lengths in a random order."""
+        while True:
+            if self.pos >= len(self.order):
+                self.epoch += 1
+                self.epoch_rng = self.generator.get_state()
+                self.order = length_bucketed_batches(self.lengths, self.global_batch,
+                                                     self.generator)
+                self.pos = 0
+            idx = self.order[self.pos]
+            self.pos += 1
+            if len(idx) >= self.world.size:  # else too small to give every process a row
+                return idx
+
+    def _epoch_done(self) -> bool:
+        return all(len(b) < self.world.size for b in self.order[self.pos:])
+
+    def micro_batch_loss(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The task loss of the next batch: under torchrun, this process's share of it."""
         cfg = self.cfg
-        lr = linear_schedule(step, self.total_steps, self.warmup, cfg.lr)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        mine = self.world.share(idx)
-        batch = collate([self.feats["train"][i] for i in mine], self.pad_id, self.device,
-                        cfg.task)
+        self.last_batch = idx = self._next_batch()
+        batch = collate([self.feats["train"][i] for i in self.world.share(idx)], self.pad_id,
+                        self.device, cfg.task)
         with autocast(cfg.dtype, self.device):
             out = self.net(batch.ids, batch.mask, batch.types)
-        loss = task_loss(out, batch.target, cfg.task, self.weight)
-        value = distributed.mean(loss.item(), self.world, self.device)
-        if not math.isfinite(value):
-            raise LmlabError(f"step {step}: training loss is {value}; try a lower --lr "
-                             f"(now {cfg.lr:g})")
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return value, float(norm)
+        return task_loss(out, batch.target, cfg.task, self.weight), {}
 
-    def _train_mode(self) -> None:
+    def step_units(self) -> int:
+        return len(self.last_batch)
+
+    def row_extras(self) -> dict[str, Any]:
+        return {"epoch": self.epoch}
+
+    def train_mode(self) -> None:
         self.model.train()
         if self.cfg.freeze_backbone:
             self.model.backbone.eval()  # a frozen backbone gives stable features: no dropout
 
-    def fit(self) -> dict[str, Any]:
-        """Train, validating every epoch (and every ``eval_interval`` steps) and keeping
-        the best model in OUT/best/. OUT itself appears with that first checkpoint.
+    def should_validate(self, step: int) -> bool:
+        every = self.cfg.eval_interval
+        return bool(every and step % every == 0) or self._epoch_done() \
+            or step == self.total_steps
 
-        Ctrl-C lets the step under way end, validates the model as it is (saving it
-        if it is the best so far), says where the best model is and raises
-        KeyboardInterrupt; a second Ctrl-C stops at once. A run stopped or failed
-        before its first checkpoint leaves no OUT behind (if it made it).
-        """
-        from lmlab.runs import MetricsLogger, plot_loss
+    def should_save(self, step: int, validated: bool) -> bool:
+        # The resume point goes with each validation, so it agrees with OUT/best.
+        return validated
 
-        cfg = self.cfg
-        logger: MetricsLogger | None = None  # made with OUT, at the first evaluation
-        early_rows: list[dict[str, Any]] = []  # train rows logged before that
-        started, made = False, None  # made: the outermost folder _start_run made
-        bar = None
-        if self.progress:
-            from lmlab.progress import progress_bar
+    def validate(self, step: int) -> tuple[dict[str, Any], str, bool]:
+        """Score the validation split, keep the model in OUT/best if it is the best so far;
+        stop when --patience evaluations in a row did not improve."""
+        name, value, _, loss = self.evaluate("val")
+        self.metric_name = name
+        row: dict[str, Any] = {name: value}
+        if loss is not None:
+            row["loss"] = loss
+        improved = value > self.best
+        if improved:
+            self.best, self.best_step, self.bad_evals = value, step, 0
+            save_task_checkpoint(self.run_dir / "best", self.model, self.tok,
+                                 self.task_info(step, self.epoch, value), self.source)
+        else:
+            self.bad_evals += 1
+        best = f"best {self.best:.4f} at step {self.best_step}"
+        msg = (f"step {step} (epoch {self.epoch}): val {name} {value:.4f}"
+               + (f", loss {loss:.4f}" if loss is not None else "")
+               + (" (best, saved)" if improved else f" ({best})"))
+        patience = self.cfg.patience
+        return row, msg, patience is not None and self.bad_evals >= patience
 
-            bar = progress_bar(total=self.total_steps, desc=f"finetune {cfg.task}", unit="step")
-        lengths = [len(f.ids) for f in self.feats["train"]]
-        best, best_step, bad_evals = -math.inf, 0, 0
-        step, epoch, stopped_early = 0, 0, False
-        losses: list[float] = []
-        t_start = t_last = time.perf_counter()
-        seen = 0
-        evaluated_at = -1
+    def objective_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        best = self.best if math.isfinite(self.best) else None
+        tensors = {"epoch_rng": self.epoch_rng} if self.epoch_rng is not None else {}
+        return {"epoch": self.epoch, "pos": self.pos, "best": best, "best_step": self.best_step,
+                "bad_evals": self.bad_evals, "metric": self.metric_name}, tensors
 
-        def log(row: dict[str, Any]) -> None:
-            if logger is None:
-                early_rows.append(row)
-            else:
-                logger.log(row)
+    def restore_objective(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        self.best = -math.inf if state["best"] is None else float(state["best"])
+        self.best_step, self.bad_evals = int(state["best_step"]), int(state["bad_evals"])
+        self.metric_name = str(state["metric"])
+        if "epoch_rng" in tensors:
+            # The epoch's batches again, drawn from the generator as it was at its start.
+            now = self.generator.get_state()
+            self.epoch_rng = tensors["epoch_rng"]
+            self.generator.set_state(self.epoch_rng)
+            self.order = length_bucketed_batches(self.lengths, self.global_batch,
+                                                 self.generator)
+            self.generator.set_state(now)
 
-        def validate() -> bool:
-            """Evaluate, keep the best checkpoint; True when patience has run out (in every
-            process: rank 0 alone evaluates and writes, and tells the others)."""
-            nonlocal evaluated_at
-            evaluated_at = step
-            out_of_patience = self.world.main and evaluate_and_keep()
-            return distributed.any_true(out_of_patience, self.world, self.device)
+    def tokenizer_file(self) -> None:
+        return None  # the checkpoint's tokenizer is OUT/best's
 
-        def evaluate_and_keep() -> bool:
-            nonlocal best, best_step, bad_evals, logger, made, started
-            name, value, _, loss = self.evaluate("val")
-            self.metric_name = name
-            row = {"step": step, "split": "val", "epoch": epoch, name: value}
-            if loss is not None:
-                row["loss"] = loss
-            if logger is None:
-                started, made = True, missing_root(self.run_dir)
-                self._start_run()
-                logger = MetricsLogger(self.run_dir)
-                for r in early_rows:
-                    logger.log(r)
-            logger.log(row)
-            improved = value > best
-            if improved:
-                best, best_step, bad_evals = value, step, 0
-                save_task_checkpoint(self.run_dir / "best", self.model, self.tok,
-                                     self.task_info(step, epoch, value), self.source)
-            else:
-                bad_evals += 1
-            msg = (f"step {step} (epoch {epoch}): val {name} {value:.4f}"
-                   + (f", loss {loss:.4f}" if loss is not None else "")
-                   + (" (best, saved)" if improved else f" (best {best:.4f} at step {best_step})"))
-            bar.write(msg) if bar else print(msg, file=sys.stderr)
-            plot_loss(logger.path, self.run_dir / "loss.png", title=f"finetune {cfg.task}",
-                      ylabel="task loss (cross-entropy, nats)")
-            self._train_mode()
-            return cfg.patience is not None and bad_evals >= cfg.patience
+    def stop_message(self, step: int) -> str:
+        if not math.isfinite(self.best):
+            return ""
+        return (f"The best model so far (val {self.metric_name} {self.best:.4f}, step "
+                f"{self.best_step}) is in {self.run_dir / 'best'}, which `lmlab predict "
+                f"{self.run_dir}` uses (the test split was not scored). ")
 
-        stop = StopOnInterrupt()
-
-        def check_stop() -> None:
-            """On Ctrl-C (in any process), between steps: validate the model as it is,
-            then stop."""
-            if distributed.any_true(stop.requested, self.world, self.device) \
-                    and step < self.total_steps:
-                if evaluated_at != step:
-                    validate()
-                raise KeyboardInterrupt
-
-        self._train_mode()
-        try:
-            with stop:
-                while epoch < cfg.epochs and step < self.total_steps and not stopped_early:
-                    epoch += 1
-                    for idx in length_bucketed_batches(lengths, self.global_batch,
-                                                       self.generator):
-                        if step >= self.total_steps:
-                            break
-                        if len(idx) < self.world.size:
-                            continue  # a last batch too small to give every process a row
-                        loss, norm = self.train_step(idx, step)
-                        step += 1
-                        seen += len(idx)
-                        losses.append(loss)
-                        if step % 10 == 0 or step == self.total_steps:
-                            now = time.perf_counter()
-                            mean = sum(losses) / len(losses)
-                            lr = self.optimizer.param_groups[0]["lr"]
-                            log({"step": step, "split": "train", "epoch": epoch, "loss": mean,
-                                 "lr": lr, "grad_norm": norm,
-                                 "examples_per_s": seen / max(now - t_last, 1e-9),
-                                 "elapsed_s": now - t_start})
-                            if bar:
-                                bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}", refresh=False)
-                            losses, seen, t_last = [], 0, now
-                        if bar:
-                            bar.update(1)
-                        if cfg.eval_interval and step % cfg.eval_interval == 0 and validate():
-                            stopped_early = True
-                            break
-                        check_stop()
-                    if not stopped_early and evaluated_at != step and validate():
-                        stopped_early = True
-                    if not stopped_early and epoch < cfg.epochs:
-                        check_stop()
-        except BaseException as e:
-            if bar:
-                bar.close()
-                bar = None
-            if logger is not None:
-                logger.close()
-                logger = None
-            if not self.world.main:
-                raise
-            if not (self.run_dir / "best").exists():
-                if started:
-                    self._discard_run(made)
-            elif isinstance(e, KeyboardInterrupt):
-                print(f"interrupted at step {step} of {self.total_steps}; the best model so "
-                      f"far (val {self.metric_name} {best:.4f}, step {best_step}) is in "
-                      f"{self.run_dir / 'best'}, which `lmlab predict {self.run_dir}` uses "
-                      "(the test split was not scored)", file=sys.stderr)
-            raise
-        finally:
-            if bar:
-                bar.close()
-            if logger is not None:
-                logger.close()
-        return {"steps": step, "epochs": epoch, "total_steps": self.total_steps,
-                "stopped_early": stopped_early, "best_step": best_step,
-                "metric": self.metric_name, "best_val": best,
-                "train_seconds": time.perf_counter() - t_start}
+    def result(self) -> dict[str, Any]:
+        return {"epochs": self.epoch, "total_steps": self.total_steps,
+                "best_step": self.best_step, "metric": self.metric_name, "best_val": self.best}
 
     # -- after training ------------------------------------------------------
     def test(self) -> dict[str, Any] | None:
