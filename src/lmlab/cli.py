@@ -17,7 +17,15 @@ from collections.abc import Callable
 from typing import Any, Literal, get_args, get_origin
 
 from lmlab.errors import LmlabError
-from lmlab.options import check_arguments, describe, describe_os_error, split_annotation
+from lmlab.options import (
+    Param,
+    call_command,
+    check_arguments,
+    command_params,
+    describe,
+    describe_os_error,
+    split_annotation,
+)
 
 
 def _parse_docstring(fn: Callable[..., Any]) -> tuple[str, str, dict[str, str], str]:
@@ -59,28 +67,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
-def _add_param(parser: argparse.ArgumentParser, p: inspect.Parameter, tp: Any, help_: str) -> None:
-    tp, meta, _ = split_annotation(tp)
+def _add_param(parser: argparse.ArgumentParser, p: Param) -> None:
+    tp, meta, _ = split_annotation(p.hint)
     has_default = p.default is not inspect.Parameter.empty
-    flag = "--" + p.name.replace("_", "-")
     notes = [describe(meta)] if describe(meta) else []
     if has_default and p.default is not None and tp is not bool:
         notes.append(f"default: {p.default}")
-    kwargs: dict[str, Any] = {"help": f"{help_} ({'; '.join(notes)})" if notes else help_}
-    if p.kind is inspect.Parameter.POSITIONAL_ONLY or (
-        p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and not has_default
-    ):
+    kwargs: dict[str, Any] = {"help": f"{p.help} ({'; '.join(notes)})" if notes else p.help}
+    if p.positional:
         names = [p.name]
         if get_origin(tp) is list:
             kwargs["nargs"] = "+"
             tp = get_args(tp)[0]
-        elif has_default:  # a positional-only parameter with a default: may be left out
+        elif has_default:  # a positional parameter with a default: may be left out
             kwargs["nargs"] = "?"
             kwargs["default"] = p.default
     else:
-        names = [flag]
+        names = ["--" + p.name.replace("_", "-")]
         kwargs["dest"] = p.name
-        kwargs["default"] = p.default
+        kwargs["default"] = None if not has_default else p.default
         if not has_default:
             kwargs["required"] = True
     if tp is bool:
@@ -97,7 +102,8 @@ def _add_param(parser: argparse.ArgumentParser, p: inspect.Parameter, tp: Any, h
 
 
 def add_command(sub: Any, name: str, fn: Callable[..., Any]) -> argparse.ArgumentParser:
-    """Add ``fn`` as subcommand ``name``, with options from its signature."""
+    """Add ``fn`` as subcommand ``name``, with options from its signature (and from the
+    fields of a config dataclass it takes, each declared once with its help)."""
     summary, body, arg_help, examples = _parse_docstring(fn)
     epilog = f"examples:\n{examples}" if examples else None
     parser = sub.add_parser(
@@ -107,9 +113,8 @@ def add_command(sub: Any, name: str, fn: Callable[..., Any]) -> argparse.Argumen
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    hints = typing.get_type_hints(fn, include_extras=True)
-    for p in inspect.signature(fn).parameters.values():
-        _add_param(parser, p, hints.get(p.name, str), arg_help.get(p.name, ""))
+    for p in command_params(fn, arg_help):
+        _add_param(parser, p)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.set_defaults(_fn=fn)
     return parser
@@ -170,9 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Every value is checked against its declared range, input and output before any work.
         check_arguments(ns._fn, kwargs)
-        positional = [kwargs.pop(p.name) for p in inspect.signature(ns._fn).parameters.values()
-                      if p.kind is inspect.Parameter.POSITIONAL_ONLY]
-        result = ns._fn(*positional, **kwargs)
+        result = call_command(ns._fn, kwargs)
     except LmlabError as e:
         if debug:
             raise

@@ -18,6 +18,9 @@ from typing import Any, Literal
 from lmlab.errors import LmlabError
 from lmlab.options import Count, Dropout, NonNegative, PositiveFloat, check_fields
 
+# How a fine-tuning head reads a text's hidden states: BERT's [CLS], the mean over real
+# tokens, or the last real token (a GPT's, the only one that has read the whole text).
+Pooling = Literal["cls", "mean", "last"]
 
 @dataclass
 class GPTConfig:

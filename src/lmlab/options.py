@@ -87,8 +87,14 @@ NonNegativeFloat = Annotated[float, Range(lo=0)]
 Probability = Annotated[float, Range(0, 1)]
 Dropout = Annotated[float, Range(0, 1, hi_open=True)]
 Fraction = Annotated[float, Range(0, 1, lo_open=True, hi_open=True)]
+# Shares of a data set held out: 0 (none) up to, not including, all of it.
+Share = Annotated[float, Range(0, 1, hi_open=True)]
 
 InFile = Annotated[Path, Input("file")]
+# The same for config dataclass fields, which keep paths as strings (JSON-saved).
+InFileName = Annotated[str, Input("file")]
+InDirName = Annotated[str, Input("dir")]
+OutDirName = Annotated[str, Output("dir")]
 InDir = Annotated[Path, Input("dir")]
 InPath = Annotated[Path, Input("any")]
 OutFile = Annotated[Path, Output("file")]
@@ -125,20 +131,19 @@ def check_arguments(fn: Any, kwargs: dict[str, Any]) -> None:
     """Check every argument of a command against its markers; raise LmlabError on the first bad one.
 
     Ranges first, then inputs (exist, right kind, readable), then outputs (not
-    occupied unless ``--overwrite``, writable location).
+    occupied unless ``--overwrite``, writable location). The fields of a config
+    dataclass that the command takes are checked as its options.
     """
-    hints = typing.get_type_hints(fn, include_extras=True)
-    params = inspect.signature(fn).parameters
+    params = command_params(fn)
     overwrite = bool(kwargs.get("overwrite")) or bool(kwargs.get("resume"))
-    resumable = "resume" in params
+    resumable = any(p.name == "resume" for p in params)
     outputs: list[tuple[str, Path, Output]] = []
-    for name, p in params.items():
-        if name not in kwargs or kwargs[name] is None:
+    for p in params:
+        if kwargs.get(p.name) is None:
             continue
-        _, meta, _ = split_annotation(hints.get(name, str))
-        positional = p.default is inspect.Parameter.empty and p.kind is not p.KEYWORD_ONLY
-        flag = flag_name(name, positional)
-        values = kwargs[name] if isinstance(kwargs[name], list) else [kwargs[name]]
+        _, meta, _ = split_annotation(p.hint)
+        flag = flag_name(p.name, p.positional)
+        values = kwargs[p.name] if isinstance(kwargs[p.name], list) else [kwargs[p.name]]
         for m in meta:
             for v in values:
                 if isinstance(m, Range) and not m.contains(v):
@@ -240,11 +245,13 @@ def describe_os_error(e: OSError) -> str:
 
 # --- config dataclasses ----------------------------------------------------------------------
 
-def check_fields(obj: Any, where: str) -> None:
+def check_fields(obj: Any, where: str | None = None) -> None:
     """Validate a dataclass instance's fields against their hints: type, choices, range.
 
     ints are accepted for float fields and made floats; bools are never numbers
-    (``"n_layer": true`` is a mistake, not a 1).
+    (``"n_layer": true`` is a mistake, not a 1); a path is accepted for a string.
+    Errors begin with ``where`` (a file) and the field's name, or without ``where``
+    name the field's flag (``--max-steps must be at least 1, got 0``).
     """
     hints = typing.get_type_hints(type(obj), include_extras=True)
     for f in dataclasses.fields(obj):
@@ -252,18 +259,20 @@ def check_fields(obj: Any, where: str) -> None:
             continue
         value = getattr(obj, f.name)
         base, meta, optional = split_annotation(hints[f.name])
+        name = f"{where}: {f.name}" if where is not None else flag_name(f.name, False)
         if value is None:
             if optional or _allows_none(hints[f.name]):
                 continue
-            raise LmlabError(f"{where}: {f.name} must not be null")
+            raise LmlabError(f"{name} must not be null")
         ok, fixed = _check_type(value, base)
         if not ok:
-            raise LmlabError(f"{where}: {f.name} must be {_type_words(base)}, got {value!r}")
+            raise LmlabError(f"{name} must be {_type_words(base)}, got {value!r}")
         if fixed is not value:
             object.__setattr__(obj, f.name, fixed)
         for m in meta:
             if isinstance(m, Range) and not m.contains(fixed):
-                raise LmlabError(f"{where}: {f.name} must be {m.describe()}, got {fixed!r}")
+                shown = repr(fixed) if where is not None else fixed
+                raise LmlabError(f"{name} must be {m.describe()}, got {shown}")
 
 
 def _allows_none(tp: Any) -> bool:
@@ -291,6 +300,8 @@ def _check_type(value: Any, tp: Any) -> tuple[bool, Any]:
             return False, value
         return True, float(value)
     if tp is str:
+        if isinstance(value, os.PathLike):
+            return True, os.fspath(value)
         return isinstance(value, str), value
     if origin in (list, tuple):
         if not isinstance(value, list | tuple):
@@ -328,3 +339,71 @@ def refuse_foreign(folder: Path, own: set[str], command: str) -> None:
         shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
         raise LmlabError(f"{folder}: holds files `lmlab {command}` did not make ({shown}); "
                          f"choose another --out (it replaces only {', '.join(sorted(own))})")
+
+
+# --- options declared once ---------------------------------------------------------------------
+
+def option(default: Any = dataclasses.MISSING, help: str = "") -> Any:
+    """A config field declared once, with its default and its help text; the type hint
+    beside it gives the flag's type and range: ``batch_size: Count = option(16, "rows")``.
+
+    A command that takes the config dataclass as a parameter gets one flag per field
+    (``cli.add_command``), checked like any other option (``check_arguments``).
+    """
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Param:
+    """One option of a command: a parameter of its function, or a field of the config
+    dataclass that the function takes (``config`` is then that class)."""
+
+    name: str
+    hint: Any
+    default: Any  # inspect.Parameter.empty when required
+    positional: bool
+    help: str
+    config: type | None = None
+
+
+def command_params(fn: Any, arg_help: dict[str, str] | None = None) -> list[Param]:
+    """The options of command ``fn``, a config dataclass parameter expanded into its fields
+    (those named in the class's ``positional`` are positional arguments)."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    empty = inspect.Parameter.empty
+    params: list[Param] = []
+    for p in inspect.signature(fn).parameters.values():
+        hint = hints.get(p.name, str)
+        if dataclasses.is_dataclass(hint):
+            field_hints = typing.get_type_hints(hint, include_extras=True)
+            positional = getattr(hint, "positional", ())
+            for f in dataclasses.fields(hint):
+                if f.init:
+                    default = f.default if f.default is not dataclasses.MISSING else empty
+                    params.append(Param(f.name, field_hints[f.name], default,
+                                        f.name in positional, f.metadata.get("help", ""), hint))
+            continue
+        positional = p.kind is p.POSITIONAL_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD
+                                                     and p.default is empty)
+        params.append(Param(p.name, hint, p.default, positional, (arg_help or {}).get(p.name, "")))
+    return params
+
+
+def call_command(fn: Any, kwargs: dict[str, Any]) -> Any:
+    """Call ``fn`` with parsed options: the fields of a config dataclass become one instance
+    of it (its own checks run then), positional-only parameters go by position."""
+    kwargs = dict(kwargs)
+    args: list[Any] = []
+    hints = typing.get_type_hints(fn, include_extras=True)
+    for p in inspect.signature(fn).parameters.values():
+        hint = hints.get(p.name, str)
+        if dataclasses.is_dataclass(hint):
+            value = hint(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(hint)
+                            if f.init and f.name in kwargs})
+        else:
+            value = kwargs.pop(p.name)
+        if p.kind is p.POSITIONAL_ONLY:
+            args.append(value)
+        else:
+            kwargs[p.name] = value
+    return fn(*args, **kwargs)

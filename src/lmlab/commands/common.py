@@ -8,8 +8,6 @@ from typing import Annotated
 
 from lmlab.options import Input, Range
 
-# Shares of a data set held out: 0 (none) up to, not including, all of it.
-Share = Annotated[float, Range(0, 1, hi_open=True)]
 # A corpus source: a path, or the word `default` for the built-in extract.
 Source = Annotated[Path, Input("any", words=("default",))]
 # Nucleus sampling threshold: 1 disables it, 0 would keep nothing.

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from lmlab.commands.common import Share, Source, say
+from lmlab.commands.common import Source, say
 from lmlab.options import (
     Count,
     InDir,
@@ -18,6 +18,7 @@ from lmlab.options import (
     NonNegative,
     OutDir,
     OutFile,
+    Share,
 )
 
 

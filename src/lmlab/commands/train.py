@@ -8,43 +8,23 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from lmlab.commands.common import Share, say
+from lmlab.commands.common import say
 from lmlab.errors import LmlabError
 from lmlab.options import (
     Count,
-    Dropout,
     InDir,
     InFile,
     InPath,
-    NonNegative,
-    NonNegativeFloat,
-    OutDir,
     OutFile,
-    PositiveFloat,
-    Range,
+    Share,
 )
+from lmlab.train.configs import FinetuneConfig, TrainConfig
 
 
-def pretrain(data: InDir, out: OutDir | None = None,
-             objective: Literal["clm", "mlm"] = "clm", nsp: bool = False,
-             mask_prob: Annotated[float, Range(0, 1, lo_open=True, hi_open=True)] = 0.15,
-             whole_word_mask: bool = False, preset: str | None = None,
-             n_layer: Count | None = None, n_head: Count | None = None,
-             n_embd: Count | None = None, block_size: Count | None = None,
-             dropout: Dropout | None = None, batch_size: Count = 16,
-             grad_accum: Count = 1, max_steps: Count = 1000, lr: PositiveFloat = 1e-3,
-             min_lr: NonNegativeFloat | None = None, warmup_steps: NonNegative = 50,
-             weight_decay: NonNegativeFloat = 0.1,
-             beta1: Annotated[float, Range(0, 1, hi_open=True)] = 0.9,
-             beta2: Annotated[float, Range(0, 1, hi_open=True)] = 0.95,
-             grad_clip: NonNegativeFloat = 1.0,
-             eval_interval: Count = 100, eval_tokens: Count = 131072,
-             checkpoint_interval: Count | None = None, seed: int = 1337,
-             dtype: Literal["float32", "bfloat16"] = "float32", compile: bool = False,
-             device: str = "auto", fsdp: bool = False, threads: Count | None = None,
-             resume: bool = False, overwrite: bool = False) -> None:
+def pretrain(cfg: TrainConfig, /, *, resume: bool = False, overwrite: bool = False
+             ) -> None:
     """Pretrain a GPT, a classic LM (feed-forward, RNN, LSTM, GRU) or a BERT encoder.
 
     --objective clm (the default) trains a GPT-style decoder to predict each next
@@ -80,43 +60,6 @@ def pretrain(data: InDir, out: OutDir | None = None,
     so they load in one process like any other.
 
     Args:
-        data: a folder made by `lmlab prepare`
-        out: the run folder (default: runs/gpt for clm, runs/bert for mlm)
-        objective: clm (causal LM, GPT presets) or mlm (masked LM, BERT presets)
-        nsp: mlm only: add next-sentence prediction (BERT's second objective)
-        mask_prob: mlm only: share of tokens selected for prediction
-        whole_word_mask: mlm only: select whole words (all their pieces), not single tokens
-        preset: model preset (default gpt-mini for clm, bert-mini for mlm): gpt-nano,
-            gpt-micro, gpt-mini, gpt-small, gpt2-124m, llama-nano, llama-mini,
-            llama-small, ...; ffnn-small, rnn-small, lstm-small, gru-small; bert-nano,
-            bert-tiny, bert-mini, bert-small, ...
-        n_layer: override the preset's number of layers
-        n_head: override the preset's number of attention heads
-        n_embd: override the preset's width (classic presets: the embedding width; the
-            hidden width keeps the preset's ratio to it)
-        block_size: override the preset's context length (recurrent presets: the
-            back-propagation length; ffnn: the positions per training row)
-        dropout: dropout probability (default: the preset's, 0 for GPT, 0.1 for BERT)
-        batch_size: sequences per micro-batch
-        grad_accum: micro-batches per optimizer step
-        max_steps: optimizer steps
-        lr: peak learning rate
-        min_lr: final learning rate of the cosine decay (default lr/10)
-        warmup_steps: steps of linear warm-up
-        weight_decay: AdamW weight decay (matrices only)
-        beta1: AdamW's first-moment decay
-        beta2: AdamW's second-moment decay (0.95 as GPT-3; BERT used 0.999)
-        grad_clip: clip the gradient norm to this
-        eval_interval: validate every this many steps
-        eval_tokens: validation tokens scored each time
-        checkpoint_interval: save every this many steps (default: eval_interval)
-        seed: random seed (weights, batches, dropout)
-        dtype: float32, or bfloat16 autocast (less memory; on CPUs without AMX it
-            measured slower than float32, see benchmarks/RESULTS.md)
-        compile: torch.compile the model
-        device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
-        fsdp: under torchrun: shard the model with FSDP2 instead of replicating it (DDP)
-        threads: CPU threads (default: torch's choice)
         resume: continue the run in OUT from its last checkpoint
         overwrite: start over in OUT, deleting the run already there
 
@@ -131,19 +74,7 @@ def pretrain(data: InDir, out: OutDir | None = None,
         torchrun --nproc_per_node 4 -m lmlab pretrain data/wiki-bpe8k --fsdp --out runs/fsdp
     """
     from lmlab.train import distributed
-    from lmlab.train.loop import TrainConfig, Trainer
-
-    if out is None:
-        out = Path("runs/bert" if objective == "mlm" else "runs/gpt")
-    cfg = TrainConfig(
-        objective=objective, nsp=nsp, mask_prob=mask_prob, whole_word_mask=whole_word_mask,
-        data=str(data), out=str(out), preset=preset, n_layer=n_layer, n_head=n_head,
-        n_embd=n_embd, block_size=block_size, dropout=dropout, batch_size=batch_size,
-        grad_accum=grad_accum, max_steps=max_steps, lr=lr, min_lr=min_lr,
-        warmup_steps=warmup_steps, weight_decay=weight_decay, beta1=beta1, beta2=beta2,
-        grad_clip=grad_clip, eval_interval=eval_interval, eval_tokens=eval_tokens,
-        checkpoint_interval=checkpoint_interval, seed=seed, dtype=dtype, compile=compile,
-        device=device, fsdp=fsdp, threads=threads)
+    from lmlab.train.loop import Trainer
 
     try:
         trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
@@ -153,7 +84,7 @@ def pretrain(data: InDir, out: OutDir | None = None,
     finally:
         distributed.leave()
     if trainer.world.main:
-        _pretrain_result(result, objective, out)
+        _pretrain_result(result, cfg.objective, Path(cfg.out))
 
 
 def _pretrain_summary(trainer: Any) -> None:
@@ -190,25 +121,8 @@ def _pretrain_result(result: dict[str, Any], objective: str, out: Path) -> None:
     say(f"loss curve: {result['plot']}   metrics: {out}/metrics.jsonl   tensorboard: {out}/tb")
 
 
-def finetune(*, task: Literal["classify", "tag", "qa"], train: InFile, model: str,
-             out: OutDir, validation: InFile | None = None, test: InFile | None = None,
-             tokenizer: InFile | None = None, vectors: InFile | None = None,
-             vectors_max_words: Count | None = None, text_field: str = "text",
-             label_field: str = "label", tokens_field: str = "tokens", tags_field: str = "tags",
-             context_field: str = "context", question_field: str = "question",
-             answer_field: str = "answer", answer_start_field: str = "answer_start",
-             encoding: str = "utf-8", val_fraction: Share = 0.1, test_fraction: Share = 0.1,
-             max_length: Count | None = None, truncation: Literal["tail", "head"] = "tail",
-             pooling: Literal["cls", "mean", "last"] | None = None,
-             max_answer_tokens: Count = 30, epochs: Count = 3, max_steps: Count | None = None,
-             batch_size: Count = 16, lr: PositiveFloat = 5e-5,
-             weight_decay: NonNegativeFloat = 0.01, warmup_ratio: Share = 0.1,
-             grad_clip: NonNegativeFloat = 1.0, head_dropout: Dropout = 0.1,
-             class_weights: bool | None = None, patience: Count | None = None,
-             eval_interval: Count | None = None, freeze_backbone: bool = False, seed: int = 0,
-             threads: Count | None = None, device: str = "auto",
-             dtype: Literal["float32", "bfloat16"] = "float32",
-             resume: bool = False, overwrite: bool = False) -> None:
+def finetune(cfg: FinetuneConfig, /, *, resume: bool = False,
+             overwrite: bool = False) -> None:
     """Fine-tune a BERT, GPT or GRU/LSTM backbone for classification, tagging or extractive QA.
 
     Tasks: classify (one label per text), tag (one tag per word; BIO tags are
@@ -246,54 +160,6 @@ def finetune(*, task: Literal["classify", "tag", "qa"], train: InFile, model: st
     Ctrl-C saves one too, and `--resume` continues the run exactly.
 
     Args:
-        task: classify, tag or qa
-        train: labelled training file
-        model: backbone: an HF folder, an lmlab checkpoint/run folder, or a preset name
-        out: the run folder
-        validation: labelled validation file (default: carved from --train)
-        test: labelled test file (default: carved from --train)
-        tokenizer: tokenizer file (default: the model's own; required for a preset, unless
-            --vectors gives the words)
-        vectors: word vectors (word2vec text/binary or GloVe text, e.g. from `lmlab embed
-            train`) that initialise a recurrent preset's embeddings (their width becomes the
-            vectors'); without --tokenizer, a word-level tokenizer over the vectors' words
-        vectors_max_words: keep only the first (most frequent) words of --vectors
-        text_field: classify: the text column/key
-        label_field: classify: the label column/key
-        tokens_field: tag: the words column/key (space-separated in CSV/TSV)
-        tags_field: tag: the tags column/key
-        context_field: qa: the context column/key
-        question_field: qa: the question column/key
-        answer_field: qa: the answer text column/key
-        answer_start_field: qa: the answer's character offset (default: its first occurrence)
-        encoding: text encoding of the data files
-        val_fraction: share of --train held out for validation when no --validation
-        test_fraction: share of --train held out for testing when no --test
-        max_length: tokens per input, special tokens included
-        truncation: classify: tail cuts the end of long texts, head cuts their start
-        pooling: classify: cls (BERT's [CLS] through its pooler), mean, or last (GPT);
-            default cls for BERT (mean for sentence-transformers folders), last for GPT,
-            mean for a recurrent encoder
-        max_answer_tokens: qa: longest answer span, in tokens
-        epochs: passes over the training data
-        max_steps: stop after this many optimizer steps (a cap on --epochs)
-        batch_size: examples per step (under torchrun: per process)
-        lr: peak learning rate
-        weight_decay: AdamW weight decay (not on biases and norms)
-        warmup_ratio: share of the steps spent warming the learning rate up
-        grad_clip: clip the gradient norm to this
-        head_dropout: dropout before the task head
-        class_weights: weigh the loss by inverse class frequency (default: on for
-            classify, off for tag)
-        patience: stop after this many evaluations in a row without a better
-            validation metric (default: never; the best model is kept either way)
-        eval_interval: also evaluate every this many steps
-        freeze_backbone: train the head only
-        seed: random seed (splits, head, batches, dropout)
-        threads: CPU threads (default: torch's choice)
-        device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
-        dtype: float32, or bfloat16 autocast (1.6x faster on CPUs with AMX, e.g.
-            recent Xeons; slower on CPUs without it)
         resume: continue the run in OUT from its last checkpoint
         overwrite: replace a fine-tuning run already in OUT
 
@@ -309,34 +175,19 @@ def finetune(*, task: Literal["classify", "tag", "qa"], train: InFile, model: st
         torchrun --nproc_per_node 2 -m lmlab finetune --task classify --train spam.jsonl --model all-MiniLM-L6-v2 --out runs/spam-ddp
     """  # noqa: E501
     from lmlab.train import distributed
-    from lmlab.train.finetune import FinetuneConfig, Finetuner
+    from lmlab.train.finetune import Finetuner
 
-    cfg = FinetuneConfig(
-        task=task, train=str(train), model=str(model), out=str(out),
-        validation=str(validation) if validation else None, test=str(test) if test else None,
-        tokenizer=str(tokenizer) if tokenizer else None,
-        vectors=str(vectors) if vectors else None, vectors_max_words=vectors_max_words,
-        text_field=text_field, label_field=label_field, tokens_field=tokens_field,
-        tags_field=tags_field,
-        context_field=context_field, question_field=question_field, answer_field=answer_field,
-        answer_start_field=answer_start_field, encoding=encoding, val_fraction=val_fraction,
-        test_fraction=test_fraction, max_length=max_length, truncation=truncation,
-        pooling=pooling, max_answer_tokens=max_answer_tokens, epochs=epochs,
-        max_steps=max_steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-        warmup_ratio=warmup_ratio, grad_clip=grad_clip, head_dropout=head_dropout,
-        class_weights=class_weights, patience=patience, eval_interval=eval_interval,
-        freeze_backbone=freeze_backbone, seed=seed, threads=threads, device=device,
-        dtype=dtype)
     try:
         tuner = Finetuner(cfg, overwrite=overwrite, resume=resume)
         tell = say if tuner.world.main else (lambda *_: None)  # rank 0 alone reports
         n = {k: len(v) for k, v in tuner.splits.items()}
         labels = f", {len(tuner.labels)} labels" if tuner.labels else ""
         tell(f"data: {n['train']:,} train, {n['val']:,} validation, {n['test']:,} test{labels}")
-        world = (f", {tuner.world.size} processes x batch {batch_size}"
+        world = (f", {tuner.world.size} processes x batch {cfg.batch_size}"
                  if tuner.world.distributed else "")
-        tell(f"model: {tuner.kind.upper()} backbone from {model}, {tuner.model.num_params():,} "
-             f"parameters, max length {tuner.max_length}, {tuner.total_steps:,} steps{world}")
+        tell(f"model: {tuner.kind.upper()} backbone from {cfg.model}, "
+             f"{tuner.model.num_params():,} parameters, max length {tuner.max_length}, "
+             f"{tuner.total_steps:,} steps{world}")
         fit = tuner.fit()
     finally:
         distributed.leave()
@@ -346,11 +197,12 @@ def finetune(*, task: Literal["classify", "tag", "qa"], train: InFile, model: st
     say(f"trained {fit['step']:,} steps, {fit['epochs']} epochs in "
         f"{fit['train_seconds']:.1f}s{stop}; best val {fit['metric']} {fit['best_val']:.4f} "
         f"at step {fit['best_step']}")
+    out = Path(cfg.out)
     report = tuner.test()
     if report is not None:
         say(f"test ({report['test_examples']:,} examples):")
         say(report["text"])
-        extra = "   confusion matrix: {out}/confusion.png" if task == "classify" else ""
+        extra = "   confusion matrix: {out}/confusion.png" if cfg.task == "classify" else ""
         say(f"report: {out}/report.txt, {out}/report.json{extra.format(out=out)}")
     say(f"best model: {out}/best   loss curve: {out}/loss.png   tensorboard: {out}/tb")
 

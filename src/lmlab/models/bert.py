@@ -17,13 +17,11 @@ Shapes: B batch, T tokens, C = n_embd, nh = n_head, hs = head size, V vocab.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmlab.config import BertConfig
+from lmlab.config import BertConfig, Pooling
 from lmlab.models.gpt import init_weights
 
 
@@ -200,7 +198,6 @@ class BertForPreTraining(nn.Module):
 
 
 # ---------------------------------------------------------------- fine-tuning heads
-Pooling = Literal["cls", "mean", "last"]
 
 
 def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor | None,

@@ -60,24 +60,6 @@ from lmlab.train import distributed
 
 
 # ---------------------------------------------------------------- settings
-def check_range(name: str, value: float | None, lo: float, hi: float | None = None, *,
-                lo_open: bool = False, hi_open: bool = False) -> None:
-    """Refuse a config value out of range, naming its flag (``--max-steps``); None passes."""
-    if value is None:
-        return
-    ok = not (isinstance(value, float) and math.isnan(value))
-    ok = ok and (value > lo if lo_open else value >= lo)
-    if hi is not None:
-        ok = ok and (value < hi if hi_open else value <= hi)
-    if ok:
-        return
-    if hi is None:
-        bound = f"{'greater than' if lo_open else 'at least'} {lo:g}"
-    else:
-        bound = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-    raise LmlabError(f"{flag(name)} must be {bound}, got {value}")
-
-
 def flag(name: str) -> str:
     """The command-line flag of a config field: ``max_steps`` -> ``--max-steps``."""
     return "--" + name.replace("_", "-")
@@ -529,13 +511,11 @@ class Engine:
             words[:1] = [*self.world.launcher().split(), "-m", "lmlab"]
         for f in dataclasses.fields(cfg):
             value = getattr(cfg, f.name)
-            if f in required and f.name in self.positional:
+            if f in required and f.name in getattr(cfg, "positional", ()):
                 words.append(str(value))
             elif f in required or (value is not None and value != getattr(default, f.name)):
                 words += flag_words(f.name, value).split(" ")
         return shlex.join([*words, "--resume"])
-
-    positional: tuple[str, ...] = ()  # config fields given without a flag, in order
 
     # -- resume ------------------------------------------------------------
     def _damaged(self, path: Path, what: str) -> LmlabError:

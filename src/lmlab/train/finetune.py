@@ -60,20 +60,20 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from lmlab.atomic import write_text
-from lmlab.data.tasks import SPLITS_DIR, LabelSet, Task, write_splits
+from lmlab.data.tasks import SPLITS_DIR, LabelSet, write_splits
 from lmlab.device import autocast
 from lmlab.errors import LmlabError
 from lmlab.models.bert import Pooling
 from lmlab.models.registry import context_of, reader_of
 from lmlab.tokenizer import Tokenizer
-from lmlab.train.engine import Engine, check_range
+from lmlab.train.configs import FinetuneConfig
+from lmlab.train.engine import Engine
 from lmlab.train.tasks.checkpoint import FORMAT, load_task_model, pad_id_of, save_task_checkpoint
 from lmlab.train.tasks.decoding import (
     decode_outputs,
@@ -85,89 +85,11 @@ from lmlab.train.tasks.features import (
     DEFAULT_MAX_LENGTH,
     IGNORE,
     TaskEncoder,
-    Truncation,
     collate,
     length_bucketed_batches,
     task_loss,
 )
 from lmlab.train.tasks.model import TaskModel, load_backbone, vector_embeddings
-
-
-@dataclass
-class FinetuneConfig:
-    """Everything that defines a fine-tuning run (saved as OUT/finetune_config.json)."""
-
-    task: Task
-    train: str  # labelled training file (see data/tasks.read_task_file)
-    model: str  # HF folder, lmlab checkpoint/run folder, or a preset name (random init)
-    out: str  # the run folder
-    validation: str | None = None  # default: carved from train
-    test: str | None = None  # default: carved from train
-    tokenizer: str | None = None  # default: the model's own (required for a preset)
-    # Word vectors (word2vec/GloVe file) that initialise a recurrent preset's embeddings;
-    # without --tokenizer, a word-level tokenizer over the vectors' words is built.
-    vectors: str | None = None
-    vectors_max_words: int | None = None  # keep only the first (most frequent) words
-    text_field: str = "text"
-    label_field: str = "label"
-    tokens_field: str = "tokens"
-    tags_field: str = "tags"
-    context_field: str = "context"
-    question_field: str = "question"
-    answer_field: str = "answer"
-    answer_start_field: str = "answer_start"
-    encoding: str = "utf-8"
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    max_length: int | None = None  # default min(backbone context, 256)
-    truncation: Truncation = "tail"
-    pooling: Pooling | None = None  # classify only; default cls (BERT) / last (GPT)
-    max_answer_tokens: int = 30  # qa: longest answer span decoded
-    epochs: int = 3
-    max_steps: int | None = None  # stop after this many steps (a cap on epochs)
-    batch_size: int = 16
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    grad_clip: float = 1.0
-    head_dropout: float = 0.1
-    class_weights: bool | None = None  # default: on for classify, off otherwise
-    patience: int | None = None  # evaluations without improvement before stopping
-    eval_interval: int | None = None  # also evaluate every this many steps
-    freeze_backbone: bool = False
-    seed: int = 0
-    threads: int | None = None
-    device: str = "auto"  # auto: cuda when available, else cpu
-    # bfloat16 autocast: matmuls in bf16, weights, optimizer and loss in fp32.
-    # On CPUs with AMX it measured 1.6x faster here; on CPUs without, slower.
-    dtype: Literal["float32", "bfloat16"] = "float32"
-
-    def __post_init__(self) -> None:
-        # Checked before any file is read or folder made: a 0 would otherwise surface
-        # later as a misleading error (--max-steps 0: "no such fine-tuned checkpoint").
-        for name in ("epochs", "max_steps", "batch_size", "max_length", "max_answer_tokens",
-                     "patience", "eval_interval", "threads", "vectors_max_words"):
-            check_range(name, getattr(self, name), 1)
-        check_range("lr", self.lr, 0)
-        check_range("weight_decay", self.weight_decay, 0)
-        check_range("grad_clip", self.grad_clip, 0, lo_open=True)
-        check_range("warmup_ratio", self.warmup_ratio, 0, 1)
-        check_range("head_dropout", self.head_dropout, 0, 1, hi_open=True)
-        check_range("val_fraction", self.val_fraction, 0, 1, hi_open=True)
-        check_range("test_fraction", self.test_fraction, 0, 1, hi_open=True)
-        # A split given as a file carves nothing from --train.
-        carved = ((0.0 if self.validation else self.val_fraction)
-                  + (0.0 if self.test else self.test_fraction))
-        if carved >= 1:
-            raise LmlabError(f"--val-fraction {self.val_fraction} and --test-fraction "
-                             f"{self.test_fraction} leave no training examples; their sum "
-                             "must be below 1")
-
-    def field_names(self) -> dict[str, str]:
-        """The ``read_task_file`` keyword arguments naming columns, and the encoding."""
-        names = ("text_field", "label_field", "tokens_field", "tags_field", "context_field",
-                 "question_field", "answer_field", "answer_start_field", "encoding")
-        return {n: getattr(self, n) for n in names}
 
 
 # ---------------------------------------------------------------- the run

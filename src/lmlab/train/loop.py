@@ -25,23 +25,22 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmlab.config import BERT_PRESETS, PRESETS, RNN_PRESETS, ModelConfig, RNNConfig
 from lmlab.device import autocast
 from lmlab.errors import LmlabError
 from lmlab.evaluate import LMScore, score_tokens
 from lmlab.models import weights
-from lmlab.models.registry import build_model, config_from_preset, family_of
+from lmlab.models.registry import build_model, family_of
 from lmlab.models.rnn import State, detach_state, state_from_tensors, state_to_tensors
 from lmlab.train import distributed
-from lmlab.train.engine import Engine, check_range
+from lmlab.train.configs import TrainConfig
+from lmlab.train.engine import Engine
 from lmlab.train.mlm import (
     MLMData,
     MLMScore,
@@ -50,113 +49,6 @@ from lmlab.train.mlm import (
     fixed_batches,
     pretraining_losses,
 )
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a pretraining run (saved as train_config.json)."""
-
-    data: str  # a folder made by `lmlab prepare`
-    out: str  # the run folder
-    preset: str | None = None  # default: gpt-mini for clm, bert-mini for mlm
-    # Overrides of the preset. For the classic (RNN_PRESETS) models: n_layer is the
-    # stacked recurrent layers (ffnn: tanh layers); n_embd the embedding width, with
-    # the hidden width keeping the preset's ratio to it (equal for rnn/lstm/gru);
-    # block_size the BPTT length (ffnn: positions per row); n_head does not apply.
-    n_layer: int | None = None
-    n_head: int | None = None
-    n_embd: int | None = None
-    block_size: int | None = None
-    dropout: float | None = None  # default: the preset's (0 for GPT, 0.1 for BERT)
-    batch_size: int = 16
-    grad_accum: int = 1
-    max_steps: int = 1000
-    lr: float = 1e-3
-    min_lr: float | None = None  # default lr / 10
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    eval_interval: int = 100
-    eval_tokens: int = 131072  # validation tokens scored at each evaluation
-    checkpoint_interval: int | None = None  # default: eval_interval
-    seed: int = 1337
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    compile: bool = False
-    threads: int | None = None
-    device: str = "auto"  # auto: cuda when available, else cpu
-    fsdp: bool = False  # under torchrun: shard the model with FSDP2 instead of DDP
-    objective: Literal["clm", "mlm"] = "clm"  # causal LM (GPT) or masked LM (BERT)
-    nsp: bool = False  # mlm: add BERT's next-sentence prediction
-    mask_prob: float = 0.15  # mlm: share of tokens selected for prediction
-    whole_word_mask: bool = False  # mlm: select whole words, not single tokens
-
-    def __post_init__(self) -> None:
-        if self.objective not in ("clm", "mlm"):
-            raise LmlabError(f"objective must be 'clm' or 'mlm', not {self.objective!r}")
-        if self.preset is None:
-            self.preset = "bert-mini" if self.objective == "mlm" else "gpt-mini"
-        lm_presets = f"GPT: {', '.join(PRESETS)}; classic: {', '.join(_LM_RNN_PRESETS)}"
-        if self.objective == "mlm" and self.preset in PRESETS:
-            raise LmlabError(f"preset {self.preset!r} is a GPT (decoder) preset; masked-LM "
-                             f"pretraining needs an encoder preset: {', '.join(BERT_PRESETS)}")
-        if self.objective == "mlm" and self.preset in RNN_PRESETS:
-            raise LmlabError(f"preset {self.preset!r} is a classic left-to-right LM preset; "
-                             "masked-LM pretraining needs an encoder preset: "
-                             f"{', '.join(BERT_PRESETS)}")
-        if self.objective == "clm" and self.preset in BERT_PRESETS:
-            raise LmlabError(f"preset {self.preset!r} is a BERT (encoder) preset, which cannot "
-                             "be trained as a causal LM; use --objective mlm, or a causal LM "
-                             f"preset ({lm_presets})")
-        if self.objective == "clm" and self.preset not in PRESETS | RNN_PRESETS:
-            raise LmlabError(f"unknown preset {self.preset!r}; choose one of ({lm_presets})")
-        if self.preset in RNN_PRESETS:
-            if RNN_PRESETS[self.preset].get("bidirectional"):
-                raise LmlabError(f"preset {self.preset!r} is a bidirectional text encoder (for "
-                                 "`lmlab finetune`), not a language model; choose one of "
-                                 f"{', '.join(_LM_RNN_PRESETS)}")
-            if self.n_head is not None:
-                raise LmlabError(f"preset {self.preset!r} has no attention heads; drop --n-head")
-        if self.objective == "clm" and (self.nsp or self.whole_word_mask):
-            raise LmlabError("--nsp and --whole-word-mask apply to --objective mlm only")
-        # Checked here, before any folder is made: a 0 would otherwise surface later
-        # as a misleading error (--max-steps 0: "not a checkpoint"; --block-size 0: NaN).
-        for name, lo in (("n_layer", 1), ("n_head", 1), ("n_embd", 1), ("block_size", 1),
-                         ("batch_size", 1), ("grad_accum", 1), ("max_steps", 1),
-                         ("warmup_steps", 0), ("eval_interval", 1), ("eval_tokens", 1),
-                         ("checkpoint_interval", 1), ("threads", 1)):
-            check_range(name, getattr(self, name), lo)
-        check_range("lr", self.lr, 0, lo_open=True)
-        check_range("min_lr", self.min_lr, 0)
-        check_range("weight_decay", self.weight_decay, 0)
-        check_range("grad_clip", self.grad_clip, 0, lo_open=True)
-        check_range("dropout", self.dropout, 0, 1, hi_open=True)
-        check_range("beta1", self.beta1, 0, 1, hi_open=True)
-        check_range("beta2", self.beta2, 0, 1, hi_open=True)
-        check_range("mask_prob", self.mask_prob, 0, 1, lo_open=True, hi_open=True)
-
-    def model_config(self, vocab_size: int,
-                     pad_token_id: int = 0) -> ModelConfig:
-        assert self.preset is not None  # set by __post_init__
-        if self.preset in RNN_PRESETS:
-            base = RNNConfig.from_name(self.preset)
-            n_hidden = None
-            if self.n_embd is not None:
-                n_hidden = max(1, round(self.n_embd * base.n_hidden / base.n_embd))
-            return RNNConfig.from_name(
-                self.preset, vocab_size=vocab_size, n_layer=self.n_layer, n_embd=self.n_embd,
-                n_hidden=n_hidden, block_size=self.block_size, dropout=self.dropout)
-        extra = ({"attn_dropout": self.dropout, "pad_token_id": pad_token_id}
-                 if self.objective == "mlm" else {})
-        return config_from_preset(
-            self.preset, self.objective, vocab_size=vocab_size, n_layer=self.n_layer,
-            n_head=self.n_head, n_embd=self.n_embd, block_size=self.block_size,
-            dropout=self.dropout, **extra)
-
-
-# The classic presets that are language models (not bidirectional encoders).
-_LM_RNN_PRESETS = [name for name, p in RNN_PRESETS.items() if not p.get("bidirectional")]
 
 
 def stream_batch(tokens: np.ndarray, batch_size: int, block_size: int,
@@ -199,7 +91,6 @@ class Trainer(Engine):
     run_files = ("metrics.jsonl", "tb", "loss.png")
     resume_keys = ("preset", "n_layer", "n_head", "n_embd", "block_size", "batch_size",
                    "grad_accum", "seed", "objective", "nsp", "mask_prob", "whole_word_mask")
-    positional = ("data",)
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
                  progress: bool = True) -> None:

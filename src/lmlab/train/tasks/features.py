@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from lmlab.data.tasks import ClassifyExample, LabelSet, QAExample, TagExample, Task
 from lmlab.errors import LmlabError
 from lmlab.tokenizer import Tokenizer
+from lmlab.train.configs import Truncation
 
-Truncation = Literal["tail", "head"]
 BackboneKind = Literal["bert", "gpt", "rnn"]
 DEFAULT_MAX_LENGTH = 256
 IGNORE = -100  # cross_entropy's ignore_index: tokens that carry no tag target

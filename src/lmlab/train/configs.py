@@ -1,0 +1,257 @@
+"""The settings of a training run, declared once: each field's type, default and help text
+is at once the config dataclass (saved in the run folder, checked by ``check_fields``) and
+a flag of the command that takes it (``lmlab pretrain``, ``lmlab finetune``; see
+``options.command_params``). Nothing heavy is imported here, so ``lmlab --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
+
+from lmlab.config import Pooling
+from lmlab.data.tasks import Task
+from lmlab.errors import LmlabError
+from lmlab.options import (
+    Count,
+    Dropout,
+    Fraction,
+    InDirName,
+    InFileName,
+    NonNegative,
+    NonNegativeFloat,
+    OutDirName,
+    PositiveFloat,
+    Range,
+    Share,
+    check_fields,
+    option,
+)
+
+# Decay rates of AdamW's moment estimates.
+Decay = Annotated[float, Range(0, 1, hi_open=True)]
+# What a text longer than --max-length loses: its end (tail) or its start (head).
+Truncation = Literal["tail", "head"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a pretraining run (saved as train_config.json). Each field
+    is declared once: its type, default and help become a flag of `lmlab pretrain`."""
+
+    positional: ClassVar[tuple[str, ...]] = ("data",)
+
+    data: InDirName = option(help="a folder made by `lmlab prepare`")
+    out: OutDirName | None = option(
+        None, "the run folder (default: runs/gpt for clm, runs/bert for mlm)")
+    objective: Literal["clm", "mlm"] = option(
+        "clm", "clm (causal LM, GPT presets) or mlm (masked LM, BERT presets)")
+    nsp: bool = option(False, "mlm only: add next-sentence prediction (BERT's second objective)")
+    mask_prob: Fraction = option(0.15, "mlm only: share of tokens selected for prediction")
+    whole_word_mask: bool = option(
+        False, "mlm only: select whole words (all their pieces), not single tokens")
+    preset: str | None = option(
+        None, "model preset (default gpt-mini for clm, bert-mini for mlm): gpt-nano, "
+        "gpt-micro, gpt-mini, gpt-small, gpt2-124m, llama-nano, llama-mini, llama-small, ...; "
+        "ffnn-small, rnn-small, lstm-small, gru-small; bert-nano, bert-tiny, bert-mini, "
+        "bert-small, ...")
+    # Overrides of the preset. For the classic (RNN_PRESETS) models: n_layer is the
+    # stacked recurrent layers (ffnn: tanh layers); n_embd the embedding width, with
+    # the hidden width keeping the preset's ratio to it (equal for rnn/lstm/gru);
+    # block_size the BPTT length (ffnn: positions per row); n_head does not apply.
+    n_layer: Count | None = option(None, "override the preset's number of layers")
+    n_head: Count | None = option(None, "override the preset's number of attention heads")
+    n_embd: Count | None = option(
+        None, "override the preset's width (classic presets: the embedding width; the hidden "
+        "width keeps the preset's ratio to it)")
+    block_size: Count | None = option(
+        None, "override the preset's context length (recurrent presets: the "
+        "back-propagation length; ffnn: the positions per training row)")
+    dropout: Dropout | None = option(
+        None, "dropout probability (default: the preset's, 0 for GPT, 0.1 for BERT)")
+    batch_size: Count = option(16, "sequences per micro-batch (under torchrun: per process)")
+    grad_accum: Count = option(1, "micro-batches per optimizer step")
+    max_steps: Count = option(1000, "optimizer steps")
+    lr: PositiveFloat = option(1e-3, "peak learning rate")
+    min_lr: NonNegativeFloat | None = option(
+        None, "final learning rate of the cosine decay (default lr/10)")
+    warmup_steps: NonNegative = option(50, "steps of linear warm-up")
+    weight_decay: NonNegativeFloat = option(0.1, "AdamW weight decay (matrices only)")
+    beta1: Decay = option(0.9, "AdamW's first-moment decay")
+    beta2: Decay = option(0.95, "AdamW's second-moment decay (0.95 as GPT-3; BERT used 0.999)")
+    grad_clip: PositiveFloat = option(1.0, "clip the gradient norm to this")
+    eval_interval: Count = option(100, "validate every this many steps")
+    eval_tokens: Count = option(131072, "validation tokens scored each time")
+    checkpoint_interval: Count | None = option(
+        None, "save every this many steps (default: eval_interval)")
+    seed: int = option(1337, "random seed (weights, batches, dropout)")
+    dtype: Literal["float32", "bfloat16"] = option(
+        "float32", "float32, or bfloat16 autocast (less memory; on CPUs without AMX it "
+        "measured slower than float32, see benchmarks/RESULTS.md)")
+    compile: bool = option(False, "torch.compile the model")
+    device: str = option("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
+    fsdp: bool = option(
+        False, "under torchrun: shard the model with FSDP2 instead of replicating it (DDP)")
+    threads: Count | None = option(None, "CPU threads (default: torch's choice)")
+
+    def __post_init__(self) -> None:
+        # Types, choices and ranges, each error naming its flag; checked here, before any
+        # folder is made: a 0 would otherwise surface later as a misleading error
+        # (--max-steps 0: "not a checkpoint"; --block-size 0: NaN).
+        check_fields(self)
+        if self.out is None:
+            self.out = "runs/bert" if self.objective == "mlm" else "runs/gpt"
+        if self.preset is None:
+            self.preset = "bert-mini" if self.objective == "mlm" else "gpt-mini"
+        self._check_preset()
+
+    def _check_preset(self) -> None:
+        """The preset must be one the objective trains: an encoder for mlm, a left-to-right
+        LM for clm (the registry says which family holds it)."""
+        assert self.preset is not None
+        from lmlab.models.registry import family_of_preset, preset_names
+
+        family = family_of_preset(self.preset, self.objective)
+        encoders = ", ".join(preset_names("encoder"))
+        lms = [name for name in preset_names() if _is_lm_preset(name)]
+        if family is None:
+            raise LmlabError(f"unknown preset {self.preset!r}; choose one of "
+                             f"({', '.join(lms)}) for clm or ({encoders}) for mlm")
+        encoder = family.kind == "encoder"
+        if self.objective == "mlm" and not encoder:
+            what = "a classic left-to-right LM" if family.kind == "stateful" else "a GPT (decoder)"
+            raise LmlabError(f"preset {self.preset!r} is {what} preset; masked-LM pretraining "
+                             f"needs an encoder preset: {encoders}")
+        if self.objective == "clm" and encoder:
+            raise LmlabError(f"preset {self.preset!r} is a BERT (encoder) preset, which cannot "
+                             "be trained as a causal LM; use --objective mlm, or a causal LM "
+                             f"preset ({', '.join(lms)})")
+        if not _is_lm_preset(self.preset) and not encoder:
+            raise LmlabError(f"preset {self.preset!r} is a bidirectional text encoder (for "
+                             "`lmlab finetune`), not a language model; choose one of "
+                             f"{', '.join(lms)}")
+        if family.kind == "stateful" and self.n_head is not None:
+            raise LmlabError(f"preset {self.preset!r} has no attention heads; drop --n-head")
+        if self.objective == "clm" and (self.nsp or self.whole_word_mask):
+            raise LmlabError("--nsp and --whole-word-mask apply to --objective mlm only")
+
+    def model_config(self, vocab_size: int, pad_token_id: int = 0) -> Any:
+        """The model config of the preset with this run's overrides and vocabulary."""
+        from lmlab.models.registry import config_from_preset
+
+        assert self.preset is not None  # set by __post_init__
+        base = config_from_preset(self.preset, self.objective)
+        overrides: dict[str, Any] = dict(vocab_size=vocab_size, n_layer=self.n_layer,
+                                         n_embd=self.n_embd, block_size=self.block_size,
+                                         dropout=self.dropout)
+        if hasattr(base, "n_hidden"):
+            # A classic LM: its hidden width keeps the preset's ratio to the embedding width.
+            if self.n_embd is not None:
+                overrides["n_hidden"] = max(1, round(self.n_embd * base.n_hidden / base.n_embd))
+        else:
+            overrides["n_head"] = self.n_head
+        if self.objective == "mlm":
+            overrides.update(attn_dropout=self.dropout, pad_token_id=pad_token_id)
+        return config_from_preset(self.preset, self.objective, **overrides)
+
+
+def _is_lm_preset(name: str) -> bool:
+    """Whether a preset names a left-to-right language model (not an encoder)."""
+    from lmlab.models.registry import family_of_preset
+
+    family = family_of_preset(name)
+    return (family is not None and family.kind != "encoder"
+            and not family.presets[name].get("bidirectional"))
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything that defines a fine-tuning run (saved as OUT/finetune_config.json). Each
+    field is declared once: its type, default and help become a flag of `lmlab finetune`."""
+
+    positional: ClassVar[tuple[str, ...]] = ()
+
+    task: Task = option(help="classify, tag or qa")
+    train: InFileName = option(help="labelled training file")
+    model: str = option(
+        help="backbone: an HF folder, an lmlab checkpoint/run folder, or a preset name")
+    out: OutDirName = option(help="the run folder")
+    validation: InFileName | None = option(
+        None, "labelled validation file (default: carved from --train)")
+    test: InFileName | None = option(None, "labelled test file (default: carved from --train)")
+    tokenizer: InFileName | None = option(
+        None, "tokenizer file (default: the model's own; required for a preset, unless "
+        "--vectors gives the words)")
+    vectors: InFileName | None = option(
+        None, "word vectors (word2vec text/binary or GloVe text, e.g. from `lmlab embed "
+        "train`) that initialise a recurrent preset's embeddings (their width becomes the "
+        "vectors'); without --tokenizer, a word-level tokenizer over the vectors' words")
+    vectors_max_words: Count | None = option(
+        None, "keep only the first (most frequent) words of --vectors")
+    text_field: str = option("text", "classify: the text column/key")
+    label_field: str = option("label", "classify: the label column/key")
+    tokens_field: str = option("tokens", "tag: the words column/key (space-separated in "
+                               "CSV/TSV)")
+    tags_field: str = option("tags", "tag: the tags column/key")
+    context_field: str = option("context", "qa: the context column/key")
+    question_field: str = option("question", "qa: the question column/key")
+    answer_field: str = option("answer", "qa: the answer text column/key")
+    answer_start_field: str = option(
+        "answer_start", "qa: the answer's character offset (default: its first occurrence)")
+    encoding: str = option("utf-8", "text encoding of the data files")
+    val_fraction: Share = option(
+        0.1, "share of --train held out for validation when no --validation")
+    test_fraction: Share = option(0.1, "share of --train held out for testing when no --test")
+    max_length: Count | None = option(
+        None, "tokens per input, special tokens included (default: the smaller of the "
+        "backbone's context and 256)")
+    truncation: Truncation = option(
+        "tail", "classify: tail cuts the end of long texts, head cuts their start")
+    pooling: Pooling | None = option(
+        None, "classify: cls (BERT's [CLS] through its pooler), mean, or last (GPT); default "
+        "cls for BERT (mean for sentence-transformers folders), last for GPT, mean for a "
+        "recurrent encoder")
+    max_answer_tokens: Count = option(30, "qa: longest answer span, in tokens")
+    epochs: Count = option(3, "passes over the training data")
+    max_steps: Count | None = option(
+        None, "stop after this many optimizer steps (a cap on --epochs)")
+    batch_size: Count = option(16, "examples per step (under torchrun: per process)")
+    lr: NonNegativeFloat = option(5e-5, "peak learning rate (0 trains nothing: a check)")
+    weight_decay: NonNegativeFloat = option(0.01, "AdamW weight decay (not on biases and norms)")
+    warmup_ratio: Share = option(0.1, "share of the steps spent warming the learning rate up")
+    grad_clip: PositiveFloat = option(1.0, "clip the gradient norm to this")
+    head_dropout: Dropout = option(0.1, "dropout before the task head")
+    class_weights: bool | None = option(
+        None, "weigh the loss by inverse class frequency (default: on for classify, off "
+        "for tag)")
+    patience: Count | None = option(
+        None, "stop after this many evaluations in a row without a better validation "
+        "metric (default: never; the best model is kept either way)")
+    eval_interval: Count | None = option(None, "also evaluate every this many steps")
+    freeze_backbone: bool = option(False, "train the head only")
+    seed: int = option(0, "random seed (splits, head, batches, dropout)")
+    threads: Count | None = option(None, "CPU threads (default: torch's choice)")
+    device: str = option("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
+    # bfloat16 autocast: matmuls in bf16, weights, optimizer and loss in fp32.
+    dtype: Literal["float32", "bfloat16"] = option(
+        "float32", "float32, or bfloat16 autocast (1.6x faster on CPUs with AMX, e.g. recent "
+        "Xeons; slower on CPUs without it)")
+
+    def __post_init__(self) -> None:
+        # Types, choices and ranges, each error naming its flag; checked before any file
+        # is read or folder made: a 0 would otherwise surface later as a misleading error
+        # (--max-steps 0: "no such fine-tuned checkpoint").
+        check_fields(self)
+        # A split given as a file carves nothing from --train.
+        carved = ((0.0 if self.validation else self.val_fraction)
+                  + (0.0 if self.test else self.test_fraction))
+        if carved >= 1:
+            raise LmlabError(f"--val-fraction {self.val_fraction} and --test-fraction "
+                             f"{self.test_fraction} leave no training examples; their sum "
+                             "must be below 1")
+
+    def field_names(self) -> dict[str, str]:
+        """The ``read_task_file`` keyword arguments naming columns, and the encoding."""
+        names = ("text_field", "label_field", "tokens_field", "tags_field", "context_field",
+                 "question_field", "answer_field", "answer_start_field", "encoding")
+        return {n: getattr(self, n) for n in names}
