@@ -72,7 +72,7 @@ def test_train_and_interop_do_not_import_each_other():
 
 
 def test_every_family_builds_from_its_presets_and_knows_its_kind():
-    assert set(FAMILIES) == {"gpt", "bert", "ffnn", "rnn", "lstm", "gru"}
+    assert set(FAMILIES) == {"gpt", "bert", "ffnn", "rnn", "lstm", "gru", "seq2seq"}
     for family in FAMILIES.values():
         assert family.presets, family.name
         for name in family.presets:

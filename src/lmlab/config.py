@@ -170,12 +170,15 @@ class BertConfig:
 
 
 def config_from_dict(d: dict[str, Any]) -> ModelConfig:
-    """The config a checkpoint's config.json describes: an encoder's, a decoder's, or a
-    classic (feed-forward / recurrent) LM's, told apart by ``model_type``."""
+    """The config a checkpoint's config.json describes: an encoder's, a decoder's, an
+    encoder-decoder's or a classic (feed-forward / recurrent) LM's, told apart by
+    ``model_type``."""
     if d.get("model_type") == "bert":
         return BertConfig.from_dict(d)
     if d.get("model_type") in RNN_TYPES:
         return RNNConfig.from_dict(d)
+    if d.get("model_type") == "seq2seq":
+        return Seq2SeqConfig.from_dict(d)
     return GPTConfig.from_dict(d)
 
 
@@ -279,5 +282,92 @@ RNN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+@dataclass
+class Seq2SeqConfig:
+    """Hyper-parameters of the encoder-decoder Transformer (see ``models/seq2seq.py``).
+
+    The defaults are Vaswani et al. 2017's design (post-LN, sinusoidal positions,
+    embeddings scaled by sqrt(n_embd) and shared by source, target and output,
+    ReLU); Marian and BART are the same with the fields their configs set
+    (``interop/hf_seq2seq.py``), and ``norm_first`` gives the pre-LN variant.
+    """
+
+    vocab_size: Count = 32000  # one joint vocabulary: source, target and output
+    block_size: Count = 256  # positions: the longest source, and the longest target
+    n_encoder_layer: Count = 6
+    n_decoder_layer: Count = 6
+    n_head: Count = 8
+    n_embd: Count = 512
+    intermediate_size: Count | None = None  # feed-forward width; 4 * n_embd when None
+    norm_first: bool = False  # pre-LN (Xiong et al. 2020) instead of the original post-LN
+    pos: Literal["sinusoidal", "learned"] = "sinusoidal"
+    pos_offset: NonNegative = 0  # rows before position 0 of a learned table (BART: 2)
+    scale_embedding: bool = True  # token embeddings x sqrt(n_embd), as the paper
+    embed_norm: bool = False  # a LayerNorm on the summed embeddings (BART)
+    activation: Literal["relu", "gelu", "silu"] = "relu"
+    norm_eps: PositiveFloat = 1e-5
+    final_logits_bias: bool = False  # Marian's and BART's (untrained) bias on the logits
+    dropout: Dropout = 0.1  # embeddings and residual branches
+    attn_dropout: Dropout = 0.0  # attention probabilities
+    activation_dropout: Dropout = 0.0  # after the feed-forward activation
+    pad_token_id: NonNegative = 0
+    eos_token_id: NonNegative = 2
+    decoder_start_token_id: NonNegative = 2  # the token the decoder starts from
+    model_type: Literal["seq2seq"] = "seq2seq"
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model config")
+        if self.intermediate_size is None:
+            self.intermediate_size = 4 * self.n_embd
+        if self.n_embd % self.n_head:
+            raise LmlabError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head} "
+                             "(--n-embd, --n-head)")
+        for name in ("pad_token_id", "eos_token_id", "decoder_start_token_id"):
+            if getattr(self, name) >= self.vocab_size:
+                raise LmlabError(f"{name}={getattr(self, name)} is outside the vocabulary "
+                                 f"of {self.vocab_size}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def tie_embeddings(self) -> bool:
+        """Always: one table serves source, target and output (saved once, as shared)."""
+        return True
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> Seq2SeqConfig:
+        """A named preset, with any field overridden (None overrides are ignored)."""
+        return _from_preset(cls, SEQ2SEQ_PRESETS, name, overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Seq2SeqConfig:
+        return _from_dict(cls, d)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+SEQ2SEQ_PRESETS: dict[str, dict[str, Any]] = {
+    "seq2seq-nano": dict(n_encoder_layer=2, n_decoder_layer=2, n_head=2, n_embd=64,
+                         block_size=128),
+    # Sized for a CPU: a few million parameters besides the embeddings.
+    "seq2seq-mini": dict(n_encoder_layer=3, n_decoder_layer=3, n_head=4, n_embd=256,
+                         block_size=128),
+    "seq2seq-small": dict(n_encoder_layer=6, n_decoder_layer=6, n_head=8, n_embd=384,
+                          block_size=256),
+    # Vaswani et al. 2017's base model: 6 + 6 layers, 512 wide, 8 heads, 2048 feed-forward.
+    "transformer-base": dict(n_encoder_layer=6, n_decoder_layer=6, n_head=8, n_embd=512,
+                             intermediate_size=2048, block_size=512),
+    # Their big model: 1024 wide, 16 heads, 4096 feed-forward, dropout 0.3.
+    "transformer-big": dict(n_encoder_layer=6, n_decoder_layer=6, n_head=16, n_embd=1024,
+                            intermediate_size=4096, block_size=512, dropout=0.3),
+}
+
+
 # Any family's config (``models/registry.py`` says which family a config is).
-ModelConfig = GPTConfig | BertConfig | RNNConfig
+ModelConfig = GPTConfig | BertConfig | RNNConfig | Seq2SeqConfig

@@ -232,6 +232,14 @@ class GPT(nn.Module):
             block.attn.kv_cache = KVCache(batch_size, max_len, c.n_kv_head, c.head_dim,
                                           dtype or p.dtype, p.device)
 
+    def reorder_cache(self, rows: torch.Tensor) -> None:
+        """Keep cached rows ``rows`` (B,), in that order: a beam search's surviving beams."""
+        for block in self.transformer.h:
+            cache = block.attn.kv_cache
+            if cache is not None:
+                cache.k.copy_(cache.k.index_select(0, rows))
+                cache.v.copy_(cache.v.index_select(0, rows))
+
     def clear_cache(self) -> None:
         for block in self.transformer.h:
             block.attn.kv_cache = None

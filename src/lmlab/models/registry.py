@@ -11,6 +11,9 @@ it, its kind, and its context.
   it has no context limit, its ``block_size`` being a training length only.
 * ``encoder``: a bidirectional encoder (BERT); it neither generates nor scores
   text left to right.
+* ``seq2seq``: an encoder-decoder (the original Transformer, Marian, BART);
+  it writes a target text for a source text, reading at most ``block_size``
+  tokens of each.
 
 To add a family: write its module under ``models/`` (its config dataclass in
 ``config.py``), then one ``register(Family(...))`` below. Commands, training,
@@ -31,22 +34,25 @@ from lmlab.config import (
     BERT_PRESETS,
     PRESETS,
     RNN_PRESETS,
+    SEQ2SEQ_PRESETS,
     BertConfig,
     GPTConfig,
     RNNConfig,
+    Seq2SeqConfig,
 )
 from lmlab.errors import LmlabError
 from lmlab.models.bert import Bert, BertForPreTraining
 from lmlab.models.gpt import GPT
 from lmlab.models.rnn import FeedForwardLM, RecurrentLM, RNNEncoder
+from lmlab.models.seq2seq import Seq2Seq
 
-Kind = Literal["causal", "stateful", "encoder"]
+Kind = Literal["causal", "stateful", "encoder", "seq2seq"]
 # How a fine-tuning backbone reads its input: BERT as [CLS] text [SEP], the others the text.
 Reader = Literal["bert", "gpt", "rnn"]
 # How pretraining draws a batch: random windows (GPT), windows with the context - 1
 # tokens before them (feed-forward), parallel streams in order (truncated BPTT), or
-# masked windows (BERT).
-Batches = Literal["windows", "windows+past", "streams", "masked"]
+# masked windows (BERT), or (source, target) pairs (encoder-decoder).
+Batches = Literal["windows", "windows+past", "streams", "masked", "pairs"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,12 @@ def _no_backbone(config: RNNConfig, **_: Any) -> nn.Module:
                      "recurrent, BERT or GPT model")
 
 
+def _no_seq2seq_backbone(config: Seq2SeqConfig, **_: Any) -> nn.Module:
+    raise LmlabError("an encoder-decoder writes a text for a text (translation, "
+                     "summarization); classify, tag and qa fine-tune an encoder (BERT), a "
+                     "decoder (GPT) or a recurrent model")
+
+
 FAMILIES: dict[str, Family] = {}
 
 
@@ -126,6 +138,10 @@ for _cell in ("rnn", "lstm", "gru"):
                     {k: v for k, v in RNN_PRESETS.items() if v["model_type"] == _cell},
                     "streams", "rnn", build=_rnn_build, for_weights=_rnn_weights,
                     backbone=RNNEncoder))
+register(Family("seq2seq", "seq2seq", Seq2SeqConfig, SEQ2SEQ_PRESETS, "pairs", None,
+                build=lambda config, **_: Seq2Seq(config),
+                for_weights=lambda config, keys: (Seq2Seq(config), _same),
+                backbone=_no_seq2seq_backbone))
 
 
 def family_of(obj: Any) -> Family:

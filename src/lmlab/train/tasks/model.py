@@ -114,8 +114,10 @@ def load_backbone(source: str | Path, tokenizer: str | Path | Tokenizer | None =
                 f"presets: {', '.join(BERT_PRESETS)}; GPT presets: {', '.join(PRESETS)}; "
                 f"recurrent presets: {', '.join(_RNN_ENCODER_PRESETS)})")
         if family.reader is None:
-            raise LmlabError(f"--model {name} is a feed-forward LM, not a text encoder; use a "
-                             f"recurrent preset: {', '.join(_RNN_ENCODER_PRESETS)}")
+            try:
+                family.backbone(None)  # raises, saying why
+            except LmlabError as e:
+                raise LmlabError(f"--model {name}: {e}") from None
         if tokenizer is None:
             raise LmlabError(f"--model {name} is a preset (random initialisation); it needs "
                              "--tokenizer (a tokenizer.json; for BERT a WordPiece one)")

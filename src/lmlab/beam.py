@@ -1,0 +1,275 @@
+"""Beam search, batched, for decoder-only and encoder-decoder models.
+
+Each input keeps ``num_beams`` running hypotheses. A step scores every
+continuation of every beam (log-probability summed over the hypothesis), keeps
+the best ``2 x num_beams`` so that ``num_beams`` of them are still running
+after some end, and moves a candidate that ends (an end-of-sequence token, or
+the length limit) among the finished ones when it is among the best
+``num_beams`` of the step. A finished hypothesis is scored by its summed
+log-probability divided by ``length ** length_penalty`` (Wu et al. 2016's
+GNMT normalisation in the form Hugging Face uses: the length counts the
+generated tokens, the end token included); above 1 favours longer outputs.
+
+An input is done when it holds ``num_beams`` finished hypotheses and no
+running one can beat the worst of them: with ``early_stopping=False`` (the
+default) a running beam is judged by its score at the current length, with
+``"never"`` and a positive penalty by its score at the longest length allowed
+(the exact test), and ``True`` stops as soon as ``num_beams`` are finished.
+These are Hugging Face ``generate``'s rules, so with the same weights the same
+ids come out (``tests/test_beam.py`` checks it on GPT-2- and Marian-shaped models).
+
+``no_repeat_ngram_size`` forbids any n-gram from appearing twice in a
+hypothesis (its prompt included, as Hugging Face does); ``min_new_tokens``
+forbids the end token before that many tokens.
+
+The model is reached through a ``Stepper``: ``logits(step)`` gives the
+next-token logits of every running row, reading the tokens of ``sequences``,
+and ``reorder(rows)`` keeps the rows of its cache that the surviving beams
+came from. ``gpt_stepper`` and ``seq2seq_stepper`` drive lmlab's two kinds.
+
+Shapes: B inputs, K beams, V vocabulary, P prompt tokens, N new tokens at most.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from lmlab.errors import LmlabError
+
+NEG = -1.0e9  # a score no real hypothesis reaches: marks what may not be chosen
+
+
+@dataclass
+class BeamConfig:
+    num_beams: int = 4
+    max_new_tokens: int = 64
+    min_new_tokens: int = 0
+    length_penalty: float = 1.0
+    early_stopping: bool | Literal["never"] = False
+    no_repeat_ngram_size: int = 0
+    num_return_sequences: int = 1
+
+    def __post_init__(self) -> None:
+        if self.num_beams < 1 or self.max_new_tokens < 1:
+            raise LmlabError("--num-beams and --max-new-tokens must be at least 1")
+        if not 1 <= self.num_return_sequences <= self.num_beams:
+            raise LmlabError(f"--num-return-sequences must be between 1 and --num-beams "
+                             f"({self.num_beams}), got {self.num_return_sequences}")
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # the generated tokens, the end token included when it ended
+    score: float  # summed log-probability / length ** length_penalty
+
+
+class Stepper(Protocol):
+    def logits(self, step: int, sequences: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (B*K, V) after ``sequences`` (B*K, P + step): the prompt and
+        the ``step`` tokens generated so far."""
+        ...
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep the cached rows ``rows`` (B*K,), in that order."""
+        ...
+
+
+def banned_ngrams(seqs: torch.Tensor, n: int, logp: torch.Tensor) -> None:
+    """Set to -inf in ``logp`` (R, V) every token that would complete, in row r of
+    ``seqs`` (R, L), an n-gram already present in that row."""
+    L = seqs.size(1)
+    if n < 1 or n > L:  # no n-gram yet, so none repeats
+        return
+    prefix = seqs[:, L - n + 1:].tolist() if n > 1 else [[] for _ in range(seqs.size(0))]
+    rows = seqs.tolist()
+    for r, row in enumerate(rows):
+        want = prefix[r]
+        for i in range(L - n + 1):
+            if row[i:i + n - 1] == want:
+                logp[r, row[i + n - 1]] = float("-inf")
+
+
+def beam_search(stepper: Stepper, prompt: torch.Tensor, cfg: BeamConfig,
+                eos_token_id: int | Sequence[int] | None, pad_token_id: int,
+                vocab_size: int) -> list[list[Hypothesis]]:
+    """The ``num_return_sequences`` best hypotheses of each input, best first.
+
+    ``prompt`` (B, P) holds what each row starts from (a decoder-only model's
+    prompt, or an encoder-decoder's start token); it is repeated for the beams
+    here, so the stepper's first call sees (B*K, P).
+    """
+    K, N, V = cfg.num_beams, cfg.max_new_tokens, vocab_size
+    B, P = prompt.shape
+    device = prompt.device
+    eos = torch.tensor([] if eos_token_id is None else
+                       [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id),
+                       dtype=torch.long, device=device)
+    lp, early = cfg.length_penalty, cfg.early_stopping
+    # Running and finished hypotheses: tokens, score, and (finished) whether it is real.
+    running = torch.full((B, K, P + N), pad_token_id, dtype=torch.long, device=device)
+    running[:, :, :P] = prompt[:, None, :]
+    running_score = torch.zeros(B, K, device=device)
+    running_score[:, 1:] = NEG  # all beams start equal: only the first one may go on
+    done_tokens = running.clone()
+    done_score = torch.full((B, K), NEG, device=device)
+    done_len = torch.zeros(B, K, dtype=torch.long, device=device)
+    done = torch.zeros(B, K, dtype=torch.bool, device=device)
+    improvable = torch.ones(B, 1, dtype=torch.bool, device=device)
+    first_k = torch.arange(2 * K, device=device) < K  # (2K,) the best K of the 2K kept
+    batch_offset = torch.arange(B, device=device)[:, None] * K  # (B, 1)
+
+    for t in range(N):
+        logits = stepper.logits(t, running[:, :, :P + t].reshape(B * K, P + t))  # (B*K, V)
+        logp = F.log_softmax(logits.float(), dim=-1)
+        if cfg.no_repeat_ngram_size:
+            banned_ngrams(running[:, :, :P + t].reshape(B * K, P + t),
+                          cfg.no_repeat_ngram_size, logp)
+        if t < cfg.min_new_tokens and eos.numel():
+            logp[:, eos] = float("-inf")
+        total = (logp.view(B, K, V) + running_score[:, :, None]).view(B, K * V)
+        # 2K candidates: K may end here and K still go on.
+        cand_score, cand = total.topk(2 * K, dim=1)  # (B, 2K)
+        cand_beam, cand_token = cand // V, cand % V
+        cand_tokens = running.gather(1, cand_beam[:, :, None].expand(-1, -1, P + N)).clone()
+        cand_tokens[:, :, P + t] = cand_token
+        ends = torch.isin(cand_token, eos) | (t + 1 == N)  # (B, 2K)
+
+        # The best K candidates that do not end run on.
+        run_score = cand_score + ends.float() * NEG
+        keep = run_score.topk(K, dim=1).indices  # (B, K)
+        running = cand_tokens.gather(1, keep[:, :, None].expand(-1, -1, P + N))
+        running_score = run_score.gather(1, keep)
+        source_beam = cand_beam.gather(1, keep)
+
+        # Candidates that end among the best K of the step join the finished ones.
+        ended = ends & first_k[None, :]
+        norm = cand_score / ((t + 1) ** lp)
+        norm += (done.all(dim=1, keepdim=True) & (early is True)).float() * NEG
+        norm += (~improvable).float() * NEG
+        norm += (~ended).float() * NEG
+        merged_score = torch.cat([done_score, norm], dim=1)  # (B, 3K)
+        best = merged_score.topk(K, dim=1).indices
+        done_tokens = torch.cat([done_tokens, cand_tokens], dim=1).gather(
+            1, best[:, :, None].expand(-1, -1, P + N))
+        done_score = merged_score.gather(1, best)
+        done_len = torch.cat([done_len, torch.full_like(cand_score, t + 1,
+                                                        dtype=torch.long)], dim=1).gather(1, best)
+        done = torch.cat([done, ended], dim=1).gather(1, best)
+
+        stepper.reorder((source_beam + batch_offset).reshape(-1))
+        # Can a running beam still beat the worst finished one?
+        longest = N if early == "never" and lp > 0 else t + 1
+        best_running = running_score[:, :1] / (longest ** lp)
+        worst_done = torch.where(done, done_score.min(dim=1, keepdim=True).values,
+                                 torch.tensor(NEG, device=device))
+        improvable = improvable & (best_running > worst_done).any(dim=1, keepdim=True)
+        if not improvable.any() or (done.all() and early is True) or ends.all():
+            break
+
+    out: list[list[Hypothesis]] = []
+    for b in range(B):
+        hyps = []
+        for k in range(cfg.num_return_sequences):
+            n = int(done_len[b, k])
+            hyps.append(Hypothesis(done_tokens[b, k, P:P + n].tolist(), float(done_score[b, k])))
+        out.append(hyps)
+    return out
+
+
+# ---------------------------------------------------------------- lmlab's models
+class GPTStepper:
+    """Beam steps of a decoder-only model: the prompt through the KV cache once (left-padded
+    rows of a batch), then one token a step."""
+
+    def __init__(self, model: torch.nn.Module, pad: torch.Tensor | None, num_beams: int,
+                 max_len: int) -> None:
+        self.model = model
+        self.pad = None if pad is None else pad.repeat_interleave(num_beams)  # (B*K,)
+        self.max_len = max_len
+        self.rows: int | None = None
+
+    def logits(self, step: int, sequences: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        if step == 0:
+            model.setup_cache(sequences.size(0), self.max_len)
+            return model(sequences, start_pos=0, last_only=True, pad=self.pad)[:, -1]
+        pos = sequences.size(1) - 1
+        return model(sequences[:, -1:], start_pos=pos, last_only=True, pad=self.pad)[:, -1]
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        self.model.reorder_cache(rows)
+
+
+class Seq2SeqStepper:
+    """Beam steps of an encoder-decoder: the source encoded once and repeated for the beams,
+    then the decoder one token a step with its cache."""
+
+    def __init__(self, model: torch.nn.Module, src: torch.Tensor, src_mask: torch.Tensor,
+                 num_beams: int) -> None:
+        self.model = model
+        memory = model.encode(src, src_mask)  # (B, S, C)
+        self.memory = memory.repeat_interleave(num_beams, dim=0)  # (B*K, S, C)
+        self.src_mask = src_mask.repeat_interleave(num_beams, dim=0)
+        self.cache = model.new_cache()
+
+    def logits(self, step: int, sequences: torch.Tensor) -> torch.Tensor:
+        tokens = sequences if step == 0 else sequences[:, -1:]
+        return self.model.decode(tokens, self.memory, self.src_mask, self.cache)[:, -1]
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        self.cache.reorder(rows)
+
+
+@torch.no_grad()
+def beam_search_gpt(model: torch.nn.Module, prompts: Sequence[Sequence[int]], cfg: BeamConfig,
+                    eos_token_id: int | Sequence[int] | None,
+                    pad_token_id: int = 0) -> list[list[Hypothesis]]:
+    """Beam search continuations of token-id prompts with a decoder-only model (prompts of
+    different lengths are left-padded, each row positioned from its first real token)."""
+    from lmlab.generate import left_pad
+
+    context = model.config.block_size
+    longest = max(len(p) for p in prompts)
+    if longest + cfg.max_new_tokens > context:
+        raise LmlabError(f"prompt ({longest} tokens) + --max-new-tokens "
+                         f"{cfg.max_new_tokens} exceed the context of {context} tokens")
+    device = model.transformer.wte.weight.device
+    idx, pad = left_pad(prompts, pad_id=pad_token_id)
+    idx = idx.to(device)
+    pad = pad.to(device) if pad is not None else None
+    stepper = GPTStepper(model, pad, cfg.num_beams, longest + cfg.max_new_tokens)
+    try:
+        return beam_search(stepper, idx, cfg, eos_token_id, pad_token_id,
+                           model.config.vocab_size)
+    finally:
+        model.clear_cache()
+
+
+@torch.no_grad()
+def beam_search_seq2seq(model: torch.nn.Module, sources: Sequence[Sequence[int]],
+                        cfg: BeamConfig) -> list[list[Hypothesis]]:
+    """Beam search outputs of an encoder-decoder for token-id sources (right-padded)."""
+    c = model.config
+    device = model.shared.weight.device
+    longest = max(len(s) for s in sources)
+    if longest > c.block_size:
+        raise LmlabError(f"a source of {longest} tokens exceeds the model's {c.block_size} "
+                         "positions")
+    if cfg.max_new_tokens + 1 > c.block_size:
+        raise LmlabError(f"--max-new-tokens {cfg.max_new_tokens} exceeds the model's "
+                         f"{c.block_size} positions")
+    src = torch.full((len(sources), longest), c.pad_token_id, dtype=torch.long)
+    mask = torch.zeros(len(sources), longest, dtype=torch.bool)
+    for i, s in enumerate(sources):
+        src[i, :len(s)] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, :len(s)] = True
+    src, mask = src.to(device), mask.to(device)
+    stepper = Seq2SeqStepper(model, src, mask, cfg.num_beams)
+    start = torch.full((len(sources), 1), c.decoder_start_token_id, dtype=torch.long,
+                       device=device)
+    return beam_search(stepper, start, cfg, c.eos_token_id, c.pad_token_id, c.vocab_size)

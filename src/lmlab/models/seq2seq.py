@@ -1,0 +1,317 @@
+"""The encoder-decoder Transformer (Vaswani et al. 2017), for translation and summarization.
+
+One config (``Seq2SeqConfig``) covers the original design and its descendants:
+
+* the original: post-LN blocks (``x = norm(x + sublayer(x))``), sinusoidal
+  positions, embeddings scaled by sqrt(C) and shared by source, target and
+  output over one joint vocabulary, ReLU;
+* Marian (``MarianMTModel``): the same with SiLU ("swish") or GELU and a
+  bias on the output logits;
+* BART: learned positions (offset by 2 rows), a LayerNorm on the embeddings,
+  GELU;
+* pre-LN (``norm_first``; Xiong et al. 2020): ``x = x + sublayer(norm(x))``
+  with a final norm after each stack, which trains without a long warm-up.
+
+Top-down: positions, attention (self, causal self, cross), the encoder
+layer, the caches for decoding, the decoder layer, the two stacks, then the
+model. Parameter names follow BART's and Marian's checkpoints without their
+``model.`` prefix, so the converters are key copies.
+
+Decoding reuses the work of earlier steps: the decoder's self-attention keys
+and values grow by one position per step (``DecoderCache``), and the
+cross-attention keys and values of the encoder output are computed once. A
+beam search reorders the caches' rows with ``DecoderCache.reorder``.
+
+Shapes: B batch, S source tokens, T target tokens in this call, L target
+tokens attended (cache + new), C = n_embd, nh = n_head, hs = head size,
+V = vocab_size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmlab.config import Seq2SeqConfig
+from lmlab.models.gpt import init_weights
+
+
+def sinusoidal_positions(n_pos: int, dim: int) -> torch.Tensor:
+    """Vaswani's position table (n_pos, dim): angle p / 10000^(2i/dim) for pair i, its
+    sines in the first half of the columns and its cosines in the second (Marian's
+    layout; the paper interleaves them, which is the same table with columns permuted)."""
+    half = (dim + 1) // 2  # sines take the extra column of an odd width
+    pos = torch.arange(n_pos, dtype=torch.float64)[:, None]  # (n_pos, 1)
+    i = torch.arange(half, dtype=torch.float64)[None, :]  # (1, half)
+    angle = pos / torch.pow(10000.0, 2 * i / dim)  # (n_pos, half)
+    table = torch.empty(n_pos, dim, dtype=torch.float64)
+    table[:, :half] = torch.sin(angle)
+    table[:, half:] = torch.cos(angle[:, : dim // 2])
+    return table.float()
+
+
+class Attention(nn.Module):
+    """Multi-head attention with biased projections: self-attention when ``memory`` is
+    None, else cross-attention from ``x`` (queries) to ``memory`` (keys and values)."""
+
+    def __init__(self, config: Seq2SeqConfig) -> None:
+        super().__init__()
+        C = config.n_embd
+        self.n_head = config.n_head
+        self.head_dim = config.head_dim
+        self.q_proj = nn.Linear(C, C)
+        self.k_proj = nn.Linear(C, C)
+        self.v_proj = nn.Linear(C, C)
+        self.out_proj = nn.Linear(C, C)
+        self.dropout = config.attn_dropout
+
+    def heads(self, t: torch.Tensor) -> torch.Tensor:
+        B, N, C = t.shape
+        return t.view(B, N, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, N, hs)
+
+    def keys_values(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (B, nh, N, hs) of a source (B, N, C)."""
+        return self.heads(self.k_proj(source)), self.heads(self.v_proj(source))
+
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], *,
+                mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        """Attend from x (B, T, C) to keys and values ``kv`` (each (B, nh, L, hs));
+        ``mask`` (B, 1, T or 1, L) is True where a query may look."""
+        B, T, C = x.shape
+        q = self.heads(self.q_proj(x))  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask, is_causal=is_causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C)
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention, then the feed-forward block (fc1 -> activation -> fc2, 4x wide by
+    default), each in a residual with its norm (after it, or before with norm_first)."""
+
+    def __init__(self, config: Seq2SeqConfig) -> None:
+        super().__init__()
+        C, eps = config.n_embd, config.norm_eps
+        self.norm_first = config.norm_first
+        self.self_attn = Attention(config)
+        self.self_attn_layer_norm = nn.LayerNorm(C, eps=eps)
+        self.fc1 = nn.Linear(C, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, C)
+        self.act = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}[config.activation]
+        self.activation_dropout = nn.Dropout(config.activation_dropout)
+        self.final_layer_norm = nn.LayerNorm(C, eps=eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def ffn(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_dropout(self.act(self.fc1(x))))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B, S, C), mask (B, 1, 1, S) True on real source tokens."""
+        attn = self.self_attn
+        if self.norm_first:
+            h = self.self_attn_layer_norm(x)
+            x = x + self.dropout(attn(h, attn.keys_values(h), mask=mask))
+            return x + self.dropout(self.ffn(self.final_layer_norm(x)))
+        x = self.self_attn_layer_norm(x + self.dropout(attn(x, attn.keys_values(x), mask=mask)))
+        return self.final_layer_norm(x + self.dropout(self.ffn(x)))
+
+
+class LayerCache:
+    """One decoder layer's keys and values: its own (growing by T each call) and the
+    encoder output's (computed once)."""
+
+    def __init__(self) -> None:
+        self.self_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.cross_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+class DecoderCache:
+    """What decoding keeps from step to step, for every decoder layer."""
+
+    def __init__(self, n_layer: int) -> None:
+        self.layers = [LayerCache() for _ in range(n_layer)]
+        self.length = 0  # target positions cached
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep rows ``rows`` (B',) of every cached tensor, in that order (a beam search's
+        surviving beams)."""
+        for layer in self.layers:
+            for name in ("self_kv", "cross_kv"):
+                kv = getattr(layer, name)
+                if kv is not None:
+                    setattr(layer, name, (kv[0].index_select(0, rows),
+                                          kv[1].index_select(0, rows)))
+
+
+class DecoderLayer(EncoderLayer):
+    """Causal self-attention, cross-attention to the encoder's output, then the
+    feed-forward block, each in a residual with its norm."""
+
+    def __init__(self, config: Seq2SeqConfig) -> None:
+        super().__init__(config)
+        self.encoder_attn = Attention(config)
+        self.encoder_attn_layer_norm = nn.LayerNorm(config.n_embd, eps=config.norm_eps)
+
+    def _self(self, h: torch.Tensor, cache: LayerCache | None) -> torch.Tensor:
+        attn = self.self_attn
+        k, v = attn.keys_values(h)  # (B, nh, T, hs)
+        if cache is not None:
+            if cache.self_kv is not None:
+                k = torch.cat([cache.self_kv[0], k], dim=2)  # (B, nh, L, hs)
+                v = torch.cat([cache.self_kv[1], v], dim=2)
+            cache.self_kv = (k, v)
+        T, L = h.size(1), k.size(2)
+        mask = None
+        if 1 < T < L:  # several new positions after cached ones: query i sees 0..L-T+i
+            mask = torch.ones(T, L, dtype=torch.bool, device=h.device).tril(diagonal=L - T)
+        # T == L: plain causal; T == 1: the new position sees everything cached.
+        return attn(h, (k, v), mask=mask, is_causal=T == L and T > 1)
+
+    def _cross(self, h: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
+               cache: LayerCache | None) -> torch.Tensor:
+        attn = self.encoder_attn
+        if cache is not None and cache.cross_kv is not None:
+            kv = cache.cross_kv
+        else:
+            kv = attn.keys_values(memory)  # (B, nh, S, hs)
+            if cache is not None:
+                cache.cross_kv = kv
+        return attn(h, kv, mask=memory_mask)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor,  # type: ignore[override]
+                memory_mask: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        """x (B, T, C) target states, memory (B, S, C) the encoder's output, memory_mask
+        (B, 1, 1, S) True on real source tokens."""
+        drop = self.dropout
+        if self.norm_first:
+            x = x + drop(self._self(self.self_attn_layer_norm(x), cache))
+            x = x + drop(self._cross(self.encoder_attn_layer_norm(x), memory, memory_mask, cache))
+            return x + drop(self.ffn(self.final_layer_norm(x)))
+        x = self.self_attn_layer_norm(x + drop(self._self(x, cache)))
+        x = self.encoder_attn_layer_norm(x + drop(self._cross(x, memory, memory_mask, cache)))
+        return self.final_layer_norm(x + drop(self.ffn(x)))
+
+
+class Stack(nn.Module):
+    """Embeddings (scaled, plus positions, optionally normed) and layers: the encoder or
+    the decoder. ``embed_tokens`` is the model's shared table, not owned here."""
+
+    def __init__(self, config: Seq2SeqConfig, n_layer: int, decoder: bool) -> None:
+        super().__init__()
+        self.config = config
+        C = config.n_embd
+        self.embed_scale = math.sqrt(C) if config.scale_embedding else 1.0
+        if config.pos == "learned":
+            self.embed_positions = nn.Embedding(config.block_size + config.pos_offset, C)
+        else:
+            self.register_buffer("sinusoids", sinusoidal_positions(config.block_size, C),
+                                 persistent=False)
+        if config.embed_norm:
+            self.layernorm_embedding = nn.LayerNorm(C, eps=config.norm_eps)
+        layer = DecoderLayer if decoder else EncoderLayer
+        self.layers = nn.ModuleList([layer(config) for _ in range(n_layer)])
+        if config.norm_first:
+            self.layer_norm = nn.LayerNorm(C, eps=config.norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def embed(self, tokens: torch.Tensor, table: nn.Embedding, start: int = 0) -> torch.Tensor:
+        """Token embeddings (B, T, C) of ``tokens`` at positions start..start+T."""
+        T = tokens.size(1)
+        if start + T > self.config.block_size:
+            raise ValueError(f"positions {start}..{start + T} exceed the model's "
+                             f"{self.config.block_size} positions")
+        x = table(tokens) * self.embed_scale
+        pos = torch.arange(start, start + T, device=tokens.device)
+        if self.config.pos == "learned":
+            x = x + self.embed_positions(pos + self.config.pos_offset)
+        else:
+            x = x + self.sinusoids[pos].to(x.dtype)
+        if self.config.embed_norm:
+            x = self.layernorm_embedding(x)
+        return self.dropout(x)
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer_norm(x) if self.config.norm_first else x
+
+
+class Seq2Seq(nn.Module):
+    """Encoder, decoder and the shared embedding table (source, target and output)."""
+
+    def __init__(self, config: Seq2SeqConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.shared = nn.Embedding(config.vocab_size, config.n_embd,
+                                   padding_idx=config.pad_token_id)
+        self.encoder = Stack(config, config.n_encoder_layer, decoder=False)
+        self.decoder = Stack(config, config.n_decoder_layer, decoder=True)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Press & Wolf 2017: one table for source, target and output (a joint vocabulary).
+        self.lm_head.weight = self.shared.weight
+        if config.final_logits_bias:
+            # Marian's and BART's bias on the output logits (a buffer there too: not trained).
+            self.register_buffer("final_logits_bias", torch.zeros(1, config.vocab_size))
+        self.apply(init_weights)
+        with torch.no_grad():
+            self.shared.weight[config.pad_token_id].zero_()
+
+    def rebuild_buffers(self, device: torch.device | str = "cpu") -> None:
+        """Recompute the buffers that are not saved (the sinusoid tables) after a model
+        built on the meta device has had its weights loaded."""
+        if self.config.pos == "sinusoidal":
+            table = sinusoidal_positions(self.config.block_size, self.config.n_embd)
+            self.encoder.sinusoids = table.to(device)
+            self.decoder.sinusoids = table.to(device)
+
+    def num_params(self) -> int:
+        """Parameters counted once (the shared table once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    @staticmethod
+    def key_mask(mask: torch.Tensor) -> torch.Tensor:
+        """(B, S) 1/True on real tokens -> the (B, 1, 1, S) boolean mask attention takes."""
+        return mask.bool()[:, None, None, :]
+
+    def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder's output (B, S, C) for source ids (B, S); ``src_mask`` (B, S) is 1 on
+        real tokens (default: all)."""
+        if src_mask is None:
+            src_mask = torch.ones_like(src, dtype=torch.bool)
+        mask = self.key_mask(src_mask)
+        x = self.encoder.embed(src, self.shared)
+        for layer in self.encoder.layers:
+            x = layer(x, mask)
+        return self.encoder.finish(x)
+
+    def decode(self, tgt: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor | None,
+               cache: DecoderCache | None = None, hidden: bool = False) -> torch.Tensor:
+        """Logits (B, T, V) of the next token after each of target ids ``tgt`` (B, T),
+        reading the encoder's output ``memory`` (B, S, C). With a ``cache``, ``tgt``
+        continues the positions it holds, and it grows by T. ``hidden`` returns the
+        final hidden states (B, T, C) instead."""
+        start = cache.length if cache is not None else 0
+        if src_mask is None:
+            src_mask = torch.ones(memory.shape[:2], dtype=torch.bool, device=memory.device)
+        mask = self.key_mask(src_mask)
+        x = self.decoder.embed(tgt, self.shared, start)
+        for i, layer in enumerate(self.decoder.layers):
+            x = layer(x, memory, mask, cache.layers[i] if cache is not None else None)
+        x = self.decoder.finish(x)
+        if cache is not None:
+            cache.length += tgt.size(1)
+        if hidden:
+            return x
+        logits = self.lm_head(x)
+        if self.config.final_logits_bias:
+            logits = logits + self.final_logits_bias
+        return logits
+
+    def new_cache(self) -> DecoderCache:
+        return DecoderCache(self.config.n_decoder_layer)
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor,
+                src_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher forcing: logits (B, T, V) for decoder inputs ``tgt`` (B, T) (the target
+        shifted right behind the start token) given source ids ``src`` (B, S)."""
+        return self.decode(tgt, self.encode(src, src_mask), src_mask)

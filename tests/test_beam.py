@@ -1,0 +1,124 @@
+"""Beam search: the same ids (and scores) as Hugging Face ``generate(num_beams=...)`` with the
+same weights, on a GPT-2-shaped and a Marian-shaped random model, over several settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmlab.beam import BeamConfig, banned_ngrams, beam_search_gpt, beam_search_seq2seq
+from lmlab.config import GPTConfig
+from lmlab.errors import LmlabError
+from lmlab.interop.hf_gpt2 import from_hf_gpt2, hf_gpt2_config
+from lmlab.interop.hf_seq2seq import from_hf_seq2seq, seq2seq_config_from_hf
+from lmlab.models.gpt import GPT
+from lmlab.models.seq2seq import Seq2Seq
+from lmlab.models.weights import load_weights
+
+transformers = pytest.importorskip("transformers")
+
+# A small vocabulary, so that the end token is often among the candidates and
+# hypotheses finish at different lengths.
+V, EOS, PAD = 23, 5, 1  # (HF fills finished rows with the end token when pad is 0)
+SETTINGS = [
+    dict(num_beams=4, length_penalty=1.0, early_stopping=False),
+    dict(num_beams=4, length_penalty=2.0, early_stopping="never", num_return_sequences=2),
+    dict(num_beams=3, length_penalty=0.5, early_stopping=True, no_repeat_ngram_size=2),
+    dict(num_beams=5, length_penalty=1.0, early_stopping=False, min_new_tokens=4,
+         num_return_sequences=5),
+]
+
+
+def _check(ours: list, hf_out, prompt_len: int, cfg: BeamConfig) -> None:
+    """Each of our hypotheses equals HF's row (prompt, then the tokens, then padding), with
+    the same score."""
+    seqs, scores = hf_out.sequences, hf_out.sequences_scores
+    n = cfg.num_return_sequences
+    for b, hyps in enumerate(ours):
+        assert len(hyps) == n
+        for k, hyp in enumerate(hyps):
+            row = seqs[b * n + k, prompt_len:].tolist()
+            assert row[:len(hyp.tokens)] == hyp.tokens, (b, k)
+            assert all(t == PAD for t in row[len(hyp.tokens):]), (b, k)
+            assert hyp.score == pytest.approx(float(scores[b * n + k]), abs=1e-4)
+
+
+def _gpt_pair():
+    cfg = GPTConfig.from_name("gpt-nano", vocab_size=V, block_size=64)
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_gpt2_config(cfg))).eval()
+    ours = GPT(cfg).eval()
+    sd = from_hf_gpt2(hf.state_dict())
+    sd.pop("lm_head.weight", None)
+    load_weights(ours, sd, Path("hf"))
+    return hf, ours
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_gpt_beam_search_matches_transformers(setting):
+    hf, ours = _gpt_pair()
+    cfg = BeamConfig(max_new_tokens=10, **setting)
+    g = torch.Generator().manual_seed(2)
+    for batch in ([[7, 3, 9]], torch.randint(6, V, (3, 6), generator=g).tolist()):
+        got = beam_search_gpt(ours, batch, cfg, eos_token_id=EOS, pad_token_id=PAD)
+        want = hf.generate(torch.tensor(batch), attention_mask=torch.ones(len(batch),
+                           len(batch[0]), dtype=torch.long), do_sample=False,
+                           max_new_tokens=cfg.max_new_tokens, eos_token_id=EOS,
+                           pad_token_id=PAD, output_scores=True, return_dict_in_generate=True,
+                           **setting)
+        _check(got, want, len(batch[0]), cfg)
+
+
+def test_gpt_beam_search_with_prompts_of_different_lengths():
+    hf, ours = _gpt_pair()
+    cfg = BeamConfig(num_beams=4, max_new_tokens=8)
+    prompts = [[7, 3, 9, 11, 4], [8, 2], [13, 6, 6]]
+    got = beam_search_gpt(ours, prompts, cfg, eos_token_id=EOS, pad_token_id=PAD)
+    for prompt, hyps in zip(prompts, got, strict=True):  # each alone, against HF
+        want = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt),
+                           dtype=torch.long), num_beams=4, do_sample=False, max_new_tokens=8,
+                           eos_token_id=EOS, pad_token_id=PAD, output_scores=True,
+                           return_dict_in_generate=True)
+        _check([hyps], want, len(prompt), cfg)
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_marian_beam_search_matches_transformers(setting):
+    torch.manual_seed(0)
+    hf = transformers.MarianMTModel(transformers.MarianConfig(
+        vocab_size=V, d_model=32, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48,
+        decoder_ffn_dim=48, max_position_embeddings=40, pad_token_id=PAD, eos_token_id=EOS,
+        decoder_start_token_id=PAD, forced_eos_token_id=None, scale_embedding=True)).eval()
+    cfg_model = seq2seq_config_from_hf(hf.config.to_dict())
+    ours = Seq2Seq(cfg_model).eval()
+    load_weights(ours, from_hf_seq2seq(hf.state_dict(), cfg_model), Path("hf"))
+    cfg = BeamConfig(max_new_tokens=10, **setting)
+    sources = [[7, 3, 9, 11, 4, 5], [8, 2, 14, 5], [13, 6, 6, 19, 21, 9, 5]]
+    got = beam_search_seq2seq(ours, sources, cfg)
+    src = torch.full((3, 7), PAD)
+    mask = torch.zeros(3, 7, dtype=torch.long)
+    for i, s in enumerate(sources):
+        src[i, :len(s)], mask[i, :len(s)] = torch.tensor(s), 1
+    want = hf.generate(src, attention_mask=mask, do_sample=False,
+                       max_new_tokens=cfg.max_new_tokens, output_scores=True,
+                       return_dict_in_generate=True, **setting)
+    _check(got, want, 1, cfg)  # HF's rows begin with the decoder's start token
+
+
+def test_no_repeat_ngram_bans_what_would_repeat():
+    seqs = torch.tensor([[1, 2, 3, 1, 2], [4, 4, 4, 4, 4]])
+    logp = torch.zeros(2, 6)
+    banned_ngrams(seqs, 3, logp)
+    assert logp[0].isinf().nonzero().flatten().tolist() == [3]  # "1 2" was followed by 3
+    assert logp[1].isinf().nonzero().flatten().tolist() == [4]
+
+
+def test_bad_settings_are_one_line_errors():
+    with pytest.raises(LmlabError, match="--num-return-sequences must be between 1 and"):
+        BeamConfig(num_beams=2, num_return_sequences=3)
+    _, ours = _gpt_pair()
+    with pytest.raises(LmlabError, match="exceed the context of 64"):
+        beam_search_gpt(ours, [[1] * 60], BeamConfig(max_new_tokens=10), EOS)
