@@ -351,3 +351,51 @@ def qa_scores(predictions: Sequence[str], answers: Sequence[str]) -> dict:
         em.append(float(pred == gold))
         f1.append(_token_f1(pred.split(), gold.split()))
     return {"exact_match": float(np.mean(em)), "f1": float(np.mean(f1)), "n": len(answers)}
+
+
+# ---------------------------------------------------------------- generated text
+def has_cjk(texts: Sequence[str]) -> bool:
+    """Whether most texts hold Chinese (or Japanese) characters: then BLEU tokenizes
+    each character, as sacrebleu's ``zh`` tokenizer does."""
+    from lmlab.data.chinese import CJK
+
+    pattern = re.compile(f"[{CJK}]")
+    return sum(bool(pattern.search(t)) for t in texts) * 2 > len(texts)
+
+
+def translation_scores(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
+    """Corpus BLEU and chrF (sacrebleu, one reference each); Chinese references get the
+    ``zh`` tokenizer, others ``13a`` (sacrebleu's default)."""
+    import sacrebleu
+
+    if len(hyps) != len(refs):
+        raise LmlabError(f"{len(hyps)} outputs but {len(refs)} references; give one "
+                         "reference per output")
+    tokenize = "zh" if has_cjk(refs) else "13a"
+    bleu = sacrebleu.corpus_bleu(list(hyps), [list(refs)], tokenize=tokenize)
+    chrf = sacrebleu.corpus_chrf(list(hyps), [list(refs)])
+    return {"bleu": bleu.score, "chrf": chrf.score}
+
+
+class _KeepCJK:
+    """rouge-score's tokenizer interface: lowercased words, and every CJK character a token
+    of its own (its default tokenizer keeps only [a-z0-9], so Chinese would score 0)."""
+
+    def tokenize(self, text: str) -> list[str]:
+        from lmlab.data.chinese import CJK
+
+        return re.findall(f"[{CJK}]|[^\\W{CJK}]+", text.lower())
+
+
+def rouge_scores(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
+    """ROUGE-1, -2 and -L F1 (rouge-score), averaged over the pairs, in percent."""
+    from rouge_score import rouge_scorer
+
+    if len(hyps) != len(refs):
+        raise LmlabError(f"{len(hyps)} outputs but {len(refs)} references")
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=_KeepCJK())
+    sums = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    for h, r in zip(hyps, refs, strict=True):
+        for k, v in scorer.score(r, h).items():
+            sums[k] += v.fmeasure
+    return {k: 100 * v / max(1, len(hyps)) for k, v in sums.items()}

@@ -19,21 +19,23 @@ from lmlab.commands.classic import (
     ngram_sample,
     ngram_train,
 )
-from lmlab.commands.data import corpus, prepare, tokenizer_train
+from lmlab.commands.data import corpus, parallel, prepare, tokenizer_train
 from lmlab.commands.demo import demo
 from lmlab.commands.inference import chat, convert, evaluate, generate, neighbors
-from lmlab.commands.train import baseline, finetune, predict, pretrain
+from lmlab.commands.train import baseline, finetune, predict, pretrain, seq2seq
 
 COMMANDS: dict = {
     "demo": demo,
     "corpus": corpus,
     "tokenizer": {"__doc__": "train tokenizers", "train": tokenizer_train},
     "prepare": prepare,
+    "parallel": parallel,
     "ngram": {"__doc__": "n-gram language models (Kneser-Ney, add-k, stupid backoff; ARPA)",
               "train": ngram_train, "eval": ngram_eval, "sample": ngram_sample},
     "embed": {"__doc__": "train, evaluate and query word vectors", "train": embed_train,
               "eval": embed_eval, "neighbors": embed_neighbors},
     "pretrain": pretrain,
+    "seq2seq": seq2seq,
     "eval": evaluate,
     "generate": generate,
     "convert": convert,

@@ -1,10 +1,11 @@
-"""Hugging Face model folders <-> lmlab checkpoints (GPT-2 and Llama families).
+"""Hugging Face model folders <-> lmlab checkpoints (GPT-2, Llama, BERT, Marian, BART).
 
 An HF folder is ``config.json`` (with ``model_type``) + ``model.safetensors``
 (or shards listed in ``model.safetensors.index.json``) + tokenizer files. The
-tensors go through the pure state-dict converters of ``hf_gpt2`` and
-``hf_llama``; nothing here imports ``transformers``, and pickle checkpoints
-(``pytorch_model.bin``) are refused, never unpickled.
+tensors go through the pure state-dict converters of ``hf_gpt2``,
+``hf_llama``, ``hf_bert`` and ``hf_seq2seq``; nothing here imports
+``transformers``, and pickle checkpoints (``pytorch_model.bin``) are refused,
+never unpickled.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from lmlab.atomic import atomic_dir
 from lmlab.config import BertConfig, GPTConfig
 from lmlab.errors import LmlabError
-from lmlab.interop import hf_bert, hf_gpt2, hf_llama
+from lmlab.interop import hf_bert, hf_gpt2, hf_llama, hf_seq2seq
 from lmlab.models.registry import family_of
 from lmlab.models.weights import TOKENIZER_FILES
 
@@ -70,10 +71,11 @@ def read_hf_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def config_from_hf(hf: dict[str, Any], source: Path,
-                   pooler: bool = True) -> GPTConfig | BertConfig:
+def config_from_hf(hf: dict[str, Any], source: Path, pooler: bool = True) -> Any:
     kind = hf.get("model_type")
     try:
+        if kind in hf_seq2seq.ARCHS:
+            return hf_seq2seq.seq2seq_config_from_hf(hf)
         if kind == "bert":
             return hf_bert.bert_config_from_hf(hf, pooler=pooler)
         if kind == "gpt2":
@@ -83,12 +85,13 @@ def config_from_hf(hf: dict[str, Any], source: Path,
     except KeyError as e:
         raise LmlabError(f"{source}: a {kind} config needs the field {e}") from None
     raise LmlabError(f"{source}: model_type {kind!r} is not supported "
-                     "(supported: gpt2, bert, llama and Llama-shaped models without "
-                     "attention bias)")
+                     "(supported: gpt2, bert, marian, bart, llama and Llama-shaped models "
+                     "without attention bias)")
 
 
 def load_hf(folder: Path) -> torch.nn.Module:
-    """An lmlab model (float32, eval mode) holding an HF GPT-2, Llama or BERT folder's weights.
+    """An lmlab model (float32, eval mode) holding an HF GPT-2, Llama, BERT, Marian or BART
+    folder's weights.
 
     A BERT folder gives a ``BertForPreTraining`` if it holds the masked-LM head
     (``BertForMaskedLM`` / ``BertForPreTraining``), else a bare ``Bert`` encoder.
@@ -101,7 +104,9 @@ def load_hf(folder: Path) -> torch.nn.Module:
     sd = read_hf_state_dict(folder)  # first: a pickle folder is refused before anything else
     pooler = any(k.endswith("pooler.dense.weight") for k in sd)
     config = config_from_hf(hf, cfg_path, pooler=pooler)
-    if hf["model_type"] == "bert":
+    if hf["model_type"] in hf_seq2seq.ARCHS:
+        ours = hf_seq2seq.from_hf_seq2seq(sd, config)
+    elif hf["model_type"] == "bert":
         ours = hf_bert.from_hf_bert(sd)
     elif hf["model_type"] == "gpt2":
         ours = hf_gpt2.from_hf_gpt2(sd)
@@ -145,18 +150,26 @@ def hf_config_for(config: GPTConfig | BertConfig,
 
 def export_hf(checkpoint: Path, out: Path) -> Path:
     """Write an lmlab checkpoint as an HF folder: ``AutoModelForCausalLM`` loads a GPT's,
-    ``BertForPreTraining`` / ``BertForMaskedLM`` / ``BertModel`` an encoder's."""
+    ``BertForPreTraining`` / ``BertForMaskedLM`` / ``BertModel`` an encoder's,
+    ``AutoModelForSeq2SeqLM`` an encoder-decoder's (as Marian or BART)."""
     from lmlab.atomic import save_safetensors
     from lmlab.models.weights import load_checkpoint, model_state, resolve_checkpoint
 
     ckpt = resolve_checkpoint(checkpoint)
     model = load_checkpoint(ckpt)
     config = model.config
-    if family_of(config).name not in ("gpt", "bert"):
+    if family_of(config).name not in ("gpt", "bert", "seq2seq"):
         raise LmlabError(f"{ckpt}: a {family_of(config).name} model has no Hugging Face "
-                         "format lmlab writes (GPT-2, Llama and BERT do)")
+                         "format lmlab writes (GPT-2, Llama, BERT, Marian and BART do)")
     sd = model_state(model)
-    if family_of(config).name == "bert":
+    if family_of(config).name == "seq2seq":
+        arch, kwargs = hf_seq2seq.hf_seq2seq_config(config)
+        hf_cfg = dict(kwargs, model_type=arch, architectures=[
+            "MarianMTModel" if arch == "marian" else "BartForConditionalGeneration"])
+        theirs = hf_seq2seq.to_hf_seq2seq(sd, config)
+        for k in ("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"):
+            theirs.pop(k)  # HF ties them to model.shared on load
+    elif family_of(config).name == "bert":
         if not any(k.startswith("bert.") for k in sd):
             sd = {f"bert.{k}": v for k, v in sd.items()}  # a bare encoder
         arch = ("BertForPreTraining" if "nsp.weight" in sd else

@@ -255,3 +255,79 @@ class FinetuneConfig:
         names = ("text_field", "label_field", "tokens_field", "tags_field", "context_field",
                  "question_field", "answer_field", "answer_start_field", "encoding")
         return {n: getattr(self, n) for n in names}
+
+
+@dataclass
+class Seq2SeqTrainConfig:
+    """Everything that defines an encoder-decoder training run (saved as
+    seq2seq_config.json). Each field is declared once: its type, default and help become
+    a flag of `lmlab seq2seq`."""
+
+    positional: ClassVar[tuple[str, ...]] = ("data",)
+
+    data: InDirName = option(
+        help="a folder made by `lmlab parallel` (train/val .jsonl and tokenizer.json), or "
+        "any folder holding those")
+    out: OutDirName | None = option(None, "the run folder (default: runs/seq2seq)")
+    preset: str = option(
+        "seq2seq-mini", "model preset: seq2seq-nano, seq2seq-mini, seq2seq-small, "
+        "transformer-base, transformer-big")
+    n_encoder_layer: Count | None = option(None, "override the preset's encoder layers")
+    n_decoder_layer: Count | None = option(None, "override the preset's decoder layers")
+    n_head: Count | None = option(None, "override the preset's attention heads")
+    n_embd: Count | None = option(None, "override the preset's width")
+    norm_first: bool = option(
+        False, "pre-LN blocks (norm before each sublayer) instead of the original post-LN")
+    dropout: Dropout | None = option(None, "dropout (default: the preset's, 0.1)")
+    max_length: Count = option(
+        128, "tokens per source and per target, the end token included (longer ones are cut, "
+        "and counted)")
+    max_tokens: Count = option(
+        4096, "tokens per batch (source or target, padding included, the longer side "
+        "counts), as fairseq's --max-tokens; under torchrun: per process")
+    grad_accum: Count = option(1, "batches per optimizer step")
+    max_steps: Count = option(2000, "optimizer steps")
+    lr: PositiveFloat = option(7e-4, "peak learning rate")
+    min_lr: NonNegativeFloat | None = option(
+        None, "final learning rate of the cosine decay (default lr/10)")
+    warmup_steps: NonNegative = option(200, "steps of linear warm-up")
+    weight_decay: NonNegativeFloat = option(0.01, "AdamW weight decay (matrices only)")
+    beta1: Decay = option(0.9, "AdamW's first-moment decay")
+    beta2: Decay = option(0.98, "AdamW's second-moment decay (0.98 as Vaswani et al.)")
+    grad_clip: PositiveFloat = option(1.0, "clip the gradient norm to this")
+    label_smoothing: Share = option(
+        0.1, "share of the target probability spread over the vocabulary (Szegedy et al.; "
+        "0.1 as Vaswani et al.)")
+    eval_interval: Count = option(250, "validate every this many steps")
+    eval_sentences: NonNegative = option(
+        200, "validation sentences translated at each validation for BLEU and chrF (0: "
+        "loss only)")
+    num_beams: Count = option(1, "beams when translating validation sentences (1: greedy)")
+    checkpoint_interval: Count | None = option(
+        None, "save every this many steps (default: eval_interval)")
+    seed: int = option(1337, "random seed (weights, batches, dropout)")
+    dtype: Literal["float32", "bfloat16"] = option(
+        "float32", "float32, or bfloat16 autocast (faster on CPUs with AMX)")
+    compile: bool = option(False, "torch.compile the model")
+    device: str = option("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
+    threads: Count | None = option(None, "CPU threads (default: torch's choice)")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.out is None:
+            self.out = "runs/seq2seq"
+
+    def model_config(self, vocab_size: int, pad_id: int, eos_id: int) -> Any:
+        """The preset's config with this run's overrides and the tokenizer's ids; the
+        decoder starts from the end token (as BART)."""
+        from lmlab.config import Seq2SeqConfig
+
+        config = Seq2SeqConfig.from_name(
+            self.preset, vocab_size=vocab_size, pad_token_id=pad_id, eos_token_id=eos_id,
+            decoder_start_token_id=eos_id, n_encoder_layer=self.n_encoder_layer,
+            n_decoder_layer=self.n_decoder_layer, n_head=self.n_head, n_embd=self.n_embd,
+            norm_first=self.norm_first, dropout=self.dropout)
+        if config.block_size < self.max_length:
+            raise LmlabError(f"--max-length {self.max_length} exceeds the preset's "
+                             f"{config.block_size} positions")
+        return config

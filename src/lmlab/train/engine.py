@@ -88,6 +88,49 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
 
 
+class EpochCursor:
+    """Batches epoch after epoch: each epoch's batches (lists of example indices) are drawn
+    at its start from the engine's generator by ``make``; a batch with fewer than
+    ``min_rows`` rows (too few to give every process one) is skipped. Its state (the
+    epoch, the place in its order, the generator's state at the epoch's start) goes into
+    checkpoints, so a resumed run reads the same batches."""
+
+    def __init__(self, make: Any, generator: torch.Generator, min_rows: int = 1) -> None:
+        self.make, self.generator, self.min_rows = make, generator, min_rows
+        self.epoch, self.pos = 0, 0
+        self.order: list[list[int]] = []
+        self.epoch_rng: torch.Tensor | None = None
+
+    def next(self) -> list[int]:
+        while True:
+            if self.pos >= len(self.order):
+                self.epoch += 1
+                self.epoch_rng = self.generator.get_state()
+                self.order, self.pos = self.make(self.generator), 0
+            batch = self.order[self.pos]
+            self.pos += 1
+            if len(batch) >= self.min_rows:
+                return batch
+
+    def epoch_done(self) -> bool:
+        """Whether the last batch returned ended its epoch."""
+        return all(len(b) < self.min_rows for b in self.order[self.pos:])
+
+    def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        tensors = {"epoch_rng": self.epoch_rng} if self.epoch_rng is not None else {}
+        return {"epoch": self.epoch, "pos": self.pos}, tensors
+
+    def restore(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        if "epoch_rng" in tensors:
+            # The epoch's batches again, drawn from the generator as it was at its start.
+            now = self.generator.get_state()
+            self.epoch_rng = tensors["epoch_rng"]
+            self.generator.set_state(self.epoch_rng)
+            self.order = self.make(self.generator)
+            self.generator.set_state(now)
+
+
 class _NoLog:
     """The metrics log of a process other than rank 0, which writes nothing."""
 
@@ -141,6 +184,8 @@ class Engine:
                              "N, N > 1)")
         self.progress = progress and self.world.main
         self.grad_accum: int = getattr(cfg, "grad_accum", 1)
+        # The one source of batches (dropout draws from torch's global generator).
+        self.generator = torch.Generator().manual_seed(cfg.seed)
 
     def _check_run_dir(self, run_dir: Path, resume: bool, overwrite: bool) -> None:
         self.run_dir = run_dir
@@ -183,7 +228,6 @@ class Engine:
         # What training steps call: the model, its DDP wrapper, compiled if asked.
         self.net = torch.compile(net) if getattr(cfg, "compile", False) else net
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay, betas)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
         if state is not None:
             self._restore(state)
         # Only now, with every input checked, is the run folder made (or an old run in

@@ -73,7 +73,7 @@ from lmlab.models.bert import Pooling
 from lmlab.models.registry import context_of, reader_of
 from lmlab.tokenizer import Tokenizer
 from lmlab.train.configs import FinetuneConfig
-from lmlab.train.engine import Engine
+from lmlab.train.engine import Engine, EpochCursor
 from lmlab.train.tasks.checkpoint import FORMAT, load_task_model, pad_id_of, save_task_checkpoint
 from lmlab.train.tasks.decoding import (
     decode_outputs,
@@ -226,11 +226,11 @@ class Finetuner(Engine):
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.warmup = round(cfg.warmup_ratio * self.total_steps)
-        # Where the batches are: the epoch, its batches (drawn at its start from the
-        # engine's generator, whose state then is kept for resume) and the next one.
-        self.lengths = [len(f.ids) for f in self.feats["train"]]
-        self.epoch, self.order, self.pos = 0, [], 0
-        self.epoch_rng: torch.Tensor | None = None
+        # Epochs of batches of similar lengths, in a random order.
+        lengths = [len(f.ids) for f in self.feats["train"]]
+        self.batches = EpochCursor(
+            lambda g: length_bucketed_batches(lengths, self.global_batch, g), self.generator,
+            min_rows=self.world.size)
         self.last_batch: list[int] = []
         # The best validation score so far, and evaluations since it improved.
         self.best, self.best_step, self.bad_evals = -math.inf, 0, 0
@@ -306,28 +306,10 @@ class Finetuner(Engine):
     def lr_at(self, step: int) -> float:
         return linear_schedule(step, self.total_steps, self.warmup, self.cfg.lr)
 
-    def _next_batch(self) -> list[int]:
-        """The next training batch (indices into the train features): the epochs in
-        order, each one's batches of similar lengths in a random order."""
-        while True:
-            if self.pos >= len(self.order):
-                self.epoch += 1
-                self.epoch_rng = self.generator.get_state()
-                self.order = length_bucketed_batches(self.lengths, self.global_batch,
-                                                     self.generator)
-                self.pos = 0
-            idx = self.order[self.pos]
-            self.pos += 1
-            if len(idx) >= self.world.size:  # else too small to give every process a row
-                return idx
-
-    def _epoch_done(self) -> bool:
-        return all(len(b) < self.world.size for b in self.order[self.pos:])
-
     def micro_batch_loss(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The task loss of the next batch: under torchrun, this process's share of it."""
         cfg = self.cfg
-        self.last_batch = idx = self._next_batch()
+        self.last_batch = idx = self.batches.next()
         batch = collate([self.feats["train"][i] for i in self.world.share(idx)], self.pad_id,
                         self.device, cfg.task)
         with autocast(cfg.dtype, self.device):
@@ -338,7 +320,7 @@ class Finetuner(Engine):
         return len(self.last_batch)
 
     def row_extras(self) -> dict[str, Any]:
-        return {"epoch": self.epoch}
+        return {"epoch": self.batches.epoch}
 
     def train_mode(self) -> None:
         self.model.train()
@@ -347,7 +329,7 @@ class Finetuner(Engine):
 
     def should_validate(self, step: int) -> bool:
         every = self.cfg.eval_interval
-        return bool(every and step % every == 0) or self._epoch_done() \
+        return bool(every and step % every == 0) or self.batches.epoch_done() \
             or step == self.total_steps
 
     def should_save(self, step: int, validated: bool) -> bool:
@@ -366,35 +348,27 @@ class Finetuner(Engine):
         if improved:
             self.best, self.best_step, self.bad_evals = value, step, 0
             save_task_checkpoint(self.run_dir / "best", self.model, self.tok,
-                                 self.task_info(step, self.epoch, value), self.source)
+                                 self.task_info(step, self.batches.epoch, value), self.source)
         else:
             self.bad_evals += 1
         best = f"best {self.best:.4f} at step {self.best_step}"
-        msg = (f"step {step} (epoch {self.epoch}): val {name} {value:.4f}"
+        msg = (f"step {step} (epoch {self.batches.epoch}): val {name} {value:.4f}"
                + (f", loss {loss:.4f}" if loss is not None else "")
                + (" (best, saved)" if improved else f" ({best})"))
         patience = self.cfg.patience
         return row, msg, patience is not None and self.bad_evals >= patience
 
     def objective_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        state, tensors = self.batches.state()
         best = self.best if math.isfinite(self.best) else None
-        tensors = {"epoch_rng": self.epoch_rng} if self.epoch_rng is not None else {}
-        return {"epoch": self.epoch, "pos": self.pos, "best": best, "best_step": self.best_step,
+        return {**state, "best": best, "best_step": self.best_step,
                 "bad_evals": self.bad_evals, "metric": self.metric_name}, tensors
 
     def restore_objective(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        self.batches.restore(state, tensors)
         self.best = -math.inf if state["best"] is None else float(state["best"])
         self.best_step, self.bad_evals = int(state["best_step"]), int(state["bad_evals"])
         self.metric_name = str(state["metric"])
-        if "epoch_rng" in tensors:
-            # The epoch's batches again, drawn from the generator as it was at its start.
-            now = self.generator.get_state()
-            self.epoch_rng = tensors["epoch_rng"]
-            self.generator.set_state(self.epoch_rng)
-            self.order = length_bucketed_batches(self.lengths, self.global_batch,
-                                                 self.generator)
-            self.generator.set_state(now)
 
     def tokenizer_file(self) -> None:
         return None  # the checkpoint's tokenizer is OUT/best's
@@ -407,7 +381,7 @@ class Finetuner(Engine):
                 f"{self.run_dir}` uses (the test split was not scored). ")
 
     def result(self) -> dict[str, Any]:
-        return {"epochs": self.epoch, "total_steps": self.total_steps,
+        return {"epochs": self.batches.epoch, "total_steps": self.total_steps,
                 "best_step": self.best_step, "metric": self.metric_name, "best_val": self.best}
 
     # -- after training ------------------------------------------------------

@@ -1,0 +1,319 @@
+"""Parallel text: readers, the cleaning of software catalogs, and leak-free splits.
+
+Readers give ``Pair(src, tgt, origin)``:
+
+* TSV: ``source<TAB>target`` per line (a line without exactly one tab is an
+  error naming the line);
+* JSONL: ``{"src": ..., "tgt": ...}`` per line (other field names by flag);
+* gettext ``.po`` (msgctxt, msgid, msgstr, continued lines, escapes; fuzzy and
+  plural entries are counted and left out) and compiled ``.mo`` catalogs (the
+  binary format read directly: magic, counts, offset tables; a file that is
+  not one is an error).
+
+A software catalog pairs an English message (msgid) with its translation
+(msgstr). ``clean_pair`` turns such pairs into sentences a model can learn
+from, and says why it drops one: the header entry, an empty side, a message
+left untranslated (the target equals the source), format specifiers (``%s``,
+``%(name)s``, ``{0}``: the sentence is a template), or one longer than
+``max_chars``. It removes what is not text: keyboard accelerators (``_File``,
+``&File``, ``(_F)``), markup tags and entities, and runs of white space. A
+multi-line message whose two sides have as many lines is cut into line pairs.
+
+``split_by_source`` keeps every pair of one source string in the same split, so
+no test sentence was seen in training under another translation.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import struct
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmlab.errors import LmlabError
+
+
+@dataclass(frozen=True)
+class Pair:
+    src: str
+    tgt: str
+    origin: str = ""  # where it came from: a catalog's name, a file
+
+
+# ---------------------------------------------------------------- readers
+def read_tsv(path: Path, encoding: str = "utf-8") -> Iterator[Pair]:
+    with open(path, encoding=encoding, newline="") as f:
+        for n, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            parts = line.split("\t")
+            if len(parts) != 2:
+                raise LmlabError(f"{path}:{n}: expected source<TAB>target, found "
+                                 f"{len(parts) - 1} tabs")
+            yield Pair(parts[0], parts[1], path.name)
+
+
+def read_jsonl(path: Path, src_field: str = "src", tgt_field: str = "tgt",
+               encoding: str = "utf-8") -> Iterator[Pair]:
+    with open(path, encoding=encoding) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise LmlabError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get(src_field), str) \
+                    or not isinstance(row.get(tgt_field), str):
+                raise LmlabError(f"{path}:{n}: needs string fields {src_field!r} and "
+                                 f"{tgt_field!r} (--src-field, --tgt-field)")
+            yield Pair(row[src_field], row[tgt_field], path.name)
+
+
+def read_mo(path: Path) -> list[tuple[str, str]]:
+    """The (msgid, msgstr) entries of a compiled gettext catalog, contexts and plurals
+    still marked (``ctx\\x04msgid``, ``one\\x00many``)."""
+    data = Path(path).read_bytes()
+    if len(data) < 20:
+        raise LmlabError(f"{path}: not a gettext .mo file (too short)")
+    magic = struct.unpack("<I", data[:4])[0]
+    order = "<" if magic == 0x950412DE else ">" if magic == 0xDE120495 else None
+    if order is None:
+        raise LmlabError(f"{path}: not a gettext .mo file (bad magic number)")
+    _, count, originals, translations = struct.unpack(order + "4I", data[4:20])
+
+    def string(table: int, i: int) -> bytes:
+        at = table + 8 * i
+        if at + 8 > len(data):
+            raise LmlabError(f"{path}: damaged .mo file (its tables run past the end)")
+        length, offset = struct.unpack(order + "2I", data[at:at + 8])
+        if offset + length > len(data):
+            raise LmlabError(f"{path}: damaged .mo file (a string runs past the end)")
+        return data[offset:offset + length]
+
+    raw = [(string(originals, i), string(translations, i)) for i in range(count)]
+    charset = "utf-8"
+    for key, value in raw:
+        if key == b"":  # the header says the encoding
+            m = re.search(rb"charset=([\w-]+)", value)
+            if m:
+                charset = m.group(1).decode("ascii")
+    try:
+        return [(k.decode(charset), v.decode(charset)) for k, v in raw]
+    except (UnicodeDecodeError, LookupError) as e:
+        raise LmlabError(f"{path}: cannot decode the catalog as {charset} ({e})") from None
+
+
+_PO_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "a": "\a", "b": "\b",
+               "f": "\f", "v": "\v"}
+
+
+def _po_string(text: str, path: Path, n: int) -> str:
+    text = text.strip()
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        raise LmlabError(f"{path}:{n}: expected a quoted string, found {text[:40]!r}")
+    return re.sub(r'\\(.)', lambda m: _PO_ESCAPES.get(m.group(1), m.group(1)), text[1:-1])
+
+
+def read_po(path: Path) -> tuple[list[tuple[str, str]], Counter]:
+    """The (msgid, msgstr) entries of a .po catalog (contexts joined as in a .mo), and the
+    counts of what was left out (fuzzy, plural, obsolete)."""
+    skipped: Counter = Counter()
+    entries: list[tuple[str, str]] = []
+    entry: dict[str, str] = {}
+    fuzzy = False
+    field: str | None = None
+
+    def flush() -> None:
+        nonlocal entry, fuzzy
+        if "msgid" in entry:
+            if "msgid_plural" in entry:
+                skipped["plural forms"] += 1
+            elif fuzzy:
+                skipped["fuzzy (unreviewed)"] += 1
+            else:
+                key = entry["msgid"]
+                if "msgctxt" in entry:
+                    key = entry["msgctxt"] + "\x04" + key
+                entries.append((key, entry.get("msgstr", "")))
+        entry, fuzzy = {}, False
+
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("#~"):
+                skipped["obsolete"] += line.startswith("#~ msgid ")
+                continue
+            if line.startswith("#"):
+                if line.startswith("#,") and "fuzzy" in line:
+                    if "msgid" in entry:
+                        flush()
+                    fuzzy = True
+                continue
+            m = re.match(r"(msgctxt|msgid_plural|msgid|msgstr(?:\[\d+\])?)\s+(.*)", line)
+            if m:
+                keyword, rest = m.groups()
+                if keyword in ("msgctxt", "msgid") and "msgstr" in entry or \
+                        keyword == "msgctxt" and "msgid" in entry:
+                    was_fuzzy = fuzzy
+                    flush()
+                    fuzzy = was_fuzzy and keyword == "msgid"
+                field = "msgstr" if keyword == "msgstr[0]" else keyword
+                if keyword.startswith("msgstr["):
+                    entry["msgid_plural"] = entry.get("msgid_plural", "")
+                entry[field] = _po_string(rest, path, n)
+            elif line.startswith('"') and field is not None:
+                entry[field] += _po_string(line, path, n)
+            else:
+                raise LmlabError(f"{path}:{n}: not a .po line: {line[:60]!r}")
+    flush()
+    return entries, skipped
+
+
+# ---------------------------------------------------------------- cleaning
+# printf (%s, %d, %5.2f, %1$s, %(name)s, %-10s), Python/.NET ({0}, {name}, {0:.2f}),
+# Qt (%1) and shell ($1, ${name}) placeholders: a sentence with one is a template.
+FORMAT = re.compile(r"%(?:\(\w+\))?[-+ #0]*(?:\d+\$)?[\d*]*(?:\.[\d*]+)?(?:hh|h|ll|l|L|q|j|z|t)?"
+                    r"[diouxXeEfFgGcrsaAp]|%\d\b|\{\w*(?::[^}]*)?\}|\$\{?\w+\}?")
+ACCEL = re.compile(r"\s*\((?:_|&)\w\)|(?<![\w&])[_&](?=\w)")  # (_F) in CJK, _File, &File
+TAG = re.compile(r"</?[A-Za-z][\w:-]*(?:\s[^<>]*)?/?>")
+SPACE = re.compile(r"\s+")
+
+
+def _tidy(text: str) -> str:
+    text = TAG.sub("", text)
+    text = ACCEL.sub("", text)
+    return SPACE.sub(" ", html.unescape(text)).strip()
+
+
+def clean_pair(msgid: str, msgstr: str, max_chars: int = 400) -> tuple[list[tuple[str, str]],
+                                                                           str | None]:
+    """(English, translation) sentences from one catalog entry, and why it was dropped
+    (None when kept)."""
+    if msgid == "":
+        return [], "header entry"
+    if "\x00" in msgid:
+        return [], "plural forms"
+    msgid = msgid.split("\x04", 1)[-1]  # drop a context prefix
+    if not msgstr.strip() or not msgid.strip():
+        return [], "empty side"
+    if FORMAT.search(msgid) or FORMAT.search(msgstr):
+        return [], "format specifiers"
+    en_lines = [x for x in msgid.split("\n") if x.strip()]
+    tr_lines = [x for x in msgstr.split("\n") if x.strip()]
+    if len(en_lines) != len(tr_lines):
+        return [], "multi-line, lines do not align"
+    out = []
+    for en, tr in zip(en_lines, tr_lines, strict=True):
+        en, tr = _tidy(en), _tidy(tr)
+        if en and tr and en != tr and len(en) <= max_chars and len(tr) <= max_chars \
+                and re.search(r"[^\W\d_]", en):
+            out.append((en, tr))
+    if not out:
+        same = all(_tidy(a) == _tidy(b) for a, b in zip(en_lines, tr_lines, strict=True))
+        return [], "untranslated (target = source)" if same else "no text left, or too long"
+    return out, None
+
+
+def catalog_pairs(files: Iterable[Path], target_is_english: bool,
+                  max_chars: int = 400) -> tuple[list[Pair], dict[str, Counter]]:
+    """Clean pairs from gettext catalogs (.mo or .po), source and target in the
+    direction asked, and the counts per catalog: entries read, kept, and each reason
+    for dropping one."""
+    pairs: list[Pair] = []
+    counts: dict[str, Counter] = {}
+    for path in files:
+        name = path.stem
+        c = counts.setdefault(name, Counter())
+        if path.suffix == ".po":
+            entries, skipped = read_po(path)
+            c.update(skipped)
+        else:
+            entries = read_mo(path)
+        for msgid, msgstr in entries:
+            c["entries"] += 1
+            kept, why = clean_pair(msgid, msgstr, max_chars)
+            if why:
+                c[why] += 1
+            for en, tr in kept:
+                c["pairs"] += 1
+                pairs.append(Pair(tr, en, name) if target_is_english else Pair(en, tr, name))
+    return pairs, counts
+
+
+def catalogs(roots: Sequence[Path], lang: str) -> list[Path]:
+    """Every ``<lang>/LC_MESSAGES/*.mo`` or ``*.po`` under the roots, sorted, one per name
+    (the first root wins: the system's own locale folder, then the extra ones)."""
+    found: dict[str, Path] = {}
+    for root in roots:
+        for path in sorted(Path(root).rglob(f"{lang}/LC_MESSAGES/*")):
+            if path.suffix in (".mo", ".po") and path.is_file():
+                found.setdefault(path.name, path)
+    return [found[k] for k in sorted(found)]
+
+
+# ---------------------------------------------------------------- dedup and split
+def dedupe(pairs: Iterable[Pair]) -> list[Pair]:
+    """Pairs without repeats of the same (source, target), first occurrence kept."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for p in pairs:
+        if (p.src, p.tgt) not in seen:
+            seen.add((p.src, p.tgt))
+            out.append(p)
+    return out
+
+
+def split_by_source(pairs: Sequence[Pair], val: int, test: int,
+                    seed: int = 0) -> dict[str, list[Pair]]:
+    """train / val / test with about ``val`` and ``test`` pairs held out, every pair of one
+    source string in one split (sources drawn at random, seeded)."""
+    import random
+
+    sources = sorted({p.src for p in pairs})
+    random.Random(seed).shuffle(sources)
+    by_source: dict[str, list[Pair]] = {}
+    for p in pairs:
+        by_source.setdefault(p.src, []).append(p)
+    splits: dict[str, list[Pair]] = {"val": [], "test": [], "train": []}
+    order = iter(sources)
+    for name, size in (("val", val), ("test", test)):
+        while len(splits[name]) < size:
+            s = next(order, None)
+            if s is None:
+                break
+            splits[name] += by_source[s]
+    for s in order:
+        splits["train"] += by_source[s]
+    if not splits["train"]:
+        raise LmlabError(f"{len(pairs)} pairs leave none for training after --val-size {val} "
+                         f"and --test-size {test}")
+    return splits
+
+
+def write_pairs(pairs: Sequence[Pair], path: Path) -> None:
+    from lmlab.atomic import write_text
+
+    write_text(path, "".join(json.dumps({"src": p.src, "tgt": p.tgt, "origin": p.origin},
+                                        ensure_ascii=False) + "\n" for p in pairs))
+
+
+def read_pairs(path: Path, src_field: str = "src", tgt_field: str = "tgt") -> list[Pair]:
+    """Pairs from a .tsv, .jsonl, .po or .mo file (a catalog's msgid is the source)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LmlabError(f"{path}: no such file")
+    if path.suffix == ".tsv":
+        return list(read_tsv(path))
+    if path.suffix in (".jsonl", ".json"):
+        return list(read_jsonl(path, src_field, tgt_field))
+    if path.suffix in (".po", ".mo"):
+        return catalog_pairs([path], target_is_english=False)[0]
+    raise LmlabError(f"{path}: unknown parallel format (use .tsv, .jsonl, .po or .mo)")

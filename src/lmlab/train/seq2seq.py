@@ -1,0 +1,242 @@
+"""Training the encoder-decoder on (source, target) pairs: an objective on the engine.
+
+Teacher forcing: the decoder reads the target shifted right behind the start
+token and predicts each next target token, the end token last; the loss is
+cross-entropy with label smoothing (0.1 by default, as Vaswani et al.), padding
+ignored. Batches hold pairs of similar lengths under a budget of tokens
+(``max_tokens``, fairseq's ``--max-tokens``): a bucket of shuffled pairs is
+sorted by length and cut where one more pair would take the padded batch over
+the budget, and the batches' order is shuffled again, epoch after epoch
+(``EpochCursor``: exact resume). Validation reports the target loss and
+perplexity over the whole validation split, and BLEU and chrF (sacrebleu) of
+the first ``eval_sentences`` sources translated by beam search.
+
+Shapes: B pairs, S source tokens, T target tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lmlab.data.parallel import Pair, read_pairs
+from lmlab.device import autocast
+from lmlab.errors import LmlabError
+from lmlab.models import weights
+from lmlab.models.registry import build_model
+from lmlab.tokenizer import Tokenizer
+from lmlab.train.configs import Seq2SeqTrainConfig
+from lmlab.train.engine import Engine, EpochCursor
+from lmlab.train.loop import lr_at
+
+IGNORE = -100  # cross_entropy's ignore_index: padding in the labels
+
+
+def encode_pairs(tok: Tokenizer, pairs: Sequence[Pair], max_length: int,
+                 eos: int) -> tuple[list[list[int]], list[list[int]], int]:
+    """Source and target ids, each ending with the end token and cut to ``max_length``;
+    and how many pairs had a side cut."""
+    src = tok.encode_batch([p.src for p in pairs])
+    tgt = tok.encode_batch([p.tgt for p in pairs])
+    cut = 0
+    for side in (src, tgt):
+        for i, ids in enumerate(side):
+            if len(ids) + 1 > max_length:
+                cut += 1
+                ids = ids[:max_length - 1]
+            side[i] = [*ids, eos]
+    return src, tgt, cut
+
+
+def cut_batches(order: Sequence[int], lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Cut indices sorted by length into batches of at most ``max_tokens`` tokens once
+    padded (rows x the batch's longest, which is its newest)."""
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    for i in order:
+        if batch and (len(batch) + 1) * lengths[i] > max_tokens:
+            batches.append(batch)
+            batch = []
+        batch.append(i)
+    return batches + [batch] if batch else batches
+
+
+def token_budget_batches(lengths: Sequence[int], max_tokens: int, generator: torch.Generator,
+                         bucket: int = 2000) -> list[list[int]]:
+    """Batches of pairs of similar lengths under a token budget, in a random order: buckets
+    of shuffled pairs, each sorted by length and cut. Only ``generator`` is drawn from."""
+    perm = torch.randperm(len(lengths), generator=generator).tolist()
+    batches: list[list[int]] = []
+    for start in range(0, len(perm), bucket):
+        chunk = sorted(perm[start:start + bucket], key=lambda i: lengths[i])
+        batches += cut_batches(chunk, lengths, max_tokens)
+    order = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in order]
+
+
+def collate_pairs(src: Sequence[list[int]], tgt: Sequence[list[int]], pad: int, start: int,
+                  device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Source ids and mask (B, S), decoder inputs (B, T) and labels (B, T): right-padded,
+    the decoder reading ``start`` then the target without its last token."""
+    B, S, T = len(src), max(map(len, src)), max(map(len, tgt))
+    x = torch.full((B, S), pad, dtype=torch.long)
+    mask = torch.zeros(B, S, dtype=torch.bool)
+    dec = torch.full((B, T), pad, dtype=torch.long)
+    labels = torch.full((B, T), IGNORE, dtype=torch.long)
+    for b, (s, t) in enumerate(zip(src, tgt, strict=True)):
+        x[b, :len(s)] = torch.tensor(s)
+        mask[b, :len(s)] = True
+        dec[b, :len(t)] = torch.tensor([start, *t[:-1]])
+        labels[b, :len(t)] = torch.tensor(t)
+    return x.to(device), mask.to(device), dec.to(device), labels.to(device)
+
+
+class Seq2SeqTrainer(Engine):
+    """Encoder-decoder training on the engine; ``fit`` runs the loop."""
+
+    command = "seq2seq"
+    config_file = "seq2seq_config.json"
+    run_files = ("metrics.jsonl", "tb", "loss.png")
+    resume_keys = ("data", "preset", "n_encoder_layer", "n_decoder_layer", "n_head", "n_embd",
+                   "norm_first", "max_length", "max_tokens", "grad_accum", "seed")
+    rate_name = "tokens_per_s"
+    plot_ylabel = "target cross-entropy (nats/token)"
+
+    def __init__(self, cfg: Seq2SeqTrainConfig, resume: bool = False, overwrite: bool = False,
+                 progress: bool = True) -> None:
+        self.cfg = cfg
+        self._join(progress)
+        self.total_steps = cfg.max_steps
+        data = Path(cfg.data)
+        self.tokenizer_path = data / "tokenizer.json"
+        for name in ("train.jsonl", "val.jsonl", "tokenizer.json"):
+            if not (data / name).is_file():
+                raise LmlabError(f"{data}: no {name}; make the folder with `lmlab parallel` "
+                                 "(or put train.jsonl, val.jsonl and a tokenizer.json there)")
+        self.tok = Tokenizer.from_file(self.tokenizer_path)
+        pad, eos = self.tok.pad_id, self.tok.eos_id
+        if pad is None or eos is None:
+            raise LmlabError(f"{self.tokenizer_path}: needs [PAD] and an end token "
+                             "(<|endoftext|>); make it with `lmlab parallel`")
+        self.pairs = {name: read_pairs(data / f"{name}.jsonl") for name in ("train", "val")}
+        if not self.pairs["train"] or not self.pairs["val"]:
+            raise LmlabError(f"{data}: the train and val splits must not be empty")
+        self.ids = {}
+        for name, pairs in self.pairs.items():
+            src, tgt, cut = encode_pairs(self.tok, pairs, cfg.max_length, eos)
+            self.ids[name] = (src, tgt)
+            if cut and self.world.main:
+                print(f"warning: {cut:,} of {len(pairs):,} {name} pairs have a side longer "
+                      f"than --max-length {cfg.max_length} tokens; it was cut",
+                      file=sys.stderr)
+        self.model_config = cfg.model_config(self.tok.vocab_size, pad, eos)
+        self._check_run_dir(Path(cfg.out), resume, overwrite)
+
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(self.model_config).to(self.device)
+        src, tgt = self.ids["train"]
+        lengths = [max(len(s), len(t)) for s, t in zip(src, tgt, strict=True)]
+        longest = max(lengths)
+        if longest > cfg.max_tokens:
+            raise LmlabError(f"--max-tokens {cfg.max_tokens} is below the longest pair "
+                             f"({longest} tokens); raise it or lower --max-length")
+        budget = cfg.max_tokens * self.world.size
+        self.batches = EpochCursor(lambda g: token_budget_batches(lengths, budget, g),
+                                   self.generator, min_rows=self.world.size)
+        self.step_tokens = 0
+        self._prepare(betas=(cfg.beta1, cfg.beta2))
+
+    # -- the objective -----------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        return lr_at(step, self.cfg)  # warm-up, then cosine decay (the fields it reads)
+
+    def micro_batch_loss(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        src, tgt = self.ids["train"]
+        mine = self.world.share(self.batches.next())
+        c = self.model_config
+        x, mask, dec, labels = collate_pairs([src[i] for i in mine], [tgt[i] for i in mine],
+                                             c.pad_token_id, c.decoder_start_token_id,
+                                             self.device)
+        if index % self.grad_accum == 0:
+            self.step_tokens = 0
+        self.step_tokens += int((labels != IGNORE).sum()) * self.world.size
+        with autocast(self.cfg.dtype, self.device):
+            logits = self.net(x, dec, mask)  # (B, T, V)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
+                               ignore_index=IGNORE, label_smoothing=self.cfg.label_smoothing)
+        return loss, {}
+
+    def step_units(self) -> int:
+        return self.step_tokens  # target tokens (about: other processes' counted alike)
+
+    def row_extras(self) -> dict[str, Any]:
+        return {"epoch": self.batches.epoch}
+
+    @torch.no_grad()
+    def score(self) -> dict[str, Any]:
+        """Validation: target loss and perplexity (no smoothing), and BLEU / chrF of the
+        first ``eval_sentences`` sources translated."""
+        from lmlab.beam import BeamConfig, beam_search_seq2seq
+        from lmlab.metrics import translation_scores
+
+        model, c, cfg = self.model, self.model_config, self.cfg
+        model.eval()
+        src, tgt = self.ids["val"]
+        lengths = [max(len(s), len(t)) for s, t in zip(src, tgt, strict=True)]
+        order = sorted(range(len(src)), key=lambda i: lengths[i])
+        nll, count = 0.0, 0
+        for batch in cut_batches(order, lengths, cfg.max_tokens):
+            x, mask, dec, labels = collate_pairs([src[j] for j in batch], [tgt[j] for j in batch],
+                                                 c.pad_token_id, c.decoder_start_token_id,
+                                                 self.device)
+            with autocast(cfg.dtype, self.device):
+                logits = model(x, dec, mask)  # (B, T, V)
+            nll += float(F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
+                                         ignore_index=IGNORE, reduction="sum"))
+            count += int((labels != IGNORE).sum())
+        row: dict[str, Any] = {"loss": nll / count, "perplexity": math.exp(min(nll / count, 50))}
+        n = min(cfg.eval_sentences, len(src))
+        if n:
+            hyps = self.translate([list(s) for s in src[:n]], BeamConfig(
+                num_beams=cfg.num_beams, max_new_tokens=min(cfg.max_length, c.block_size - 1)),
+                beam_search_seq2seq)
+            refs = [p.tgt for p in self.pairs["val"][:n]]
+            row.update(translation_scores(hyps, refs))
+            row["sentences"] = n
+        return row
+
+    def translate(self, sources: list[list[int]], beam: Any, search: Any,
+                  batch_size: int = 32) -> list[str]:
+        out = []
+        for start in range(0, len(sources), batch_size):
+            with autocast(self.cfg.dtype, self.device):
+                best = search(self.model, sources[start:start + batch_size], beam)
+            out += [self.tok.decode(h[0].tokens, skip_special_tokens=True) for h in best]
+        return out
+
+    def validate(self, step: int) -> tuple[dict[str, Any], str, bool]:
+        row = self.score()
+        message = f"step {step}: val loss {row['loss']:.4f}, ppl {row['perplexity']:.2f}"
+        if "bleu" in row:
+            message += (f", BLEU {row['bleu']:.2f}, chrF {row['chrf']:.2f} "
+                        f"({row['sentences']} sentences)")
+        return row, message, False
+
+    def objective_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        return self.batches.state()
+
+    def restore_objective(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        self.batches.restore(state, tensors)
+
+    def tokenizer_file(self) -> Path:
+        return self.tokenizer_path
+
+    def result(self) -> dict[str, Any]:
+        return {"checkpoint": str(weights.resolve_checkpoint(self.run_dir)),
+                "params": self.model.num_params()}
