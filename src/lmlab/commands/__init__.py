@@ -21,7 +21,15 @@ from lmlab.commands.classic import (
 )
 from lmlab.commands.data import corpus, parallel, prepare, tokenizer_train
 from lmlab.commands.demo import demo
-from lmlab.commands.inference import chat, convert, evaluate, generate, neighbors
+from lmlab.commands.inference import (
+    chat,
+    convert,
+    evaluate,
+    generate,
+    neighbors,
+    score,
+    translate,
+)
 from lmlab.commands.train import baseline, finetune, predict, pretrain, seq2seq
 
 COMMANDS: dict = {
@@ -38,6 +46,8 @@ COMMANDS: dict = {
     "seq2seq": seq2seq,
     "eval": evaluate,
     "generate": generate,
+    "translate": translate,
+    "score": score,
     "convert": convert,
     "chat": chat,
     "neighbors": neighbors,

@@ -17,6 +17,7 @@ from lmlab.options import (
     InDir,
     InFile,
     InPath,
+    NonNegative,
     NonNegativeFloat,
     OutDir,
     OutFile,
@@ -326,3 +327,142 @@ def convert(source: InDir, *, out: OutDir, overwrite: bool = False) -> None:
         export_hf(source, Path(out))
         say(f"wrote Hugging Face folder {out} "
             "(AutoModelForCausalLM.from_pretrained loads it)")
+
+
+def _read_sources(input: Path | None, texts: list[str] | None, field: str) -> list[str]:
+    """Texts to translate: --texts, else the lines of --input (a .jsonl's ``field``), else
+    stdin's lines."""
+    if texts:
+        return list(texts)
+    if input is None or str(input) == "-":
+        return [line.rstrip("\n") for line in sys.stdin]
+    if input.suffix == ".jsonl":
+        from lmlab.data.parallel import read_jsonl
+
+        return [getattr(p, field) for p in read_jsonl(input)]
+    return input.read_text(encoding="utf-8").splitlines()
+
+
+def translate(model: InPath, input: InPath | None = None, texts: list[str] | None = None,
+              out: OutFile | None = None, num_beams: Count = 4, max_new_tokens: Count = 128,
+              length_penalty: float = 1.0, no_repeat_ngram_size: NonNegative = 0,
+              batch_size: Count = 16, device: str = "auto", threads: Count | None = None,
+              overwrite: bool = False) -> None:
+    """Translate (or summarize) texts with an encoder-decoder: one output line per input.
+
+    The model is an `lmlab seq2seq` run or checkpoint (its tokenizer beside it) or a
+    Hugging Face Marian / BART folder with a tokenizer.json. Inputs: --texts, the
+    lines of --input (for a .jsonl of pairs, its "src" fields), or stdin. Beam
+    search with --num-beams beams, GNMT/Hugging Face length penalty, optional
+    --no-repeat-ngram-size; batched, each output the best hypothesis.
+
+    Args:
+        model: an `lmlab seq2seq` run or checkpoint, or a Marian/BART folder
+        input: a text file (one source per line), a .jsonl of pairs, or - for stdin
+        texts: sources given on the command line
+        out: write the outputs here (default: stdout)
+        num_beams: beams (1: greedy)
+        max_new_tokens: longest output, in tokens
+        length_penalty: exponent of the length normalisation (above 1: longer outputs)
+        no_repeat_ngram_size: forbid repeating any n-gram of this size (0: off)
+        batch_size: sources decoded together
+        device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
+        threads: CPU threads (default: torch's choice)
+        overwrite: replace --out
+
+    Examples:
+        lmlab translate runs/de-en --texts "Datei nicht gefunden" "Speichern unter"
+        lmlab translate runs/de-en --input data/de-en/test.jsonl --out test.out.txt
+        cat sentences.txt | lmlab translate runs/zh-en --num-beams 5 > out.txt
+    """
+    import torch
+
+    from lmlab.beam import BeamConfig, beam_search_seq2seq
+    from lmlab.device import resolve_device
+    from lmlab.loading import load_model, model_folder
+    from lmlab.models.registry import kind_of
+    from lmlab.progress import progress_bar
+    from lmlab.tokenizer import Tokenizer
+
+    if threads:
+        torch.set_num_threads(threads)
+    target = resolve_device(device)
+    net = load_model(model, device=str(target)).eval()
+    if kind_of(net) != "seq2seq":
+        raise LmlabError(f"{model}: is a {kind_of(net)} model, not an encoder-decoder; "
+                         "continue text with `lmlab generate`")
+    folder = model_folder(model)
+    if not (folder / "tokenizer.json").is_file():
+        raise LmlabError(f"{folder}: no tokenizer.json beside the model")
+    tok = Tokenizer.from_file(folder / "tokenizer.json")
+    sources = _read_sources(input, texts, "src")
+    if not sources:
+        raise LmlabError("nothing to translate: no --texts, and the input is empty")
+    c = net.config
+    beam = BeamConfig(num_beams=num_beams, max_new_tokens=min(max_new_tokens, c.block_size - 1),
+                      length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
+    ids = [[*tok.encode(s)[:c.block_size - 1], c.eos_token_id] for s in sources]
+    outputs: list[str] = []
+    bar = progress_bar(total=len(ids), desc="translate", unit="text",
+                       disable=len(ids) <= batch_size)
+    t0 = time.perf_counter()
+    for start in range(0, len(ids), batch_size):
+        best = beam_search_seq2seq(net, ids[start:start + batch_size], beam)
+        outputs += [tok.decode(h[0].tokens, skip_special_tokens=True).strip() for h in best]
+        bar.update(len(best))
+    bar.close()
+    text = "".join(o.replace("\n", " ") + "\n" for o in outputs)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        from lmlab.atomic import write_text
+
+        write_text(out, text)
+        say(f"{len(outputs):,} outputs in {time.perf_counter() - t0:.1f}s -> {out}")
+
+
+def score(*, hyp: InFile, ref: InFile, metric: list[Literal["bleu", "chrf", "rouge"]] | None = None,
+          source: InFile | None = None) -> None:
+    """Score outputs against references: BLEU and chrF (sacrebleu), ROUGE-1/2/L.
+
+    Both files hold one text per line, in the same order; a .jsonl of pairs gives
+    its "tgt" fields as references. Chinese references are scored with
+    sacrebleu's zh tokenizer, and ROUGE counts each Chinese character as a token
+    (rouge-score's own tokenizer drops them and would score Chinese 0). With
+    --source (the inputs), the copy baseline (output = input) is scored too.
+
+    Args:
+        hyp: the outputs, one per line
+        ref: the references, one per line, or a .jsonl of pairs
+        metric: which scores (default: bleu and chrf)
+        source: the inputs, to score copying them as a baseline
+
+    Examples:
+        lmlab score --hyp test.out.txt --ref data/de-en/test.jsonl
+        lmlab score --hyp summaries.txt --ref gold.txt --metric rouge
+        lmlab score --hyp test.out.txt --ref data/de-en/test.jsonl --source data/de-en/test.jsonl
+    """
+    from lmlab.metrics import rouge_scores, translation_scores
+
+    hyps = _read_sources(hyp, None, "tgt")
+    refs = _read_sources(ref, None, "tgt")
+    if len(hyps) != len(refs):
+        raise LmlabError(f"{hyp} has {len(hyps):,} lines but {ref} {len(refs):,}; give one "
+                         "reference per output")
+    metrics = metric or ["bleu", "chrf"]
+    rows = [("outputs", hyps)]
+    if source is not None:
+        srcs = _read_sources(source, None, "src")
+        if len(srcs) != len(refs):
+            raise LmlabError(f"{source} has {len(srcs):,} lines but {ref} {len(refs):,}")
+        rows.append(("copy the source", srcs))
+    header = [m for m in ("bleu", "chrf") if m in metrics]
+    header += ["rouge1", "rouge2", "rougeL"] if "rouge" in metrics else []
+    say(f"{'':<18}" + "".join(f"{h:>9}" for h in header) + f"   ({len(refs):,} texts)")
+    for name, texts in rows:
+        scores: dict[str, float] = {}
+        if "bleu" in metrics or "chrf" in metrics:
+            scores.update(translation_scores(texts, refs))
+        if "rouge" in metrics:
+            scores.update(rouge_scores(texts, refs))
+        say(f"{name:<18}" + "".join(f"{scores[h]:>9.2f}" for h in header))

@@ -162,9 +162,7 @@ def read_po(path: Path) -> tuple[list[tuple[str, str]], Counter]:
                 keyword, rest = m.groups()
                 if keyword in ("msgctxt", "msgid") and "msgstr" in entry or \
                         keyword == "msgctxt" and "msgid" in entry:
-                    was_fuzzy = fuzzy
-                    flush()
-                    fuzzy = was_fuzzy and keyword == "msgid"
+                    flush()  # a new entry begins (a fuzzy flag of its own came before)
                 field = "msgstr" if keyword == "msgstr[0]" else keyword
                 if keyword.startswith("msgstr["):
                     entry["msgid_plural"] = entry.get("msgid_plural", "")
@@ -188,9 +186,9 @@ SPACE = re.compile(r"\s+")
 
 
 def _tidy(text: str) -> str:
-    text = TAG.sub("", text)
-    text = ACCEL.sub("", text)
-    return SPACE.sub(" ", html.unescape(text)).strip()
+    text = html.unescape(TAG.sub("", text))  # entities after tags: "&lt;b&gt;" stays text
+    text = ACCEL.sub("", text)  # "&amp;" is "&" by now, and "& more" is no accelerator
+    return SPACE.sub(" ", text).strip()
 
 
 def clean_pair(msgid: str, msgstr: str, max_chars: int = 400) -> tuple[list[tuple[str, str]],

@@ -252,6 +252,8 @@ class Seq2Seq(nn.Module):
         if config.final_logits_bias:
             # Marian's and BART's bias on the output logits (a buffer there too: not trained).
             self.register_buffer("final_logits_bias", torch.zeros(1, config.vocab_size))
+        # N(0, 0.02) everywhere, as Marian and BART start (fairseq's N(0, 1/C) for the
+        # shared table made the tied output's first logits large and training slow here).
         self.apply(init_weights)
         with torch.no_grad():
             self.shared.weight[config.pad_token_id].zero_()
