@@ -122,3 +122,22 @@ def test_bad_settings_are_one_line_errors():
     _, ours = _gpt_pair()
     with pytest.raises(LmlabError, match="exceed the context of 64"):
         beam_search_gpt(ours, [[1] * 60], BeamConfig(max_new_tokens=10), EOS)
+
+
+def test_generate_num_beams_on_the_command_line(char_shards, tmp_path, capsys):
+    from lmlab.cli import main
+    from lmlab.train.loop import TrainConfig, Trainer
+
+    run = tmp_path / "run"
+    Trainer(TrainConfig(data=str(char_shards), out=str(run), preset="gpt-nano", block_size=32,
+                        batch_size=8, max_steps=4, eval_interval=4, eval_tokens=512,
+                        threads=1), progress=False).fit()
+    capsys.readouterr()
+    assert main(["generate", str(run), "--prompt", "The ", "--num-beams", "3",
+                 "--num-return-sequences", "2", "--max-new-tokens", "40"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("--- beam ") == 2 and "(score -" in captured.out
+    # 4 prompt tokens + 40 new ones do not fit a context of 32: the budget is lowered.
+    assert "--max-new-tokens 40 lowered to 28" in captured.err
+    assert main(["generate", str(run), "--num-beams", "2", "--num-return-sequences", "3"]) == 2
+    assert "--num-return-sequences must be between 1 and --num-beams" in capsys.readouterr().err

@@ -143,3 +143,29 @@ def test_bad_configs_name_the_field():
                                     encoder_layers=1, decoder_layers=1,
                                     encoder_attention_heads=2, encoder_ffn_dim=8,
                                     max_position_embeddings=8, activation_function="tanh"))
+
+
+@pytest.mark.parametrize("layout", [
+    dict(),  # Marian's: sinusoids
+    dict(pos="learned", pos_offset=2, embed_norm=True, activation="gelu")])  # BART's
+def test_convert_writes_a_folder_transformers_loads_and_reads_it_back(tmp_path, layout):
+    from lmlab.cli import main
+    from lmlab.loading import load_model
+    from lmlab.train import checkpoint as ckpt
+
+    cfg = Seq2SeqConfig.from_name("seq2seq-nano", vocab_size=V, final_logits_bias=True,
+                                  **layout)
+    torch.manual_seed(0)
+    model = Seq2Seq(cfg).eval()
+    with torch.no_grad():
+        model.final_logits_bias.normal_()  # not all zeros, so that it is checked too
+    ckpt.save_checkpoint(tmp_path / "run", 0, model, None)
+    assert main(["convert", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
+    hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "hf").eval()
+    src, mask, tgt = _inputs()
+    with torch.no_grad():
+        ours = model(src, tgt, mask)
+        theirs = hf(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
+        back = load_model(tmp_path / "hf")(src, tgt, mask)  # the HF folder, read by lmlab
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(back, ours, atol=1e-5, rtol=1e-5)

@@ -96,7 +96,8 @@ def generate(checkpoint: InPath, prompt: str = "", max_new_tokens: Count = 100,
              tokenizer: InFile | None = None,
              dtype: Literal["float32", "bfloat16"] = "float32", stream: bool = True,
              quantize: Literal["none", "int8"] = "none", device: str = "auto",
-             compile: bool = False) -> None:
+             compile: bool = False, num_beams: Count = 1, length_penalty: float = 1.0,
+             no_repeat_ngram_size: NonNegative = 0) -> None:
     """Generate text from a checkpoint, streamed to the terminal.
 
     Incremental decoding with a KV cache. A prompt longer than the context
@@ -126,18 +127,28 @@ def generate(checkpoint: InPath, prompt: str = "", max_new_tokens: Count = 100,
         device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
         compile: torch.compile the decode step (about a minute to compile on 2 cores;
             then faster per token, worth it for long outputs of many-layer models)
+        num_beams: beam search with this many beams instead of sampling (the
+            --num-return-sequences best are printed, with their scores)
+        length_penalty: beam search: exponent of the length normalisation (above 1
+            favours longer outputs)
+        no_repeat_ngram_size: beam search: forbid repeating any n-gram of this size
 
     Examples:
         lmlab generate runs/mini --prompt "The history of" --max-new-tokens 80
         lmlab generate runs/mini --prompt "Paris is" --greedy
         lmlab generate runs/mini --prompt "Paris is" --greedy --quantize int8
         lmlab generate runs/mini --prompt "Once" --num-return-sequences 3 --seed 0 --stop "\\n\\n"
+        lmlab generate runs/mini --prompt "The history of" --num-beams 4 --no-repeat-ngram-size 3
     """
     from lmlab.generate import SamplingConfig, generate_text
     from lmlab.loading import load_for_inference
 
     loaded = load_for_inference(checkpoint, tokenizer, dtype, quantize, device)
     model, tok = loaded.model, loaded.tokenizer
+    if num_beams > 1:
+        _beam_generate(model, tok, prompt, num_beams, max_new_tokens, num_return_sequences,
+                       length_penalty, no_repeat_ngram_size)
+        return
     cfg = SamplingConfig(temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p,
                          repetition_penalty=repetition_penalty)
     live = stream and num_return_sequences == 1
@@ -164,6 +175,41 @@ def generate(checkpoint: InPath, prompt: str = "", max_new_tokens: Count = 100,
             say(prompt + c.text)
     n_tok = sum(c.tokens for c in outs)
     print(f"[{n_tok} tokens in {dt:.2f}s, {n_tok / max(dt, 1e-9):.1f} tokens/s]", file=sys.stderr)
+
+
+def _beam_generate(model, tok, prompt: str, num_beams: int, max_new_tokens: int,
+                   num_return_sequences: int, length_penalty: float,
+                   no_repeat_ngram_size: int) -> None:
+    """`generate --num-beams`: the best continuations of a decoder-only model, with scores."""
+    from lmlab.beam import BeamConfig, beam_search_gpt
+    from lmlab.generate import fit_prompt
+    from lmlab.models.registry import is_stateful
+
+    if is_stateful(model):
+        raise LmlabError("--num-beams needs a Transformer decoder (GPT, Llama); a recurrent "
+                         "or feed-forward LM samples only")
+    ids = tok.encode(prompt) if prompt else [tok.eos_id]
+    ids, dropped = fit_prompt(ids, model.config.block_size, max_new_tokens)
+    if dropped:
+        print(f"warning: the prompt's first {dropped} tokens were dropped to fit the context",
+              file=sys.stderr)
+    room = model.config.block_size - len(ids)
+    if max_new_tokens > room:
+        print(f"warning: --max-new-tokens {max_new_tokens} lowered to {room}: beam search "
+              "stops at the end of the context", file=sys.stderr)
+        max_new_tokens = room
+    beam = BeamConfig(num_beams=num_beams, max_new_tokens=max_new_tokens,
+                      num_return_sequences=num_return_sequences, length_penalty=length_penalty,
+                      no_repeat_ngram_size=no_repeat_ngram_size)
+    t0 = time.perf_counter()
+    hyps = beam_search_gpt(model, [ids], beam, eos_token_id=tok.eos_id,
+                           pad_token_id=tok.eos_id or 0)[0]
+    dt = time.perf_counter() - t0
+    for i, h in enumerate(hyps):
+        say(f"--- beam {i + 1} (score {h.score:.3f}) ---")
+        say(prompt + tok.decode(h.tokens, skip_special_tokens=True))
+    print(f"[{num_beams} beams, {sum(len(h.tokens) for h in hyps)} tokens returned in "
+          f"{dt:.2f}s]", file=sys.stderr)
 
 
 def chat(model: InPath, prompt: str | None = None, system: str | None = None,
