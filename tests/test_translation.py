@@ -226,7 +226,8 @@ def test_the_encoder_decoder_learns_to_reverse(toy, tmp_path):
     assert main(["translate", str(tmp_path / "run"), "--input", str(toy / "val.jsonl"),
                  "--out", str(hyp), "--num-beams", "2"]) == 0
     assert len(hyp.read_text().splitlines()) == 40
-    assert main(["score", "--hyp", str(hyp), "--ref", str(toy / "val.jsonl"),
+    assert main(["score", "--hyp", str(hyp), "--ref", str(toy / "val.jsonl"), "--metric",
+                 "bleu", "chrf", "rouge",
                  "--source", str(toy / "val.jsonl")]) == 0
 
 
@@ -272,3 +273,27 @@ def test_seq2seq_bad_inputs_are_one_line_errors(toy, tmp_path):
     with pytest.raises(LmlabError, match="--max-length 999 exceeds the preset's 128"):
         Seq2SeqTrainer(_cfg(toy, tmp_path / "run", max_length=999), progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_dictd_table_and_the_word_by_word_baseline(tmp_path):
+    import gzip
+
+    from lmlab.data.parallel import read_dictd, word_by_word
+
+    text = ("00-database-short\n     German - English\n"
+            "Datei\n {f} [comp.]\n   file; data file\n"
+            "Datei\n {f}\n   computer file\n"
+            "Datei\n {f}\n   file\n"
+            "nicht\n (ganz) auf dem Damm sein\n   to be out of sorts\n"  # a wrapped headword
+            "nicht\n {adv}\n   not\n"
+            "öffnen\n {vt}\n   to open; to unclose\n"
+            "der Aal\n {m}\n   the eel\n")
+    path = tmp_path / "de-en.dict.dz"
+    path.write_bytes(gzip.compress(text.encode()))
+    table = read_dictd(path)
+    assert table == {"Datei": "file", "nicht": "not", "öffnen": "open"}
+    assert word_by_word("Datei nicht öffnen!", table) == "file not open !"
+    empty = tmp_path / "empty.dict"
+    empty.write_text("just text\n")
+    with pytest.raises(LmlabError, match="no dictionary entries"):
+        read_dictd(empty)

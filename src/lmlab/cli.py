@@ -95,7 +95,11 @@ def _add_param(parser: argparse.ArgumentParser, p: Param) -> None:
         kwargs["type"] = type(get_args(tp)[0])
     elif get_origin(tp) is list:
         kwargs["nargs"] = "*"
-        kwargs["type"] = get_args(tp)[0]
+        inner = get_args(tp)[0]
+        if get_origin(inner) is Literal:  # e.g. --metric bleu chrf
+            kwargs["choices"] = list(get_args(inner))
+            inner = type(get_args(inner)[0])
+        kwargs["type"] = inner
     else:
         kwargs["type"] = tp
     parser.add_argument(*names, **kwargs)

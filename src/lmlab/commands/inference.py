@@ -468,26 +468,30 @@ def translate(model: InPath, input: InPath | None = None, texts: list[str] | Non
 
 
 def score(*, hyp: InFile, ref: InFile, metric: list[Literal["bleu", "chrf", "rouge"]] | None = None,
-          source: InFile | None = None) -> None:
+          source: InFile | None = None, dictionary: InFile | None = None) -> None:
     """Score outputs against references: BLEU and chrF (sacrebleu), ROUGE-1/2/L.
 
     Both files hold one text per line, in the same order; a .jsonl of pairs gives
     its "tgt" fields as references. Chinese references are scored with
     sacrebleu's zh tokenizer, and ROUGE counts each Chinese character as a token
     (rouge-score's own tokenizer drops them and would score Chinese 0). With
-    --source (the inputs), the copy baseline (output = input) is scored too.
+    --source (the inputs), the copy baseline (output = input) is scored too, and
+    with --dictionary as well the word-by-word baseline: each source word replaced
+    by its dictionary translation (a dictd file such as Ding's German-English, which
+    the set-up puts in .venv/assets/ding/).
 
     Args:
         hyp: the outputs, one per line
         ref: the references, one per line, or a .jsonl of pairs
         metric: which scores (default: bleu and chrf)
         source: the inputs, to score copying them as a baseline
+        dictionary: a dictd .dict(.dz) file, for the word-by-word baseline (with --source)
 
     Examples:
         lmlab score --hyp test.out.txt --ref data/de-en/test.jsonl
         lmlab score --hyp summaries.txt --ref gold.txt --metric rouge
-        lmlab score --hyp test.out.txt --ref data/de-en/test.jsonl --source data/de-en/test.jsonl
-    """
+        lmlab score --hyp test.out.txt --ref data/de-en/test.jsonl --source data/de-en/test.jsonl --dictionary .venv/assets/ding/german-english.dict.dz
+    """  # noqa: E501
     from lmlab.metrics import rouge_scores, translation_scores
 
     hyps = _read_sources(hyp, None, "tgt")
@@ -502,6 +506,13 @@ def score(*, hyp: InFile, ref: InFile, metric: list[Literal["bleu", "chrf", "rou
         if len(srcs) != len(refs):
             raise LmlabError(f"{source} has {len(srcs):,} lines but {ref} {len(refs):,}")
         rows.append(("copy the source", srcs))
+        if dictionary is not None:
+            from lmlab.data.parallel import read_dictd, word_by_word
+
+            table = read_dictd(dictionary)
+            rows.append(("word by word", [word_by_word(t, table) for t in srcs]))
+    elif dictionary is not None:
+        raise LmlabError("--dictionary translates the --source texts; give --source too")
     header = [m for m in ("bleu", "chrf") if m in metrics]
     header += ["rouge1", "rouge2", "rougeL"] if "rouge" in metrics else []
     say(f"{'':<18}" + "".join(f"{h:>9}" for h in header) + f"   ({len(refs):,} texts)")

@@ -315,3 +315,60 @@ def read_pairs(path: Path, src_field: str = "src", tgt_field: str = "tgt") -> li
     if path.suffix in (".po", ".mo"):
         return catalog_pairs([path], target_is_english=False)[0]
     raise LmlabError(f"{path}: unknown parallel format (use .tsv, .jsonl, .po or .mo)")
+
+
+# ---------------------------------------------------------------- dictionaries
+_NOTES = re.compile(r"\{[^}]*\}|\[[^\]]*\]|\([^)]*\)|<[^>]*>")  # {pos} [field] (note) <ref>
+
+
+def read_dictd(path: Path) -> dict[str, str]:
+    """One translation per one-word headword from a dictd dictionary (``.dict`` or gzipped
+    ``.dict.dz``, e.g. Ding's german-english): each entry is the headword line, then
+    indented lines of grammar and of translations (``;`` between synonyms, ``|`` between
+    senses). Of a headword's entries, the first translation most of them give is kept
+    (then the shortest), without its notes ({n}, [coll.], (on a menu)) or a verb's "to":
+    the table of a word-by-word baseline."""
+    import gzip
+
+    opener = gzip.open if str(path).endswith((".dz", ".gz")) else open
+    seen: dict[str, Counter] = {}  # headword -> its entries' first translations, counted
+    first_at: dict[tuple[str, str], int] = {}
+    head, rest = None, ""
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f):
+            if not line.strip():
+                continue
+            if not line[0].isspace():
+                head, rest = line.strip(), ""
+                continue
+            if head is None:
+                continue
+            if not line.startswith("   "):  # the headword goes on: grammar, or more words
+                rest += " " + line.strip()
+                continue
+            word = SPACE.sub(" ", _NOTES.sub("", f"{head} {rest}")).strip()
+            first = _NOTES.sub("", re.split(r"[;|]", line.strip())[0])
+            first = SPACE.sub(" ", first).strip().removeprefix("to ")
+            if first and " " not in word and re.match(r"\w", word) \
+                    and not word.startswith("00-database"):  # dictd's own header entries
+                seen.setdefault(word, Counter())[first] += 1
+                first_at.setdefault((word, first), n)
+            head = None  # later lines of the entry: more senses, not the headword's first
+    if not seen:
+        raise LmlabError(f"{path}: no dictionary entries (a dictd .dict or .dict.dz file is "
+                         "expected, e.g. Ding's german-english.dict.dz)")
+    # The translation most entries give first; then the shorter; then the earlier.
+    return {w: min(c, key=lambda t: (-c[t], len(t.split()), first_at[w, t]))
+            for w, c in seen.items()}
+
+
+def word_by_word(text: str, table: dict[str, str]) -> str:
+    """Each word looked up (as written, then lowercased, then capitalised); unknown words
+    and punctuation kept: the dictionary baseline of translation."""
+    out = []
+    for token in re.findall(r"\w+|[^\w\s]", text):
+        if token[0].isalpha():
+            token = (table.get(token) or table.get(token.lower())
+                     or table.get(token.capitalize()) or token)
+        out.append(token)
+    return SPACE.sub(" ", " ".join(out)).replace(" .", ".").replace(" ,", ",").strip()
