@@ -208,8 +208,9 @@ def test_class_weights_are_inverse_frequency(tmp_path, wp_tok):
 
 
 def test_early_stopping_when_the_metric_stops_improving(tmp_path, wp_tok):
-    # lr 0: the validation metric never changes, so it never improves after epoch 1.
-    cfg = _cfg(tmp_path, tokenizer=str(wp_tok), epochs=6, patience=1, lr=0.0)
+    # lr 1e-12: the weights barely move, so the validation metric never improves after
+    # epoch 1 (a learning rate of 0 is refused: --lr must be greater than 0).
+    cfg = _cfg(tmp_path, tokenizer=str(wp_tok), epochs=6, patience=1, lr=1e-12)
     tuner = Finetuner(cfg, progress=False)
     fit = tuner.fit()
     assert fit["stopped_early"] and fit["epochs"] == 2 < cfg.epochs

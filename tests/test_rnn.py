@@ -397,7 +397,7 @@ def test_bad_configs_and_backbones(tmp_path, sentiment, capsys):
     train, tok = sentiment
     rc = main(["finetune", "--task", "classify", "--train", str(train), "--model",
                "ffnn-small", "--tokenizer", str(tok), "--out", str(tmp_path / "run")])
-    assert rc == 2 and "not a text encoder" in capsys.readouterr().err
+    assert rc == 2 and "not a whole text" in capsys.readouterr().err
 
 
 def test_gru_classifier_starts_from_a_word_vector_file(sentiment, tmp_path, capsys):

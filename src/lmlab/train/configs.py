@@ -216,7 +216,7 @@ class FinetuneConfig:
     max_steps: Count | None = option(
         None, "stop after this many optimizer steps (a cap on --epochs)")
     batch_size: Count = option(16, "examples per step (under torchrun: per process)")
-    lr: NonNegativeFloat = option(5e-5, "peak learning rate (0 trains nothing: a check)")
+    lr: PositiveFloat = option(5e-5, "peak learning rate")
     weight_decay: NonNegativeFloat = option(0.01, "AdamW weight decay (not on biases and norms)")
     warmup_ratio: Share = option(0.1, "share of the steps spent warming the learning rate up")
     grad_clip: PositiveFloat = option(1.0, "clip the gradient norm to this")
