@@ -297,3 +297,23 @@ def test_dictd_table_and_the_word_by_word_baseline(tmp_path):
     empty.write_text("just text\n")
     with pytest.raises(LmlabError, match="no dictionary entries"):
         read_dictd(empty)
+
+
+def test_parallel_files_drop_huge_lines_and_name_bad_encodings(tmp_path, capsys):
+    big = tmp_path / "big.tsv"
+    rows = [f"Satz {i}\tsentence {i}" for i in range(12)]
+    big.write_text("\n".join(rows[:6] + ["x" * 5_000_000 + "\ty", "Welt\t"] + rows[6:]) + "\n",
+                   encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["parallel", "--pair", "de-en", "--no-system", "--files", str(big),
+                 "--val-size", "1", "--test-size", "1", "--vocab-size", "300",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["unique"] == 12
+    assert report["dropped"] == {"empty, or longer than --max-chars": 2}
+    latin = tmp_path / "latin.tsv"
+    latin.write_bytes("Grüße\tgreetings\n".encode("latin-1"))
+    assert main(["parallel", "--pair", "de-en", "--no-system", "--files", str(latin),
+                 "--out", str(tmp_path / "l")]) == 2
+    assert f"{latin}: not UTF-8 text" in capsys.readouterr().err
+    assert not (tmp_path / "l").exists()

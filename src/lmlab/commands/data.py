@@ -207,8 +207,11 @@ def parallel(pair: Pair = "de-en", out: OutDir | None = None,
                                       max_chars=max_chars)
     for f in files or []:
         mine = par.read_pairs(Path(f))
-        counts[Path(f).name] = Counter(entries=len(mine), pairs=len(mine))
-        pairs += mine
+        kept = [p for p in mine if p.src.strip() and p.tgt.strip()
+                and len(p.src) <= max_chars and len(p.tgt) <= max_chars]
+        counts[Path(f).name] = Counter({"entries": len(mine), "pairs": len(kept),
+                                        "empty, or longer than --max-chars": len(mine) - len(kept)})
+        pairs += kept
     if not pairs:
         raise LmlabError(f"no {pair} pairs found: no catalogs for {_LOCALE[foreign]!r} under "
                          f"{', '.join(map(str, roots)) or '(none)'} and no --files")

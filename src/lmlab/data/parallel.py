@@ -308,10 +308,14 @@ def read_pairs(path: Path, src_field: str = "src", tgt_field: str = "tgt") -> li
     path = Path(path)
     if not path.is_file():
         raise LmlabError(f"{path}: no such file")
-    if path.suffix == ".tsv":
-        return list(read_tsv(path))
-    if path.suffix in (".jsonl", ".json"):
-        return list(read_jsonl(path, src_field, tgt_field))
+    try:
+        if path.suffix == ".tsv":
+            return list(read_tsv(path))
+        if path.suffix in (".jsonl", ".json"):
+            return list(read_jsonl(path, src_field, tgt_field))
+    except UnicodeDecodeError as e:
+        raise LmlabError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); convert it "
+                         "(e.g. iconv -f latin1 -t utf-8)") from None
     if path.suffix in (".po", ".mo"):
         return catalog_pairs([path], target_is_english=False)[0]
     raise LmlabError(f"{path}: unknown parallel format (use .tsv, .jsonl, .po or .mo)")
