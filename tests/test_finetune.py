@@ -217,6 +217,10 @@ def test_early_stopping_when_the_metric_stops_improving(tmp_path, wp_tok):
     assert fit["best_step"] == fit["step"] // 2
     vals = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert sum(r["split"] == "val" for r in vals) == 2
+    # Resuming a run that stopped early trains no more: its checkpoint says it stopped.
+    again = Finetuner(cfg, progress=False, resume=True)
+    assert again.total_steps == fit["step"]
+    assert again.fit()["step"] == fit["step"]
 
 
 def test_freeze_backbone_trains_the_head_only(tmp_path, wp_tok):

@@ -24,7 +24,7 @@ from lmlab.data.parallel import (
 )
 from lmlab.errors import LmlabError
 from lmlab.metrics import rouge_scores, translation_scores
-from lmlab.train.configs import Seq2SeqTrainConfig
+from lmlab.train.configs import Seq2SeqTrainConfig, TrainConfig
 from lmlab.train.seq2seq import Seq2SeqTrainer, token_budget_batches
 
 
@@ -253,16 +253,26 @@ def test_seq2seq_ctrl_c_and_resume_end_bit_identical(toy, tmp_path, monkeypatch,
         return real(self, s)
 
     monkeypatch.setattr(Seq2SeqTrainer, "train_step", step)
-    with pytest.raises(KeyboardInterrupt):
-        Seq2SeqTrainer(_cfg(toy, tmp_path / "broken", **kw), progress=False).fit()
+    with pytest.raises(KeyboardInterrupt):  # a space in the path: the command quotes it
+        Seq2SeqTrainer(_cfg(toy, tmp_path / "broken run", **kw), progress=False).fit()
     monkeypatch.undo()
     line = next(x for x in capsys.readouterr().err.splitlines() if x.startswith("interrupted"))
     command = shlex.split(line.split("Resume with: ", 1)[1])
     assert command[:2] == ["lmlab", "seq2seq"] and command[-1] == "--resume"
     assert main(command[1:]) == 0
     a = load_file(tmp_path / "straight" / "checkpoints" / "step-000008" / "model.safetensors")
-    b = load_file(tmp_path / "broken" / "checkpoints" / "step-000008" / "model.safetensors")
+    b = load_file(tmp_path / "broken run" / "checkpoints" / "step-000008" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_seq2seq_resume_refuses_other_pairs_in_the_same_folder(tmp_path):
+    data = _toy_data(tmp_path / "data", n=300)
+    kw = dict(max_steps=2, eval_sentences=0)
+    Seq2SeqTrainer(_cfg(data, tmp_path / "run", **kw), progress=False).fit()
+    _toy_data(data, n=250)  # `lmlab parallel` run again into the same folder
+    with pytest.raises(LmlabError, match="training pairs or tokenizer differ"):
+        Seq2SeqTrainer(_cfg(data, tmp_path / "run", **dict(kw, max_steps=3)), resume=True,
+                       progress=False)
 
 
 def test_seq2seq_bad_inputs_are_one_line_errors(toy, tmp_path):
@@ -317,3 +327,25 @@ def test_parallel_files_drop_huge_lines_and_name_bad_encodings(tmp_path, capsys)
                  "--out", str(tmp_path / "l")]) == 2
     assert f"{latin}: not UTF-8 text" in capsys.readouterr().err
     assert not (tmp_path / "l").exists()
+
+
+def test_encoder_decoders_are_refused_where_they_do_not_fit(toy, tmp_path, capsys):
+    with pytest.raises(LmlabError, match="is an encoder-decoder; train it on pairs"):
+        TrainConfig(data=str(tmp_path), preset="seq2seq-mini")
+    run = tmp_path / "run"
+    Seq2SeqTrainer(_cfg(toy, run, max_steps=2, eval_sentences=0), progress=False).fit()
+    capsys.readouterr()
+    assert main(["generate", str(run), "--prompt", "ab"]) == 2
+    assert "is an encoder-decoder" in capsys.readouterr().err
+
+
+def test_translate_reads_stdin(toy, tmp_path, capsys, monkeypatch):
+    import io
+
+    run = tmp_path / "run"
+    Seq2SeqTrainer(_cfg(toy, run, max_steps=2, eval_sentences=0), progress=False).fit()
+    capsys.readouterr()
+    monkeypatch.setattr("sys.stdin", io.StringIO("ab cd\nef gh ij\n"))
+    assert main(["translate", str(run), "--input", "-", "--num-beams", "2",
+                 "--max-new-tokens", "5"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2

@@ -2,8 +2,8 @@
 
 Each input keeps ``num_beams`` running hypotheses. A step scores every
 continuation of every beam (log-probability summed over the hypothesis), keeps
-the best ``2 x num_beams`` so that ``num_beams`` of them are still running
-after some end, and moves a candidate that ends (an end-of-sequence token, or
+the best ``2 x num_beams`` (more with several end tokens) so that ``num_beams`` of
+them are still running after some end, and moves a candidate that ends (an end-of-sequence token, or
 the length limit) among the finished ones when it is among the best
 ``num_beams`` of the step. A finished hypothesis is scored by its summed
 log-probability divided by ``length ** length_penalty`` (Wu et al. 2016's
@@ -120,7 +120,9 @@ def beam_search(stepper: Stepper, prompt: torch.Tensor, cfg: BeamConfig,
     done_len = torch.zeros(B, K, dtype=torch.long, device=device)
     done = torch.zeros(B, K, dtype=torch.bool, device=device)
     improvable = torch.ones(B, 1, dtype=torch.bool, device=device)
-    first_k = torch.arange(2 * K, device=device) < K  # (2K,) the best K of the 2K kept
+    # Enough candidates that K run on even if all the end tokens are among them.
+    C = max(2, 1 + eos.numel()) * K
+    first_k = torch.arange(C, device=device) < K  # (C,) the best K of the C kept
     batch_offset = torch.arange(B, device=device)[:, None] * K  # (B, 1)
 
     for t in range(N):
@@ -132,12 +134,12 @@ def beam_search(stepper: Stepper, prompt: torch.Tensor, cfg: BeamConfig,
         if t < cfg.min_new_tokens and eos.numel():
             logp[:, eos] = float("-inf")
         total = (logp.view(B, K, V) + running_score[:, :, None]).view(B, K * V)
-        # 2K candidates: K may end here and K still go on.
-        cand_score, cand = total.topk(2 * K, dim=1)  # (B, 2K)
+        # C candidates: some may end here and K still go on.
+        cand_score, cand = total.topk(C, dim=1)  # (B, C)
         cand_beam, cand_token = cand // V, cand % V
         cand_tokens = running.gather(1, cand_beam[:, :, None].expand(-1, -1, P + N)).clone()
         cand_tokens[:, :, P + t] = cand_token
-        ends = torch.isin(cand_token, eos) | (t + 1 == N)  # (B, 2K)
+        ends = torch.isin(cand_token, eos) | (t + 1 == N)  # (B, C)
 
         # The best K candidates that do not end run on.
         run_score = cand_score + ends.float() * NEG
@@ -152,7 +154,7 @@ def beam_search(stepper: Stepper, prompt: torch.Tensor, cfg: BeamConfig,
         norm += (done.all(dim=1, keepdim=True) & (early is True)).float() * NEG
         norm += (~improvable).float() * NEG
         norm += (~ended).float() * NEG
-        merged_score = torch.cat([done_score, norm], dim=1)  # (B, 3K)
+        merged_score = torch.cat([done_score, norm], dim=1)  # (B, K + C)
         best = merged_score.topk(K, dim=1).indices
         done_tokens = torch.cat([done_tokens, cand_tokens], dim=1).gather(
             1, best[:, :, None].expand(-1, -1, P + N))
@@ -260,7 +262,7 @@ def beam_search_seq2seq(model: torch.nn.Module, sources: Sequence[Sequence[int]]
     if longest > c.block_size:
         raise LmlabError(f"a source of {longest} tokens exceeds the model's {c.block_size} "
                          "positions")
-    if cfg.max_new_tokens + 1 > c.block_size:
+    if cfg.max_new_tokens > c.block_size:  # the last token is never read back
         raise LmlabError(f"--max-new-tokens {cfg.max_new_tokens} exceeds the model's "
                          f"{c.block_size} positions")
     src = torch.full((len(sources), longest), c.pad_token_id, dtype=torch.long)

@@ -108,6 +108,9 @@ def load_for_inference(source: Path, tokenizer: Path | None = None, dtype: str =
         raise LmlabError(f"{source}: is an encoder (BERT), which cannot generate or score "
                          "text left to right; use it with `lmlab neighbors` or "
                          "`lmlab finetune`")
+    if kind_of(model) == "seq2seq":
+        raise LmlabError(f"{source}: is an encoder-decoder, which writes a text for a "
+                         "source text; use it with `lmlab translate`")
     if gguf is not None:
         template = gguf.get("chat_template")
         tok = Tokenizer.from_file(tokenizer) if tokenizer is not None else gguf["tokenizer"]

@@ -201,12 +201,16 @@ def parallel(pair: Pair = "de-en", out: OutDir | None = None,
     src_lang, tgt_lang = pair.split("-")
     foreign = src_lang if tgt_lang == "en" else tgt_lang
     out = Path(out or f"data/{pair}")
+    from lmlab.options import Output, check_output
+
+    check_output(out, Output("dir"), "--out", overwrite=overwrite)  # the default one too
     roots = ([Path("/usr/share/locale")] if system else []) + [Path(c) for c in catalogs or []]
     found = par.catalogs(roots, _LOCALE[foreign])
     pairs, counts = par.catalog_pairs(found, target_is_english=tgt_lang == "en",
                                       max_chars=max_chars)
     for f in files or []:
-        mine = par.read_pairs(Path(f))
+        mine = (par.catalog_pairs([Path(f)], tgt_lang == "en", max_chars)[0]
+                if Path(f).suffix in (".po", ".mo") else par.read_pairs(Path(f)))
         kept = [p for p in mine if p.src.strip() and p.tgt.strip()
                 and len(p.src) <= max_chars and len(p.tgt) <= max_chars]
         counts[Path(f).name] = Counter({"entries": len(mine), "pairs": len(kept),

@@ -8,7 +8,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from lmlab.commands.common import TopP, say
 from lmlab.errors import LmlabError
@@ -17,6 +17,7 @@ from lmlab.options import (
     InDir,
     InFile,
     InPath,
+    Input,
     NonNegative,
     NonNegativeFloat,
     OutDir,
@@ -389,7 +390,8 @@ def _read_sources(input: Path | None, texts: list[str] | None, field: str) -> li
     return input.read_text(encoding="utf-8").splitlines()
 
 
-def translate(model: InPath, input: InPath | None = None, texts: list[str] | None = None,
+def translate(model: InPath, input: Annotated[Path, Input("any", words=("-",))] | None = None,
+              texts: list[str] | None = None,
               out: OutFile | None = None, num_beams: Count = 4, max_new_tokens: Count = 128,
               length_penalty: float = 1.0, no_repeat_ngram_size: NonNegative = 0,
               batch_size: Count = 16, device: str = "auto", threads: Count | None = None,
@@ -435,8 +437,10 @@ def translate(model: InPath, input: InPath | None = None, texts: list[str] | Non
     target = resolve_device(device)
     net = load_model(model, device=str(target)).eval()
     if kind_of(net) != "seq2seq":
-        raise LmlabError(f"{model}: is a {kind_of(net)} model, not an encoder-decoder; "
-                         "continue text with `lmlab generate`")
+        use = ("`lmlab neighbors` or `lmlab finetune`" if kind_of(net) == "encoder"
+               else "`lmlab generate` to continue text")
+        raise LmlabError(f"{model}: is a {kind_of(net)} model, not an encoder-decoder; use "
+                         f"{use}")
     folder = model_folder(model)
     if not (folder / "tokenizer.json").is_file():
         raise LmlabError(f"{folder}: no tokenizer.json beside the model")
@@ -445,7 +449,10 @@ def translate(model: InPath, input: InPath | None = None, texts: list[str] | Non
     if not sources:
         raise LmlabError("nothing to translate: no --texts, and the input is empty")
     c = net.config
-    beam = BeamConfig(num_beams=num_beams, max_new_tokens=min(max_new_tokens, c.block_size - 1),
+    if max_new_tokens > c.block_size:
+        print(f"warning: --max-new-tokens {max_new_tokens} lowered to the model's "
+              f"{c.block_size} positions", file=sys.stderr)
+    beam = BeamConfig(num_beams=num_beams, max_new_tokens=min(max_new_tokens, c.block_size),
                       length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
     ids = [[*tok.encode(s)[:c.block_size - 1], c.eos_token_id] for s in sources]
     outputs: list[str] = []

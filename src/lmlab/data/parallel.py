@@ -231,7 +231,11 @@ def catalog_pairs(files: Iterable[Path], target_is_english: bool,
         name = path.stem
         c = counts.setdefault(name, Counter())
         if path.suffix == ".po":
-            entries, skipped = read_po(path)
+            try:
+                entries, skipped = read_po(path)
+            except UnicodeDecodeError as e:
+                raise LmlabError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); "
+                                 "convert it (msgconv --to-code=UTF-8)") from None
             c.update(skipped)
         else:
             entries = read_mo(path)

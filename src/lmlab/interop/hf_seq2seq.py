@@ -71,10 +71,10 @@ def hf_seq2seq_config(config: Seq2SeqConfig) -> tuple[str, dict[str, Any]]:
                          "BART are post-LN); train with --no-norm-first to export")
     bart = config.pos == "learned"
     if bart != config.embed_norm or (bart and config.pos_offset != 2) \
-            or (not bart and config.pos_offset) or not config.final_logits_bias:
+            or (not bart and config.pos_offset):
         raise LmlabError("this encoder-decoder's layout is neither Marian's (sinusoids, no "
                          "embedding norm) nor BART's (learned positions offset by 2, an "
-                         "embedding norm), both with a logits bias")
+                         "embedding norm)")
     act = {"relu": "relu", "gelu": "gelu", "silu": "swish"}[config.activation]
     kw = dict(vocab_size=config.vocab_size, max_position_embeddings=config.block_size,
               encoder_layers=config.n_encoder_layer, decoder_layers=config.n_decoder_layer,

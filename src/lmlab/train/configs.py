@@ -118,6 +118,9 @@ class TrainConfig:
             raise LmlabError(f"unknown preset {self.preset!r}; choose one of "
                              f"({', '.join(lms)}) for clm or ({encoders}) for mlm")
         encoder = family.kind == "encoder"
+        if family.kind == "seq2seq":
+            raise LmlabError(f"preset {self.preset!r} is an encoder-decoder; train it on pairs "
+                             "with `lmlab seq2seq`")
         if self.objective == "mlm" and not encoder:
             what = "a classic left-to-right LM" if family.kind == "stateful" else "a GPT (decoder)"
             raise LmlabError(f"preset {self.preset!r} is {what} preset; masked-LM pretraining "
@@ -160,7 +163,7 @@ def _is_lm_preset(name: str) -> bool:
     from lmlab.models.registry import family_of_preset
 
     family = family_of_preset(name)
-    return (family is not None and family.kind != "encoder"
+    return (family is not None and family.kind in ("causal", "stateful")
             and not family.presets[name].get("bidirectional"))
 
 
@@ -278,7 +281,8 @@ class Seq2SeqTrainConfig:
     n_embd: Count | None = option(None, "override the preset's width")
     norm_first: bool = option(
         False, "pre-LN blocks (norm before each sublayer) instead of the original post-LN")
-    dropout: Dropout | None = option(None, "dropout (default: the preset's, 0.1)")
+    dropout: Dropout | None = option(
+        None, "dropout (default: the preset's: 0.1, or 0.3 for transformer-big)")
     max_length: Count = option(
         128, "tokens per source and per target, the end token included (longer ones are cut, "
         "and counted)")

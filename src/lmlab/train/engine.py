@@ -65,16 +65,16 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def flag_words(name: str, value: Any) -> str:
+def flag_words(name: str, value: Any) -> list[str]:
     """A setting as the user would type it: ``--batch-size 8``, ``--nsp``, ``--no-nsp``."""
     if isinstance(value, bool):
-        return flag(name) if value else "--no-" + flag(name)[2:]
-    return f"{flag(name)} {value}"
+        return [flag(name) if value else "--no-" + flag(name)[2:]]
+    return [flag(name), str(value)]
 
 
 def _with(name: str, value: Any) -> str:
     """``with --batch-size 8``, or ``without --n-layer`` for a setting left to the preset."""
-    return f"without {flag(name)}" if value is None else f"with {flag_words(name, value)}"
+    return f"without {flag(name)}" if value is None else f"with {' '.join(flag_words(name, value))}"
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
@@ -558,7 +558,7 @@ class Engine:
             if f in required and f.name in getattr(cfg, "positional", ()):
                 words.append(str(value))
             elif f in required or (value is not None and value != getattr(default, f.name)):
-                words += flag_words(f.name, value).split(" ")
+                words += flag_words(f.name, value)
         return shlex.join([*words, "--resume"])
 
     # -- resume ------------------------------------------------------------

@@ -234,6 +234,7 @@ class Finetuner(Engine):
         self.last_batch: list[int] = []
         # The best validation score so far, and evaluations since it improved.
         self.best, self.best_step, self.bad_evals = -math.inf, 0, 0
+        self.stopped_at: int | None = None  # the step patience ran out at
         self.metric_name = ""
         # BERT's fine-tuning betas (0.9, 0.999); pretraining uses (0.9, 0.95).
         self._prepare(betas=(0.9, 0.999))
@@ -356,19 +357,24 @@ class Finetuner(Engine):
                + (f", loss {loss:.4f}" if loss is not None else "")
                + (" (best, saved)" if improved else f" ({best})"))
         patience = self.cfg.patience
-        return row, msg, patience is not None and self.bad_evals >= patience
+        if patience is not None and self.bad_evals >= patience:
+            self.stopped_at = step
+        return row, msg, self.stopped_at is not None
 
     def objective_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         state, tensors = self.batches.state()
         best = self.best if math.isfinite(self.best) else None
-        return {**state, "best": best, "best_step": self.best_step,
-                "bad_evals": self.bad_evals, "metric": self.metric_name}, tensors
+        return {**state, "best": best, "best_step": self.best_step, "bad_evals": self.bad_evals,
+                "metric": self.metric_name, "stopped_at": self.stopped_at}, tensors
 
     def restore_objective(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         self.batches.restore(state, tensors)
         self.best = -math.inf if state["best"] is None else float(state["best"])
         self.best_step, self.bad_evals = int(state["best_step"]), int(state["bad_evals"])
         self.metric_name = str(state["metric"])
+        self.stopped_at = state.get("stopped_at")
+        if self.stopped_at is not None:  # it had stopped early: resuming trains no more
+            self.total_steps = self.stopped_at
 
     def tokenizer_file(self) -> None:
         return None  # the checkpoint's tokenizer is OUT/best's

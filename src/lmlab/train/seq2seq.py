@@ -34,8 +34,12 @@ from lmlab.tokenizer import Tokenizer
 from lmlab.train.configs import Seq2SeqTrainConfig
 from lmlab.train.engine import Engine, EpochCursor
 from lmlab.train.loop import lr_at
+from lmlab.train.tasks.features import IGNORE
 
-IGNORE = -100  # cross_entropy's ignore_index: padding in the labels
+
+def pair_lengths(src: Sequence[list[int]], tgt: Sequence[list[int]]) -> list[int]:
+    """The longer side of each pair: what a batch of them costs once padded."""
+    return [max(len(s), len(t)) for s, t in zip(src, tgt, strict=True)]
 
 
 def encode_pairs(tok: Tokenizer, pairs: Sequence[Pair], max_length: int,
@@ -141,7 +145,7 @@ class Seq2SeqTrainer(Engine):
         torch.manual_seed(cfg.seed)
         self.model = build_model(self.model_config).to(self.device)
         src, tgt = self.ids["train"]
-        lengths = [max(len(s), len(t)) for s, t in zip(src, tgt, strict=True)]
+        lengths = pair_lengths(src, tgt)
         longest = max(lengths)
         if longest > cfg.max_tokens:
             raise LmlabError(f"--max-tokens {cfg.max_tokens} is below the longest pair "
@@ -188,7 +192,7 @@ class Seq2SeqTrainer(Engine):
         model, c, cfg = self.model, self.model_config, self.cfg
         model.eval()
         src, tgt = self.ids["val"]
-        lengths = [max(len(s), len(t)) for s, t in zip(src, tgt, strict=True)]
+        lengths = pair_lengths(src, tgt)
         order = sorted(range(len(src)), key=lambda i: lengths[i])
         nll, count = 0.0, 0
         for batch in cut_batches(order, lengths, cfg.max_tokens):
@@ -204,7 +208,7 @@ class Seq2SeqTrainer(Engine):
         n = min(cfg.eval_sentences, len(src))
         if n:
             hyps = self.translate([list(s) for s in src[:n]], BeamConfig(
-                num_beams=cfg.num_beams, max_new_tokens=min(cfg.max_length, c.block_size - 1)),
+                num_beams=cfg.num_beams, max_new_tokens=min(cfg.max_length, c.block_size)),
                 beam_search_seq2seq)
             refs = [p.tgt for p in self.pairs["val"][:n]]
             row.update(translation_scores(hyps, refs))
@@ -228,10 +232,22 @@ class Seq2SeqTrainer(Engine):
                         f"({row['sentences']} sentences)")
         return row, message, False
 
+    def data_hash(self) -> str:
+        """What the batch indices of a checkpoint refer to: the training pairs' ids."""
+        import hashlib
+
+        src, tgt = self.ids["train"]
+        return hashlib.sha256(repr((src, tgt)).encode()).hexdigest()[:16]
+
     def objective_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        return self.batches.state()
+        state, tensors = self.batches.state()
+        return {**state, "data": self.data_hash()}, tensors
 
     def restore_objective(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        if state.get("data") not in (None, self.data_hash()):
+            raise LmlabError(f"{self.cfg.data}: its training pairs or tokenizer differ from "
+                             f"those the run in {self.run_dir} was trained on; resume with "
+                             "the same data, or start over with --overwrite")
         self.batches.restore(state, tensors)
 
     def tokenizer_file(self) -> Path:
