@@ -3,6 +3,7 @@
     python benchmarks/run.py                   # everything, default settings (~5 min)
     python benchmarks/run.py --only train      # or: --only generate, smollm2, finetune, ngram
     python benchmarks/run.py --only distributed  # 2 processes x 1 thread vs 1 x 2 (torchrun)
+    python benchmarks/run.py --only seq2seq    # encoder-decoder vs MarianMTModel
     python benchmarks/run.py --quick           # short smoke version (~1 min)
 
 Each benchmark runs its peer (Hugging Face transformers) in the same process
@@ -24,12 +25,13 @@ import bench_finetune  # noqa: E402
 import bench_generate  # noqa: E402
 import bench_ngram  # noqa: E402
 import bench_smollm2  # noqa: E402
+import bench_seq2seq  # noqa: E402
 import bench_train  # noqa: E402
 from common import machine_line, wait_for_idle  # noqa: E402
 
 BENCHMARKS = {"train": bench_train, "generate": bench_generate, "smollm2": bench_smollm2,
               "finetune": bench_finetune, "ngram": bench_ngram,
-              "distributed": bench_distributed}
+              "distributed": bench_distributed, "seq2seq": bench_seq2seq}
 # Run when no --only is given (distributed starts its own processes: ask for it by name).
 DEFAULT = ("train", "generate", "smollm2", "finetune", "ngram")
 

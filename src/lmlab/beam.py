@@ -224,7 +224,8 @@ class Seq2SeqStepper:
         return self.model.decode(tokens, self.memory, self.src_mask, self.cache)[:, -1]
 
     def reorder(self, rows: torch.Tensor) -> None:
-        self.cache.reorder(rows)
+        # Beams of one source share its encoder output: only the decoder's own cache moves.
+        self.cache.reorder(rows, same_source=True)
 
 
 @torch.no_grad()

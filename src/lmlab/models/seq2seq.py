@@ -134,11 +134,13 @@ class DecoderCache:
         self.layers = [LayerCache() for _ in range(n_layer)]
         self.length = 0  # target positions cached
 
-    def reorder(self, rows: torch.Tensor) -> None:
+    def reorder(self, rows: torch.Tensor, same_source: bool = False) -> None:
         """Keep rows ``rows`` (B',) of every cached tensor, in that order (a beam search's
-        surviving beams)."""
+        surviving beams). With ``same_source`` every row moves among rows of one source
+        (a beam search's do), whose cross-attention keys and values are equal, so those
+        stay as they are."""
         for layer in self.layers:
-            for name in ("self_kv", "cross_kv"):
+            for name in ("self_kv",) if same_source else ("self_kv", "cross_kv"):
                 kv = getattr(layer, name)
                 if kv is not None:
                     setattr(layer, name, (kv[0].index_select(0, rows),
