@@ -24,8 +24,8 @@ import bench_distributed  # noqa: E402
 import bench_finetune  # noqa: E402
 import bench_generate  # noqa: E402
 import bench_ngram  # noqa: E402
-import bench_smollm2  # noqa: E402
 import bench_seq2seq  # noqa: E402
+import bench_smollm2  # noqa: E402
 import bench_train  # noqa: E402
 from common import machine_line, wait_for_idle  # noqa: E402
 
