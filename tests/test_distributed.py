@@ -171,3 +171,34 @@ def test_finetune_runs_under_torchrun(tmp_path, tmp_path_factory):
                                 "--texts", "a wonderful, moving film"],
                                capture_output=True, text=True)
     assert predicted.returncode == 0, predicted.stderr
+
+
+def test_seq2seq_ddp_steps_as_one_process_with_the_global_batch(tmp_path):
+    """The encoder-decoder under torchrun: 2 processes with --max-tokens M step as one
+    process with 2M (the same batches, each process every other pair, the loss weighed
+    by the whole batch's tokens): same losses and weights (dropout off: each process
+    draws its own masks)."""
+    from test_translation import _toy_data
+
+    from lmlab.train.configs import Seq2SeqTrainConfig
+    from lmlab.train.seq2seq import Seq2SeqTrainer
+
+    torch.set_num_threads(1)
+    data = _toy_data(tmp_path / "data", n=300)
+    common = dict(preset="seq2seq-nano", max_length=16, max_steps=6, warmup_steps=2,
+                  eval_interval=6, eval_sentences=0, seed=3, threads=1, dropout=0.0)
+    Seq2SeqTrainer(Seq2SeqTrainConfig(data=str(data), out=str(tmp_path / "one"),
+                                      max_tokens=400, **common), progress=False).fit()
+    words = ["-m", "lmlab", "seq2seq", str(data), "--out", str(tmp_path / "ddp"),
+             "--max-tokens", "200"]
+    for k, v in common.items():
+        words += [f"--{k.replace('_', '-')}", str(v)]
+    torchrun(*words)
+    one = read_metrics(tmp_path / "one" / "metrics.jsonl")
+    two = read_metrics(tmp_path / "ddp" / "metrics.jsonl")
+    assert [(r["step"], r["split"]) for r in one] == [(r["step"], r["split"]) for r in two]
+    for a, b in zip(one, two, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5), (a, b)
+    wa, wb = weights(tmp_path / "one"), weights(tmp_path / "ddp")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-5)

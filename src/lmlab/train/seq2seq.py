@@ -161,23 +161,32 @@ class Seq2SeqTrainer(Engine):
         return lr_at(step, self.cfg)  # warm-up, then cosine decay (the fields it reads)
 
     def micro_batch_loss(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss per target token of the next batch. Under torchrun each process takes
+        every world-size-th pair (a batch is sorted by length: interleaving gives every
+        process pairs of all its lengths) and weighs its summed loss by the whole batch's
+        token count, so that DDP's mean over processes is the loss one process would
+        compute on the whole batch."""
         src, tgt = self.ids["train"]
-        mine = self.world.share(self.batches.next())
+        batch = self.batches.next()
+        world = self.world
+        mine = batch[world.rank::world.size]
         c = self.model_config
         x, mask, dec, labels = collate_pairs([src[i] for i in mine], [tgt[i] for i in mine],
                                              c.pad_token_id, c.decoder_start_token_id,
                                              self.device)
+        tokens = sum(len(tgt[i]) for i in batch)  # the whole batch's target tokens
         if index % self.grad_accum == 0:
             self.step_tokens = 0
-        self.step_tokens += int((labels != IGNORE).sum()) * self.world.size
+        self.step_tokens += tokens
         with autocast(self.cfg.dtype, self.device):
             logits = self.net(x, dec, mask)  # (B, T, V)
         loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
-                               ignore_index=IGNORE, label_smoothing=self.cfg.label_smoothing)
-        return loss, {}
+                               ignore_index=IGNORE, label_smoothing=self.cfg.label_smoothing,
+                               reduction="sum")
+        return loss * world.size / tokens, {}
 
     def step_units(self) -> int:
-        return self.step_tokens  # target tokens (about: other processes' counted alike)
+        return self.step_tokens  # target tokens of the global batches of the step
 
     def row_extras(self) -> dict[str, Any]:
         return {"epoch": self.batches.epoch}
