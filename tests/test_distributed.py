@@ -178,10 +178,9 @@ def test_seq2seq_ddp_steps_as_one_process_with_the_global_batch(tmp_path):
     process with 2M (the same batches, each process every other pair, the loss weighed
     by the whole batch's tokens): same losses and weights (dropout off: each process
     draws its own masks)."""
-    from test_translation import _toy_data
-
     from lmlab.train.configs import Seq2SeqTrainConfig
     from lmlab.train.seq2seq import Seq2SeqTrainer
+    from test_translation import _toy_data
 
     torch.set_num_threads(1)
     data = _toy_data(tmp_path / "data", n=300)
