@@ -309,6 +309,32 @@ def test_dictd_table_and_the_word_by_word_baseline(tmp_path):
         read_dictd(empty)
 
 
+def test_ding_phrases_join_the_parallel_data(tmp_path, capsys):
+    import gzip
+
+    from lmlab.data.parallel import dictd_phrases
+
+    sentences = [("Die Katze schläft auf dem Sofa.", "The cat sleeps on the sofa."),
+                 ("Er kommt morgen nicht zur Arbeit.", "He is not coming to work tomorrow."),
+                 ("Wir gehen heute Abend ins Kino.", "We are going to the cinema tonight."),
+                 ("Das Wetter ist heute sehr schön.", "The weather is very nice today.")]
+    text = "Datei\n {f}\n   file\n" + "".join(
+        f"{de}\n\n   {en}; another way to say it\n" for de, en in sentences)
+    ding = tmp_path / "german-english.dict.dz"
+    ding.write_bytes(gzip.compress(text.encode()))
+    assert [(p.src, p.tgt) for p in dictd_phrases(ding)] == sentences  # 5+ words only
+    root = _locale_tree(tmp_path / "locale")
+    out = tmp_path / "de-en"
+    assert main(["parallel", "--pair", "de-en", "--no-system", "--catalogs", str(root),
+                 "--ding", str(ding), "--val-size", "1", "--test-size", "1",
+                 "--vocab-size", "300", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["per_source"]["ding"]["pairs"] == 4 and report["unique"] == 17
+    assert main(["parallel", "--pair", "zh-en", "--no-system", "--ding", str(ding),
+                 "--out", str(tmp_path / "zh")]) == 2
+    assert "--ding is a German-English dictionary" in capsys.readouterr().err
+
+
 def test_parallel_files_drop_huge_lines_and_name_bad_encodings(tmp_path, capsys):
     big = tmp_path / "big.tsv"
     rows = [f"Satz {i}\tsentence {i}" for i in range(12)]

@@ -329,18 +329,16 @@ def read_pairs(path: Path, src_field: str = "src", tgt_field: str = "tgt") -> li
 _NOTES = re.compile(r"\{[^}]*\}|\[[^\]]*\]|\([^)]*\)|<[^>]*>")  # {pos} [field] (note) <ref>
 
 
-def read_dictd(path: Path) -> dict[str, str]:
-    """One translation per one-word headword from a dictd dictionary (``.dict`` or gzipped
-    ``.dict.dz``, e.g. Ding's german-english): each entry is the headword line, then
-    indented lines of grammar and of translations (``;`` between synonyms, ``|`` between
-    senses). Of a headword's entries, the first translation most of them give is kept
-    (then the shortest), without its notes ({n}, [coll.], (on a menu)) or a verb's "to":
-    the table of a word-by-word baseline."""
+def dictd_entries(path: Path) -> Iterator[tuple[str, str, int]]:
+    """(headword, its first translation, line number) of each entry of a dictd dictionary
+    (``.dict`` or gzipped ``.dict.dz``, e.g. Ding's german-english): the headword line
+    (continued by lines indented one space: grammar, or more words), then lines indented
+    three spaces holding translations (``;`` between synonyms, ``|`` between senses).
+    Notes ({n}, [coll.], (on a menu), <ref>) are removed from both; dictd's own header
+    entries are skipped."""
     import gzip
 
     opener = gzip.open if str(path).endswith((".dz", ".gz")) else open
-    seen: dict[str, Counter] = {}  # headword -> its entries' first translations, counted
-    first_at: dict[tuple[str, str], int] = {}
     head, rest = None, ""
     with opener(path, "rt", encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f):
@@ -351,23 +349,41 @@ def read_dictd(path: Path) -> dict[str, str]:
                 continue
             if head is None:
                 continue
-            if not line.startswith("   "):  # the headword goes on: grammar, or more words
+            if not line.startswith("   "):  # the headword goes on
                 rest += " " + line.strip()
                 continue
             word = SPACE.sub(" ", _NOTES.sub("", f"{head} {rest}")).strip()
-            first = _NOTES.sub("", re.split(r"[;|]", line.strip())[0])
-            first = SPACE.sub(" ", first).strip().removeprefix("to ")
-            if first and " " not in word and re.match(r"\w", word) \
-                    and not word.startswith("00-database"):  # dictd's own header entries
-                seen.setdefault(word, Counter())[first] += 1
-                first_at.setdefault((word, first), n)
+            first = SPACE.sub(" ", _NOTES.sub("", re.split(r"[;|]", line.strip())[0])).strip()
+            if first and re.match(r"\w", word) and not word.startswith("00-database"):
+                yield word, first, n
             head = None  # later lines of the entry: more senses, not the headword's first
+
+
+def read_dictd(path: Path) -> dict[str, str]:
+    """One translation per one-word headword of a dictd dictionary (``dictd_entries``): of
+    a headword's entries, the first translation most of them give (then the shortest),
+    without a verb's "to": the table of a word-by-word baseline."""
+    seen: dict[str, Counter] = {}  # headword -> its entries' first translations, counted
+    first_at: dict[tuple[str, str], int] = {}
+    for word, first, n in dictd_entries(path):
+        first = first.removeprefix("to ")
+        if " " not in word and first:
+            seen.setdefault(word, Counter())[first] += 1
+            first_at.setdefault((word, first), n)
     if not seen:
         raise LmlabError(f"{path}: no dictionary entries (a dictd .dict or .dict.dz file is "
                          "expected, e.g. Ding's german-english.dict.dz)")
     # The translation most entries give first; then the shorter; then the earlier.
     return {w: min(c, key=lambda t: (-c[t], len(t.split()), first_at[w, t]))
             for w, c in seen.items()}
+
+
+def dictd_phrases(path: Path, min_words: int = 5) -> list[Pair]:
+    """(phrase, translation) pairs from a dictd dictionary's headwords of ``min_words``
+    words or more: Ding's example sentences and idioms, parallel text of another kind
+    than software messages."""
+    return [Pair(word, first, "ding") for word, first, _ in dictd_entries(path)
+            if len(word.split()) >= min_words and len(first.split()) >= 2]
 
 
 def word_by_word(text: str, table: dict[str, str]) -> str:
