@@ -49,6 +49,18 @@ def pretrain_args(shards: Path, out: Path, batch_size: int, **extra: object) -> 
     return words
 
 
+def assert_same_run(one: Path, two: Path) -> None:
+    """The same metrics rows, losses within 1e-5, and weights within 1e-5 (up to the order
+    of floating-point sums across processes)."""
+    ra, rb = read_metrics(one / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
+    assert [(r["step"], r["split"]) for r in ra] == [(r["step"], r["split"]) for r in rb]
+    for a, b in zip(ra, rb, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5), (a, b)
+    wa, wb = weights(one), weights(two)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-5)
+
+
 def test_ddp_steps_as_one_process_with_the_global_batch(shards, tmp_path, capsys):
     """2 processes x batch 4 == 1 process x batch 8 over the same rows: same logged losses
     and the same weights after 12 steps (up to the order of floating-point sums)."""
@@ -59,14 +71,7 @@ def test_ddp_steps_as_one_process_with_the_global_batch(shards, tmp_path, capsys
     out = result.stdout + result.stderr
     assert "global batch: 4 rows x 2 processes = 8 rows of 32 tokens per step" in out
     assert out.count("model: ") == 1  # rank 0 alone reports
-    one = read_metrics(tmp_path / "one" / "metrics.jsonl")
-    two = read_metrics(tmp_path / "ddp" / "metrics.jsonl")
-    assert [(r["step"], r["split"]) for r in one] == [(r["step"], r["split"]) for r in two]
-    for a, b in zip(one, two, strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5), (a, b)
-    wa, wb = weights(tmp_path / "one"), weights(tmp_path / "ddp")
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-5)
+    assert_same_run(tmp_path / "one", tmp_path / "ddp")
     state = json.loads((next((tmp_path / "ddp" / "checkpoints").glob("step-*"))
                         / "trainer_state.json").read_text())
     assert state["world_size"] == 2
@@ -193,11 +198,4 @@ def test_seq2seq_ddp_steps_as_one_process_with_the_global_batch(tmp_path):
     for k, v in common.items():
         words += [f"--{k.replace('_', '-')}", str(v)]
     torchrun(*words)
-    one = read_metrics(tmp_path / "one" / "metrics.jsonl")
-    two = read_metrics(tmp_path / "ddp" / "metrics.jsonl")
-    assert [(r["step"], r["split"]) for r in one] == [(r["step"], r["split"]) for r in two]
-    for a, b in zip(one, two, strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5), (a, b)
-    wa, wb = weights(tmp_path / "one"), weights(tmp_path / "ddp")
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-5)
+    assert_same_run(tmp_path / "one", tmp_path / "ddp")

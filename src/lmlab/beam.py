@@ -32,7 +32,7 @@ Shapes: B inputs, K beams, V vocabulary, P prompt tokens, N new tokens at most.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -276,3 +276,17 @@ def beam_search_seq2seq(model: torch.nn.Module, sources: Sequence[Sequence[int]]
     start = torch.full((len(sources), 1), c.decoder_start_token_id, dtype=torch.long,
                        device=device)
     return beam_search(stepper, start, cfg, c.eos_token_id, c.pad_token_id, c.vocab_size)
+
+
+def translate_ids(model: torch.nn.Module, tok, sources: Sequence[Sequence[int]],
+                  cfg: BeamConfig, batch_size: int = 32,
+                  on_batch: Callable[[int], None] | None = None) -> list[str]:
+    """The best output text of an encoder-decoder for each token-id source, by beam search
+    over batches of ``batch_size``; ``on_batch(n)`` after each (a progress bar)."""
+    out: list[str] = []
+    for start in range(0, len(sources), batch_size):
+        best = beam_search_seq2seq(model, sources[start:start + batch_size], cfg)
+        out += [tok.decode(h[0].tokens, skip_special_tokens=True).strip() for h in best]
+        if on_batch is not None:
+            on_batch(len(best))
+    return out

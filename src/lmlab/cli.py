@@ -24,6 +24,7 @@ from lmlab.options import (
     command_params,
     describe,
     describe_os_error,
+    flag_name,
     split_annotation,
 )
 
@@ -83,7 +84,7 @@ def _add_param(parser: argparse.ArgumentParser, p: Param) -> None:
             kwargs["nargs"] = "?"
             kwargs["default"] = p.default
     else:
-        names = ["--" + p.name.replace("_", "-")]
+        names = [flag_name(p.name, False)]
         kwargs["dest"] = p.name
         kwargs["default"] = None if not has_default else p.default
         if not has_default:

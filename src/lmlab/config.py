@@ -22,8 +22,23 @@ from lmlab.options import Count, Dropout, NonNegative, PositiveFloat, check_fiel
 # tokens, or the last real token (a GPT's, the only one that has read the whole text).
 Pooling = Literal["cls", "mean", "last"]
 
+class SavedConfig:
+    """What every model config does alike: a dict, a config.json, and back (unknown fields
+    refused)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        return _from_dict(cls, d)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
 @dataclass
-class GPTConfig:
+class GPTConfig(SavedConfig):
     """Hyper-parameters of a decoder-only Transformer (see ``models/gpt.py``)."""
 
     vocab_size: Count = 50257
@@ -73,16 +88,6 @@ class GPTConfig:
         """A named preset, with any field overridden (None overrides are ignored)."""
         return _from_preset(cls, PRESETS, name, overrides)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
-        return _from_dict(cls, d)
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
 
 def _from_preset(cls: type, presets: dict[str, dict[str, Any]], name: str,
                  overrides: dict[str, Any]) -> Any:
@@ -120,7 +125,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class BertConfig:
+class BertConfig(SavedConfig):
     """Hyper-parameters of a BERT-style encoder (see ``models/bert.py``).
 
     Devlin et al. 2019: post-LayerNorm blocks, learned absolute positions,
@@ -157,16 +162,6 @@ class BertConfig:
     def from_name(cls, name: str, **overrides: Any) -> BertConfig:
         """A named preset, with any field overridden (None overrides are ignored)."""
         return _from_preset(cls, BERT_PRESETS, name, overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BertConfig:
-        return _from_dict(cls, d)
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 def config_from_dict(d: dict[str, Any]) -> ModelConfig:
@@ -213,7 +208,7 @@ RNN_TYPES = ("ffnn", "rnn", "lstm", "gru")
 
 
 @dataclass
-class RNNConfig:
+class RNNConfig(SavedConfig):
     """Hyper-parameters of the classic neural LMs (see ``models/rnn.py``).
 
     ``model_type`` picks the family: ``ffnn`` is Bengio et al. (2003)'s
@@ -252,16 +247,6 @@ class RNNConfig:
         """A named preset, with any field overridden (None overrides are ignored)."""
         return _from_preset(cls, RNN_PRESETS, name, overrides)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RNNConfig:
-        return _from_dict(cls, d)
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
 
 # Sized to train in a few minutes on 2 CPU cores: 3-4.5 M parameters at a vocabulary
 # of 8k, most of them in the embedding (and the ffnn's untied output layer).
@@ -283,7 +268,7 @@ RNN_PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class Seq2SeqConfig:
+class Seq2SeqConfig(SavedConfig):
     """Hyper-parameters of the encoder-decoder Transformer (see ``models/seq2seq.py``).
 
     The defaults are Vaswani et al. 2017's design (post-LN, sinusoidal positions,
@@ -340,16 +325,6 @@ class Seq2SeqConfig:
     def from_name(cls, name: str, **overrides: Any) -> Seq2SeqConfig:
         """A named preset, with any field overridden (None overrides are ignored)."""
         return _from_preset(cls, SEQ2SEQ_PRESETS, name, overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Seq2SeqConfig:
-        return _from_dict(cls, d)
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 SEQ2SEQ_PRESETS: dict[str, dict[str, Any]] = {

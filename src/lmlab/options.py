@@ -124,6 +124,7 @@ def describe(meta: tuple[Any, ...]) -> str:
 
 
 def flag_name(name: str, positional: bool) -> str:
+    """How a parameter is named on the command line: ``--max-steps``, or ``DATA``."""
     return name.upper() if positional else "--" + name.replace("_", "-")
 
 
@@ -346,6 +347,7 @@ def refuse_foreign(folder: Path, own: set[str], command: str) -> None:
 def option(default: Any = dataclasses.MISSING, help: str = "") -> Any:
     """A config field declared once, with its default and its help text; the type hint
     beside it gives the flag's type and range: ``batch_size: Count = option(16, "rows")``.
+    A subclass that only changes an inherited setting's default omits the help.
 
     A command that takes the config dataclass as a parameter gets one flag per field
     (``cli.add_command``), checked like any other option (``check_arguments``).
@@ -377,16 +379,30 @@ def command_params(fn: Any, arg_help: dict[str, str] | None = None) -> list[Para
         if dataclasses.is_dataclass(hint):
             field_hints = typing.get_type_hints(hint, include_extras=True)
             positional = getattr(hint, "positional", ())
-            for f in dataclasses.fields(hint):
+            # The class's own settings first, in its order; then those it inherits.
+            own = list(vars(hint).get("__annotations__", {}))
+            for f in sorted(dataclasses.fields(hint),
+                            key=lambda f: own.index(f.name) if f.name in own else len(own)):
                 if f.init:
                     default = f.default if f.default is not dataclasses.MISSING else empty
                     params.append(Param(f.name, field_hints[f.name], default,
-                                        f.name in positional, f.metadata.get("help", ""), hint))
+                                        f.name in positional, _field_help(hint, f.name), hint))
             continue
         positional = p.kind is p.POSITIONAL_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD
                                                      and p.default is empty)
         params.append(Param(p.name, hint, p.default, positional, (arg_help or {}).get(p.name, "")))
     return params
+
+
+def _field_help(cls: type, name: str) -> str:
+    """A config field's help: its own, or that of the class it redeclares (a new default
+    for an inherited setting keeps the setting's help)."""
+    for klass in cls.__mro__:
+        if dataclasses.is_dataclass(klass):
+            for f in dataclasses.fields(klass):
+                if f.name == name and f.metadata.get("help"):
+                    return f.metadata["help"]
+    return ""
 
 
 def call_command(fn: Any, kwargs: dict[str, Any]) -> Any:

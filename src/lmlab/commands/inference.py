@@ -425,7 +425,7 @@ def translate(model: InPath, input: Annotated[Path, Input("any", words=("-",))] 
     """
     import torch
 
-    from lmlab.beam import BeamConfig, beam_search_seq2seq
+    from lmlab.beam import BeamConfig, translate_ids
     from lmlab.device import resolve_device
     from lmlab.loading import load_model, model_folder
     from lmlab.models.registry import kind_of
@@ -455,14 +455,10 @@ def translate(model: InPath, input: Annotated[Path, Input("any", words=("-",))] 
     beam = BeamConfig(num_beams=num_beams, max_new_tokens=min(max_new_tokens, c.block_size),
                       length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
     ids = [[*tok.encode(s)[:c.block_size - 1], c.eos_token_id] for s in sources]
-    outputs: list[str] = []
     bar = progress_bar(total=len(ids), desc="translate", unit="text",
                        disable=len(ids) <= batch_size)
     t0 = time.perf_counter()
-    for start in range(0, len(ids), batch_size):
-        best = beam_search_seq2seq(net, ids[start:start + batch_size], beam)
-        outputs += [tok.decode(h[0].tokens, skip_special_tokens=True).strip() for h in best]
-        bar.update(len(best))
+    outputs = translate_ids(net, tok, ids, beam, batch_size, on_batch=bar.update)
     bar.close()
     text = "".join(o.replace("\n", " ") + "\n" for o in outputs)
     if out is None:

@@ -73,18 +73,27 @@ def pretrain(cfg: TrainConfig, /, *, resume: bool = False, overwrite: bool = Fal
         torchrun --nproc_per_node 2 -m lmlab pretrain data/wiki-bpe8k --out runs/ddp
         torchrun --nproc_per_node 4 -m lmlab pretrain data/wiki-bpe8k --fsdp --out runs/fsdp
     """
-    from lmlab.train import distributed
     from lmlab.train.loop import Trainer
 
+    ran = _fit(lambda: Trainer(cfg, resume=resume, overwrite=overwrite), _pretrain_summary)
+    if ran is not None:
+        _pretrain_result(ran[1], cfg.objective, Path(cfg.out))
+
+
+def _fit(make: Any, describe: Any) -> tuple[Any, dict[str, Any]] | None:
+    """Build a run (in every process under torchrun), let rank 0 ``describe`` it, train it,
+    and leave the process group whatever happens: (the run, ``fit``'s result) on rank 0,
+    None in the other processes, which report nothing."""
+    from lmlab.train import distributed
+
     try:
-        trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
-        if trainer.world.main:
-            _pretrain_summary(trainer)
-        result = trainer.fit()
+        run = make()
+        if run.world.main:
+            describe(run)
+        result = run.fit()
     finally:
         distributed.leave()
-    if trainer.world.main:
-        _pretrain_result(result, cfg.objective, Path(cfg.out))
+    return (run, result) if run.world.main else None
 
 
 def _pretrain_summary(trainer: Any) -> None:
@@ -174,25 +183,22 @@ def finetune(cfg: FinetuneConfig, /, *, resume: bool = False,
         lmlab finetune --task classify --train spam.jsonl --model gru-classifier --vectors vectors.txt --lr 3e-3 --epochs 5 --out runs/spam-glove
         torchrun --nproc_per_node 2 -m lmlab finetune --task classify --train spam.jsonl --model all-MiniLM-L6-v2 --out runs/spam-ddp
     """  # noqa: E501
-    from lmlab.train import distributed
     from lmlab.train.finetune import Finetuner
 
-    try:
-        tuner = Finetuner(cfg, overwrite=overwrite, resume=resume)
-        tell = say if tuner.world.main else (lambda *_: None)  # rank 0 alone reports
+    def describe(tuner: Any) -> None:
         n = {k: len(v) for k, v in tuner.splits.items()}
         labels = f", {len(tuner.labels)} labels" if tuner.labels else ""
-        tell(f"data: {n['train']:,} train, {n['val']:,} validation, {n['test']:,} test{labels}")
+        say(f"data: {n['train']:,} train, {n['val']:,} validation, {n['test']:,} test{labels}")
         world = (f", {tuner.world.size} processes x batch {cfg.batch_size}"
                  if tuner.world.distributed else "")
-        tell(f"model: {tuner.kind.upper()} backbone from {cfg.model}, "
-             f"{tuner.model.num_params():,} parameters, max length {tuner.max_length}, "
-             f"{tuner.total_steps:,} steps{world}")
-        fit = tuner.fit()
-    finally:
-        distributed.leave()
-    if not tuner.world.main:
+        say(f"model: {tuner.kind.upper()} backbone from {cfg.model}, "
+            f"{tuner.model.num_params():,} parameters, max length {tuner.max_length}, "
+            f"{tuner.total_steps:,} steps{world}")
+
+    ran = _fit(lambda: Finetuner(cfg, overwrite=overwrite, resume=resume), describe)
+    if ran is None:
         return
+    tuner, fit = ran
     stop = " (stopped early)" if fit["stopped_early"] else ""
     say(f"trained {fit['step']:,} steps, {fit['epochs']} epochs in "
         f"{fit['train_seconds']:.1f}s{stop}; best val {fit['metric']} {fit['best_val']:.4f} "
@@ -418,23 +424,20 @@ def seq2seq(cfg: Seq2SeqTrainConfig, /, *, resume: bool = False,
         lmlab seq2seq data/zh-en --norm-first --lr 1e-3 --out runs/zh-en
         torchrun --nproc_per_node 2 -m lmlab seq2seq data/de-en --out runs/de-en-ddp
     """
-    from lmlab.train import distributed
     from lmlab.train.seq2seq import Seq2SeqTrainer
 
-    try:
-        trainer = Seq2SeqTrainer(cfg, resume=resume, overwrite=overwrite)
-        tell = say if trainer.world.main else (lambda *_: None)
+    def describe(trainer: Any) -> None:
         c, n = trainer.model_config, {k: len(v) for k, v in trainer.pairs.items()}
-        tell(f"data: {n['train']:,} training pairs, {n['val']:,} validation pairs, vocabulary "
-             f"{c.vocab_size:,}")
-        tell(f"model: {trainer.model.num_params():,} parameters ({cfg.preset}: "
-             f"{c.n_encoder_layer}+{c.n_decoder_layer} layers, {c.n_embd} wide, "
-             f"{'pre' if c.norm_first else 'post'}-LN), on {trainer.device}")
-        result = trainer.fit()
-    finally:
-        distributed.leave()
-    if not trainer.world.main:
+        say(f"data: {n['train']:,} training pairs, {n['val']:,} validation pairs, vocabulary "
+            f"{c.vocab_size:,}")
+        say(f"model: {trainer.model.num_params():,} parameters ({cfg.preset}: "
+            f"{c.n_encoder_layer}+{c.n_decoder_layer} layers, {c.n_embd} wide, "
+            f"{'pre' if c.norm_first else 'post'}-LN), on {trainer.device}")
+
+    ran = _fit(lambda: Seq2SeqTrainer(cfg, resume=resume, overwrite=overwrite), describe)
+    if ran is None:
         return
+    result = ran[1]
     val, out = result["val"], Path(cfg.out)
     if val:
         bleu = (f", BLEU {val['bleu']:.2f}, chrF {val['chrf']:.2f}" if "bleu" in val else "")

@@ -34,8 +34,36 @@ Decay = Annotated[float, Range(0, 1, hi_open=True)]
 Truncation = Literal["tail", "head"]
 
 
-@dataclass
-class TrainConfig:
+@dataclass(kw_only=True)
+class RunSettings:
+    """What every run on the training engine sets (``train/engine.py`` reads these): the
+    optimizer, the schedule, validation and checkpoints, the device. The defaults are
+    pretraining's; a run that needs others declares just those again."""
+
+    grad_accum: Count = option(1, "micro-batches per optimizer step")
+    max_steps: Count = option(1000, "optimizer steps")
+    lr: PositiveFloat = option(1e-3, "peak learning rate")
+    min_lr: NonNegativeFloat | None = option(
+        None, "final learning rate of the cosine decay (default lr/10)")
+    warmup_steps: NonNegative = option(50, "steps of linear warm-up")
+    weight_decay: NonNegativeFloat = option(0.1, "AdamW weight decay (matrices only)")
+    beta1: Decay = option(0.9, "AdamW's first-moment decay")
+    beta2: Decay = option(0.95, "AdamW's second-moment decay (0.95 as GPT-3; BERT used 0.999)")
+    grad_clip: PositiveFloat = option(1.0, "clip the gradient norm to this")
+    eval_interval: Count = option(100, "validate every this many steps")
+    checkpoint_interval: Count | None = option(
+        None, "save every this many steps (default: eval_interval)")
+    seed: int = option(1337, "random seed (weights, batches, dropout)")
+    dtype: Literal["float32", "bfloat16"] = option(
+        "float32", "float32, or bfloat16 autocast (less memory; on CPUs without AMX it "
+        "measured slower than float32, see benchmarks/RESULTS.md)")
+    compile: bool = option(False, "torch.compile the model")
+    device: str = option("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
+    threads: Count | None = option(None, "CPU threads (default: torch's choice)")
+
+
+@dataclass(kw_only=True)
+class TrainConfig(RunSettings):
     """Everything that defines a pretraining run (saved as train_config.json). Each field
     is declared once: its type, default and help become a flag of `lmlab pretrain`."""
 
@@ -70,29 +98,9 @@ class TrainConfig:
     dropout: Dropout | None = option(
         None, "dropout probability (default: the preset's, 0 for GPT, 0.1 for BERT)")
     batch_size: Count = option(16, "sequences per micro-batch (under torchrun: per process)")
-    grad_accum: Count = option(1, "micro-batches per optimizer step")
-    max_steps: Count = option(1000, "optimizer steps")
-    lr: PositiveFloat = option(1e-3, "peak learning rate")
-    min_lr: NonNegativeFloat | None = option(
-        None, "final learning rate of the cosine decay (default lr/10)")
-    warmup_steps: NonNegative = option(50, "steps of linear warm-up")
-    weight_decay: NonNegativeFloat = option(0.1, "AdamW weight decay (matrices only)")
-    beta1: Decay = option(0.9, "AdamW's first-moment decay")
-    beta2: Decay = option(0.95, "AdamW's second-moment decay (0.95 as GPT-3; BERT used 0.999)")
-    grad_clip: PositiveFloat = option(1.0, "clip the gradient norm to this")
-    eval_interval: Count = option(100, "validate every this many steps")
     eval_tokens: Count = option(131072, "validation tokens scored each time")
-    checkpoint_interval: Count | None = option(
-        None, "save every this many steps (default: eval_interval)")
-    seed: int = option(1337, "random seed (weights, batches, dropout)")
-    dtype: Literal["float32", "bfloat16"] = option(
-        "float32", "float32, or bfloat16 autocast (less memory; on CPUs without AMX it "
-        "measured slower than float32, see benchmarks/RESULTS.md)")
-    compile: bool = option(False, "torch.compile the model")
-    device: str = option("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
     fsdp: bool = option(
         False, "under torchrun: shard the model with FSDP2 instead of replicating it (DDP)")
-    threads: Count | None = option(None, "CPU threads (default: torch's choice)")
 
     def __post_init__(self) -> None:
         # Types, choices and ranges, each error naming its flag; checked here, before any
@@ -260,8 +268,8 @@ class FinetuneConfig:
         return {n: getattr(self, n) for n in names}
 
 
-@dataclass
-class Seq2SeqTrainConfig:
+@dataclass(kw_only=True)
+class Seq2SeqTrainConfig(RunSettings):
     """Everything that defines an encoder-decoder training run (saved as
     seq2seq_config.json). Each field is declared once: its type, default and help become
     a flag of `lmlab seq2seq`."""
@@ -289,32 +297,20 @@ class Seq2SeqTrainConfig:
     max_tokens: Count = option(
         4096, "tokens per batch (source or target, padding included, the longer side "
         "counts), as fairseq's --max-tokens; under torchrun: per process")
-    grad_accum: Count = option(1, "batches per optimizer step")
-    max_steps: Count = option(2000, "optimizer steps")
-    lr: PositiveFloat = option(7e-4, "peak learning rate")
-    min_lr: NonNegativeFloat | None = option(
-        None, "final learning rate of the cosine decay (default lr/10)")
-    warmup_steps: NonNegative = option(200, "steps of linear warm-up")
-    weight_decay: NonNegativeFloat = option(0.01, "AdamW weight decay (matrices only)")
-    beta1: Decay = option(0.9, "AdamW's first-moment decay")
+    # Pretraining's defaults, changed for this objective (their help is RunSettings').
+    max_steps: Count = option(2000)
+    lr: PositiveFloat = option(7e-4)
+    warmup_steps: NonNegative = option(200)
+    weight_decay: NonNegativeFloat = option(0.01)
     beta2: Decay = option(0.98, "AdamW's second-moment decay (0.98 as Vaswani et al.)")
-    grad_clip: PositiveFloat = option(1.0, "clip the gradient norm to this")
     label_smoothing: Share = option(
         0.1, "share of the target probability spread over the vocabulary (Szegedy et al.; "
         "0.1 as Vaswani et al.)")
-    eval_interval: Count = option(250, "validate every this many steps")
+    eval_interval: Count = option(250)
     eval_sentences: NonNegative = option(
         200, "validation sentences translated at each validation for BLEU and chrF (0: "
         "loss only)")
     num_beams: Count = option(1, "beams when translating validation sentences (1: greedy)")
-    checkpoint_interval: Count | None = option(
-        None, "save every this many steps (default: eval_interval)")
-    seed: int = option(1337, "random seed (weights, batches, dropout)")
-    dtype: Literal["float32", "bfloat16"] = option(
-        "float32", "float32, or bfloat16 autocast (faster on CPUs with AMX)")
-    compile: bool = option(False, "torch.compile the model")
-    device: str = option("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
-    threads: Count | None = option(None, "CPU threads (default: torch's choice)")
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -54,27 +54,25 @@ import torch
 from lmlab.atomic import missing_root, write_text
 from lmlab.errors import LmlabError
 from lmlab.models import weights
+from lmlab.options import flag_name
 from lmlab.runs import MetricsLogger, plot_loss
 from lmlab.train import checkpoint as ckpt
 from lmlab.train import distributed
 
 
 # ---------------------------------------------------------------- settings
-def flag(name: str) -> str:
-    """The command-line flag of a config field: ``max_steps`` -> ``--max-steps``."""
-    return "--" + name.replace("_", "-")
-
-
 def flag_words(name: str, value: Any) -> list[str]:
     """A setting as the user would type it: ``--batch-size 8``, ``--nsp``, ``--no-nsp``."""
     if isinstance(value, bool):
-        return [flag(name) if value else "--no-" + flag(name)[2:]]
-    return [flag(name), str(value)]
+        return [flag_name(name, False) if value else "--no-" + flag_name(name, False)[2:]]
+    return [flag_name(name, False), str(value)]
 
 
 def _with(name: str, value: Any) -> str:
     """``with --batch-size 8``, or ``without --n-layer`` for a setting left to the preset."""
-    return f"without {flag(name)}" if value is None else f"with {' '.join(flag_words(name, value))}"
+    if value is None:
+        return f"without {flag_name(name, False)}"
+    return f"with {' '.join(flag_words(name, value))}"
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
@@ -299,8 +297,9 @@ class Engine:
         """Files the run writes once, beside its config (rank 0)."""
 
     def result(self) -> dict[str, Any]:
-        """What ``fit`` adds to its summary."""
-        return {}
+        """What ``fit`` adds to its summary: the latest checkpoint and the model's size."""
+        return {"checkpoint": str(weights.resolve_checkpoint(self.run_dir)),
+                "params": self.model.num_params()}
 
     def stop_message(self, step: int) -> str:
         """What Ctrl-C says after ``interrupted at step N``, before the resume command."""

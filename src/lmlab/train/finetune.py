@@ -387,7 +387,7 @@ class Finetuner(Engine):
                 f"{self.run_dir}` uses (the test split was not scored). ")
 
     def result(self) -> dict[str, Any]:
-        return {"epochs": self.batches.epoch, "total_steps": self.total_steps,
+        return {**super().result(), "epochs": self.batches.epoch, "total_steps": self.total_steps,
                 "best_step": self.best_step, "metric": self.metric_name, "best_val": self.best}
 
     # -- after training ------------------------------------------------------

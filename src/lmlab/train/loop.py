@@ -283,6 +283,3 @@ class Trainer(Engine):
     def tokenizer_file(self) -> Path:
         return self.tokenizer_path
 
-    def result(self) -> dict[str, Any]:
-        return {"checkpoint": str(weights.resolve_checkpoint(self.run_dir)),
-                "params": self.model.num_params()}

@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from lmlab.data.parallel import Pair, read_pairs
 from lmlab.device import autocast
 from lmlab.errors import LmlabError
-from lmlab.models import weights
 from lmlab.models.registry import build_model
 from lmlab.tokenizer import Tokenizer
 from lmlab.train.configs import Seq2SeqTrainConfig
@@ -195,7 +194,7 @@ class Seq2SeqTrainer(Engine):
     def score(self) -> dict[str, Any]:
         """Validation: target loss and perplexity (no smoothing), and BLEU / chrF of the
         first ``eval_sentences`` sources translated."""
-        from lmlab.beam import BeamConfig, beam_search_seq2seq
+        from lmlab.beam import BeamConfig, translate_ids
         from lmlab.metrics import translation_scores
 
         model, c, cfg = self.model, self.model_config, self.cfg
@@ -216,22 +215,14 @@ class Seq2SeqTrainer(Engine):
         row: dict[str, Any] = {"loss": nll / count, "perplexity": math.exp(min(nll / count, 50))}
         n = min(cfg.eval_sentences, len(src))
         if n:
-            hyps = self.translate([list(s) for s in src[:n]], BeamConfig(
-                num_beams=cfg.num_beams, max_new_tokens=min(cfg.max_length, c.block_size)),
-                beam_search_seq2seq)
+            beam = BeamConfig(num_beams=cfg.num_beams,
+                              max_new_tokens=min(cfg.max_length, c.block_size))
+            with autocast(cfg.dtype, self.device):
+                hyps = translate_ids(model, self.tok, src[:n], beam)
             refs = [p.tgt for p in self.pairs["val"][:n]]
             row.update(translation_scores(hyps, refs))
             row["sentences"] = n
         return row
-
-    def translate(self, sources: list[list[int]], beam: Any, search: Any,
-                  batch_size: int = 32) -> list[str]:
-        out = []
-        for start in range(0, len(sources), batch_size):
-            with autocast(self.cfg.dtype, self.device):
-                best = search(self.model, sources[start:start + batch_size], beam)
-            out += [self.tok.decode(h[0].tokens, skip_special_tokens=True) for h in best]
-        return out
 
     def validate(self, step: int) -> tuple[dict[str, Any], str, bool]:
         row = self.score()
@@ -261,7 +252,3 @@ class Seq2SeqTrainer(Engine):
 
     def tokenizer_file(self) -> Path:
         return self.tokenizer_path
-
-    def result(self) -> dict[str, Any]:
-        return {"checkpoint": str(weights.resolve_checkpoint(self.run_dir)),
-                "params": self.model.num_params()}
