@@ -25,7 +25,7 @@ from lmlab.data.parallel import (
 from lmlab.errors import LmlabError
 from lmlab.metrics import rouge_scores, translation_scores
 from lmlab.train.configs import Seq2SeqTrainConfig, TrainConfig
-from lmlab.train.seq2seq import Seq2SeqTrainer, token_budget_batches
+from lmlab.train.seq2seq import Seq2SeqTrainer, collate_joined, token_budget_batches
 
 
 def write_mo(entries: dict[str, str], path: Path) -> Path:
@@ -229,6 +229,32 @@ def test_the_encoder_decoder_learns_to_reverse(toy, tmp_path):
     assert main(["score", "--hyp", str(hyp), "--ref", str(toy / "val.jsonl"), "--metric",
                  "bleu", "chrf", "rouge",
                  "--source", str(toy / "val.jsonl")]) == 0
+
+
+def test_decoder_only_labels_are_the_target_tokens_only():
+    x, labels = collate_joined([[5, 6, 1], [7, 1]], [[8, 9, 1], [4, 1]], pad=0,
+                               device=torch.device("cpu"))
+    # row: source, its end token (the separator), the target; inputs drop the last token
+    assert x.tolist() == [[5, 6, 1, 8, 9], [7, 1, 4, 0, 0]]
+    assert labels.tolist() == [[-100, -100, 8, 9, 1], [-100, 4, 1, -100, -100]]
+
+
+def test_the_decoder_only_way_learns_to_reverse_and_translates(toy, tmp_path, capsys):
+    # The same objective, data and budget with a GPT preset: "source <end> target", the
+    # loss on the target only; `lmlab translate` continues each source.
+    run = tmp_path / "gpt"
+    trainer = Seq2SeqTrainer(_cfg(toy, run, preset="gpt-nano", n_layer=4, max_steps=300),
+                             progress=False)
+    assert trainer.model_config.block_size == 32  # source and target in one context
+    result = trainer.fit()
+    assert result["val"]["chrf"] > 90
+    capsys.readouterr()
+    assert main(["translate", str(run), "--texts", "ab cd ef", "--num-beams", "2"]) == 0
+    assert capsys.readouterr().out.split() == ["ef", "cd", "ab"]
+    with pytest.raises(LmlabError, match="--n-encoder-layer does not apply to --preset gpt-nano"):
+        _cfg(toy, run, preset="gpt-nano", n_encoder_layer=2)
+    with pytest.raises(LmlabError, match="not an encoder-decoder or decoder-only preset"):
+        _cfg(toy, run, preset="bert-mini")
 
 
 def test_token_budget_batches_respect_the_budget():

@@ -281,11 +281,20 @@ def beam_search_seq2seq(model: torch.nn.Module, sources: Sequence[Sequence[int]]
 def translate_ids(model: torch.nn.Module, tok, sources: Sequence[Sequence[int]],
                   cfg: BeamConfig, batch_size: int = 32,
                   on_batch: Callable[[int], None] | None = None) -> list[str]:
-    """The best output text of an encoder-decoder for each token-id source, by beam search
-    over batches of ``batch_size``; ``on_batch(n)`` after each (a progress bar)."""
+    """The best output text for each token-id source (ending with the end token), by beam
+    search over batches of ``batch_size``; ``on_batch(n)`` after each (a progress bar).
+    An encoder-decoder reads the source; a decoder-only model trained on pairs
+    (``lmlab seq2seq --preset gpt-...``) continues it, its end token the separator."""
+    from lmlab.models.registry import kind_of
+
+    decoder_only = kind_of(model) == "causal"
     out: list[str] = []
     for start in range(0, len(sources), batch_size):
-        best = beam_search_seq2seq(model, sources[start:start + batch_size], cfg)
+        chunk = sources[start:start + batch_size]
+        if decoder_only:
+            best = beam_search_gpt(model, chunk, cfg, tok.eos_id, tok.pad_id or 0)
+        else:
+            best = beam_search_seq2seq(model, chunk, cfg)
         out += [tok.decode(h[0].tokens, skip_special_tokens=True).strip() for h in best]
         if on_batch is not None:
             on_batch(len(best))

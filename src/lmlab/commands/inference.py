@@ -8,7 +8,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from lmlab.commands.common import TopP, say
 from lmlab.errors import LmlabError
@@ -390,6 +390,20 @@ def _read_sources(input: Path | None, texts: list[str] | None, field: str) -> li
     return input.read_text(encoding="utf-8").splitlines()
 
 
+def _trained_on_pairs(net: Any, folder: Path) -> bool:
+    """A decoder-only checkpoint of `lmlab seq2seq` (its trainer state names that run's
+    config): it reads a source and its end token, then writes the output."""
+    from lmlab.models.registry import kind_of
+    from lmlab.train.checkpoint import STATE_FILE
+
+    if kind_of(net) != "causal" or not (folder / STATE_FILE).is_file():
+        return False
+    try:
+        return "seq2seq_config" in json.loads((folder / STATE_FILE).read_text())
+    except ValueError:
+        return False
+
+
 def translate(model: InPath, input: Annotated[Path, Input("any", words=("-",))] | None = None,
               texts: list[str] | None = None,
               out: OutFile | None = None, num_beams: Count = 4, max_new_tokens: Count = 128,
@@ -436,12 +450,12 @@ def translate(model: InPath, input: Annotated[Path, Input("any", words=("-",))] 
         torch.set_num_threads(threads)
     target = resolve_device(device)
     net = load_model(model, device=str(target)).eval()
-    if kind_of(net) != "seq2seq":
+    folder = model_folder(model)
+    if kind_of(net) != "seq2seq" and not _trained_on_pairs(net, folder):
         use = ("`lmlab neighbors` or `lmlab finetune`" if kind_of(net) == "encoder"
                else "`lmlab generate` to continue text")
-        raise LmlabError(f"{model}: is a {kind_of(net)} model, not an encoder-decoder; use "
-                         f"{use}")
-    folder = model_folder(model)
+        raise LmlabError(f"{model}: is a {kind_of(net)} model, neither an encoder-decoder nor "
+                         f"a decoder trained on pairs by `lmlab seq2seq`; use {use}")
     if not (folder / "tokenizer.json").is_file():
         raise LmlabError(f"{folder}: no tokenizer.json beside the model")
     tok = Tokenizer.from_file(folder / "tokenizer.json")
@@ -449,12 +463,15 @@ def translate(model: InPath, input: Annotated[Path, Input("any", words=("-",))] 
     if not sources:
         raise LmlabError("nothing to translate: no --texts, and the input is empty")
     c = net.config
-    if max_new_tokens > c.block_size:
+    # A decoder-only model holds source and output in one context: half each.
+    room = c.block_size if kind_of(net) == "seq2seq" else c.block_size // 2
+    if max_new_tokens > room:
         print(f"warning: --max-new-tokens {max_new_tokens} lowered to the model's "
-              f"{c.block_size} positions", file=sys.stderr)
-    beam = BeamConfig(num_beams=num_beams, max_new_tokens=min(max_new_tokens, c.block_size),
+              f"{room} positions", file=sys.stderr)
+    beam = BeamConfig(num_beams=num_beams, max_new_tokens=min(max_new_tokens, room),
                       length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
-    ids = [[*tok.encode(s)[:c.block_size - 1], c.eos_token_id] for s in sources]
+    eos = c.eos_token_id if kind_of(net) == "seq2seq" else tok.eos_id
+    ids = [[*tok.encode(s)[:room - 1], eos] for s in sources]
     bar = progress_bar(total=len(ids), desc="translate", unit="text",
                        disable=len(ids) <= batch_size)
     t0 = time.perf_counter()

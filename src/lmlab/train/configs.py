@@ -25,6 +25,7 @@ from lmlab.options import (
     Range,
     Share,
     check_fields,
+    flag_name,
     option,
 )
 
@@ -281,8 +282,10 @@ class Seq2SeqTrainConfig(RunSettings):
         "any folder holding those")
     out: OutDirName | None = option(None, "the run folder (default: runs/seq2seq)")
     preset: str = option(
-        "seq2seq-mini", "model preset: seq2seq-nano, seq2seq-mini, seq2seq-small, "
-        "transformer-base, transformer-big")
+        "seq2seq-mini", "model preset: an encoder-decoder (seq2seq-nano, seq2seq-mini, "
+        "seq2seq-small, transformer-base, transformer-big), or a decoder-only one (gpt-*, "
+        "llama-*) trained on 'source <end> target' with the loss on the target only")
+    n_layer: Count | None = option(None, "override a decoder-only preset's layers")
     n_encoder_layer: Count | None = option(None, "override the preset's encoder layers")
     n_decoder_layer: Count | None = option(None, "override the preset's decoder layers")
     n_head: Count | None = option(None, "override the preset's attention heads")
@@ -311,17 +314,50 @@ class Seq2SeqTrainConfig(RunSettings):
         200, "validation sentences translated at each validation for BLEU and chrF (0: "
         "loss only)")
     num_beams: Count = option(1, "beams when translating validation sentences (1: greedy)")
+    metric: Literal["bleu", "rouge"] | None = option(
+        None, "validation score of the outputs: bleu (BLEU and chrF) or rouge (ROUGE-1/2/L) "
+        "(default: rouge for a folder made by `lmlab summaries`, else bleu)")
 
     def __post_init__(self) -> None:
         check_fields(self)
         if self.out is None:
             self.out = "runs/seq2seq"
+        from lmlab.models.registry import family_of_preset
+
+        family = family_of_preset(self.preset)
+        if family is None or family.kind not in ("seq2seq", "causal"):
+            from lmlab.models.registry import preset_names
+
+            names = [*preset_names("seq2seq"), *preset_names("causal")]
+            raise LmlabError(f"--preset {self.preset!r} is not an encoder-decoder or "
+                             f"decoder-only preset; choose one of: {', '.join(names)}")
+        wrong = (("n_encoder_layer", "n_decoder_layer", "norm_first") if family.kind == "causal"
+                 else ("n_layer",))
+        for name in wrong:
+            if getattr(self, name):
+                raise LmlabError(f"{flag_name(name, False)} does not apply to --preset {self.preset} "
+                                 f"(a{' decoder-only' if family.kind == 'causal' else 'n encoder-decoder'}"
+                                 " model)")
+
+    @property
+    def decoder_only(self) -> bool:
+        from lmlab.models.registry import family_of_preset
+
+        family = family_of_preset(self.preset)
+        return family is not None and family.kind == "causal"
 
     def model_config(self, vocab_size: int, pad_id: int, eos_id: int) -> Any:
         """The preset's config with this run's overrides and the tokenizer's ids; the
         decoder starts from the end token (as BART)."""
-        from lmlab.config import Seq2SeqConfig
+        from lmlab.config import GPTConfig, Seq2SeqConfig
 
+        if self.decoder_only:
+            # One sequence holds the source and the target: twice the positions. Dropout
+            # as the encoder-decoder's presets unless asked, for a fair comparison.
+            return GPTConfig.from_name(
+                self.preset, vocab_size=vocab_size, block_size=2 * self.max_length,
+                n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
+                dropout=0.1 if self.dropout is None else self.dropout)
         config = Seq2SeqConfig.from_name(
             self.preset, vocab_size=vocab_size, pad_token_id=pad_id, eos_token_id=eos_id,
             decoder_start_token_id=eos_id, n_encoder_layer=self.n_encoder_layer,

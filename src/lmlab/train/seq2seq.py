@@ -9,7 +9,14 @@ sorted by length and cut where one more pair would take the padded batch over
 the budget, and the batches' order is shuffled again, epoch after epoch
 (``EpochCursor``: exact resume). Validation reports the target loss and
 perplexity over the whole validation split, and BLEU and chrF (sacrebleu) of
-the first ``eval_sentences`` sources translated by beam search.
+the first ``eval_sentences`` sources translated by beam search (or, for
+summaries, their ROUGE).
+
+The decoder-only way runs on the same objective: with a GPT preset each pair
+becomes one sequence, the source, its end token (the separator), then the
+target and its end token, and the loss counts the target tokens only
+(``collate_joined``); decoding continues the source and its end token. Same data,
+batches and budget, so the two kinds compare at equal parameter count.
 
 Shapes: B pairs, S source tokens, T target tokens, V vocabulary.
 """
@@ -70,6 +77,21 @@ def cut_batches(order: Sequence[int], lengths: Sequence[int], max_tokens: int) -
     return batches + [batch] if batch else batches
 
 
+def collate_joined(src: Sequence[list[int]], tgt: Sequence[list[int]], pad: int,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoder-only inputs (B, L) and labels (B, L), right-padded: each row is the source
+    (its end token the separator) then the target without its last token; a label is
+    the next token where that is a target token, else ignored."""
+    rows = [s + t for s, t in zip(src, tgt, strict=True)]
+    B, L = len(rows), max(map(len, rows)) - 1
+    x = torch.full((B, L), pad, dtype=torch.long)
+    labels = torch.full((B, L), IGNORE, dtype=torch.long)
+    for b, (s, row) in enumerate(zip(src, rows, strict=True)):
+        x[b, :len(row) - 1] = torch.tensor(row[:-1])
+        labels[b, len(s) - 1:len(row) - 1] = torch.tensor(row[len(s):])
+    return x.to(device), labels.to(device)
+
+
 def token_budget_batches(lengths: Sequence[int], max_tokens: int, generator: torch.Generator,
                          bucket: int = 2000) -> list[list[int]]:
     """Batches of pairs of similar lengths under a token budget, in a random order: buckets
@@ -100,13 +122,25 @@ def collate_pairs(src: Sequence[list[int]], tgt: Sequence[list[int]], pad: int, 
     return x.to(device), mask.to(device), dec.to(device), labels.to(device)
 
 
+def data_task_metric(data: Path) -> str:
+    """The score a data folder's outputs are judged by: rouge for summaries (its report.json
+    says ``"task": "summarize"``), else bleu."""
+    import json
+
+    try:
+        task = json.loads((data / "report.json").read_text()).get("task")
+    except (OSError, ValueError, AttributeError):
+        task = None
+    return "rouge" if task == "summarize" else "bleu"
+
+
 class Seq2SeqTrainer(Engine):
     """Encoder-decoder training on the engine; ``fit`` runs the loop."""
 
     command = "seq2seq"
     config_file = "seq2seq_config.json"
     run_files = ("metrics.jsonl", "tb", "loss.png")
-    resume_keys = ("data", "preset", "n_encoder_layer", "n_decoder_layer", "n_head", "n_embd",
+    resume_keys = ("data", "preset", "n_layer", "n_encoder_layer", "n_decoder_layer", "n_head", "n_embd",
                    "norm_first", "max_length", "max_tokens", "grad_accum", "seed")
     rate_name = "tokens_per_s"
     plot_ylabel = "target cross-entropy (nats/token)"
@@ -127,6 +161,7 @@ class Seq2SeqTrainer(Engine):
         if pad is None or eos is None:
             raise LmlabError(f"{self.tokenizer_path}: needs [PAD] and an end token "
                              "(<|endoftext|>); make it with `lmlab parallel`")
+        self.metric = cfg.metric or data_task_metric(data)
         self.pairs = {name: read_pairs(data / f"{name}.jsonl") for name in ("train", "val")}
         if not self.pairs["train"] or not self.pairs["val"]:
             raise LmlabError(f"{data}: the train and val splits must not be empty")
@@ -144,16 +179,37 @@ class Seq2SeqTrainer(Engine):
         torch.manual_seed(cfg.seed)
         self.model = build_model(self.model_config).to(self.device)
         src, tgt = self.ids["train"]
-        lengths = pair_lengths(src, tgt)
+        lengths = self.lengths(src, tgt)
         longest = max(lengths)
         if longest > cfg.max_tokens:
             raise LmlabError(f"--max-tokens {cfg.max_tokens} is below the longest pair "
-                             f"({longest} tokens); raise it or lower --max-length")
+                             f"({longest} tokens{' joined' if cfg.decoder_only else ''}); "
+                             "raise it or lower --max-length")
         budget = cfg.max_tokens * self.world.size
         self.batches = EpochCursor(lambda g: token_budget_batches(lengths, budget, g),
                                    self.generator, min_rows=self.world.size)
         self.step_tokens = 0
         self._prepare(betas=(cfg.beta1, cfg.beta2))
+
+    def lengths(self, src: Sequence[list[int]], tgt: Sequence[list[int]]) -> list[int]:
+        """What each pair costs in a padded batch: its longer side, or both sides joined
+        for a decoder-only model."""
+        if self.cfg.decoder_only:
+            return [len(s) + len(t) for s, t in zip(src, tgt, strict=True)]
+        return pair_lengths(src, tgt)
+
+    def logits_labels(self, model: torch.nn.Module, src: Sequence[list[int]],
+                      tgt: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced logits (B, T, V) and their labels (B, T) for a batch of pairs."""
+        c = self.model_config
+        if self.cfg.decoder_only:
+            x, labels = collate_joined(src, tgt, self.tok.pad_id, self.device)
+            with autocast(self.cfg.dtype, self.device):
+                return model(x), labels
+        x, mask, dec, labels = collate_pairs(src, tgt, c.pad_token_id,
+                                             c.decoder_start_token_id, self.device)
+        with autocast(self.cfg.dtype, self.device):
+            return model(x, dec, mask), labels
 
     # -- the objective -----------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -169,16 +225,12 @@ class Seq2SeqTrainer(Engine):
         batch = self.batches.next()
         world = self.world
         mine = batch[world.rank::world.size]
-        c = self.model_config
-        x, mask, dec, labels = collate_pairs([src[i] for i in mine], [tgt[i] for i in mine],
-                                             c.pad_token_id, c.decoder_start_token_id,
-                                             self.device)
+        logits, labels = self.logits_labels(self.net, [src[i] for i in mine],
+                                            [tgt[i] for i in mine])  # (B, T, V), (B, T)
         tokens = sum(len(tgt[i]) for i in batch)  # the whole batch's target tokens
         if index % self.grad_accum == 0:
             self.step_tokens = 0
         self.step_tokens += tokens
-        with autocast(self.cfg.dtype, self.device):
-            logits = self.net(x, dec, mask)  # (B, T, V)
         loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
                                ignore_index=IGNORE, label_smoothing=self.cfg.label_smoothing,
                                reduction="sum")
@@ -192,35 +244,32 @@ class Seq2SeqTrainer(Engine):
 
     @torch.no_grad()
     def score(self) -> dict[str, Any]:
-        """Validation: target loss and perplexity (no smoothing), and BLEU / chrF of the
-        first ``eval_sentences`` sources translated."""
+        """Validation: target loss and perplexity (no smoothing), and BLEU / chrF (or ROUGE)
+        of the first ``eval_sentences`` sources translated."""
         from lmlab.beam import BeamConfig, translate_ids
-        from lmlab.metrics import translation_scores
+        from lmlab.metrics import rouge_scores, translation_scores
 
-        model, c, cfg = self.model, self.model_config, self.cfg
+        model, cfg = self.model, self.cfg
         model.eval()
         src, tgt = self.ids["val"]
-        lengths = pair_lengths(src, tgt)
+        lengths = self.lengths(src, tgt)
         order = sorted(range(len(src)), key=lambda i: lengths[i])
         nll, count = 0.0, 0
         for batch in cut_batches(order, lengths, cfg.max_tokens):
-            x, mask, dec, labels = collate_pairs([src[j] for j in batch], [tgt[j] for j in batch],
-                                                 c.pad_token_id, c.decoder_start_token_id,
-                                                 self.device)
-            with autocast(cfg.dtype, self.device):
-                logits = model(x, dec, mask)  # (B, T, V)
+            logits, labels = self.logits_labels(model, [src[j] for j in batch],
+                                                [tgt[j] for j in batch])  # (B, T, V), (B, T)
             nll += float(F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
                                          ignore_index=IGNORE, reduction="sum"))
             count += int((labels != IGNORE).sum())
         row: dict[str, Any] = {"loss": nll / count, "perplexity": math.exp(min(nll / count, 50))}
         n = min(cfg.eval_sentences, len(src))
         if n:
-            beam = BeamConfig(num_beams=cfg.num_beams,
-                              max_new_tokens=min(cfg.max_length, c.block_size))
+            beam = BeamConfig(num_beams=cfg.num_beams, max_new_tokens=cfg.max_length)
             with autocast(cfg.dtype, self.device):
                 hyps = translate_ids(model, self.tok, src[:n], beam)
             refs = [p.tgt for p in self.pairs["val"][:n]]
-            row.update(translation_scores(hyps, refs))
+            row.update(rouge_scores(hyps, refs) if self.metric == "rouge"
+                       else translation_scores(hyps, refs))
             row["sentences"] = n
         return row
 
@@ -230,6 +279,9 @@ class Seq2SeqTrainer(Engine):
         if "bleu" in row:
             message += (f", BLEU {row['bleu']:.2f}, chrF {row['chrf']:.2f} "
                         f"({row['sentences']} sentences)")
+        elif "rougeL" in row:
+            message += (f", ROUGE-1/2/L {row['rouge1']:.2f}/{row['rouge2']:.2f}/"
+                        f"{row['rougeL']:.2f} ({row['sentences']} texts)")
         return row, message, False
 
     def data_hash(self) -> str:
