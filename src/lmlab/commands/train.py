@@ -430,9 +430,11 @@ def seq2seq(cfg: Seq2SeqTrainConfig, /, *, resume: bool = False,
         c, n = trainer.model_config, {k: len(v) for k, v in trainer.pairs.items()}
         say(f"data: {n['train']:,} training pairs, {n['val']:,} validation pairs, vocabulary "
             f"{c.vocab_size:,}")
-        say(f"model: {trainer.model.num_params():,} parameters ({cfg.preset}: "
-            f"{c.n_encoder_layer}+{c.n_decoder_layer} layers, {c.n_embd} wide, "
-            f"{'pre' if c.norm_first else 'post'}-LN), on {trainer.device}")
+        shape = (f"decoder-only, {c.n_layer} layers" if cfg.decoder_only else
+                 f"{c.n_encoder_layer}+{c.n_decoder_layer} layers")
+        norm = "" if cfg.decoder_only else f", {'pre' if c.norm_first else 'post'}-LN"
+        say(f"model: {trainer.model.num_params():,} parameters ({cfg.preset}: {shape}, "
+            f"{c.n_embd} wide{norm}), on {trainer.device}")
 
     ran = _fit(lambda: Seq2SeqTrainer(cfg, resume=resume, overwrite=overwrite), describe)
     if ran is None:
