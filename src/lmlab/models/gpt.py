@@ -245,7 +245,8 @@ class GPT(nn.Module):
             block.attn.kv_cache = None
 
     def forward(self, idx: torch.Tensor, start_pos: int = 0, last_only: bool = False,
-                pad: torch.Tensor | None = None, hidden: bool = False) -> torch.Tensor:
+                pad: torch.Tensor | None = None, hidden: bool = False,
+                select: torch.Tensor | None = None) -> torch.Tensor:
         """Logits for token ids ``idx`` (B, T) sitting at columns start_pos..start_pos+T.
 
         With a cache (``setup_cache``), keys and values of earlier columns are
@@ -255,7 +256,9 @@ class GPT(nn.Module):
         those are masked out and each row's positions start at 0 on its first
         real token, so a row gets the same logits as it would alone.
         ``hidden`` returns the final hidden states (B, T, C) instead of logits,
-        for callers that apply ``lm_head`` in chunks to bound memory.
+        for callers that apply ``lm_head`` in chunks to bound memory. ``select``
+        (B, T) bool gives the logits (N, V) of the marked positions only: a loss
+        on some tokens (a translation's target) need not pay for the others.
         """
         B, T = idx.shape
         if start_pos + T > self.config.block_size:
@@ -290,4 +293,6 @@ class GPT(nn.Module):
             return x
         if last_only:
             x = x[:, -1:, :]
-        return self.lm_head(x)  # (B, T, vocab_size)
+        elif select is not None:
+            x = x[select]  # (N, C)
+        return self.lm_head(x)  # (B, T, vocab_size), or (N, vocab_size)
