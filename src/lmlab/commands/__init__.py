@@ -19,7 +19,14 @@ from lmlab.commands.classic import (
     ngram_sample,
     ngram_train,
 )
-from lmlab.commands.data import corpus, parallel, prepare, tokenizer_train
+from lmlab.commands.data import (
+    corpus,
+    download,
+    parallel,
+    prepare,
+    summaries,
+    tokenizer_train,
+)
 from lmlab.commands.demo import demo
 from lmlab.commands.inference import (
     chat,
@@ -28,6 +35,7 @@ from lmlab.commands.inference import (
     generate,
     neighbors,
     score,
+    summarize,
     translate,
 )
 from lmlab.commands.train import baseline, finetune, predict, pretrain, seq2seq
@@ -38,6 +46,8 @@ COMMANDS: dict = {
     "tokenizer": {"__doc__": "train tokenizers", "train": tokenizer_train},
     "prepare": prepare,
     "parallel": parallel,
+    "summaries": summaries,
+    "download": download,
     "ngram": {"__doc__": "n-gram language models (Kneser-Ney, add-k, stupid backoff; ARPA)",
               "train": ngram_train, "eval": ngram_eval, "sample": ngram_sample},
     "embed": {"__doc__": "train, evaluate and query word vectors", "train": embed_train,
@@ -47,6 +57,7 @@ COMMANDS: dict = {
     "eval": evaluate,
     "generate": generate,
     "translate": translate,
+    "summarize": summarize,
     "score": score,
     "convert": convert,
     "chat": chat,

