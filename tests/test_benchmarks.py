@@ -20,3 +20,15 @@ def test_benchmarks_quick_smoke():
     assert "Training throughput" in out.stdout and "Greedy decoding" in out.stdout
     assert "Fine-tuning throughput" in out.stdout
     assert "identical" in out.stdout  # lmlab's greedy ids equal transformers' ids
+
+
+@pytest.mark.slow
+def test_translation_table_quick_smoke(tmp_path):
+    # Every route of the quality table on the one task that needs no download.
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "translation_table.py"),
+                          "--quick", "--tasks", "docstrings", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for row in ("lead sentence", "encoder-decoder", "decoder-only, equal parameters"):
+        assert row in out.stdout
+    assert (tmp_path / "table.md").is_file()
