@@ -181,9 +181,8 @@ def test_summaries_train_with_rouge_and_summarize(tmp_path, capsys):
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_translation import _cfg, _toy_data
-
     from lmlab.train.seq2seq import Seq2SeqTrainer
+    from test_translation import _cfg, _toy_data
 
     data = _toy_data(tmp_path / "data", n=120)
     (data / "report.json").write_text(json.dumps({"task": "summarize"}))

@@ -26,6 +26,7 @@ no test sentence was seen in training under another translation.
 from __future__ import annotations
 
 import html
+import itertools
 import json
 import re
 import struct
@@ -425,7 +426,7 @@ def read_dictionary(path: Path) -> dict[str, str]:
         return read_cedict(path)
     if not str(path).endswith((".dz", ".gz")):
         with open(path, encoding="utf-8", errors="replace") as f:
-            head = [line for _, line in zip(range(200), f) if not line.startswith("#")]
+            head = [line for line in itertools.islice(f, 200) if not line.startswith("#")]
         if head and sum(bool(_CEDICT.match(x)) for x in head) > len(head) / 2:
             return read_cedict(path)
     return read_dictd(path)

@@ -331,13 +331,13 @@ class Seq2SeqTrainConfig(RunSettings):
             names = [*preset_names("seq2seq"), *preset_names("causal")]
             raise LmlabError(f"--preset {self.preset!r} is not an encoder-decoder or "
                              f"decoder-only preset; choose one of: {', '.join(names)}")
-        wrong = (("n_encoder_layer", "n_decoder_layer", "norm_first") if family.kind == "causal"
-                 else ("n_layer",))
+        decoder = family.kind == "causal"
+        wrong = ("n_encoder_layer", "n_decoder_layer", "norm_first") if decoder else ("n_layer",)
+        what = "a decoder-only" if decoder else "an encoder-decoder"
         for name in wrong:
             if getattr(self, name):
-                raise LmlabError(f"{flag_name(name, False)} does not apply to --preset {self.preset} "
-                                 f"(a{' decoder-only' if family.kind == 'causal' else 'n encoder-decoder'}"
-                                 " model)")
+                raise LmlabError(f"{flag_name(name, False)} does not apply to --preset "
+                                 f"{self.preset} ({what} model)")
 
     @property
     def decoder_only(self) -> bool:

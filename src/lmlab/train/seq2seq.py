@@ -140,8 +140,8 @@ class Seq2SeqTrainer(Engine):
     command = "seq2seq"
     config_file = "seq2seq_config.json"
     run_files = ("metrics.jsonl", "tb", "loss.png")
-    resume_keys = ("data", "preset", "n_layer", "n_encoder_layer", "n_decoder_layer", "n_head", "n_embd",
-                   "norm_first", "max_length", "max_tokens", "grad_accum", "seed")
+    resume_keys = ("data", "preset", "n_layer", "n_encoder_layer", "n_decoder_layer", "n_head",
+                   "n_embd", "norm_first", "max_length", "max_tokens", "grad_accum", "seed")
     rate_name = "tokens_per_s"
     plot_ylabel = "target cross-entropy (nats/token)"
 
