@@ -28,8 +28,8 @@ Routes, each scored on the same test split:
 
 Translation is scored by BLEU and chrF (sacrebleu), summaries by ROUGE-1/2/L (a
 tokenizer that keeps Chinese). Results are saved after each row
-(OUT/results.json) and a run folder that exists is resumed, so a run cut short
-goes on where it stopped. Prints a markdown table and writes OUT/table.md.
+(OUT/results.json); a run folder that exists is resumed, or only decoded again
+when it has reached --max-steps. Prints a markdown table and writes OUT/table.md.
 """
 
 from __future__ import annotations
@@ -121,6 +121,19 @@ def equal_gpt_layers(vocab_size: int) -> tuple[int, int, int]:
     return best, n, gpt.num_params()
 
 
+def run_seconds(run: Path) -> float:
+    """Training seconds of a run from its metrics' ``elapsed_s`` (which starts again at 0
+    when a run is resumed: the stretches are added)."""
+    total, last = 0.0, 0.0
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        t = json.loads(line).get("elapsed_s")
+        if t is not None:
+            if t < last:
+                total += last
+            last = t
+    return total + last
+
+
 def model_row(task: str, route: str, data: Path, out: Path, args: argparse.Namespace) -> dict:
     """Train (or resume) a run, translate the test split with beam 4, score it."""
     from lmlab.tokenizer import Tokenizer
@@ -140,10 +153,12 @@ def model_row(task: str, route: str, data: Path, out: Path, args: argparse.Names
         # as many pairs as the encoder-decoder's.
         model = ["--preset", "gpt-mini", "--n-layer", str(layers), "--n-embd", "256",
                  "--n-head", "4", "--max-tokens", "6000"]
-    resume = ["--resume"] if (run / "checkpoints").is_dir() else ["--overwrite"]
-    start = time.perf_counter()
-    run_lmlab("seq2seq", str(data), *model, *common, *resume)
-    train_s = time.perf_counter() - start
+    latest = run / "checkpoints" / "latest"
+    done = latest.is_file() and int(latest.read_text().split("-")[-1]) >= args.max_steps
+    if not done:  # a run cut short goes on; a finished one is only decoded again
+        resume = ["--resume"] if (run / "checkpoints").is_dir() else ["--overwrite"]
+        run_lmlab("seq2seq", str(data), *model, *common, *resume)
+    train_s = run_seconds(run)
     hyp = out / "outputs" / f"{task}-{route}.txt"
     hyp.parent.mkdir(parents=True, exist_ok=True)
     verb = "summarize" if task in SUMMARIES else "translate"
