@@ -194,3 +194,24 @@ def test_summaries_train_with_rouge_and_summarize(tmp_path, capsys):
     assert main(["summarize", str(run), "--texts", "ab cd ef", "gh ij",
                  "--max-new-tokens", "6"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_parallel_adds_debian_descriptions(tmp_path, capsys):
+    folder = tmp_path / "descriptions"
+    folder.mkdir()
+    (folder / "Translation-en").write_text(EN)
+    (folder / "Translation-zh_CN").write_text(ZH)
+    out = tmp_path / "zh-en"
+    mine = tmp_path / "mine.tsv"
+    mine.write_text("打开\topen\n保存\tsave\n关闭\tclose\n")
+    assert main(["parallel", "--pair", "zh-en", "--no-system", "--descriptions", str(folder),
+                 "--files", str(mine), "--val-size", "1", "--test-size", "1",
+                 "--vocab-size", "300", "--out", str(out)]) == 0
+    rows = [json.loads(x) for name in ("train", "val", "test")
+            for x in (out / f"{name}.jsonl").read_text().splitlines()]
+    assert ("文本编辑器", "text editor") in {(r["src"], r["tgt"]) for r in rows}
+    report = json.loads((out / "report.json").read_text())
+    assert report["per_source"]["debian descriptions"]["pairs"] == 2
+    assert main(["parallel", "--pair", "zh-en", "--no-system", "--descriptions",
+                 str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert "lmlab download descriptions" in capsys.readouterr().err

@@ -143,7 +143,15 @@ class Seq2SeqTrainer(Engine):
     resume_keys = ("data", "preset", "n_layer", "n_encoder_layer", "n_decoder_layer", "n_head",
                    "n_embd", "norm_first", "max_length", "max_tokens", "grad_accum", "seed")
     rate_name = "tokens_per_s"
-    plot_ylabel = "target cross-entropy (nats/token)"
+
+    @property
+    def plot_ylabel(self) -> str:  # type: ignore[override]
+        # Training rows carry the label-smoothed loss, validation rows the plain one: the
+        # gap between the curves is partly the smoothing, and the label says so.
+        if self.cfg.label_smoothing:
+            return (f"target cross-entropy, nats/token (train: label smoothing "
+                    f"{self.cfg.label_smoothing:g})")
+        return "target cross-entropy (nats/token)"
 
     def __init__(self, cfg: Seq2SeqTrainConfig, resume: bool = False, overwrite: bool = False,
                  progress: bool = True) -> None:
