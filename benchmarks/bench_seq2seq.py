@@ -6,7 +6,8 @@
   hypotheses (the same on both sides when the outputs are identical, which is
   checked). Runs are interleaved; the median is reported.
 * Training: the same batches (source, decoder input, labels; 24 pairs of 12-24
-  tokens) through lmlab's model with its fused AdamW, and through
+  tokens) through lmlab's model with its fused AdamW (the output layer applied
+  to target tokens only, as lmlab's trainer does: padding is skipped), and through
   ``MarianMTModel`` with ``torch.optim.AdamW`` in a plain torch loop (forward,
   label-smoothed cross-entropy as lmlab computes it, backward, clip, step). The
   loss of step 1 must be equal; tokens/s counts target tokens.
@@ -123,12 +124,14 @@ def train_rows(settings: Settings, ours, hf) -> tuple[dict, float, float]:
         for step, (x, mask, dec, labels) in enumerate(batches):
             if step == 1:  # step 0 warms up (allocations); the rest is timed
                 t0 = time.perf_counter()
-            if name == "lmlab":
-                logits = model(x, dec, mask)
+            if name == "lmlab":  # as its trainer: the output layer on target tokens only
+                target = labels != IGNORE
+                logits = model(x, dec, mask, select=target)  # (N, V)
+                loss = F.cross_entropy(logits, labels[target], label_smoothing=0.1)
             else:
                 logits = model(input_ids=x, attention_mask=mask, decoder_input_ids=dec).logits
-            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
-                                   ignore_index=IGNORE, label_smoothing=0.1)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
+                                       ignore_index=IGNORE, label_smoothing=0.1)
             if step == 0:
                 first[name] = float(loss)
             loss.backward()

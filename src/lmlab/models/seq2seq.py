@@ -289,11 +289,14 @@ class Seq2Seq(nn.Module):
         return self.encoder.finish(x)
 
     def decode(self, tgt: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor | None,
-               cache: DecoderCache | None = None, hidden: bool = False) -> torch.Tensor:
+               cache: DecoderCache | None = None, hidden: bool = False,
+               select: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, V) of the next token after each of target ids ``tgt`` (B, T),
         reading the encoder's output ``memory`` (B, S, C). With a ``cache``, ``tgt``
         continues the positions it holds, and it grows by T. ``hidden`` returns the
-        final hidden states (B, T, C) instead."""
+        final hidden states (B, T, C) instead; ``select`` (B, T) bool, the logits (N, V)
+        of the marked positions only (training skips the padding's: the output layer is
+        the largest matrix)."""
         start = cache.length if cache is not None else 0
         if src_mask is None:
             src_mask = torch.ones(memory.shape[:2], dtype=torch.bool, device=memory.device)
@@ -306,6 +309,8 @@ class Seq2Seq(nn.Module):
             cache.length += tgt.size(1)
         if hidden:
             return x
+        if select is not None:
+            x = x[select]  # (N, C)
         logits = self.lm_head(x)
         if self.config.final_logits_bias:
             logits = logits + self.final_logits_bias
@@ -315,7 +320,9 @@ class Seq2Seq(nn.Module):
         return DecoderCache(self.config.n_decoder_layer)
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor,
-                src_mask: torch.Tensor | None = None) -> torch.Tensor:
+                src_mask: torch.Tensor | None = None,
+                select: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher forcing: logits (B, T, V) for decoder inputs ``tgt`` (B, T) (the target
-        shifted right behind the start token) given source ids ``src`` (B, S)."""
-        return self.decode(tgt, self.encode(src, src_mask), src_mask)
+        shifted right behind the start token) given source ids ``src`` (B, S); with
+        ``select`` (B, T), those of the marked positions only (N, V)."""
+        return self.decode(tgt, self.encode(src, src_mask), src_mask, select=select)

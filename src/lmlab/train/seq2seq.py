@@ -208,8 +208,9 @@ class Seq2SeqTrainer(Engine):
 
     def logits_labels(self, model: torch.nn.Module, src: Sequence[list[int]],
                       tgt: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced logits and their labels for a batch of pairs: (B, T, V) and (B, T);
-        a decoder-only model's for the target positions only, (N, V) and (N,)."""
+        """Teacher-forced logits (N, V) and labels (N,) of the N target tokens of a batch of
+        pairs: the output layer is not applied to padding, nor to a decoder-only model's
+        source positions."""
         c = self.model_config
         if self.cfg.decoder_only:
             x, labels = collate_joined(src, tgt, self.tok.pad_id, self.device)
@@ -218,8 +219,9 @@ class Seq2SeqTrainer(Engine):
                 return model(x, select=target), labels[target]
         x, mask, dec, labels = collate_pairs(src, tgt, c.pad_token_id,
                                              c.decoder_start_token_id, self.device)
+        target = labels != IGNORE  # (B, T)
         with autocast(self.cfg.dtype, self.device):
-            return model(x, dec, mask), labels
+            return model(x, dec, mask, select=target), labels[target]
 
     # -- the objective -----------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -236,12 +238,12 @@ class Seq2SeqTrainer(Engine):
         world = self.world
         mine = batch[world.rank::world.size]
         logits, labels = self.logits_labels(self.net, [src[i] for i in mine],
-                                            [tgt[i] for i in mine])  # (..., V), (...)
+                                            [tgt[i] for i in mine])  # (N, V), (N,)
         tokens = sum(len(tgt[i]) for i in batch)  # the whole batch's target tokens
         if index % self.grad_accum == 0:
             self.step_tokens = 0
         self.step_tokens += tokens
-        loss = F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(),
+        loss = F.cross_entropy(logits.float(), labels,
                                ignore_index=IGNORE, label_smoothing=self.cfg.label_smoothing,
                                reduction="sum")
         return loss * world.size / tokens, {}
@@ -267,8 +269,8 @@ class Seq2SeqTrainer(Engine):
         nll, count = 0.0, 0
         for batch in cut_batches(order, lengths, cfg.max_tokens):
             logits, labels = self.logits_labels(model, [src[j] for j in batch],
-                                                [tgt[j] for j in batch])  # (..., V), (...)
-            nll += float(F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(),
+                                                [tgt[j] for j in batch])  # (N, V), (N,)
+            nll += float(F.cross_entropy(logits.float(), labels,
                                          ignore_index=IGNORE, reduction="sum"))
             count += int((labels != IGNORE).sum())
         row: dict[str, Any] = {"loss": nll / count, "perplexity": math.exp(min(nll / count, 50))}
