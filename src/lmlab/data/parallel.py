@@ -395,23 +395,27 @@ _NO_GLOSS = re.compile(r"^(?:variant of|old variant of|see |see also|surname |CL
 
 def read_cedict(path: Path) -> dict[str, str]:
     """One English gloss per headword (simplified and traditional) of CC-CEDICT
-    (``繁 简 [pin1 yin1] /gloss/gloss/``): the first entry's first gloss that is a
-    translation (not "variant of", "see", "surname", a measure word), notes in
-    parentheses removed, without a verb's "to"."""
-    table: dict[str, str] = {}
+    (``繁 简 [pin1 yin1] /gloss/gloss/``): of a headword's entries (its readings, and
+    the rare characters that simplify to it), the one with the most glosses, the
+    common sense (当 is "to be", not the 噹 "dong" that also simplifies to it); its first
+    gloss that is a translation (not "variant of", "see", "surname", a measure word),
+    notes in parentheses removed, without a verb's "to"."""
+    best: dict[str, tuple[int, str]] = {}  # headword -> (glosses in its entry, gloss)
     with open(path, encoding="utf-8") as f:
         for line in f:
             m = _CEDICT.match(line)
             if m is None:
                 continue
             trad, simp, glosses = m.groups()
-            for gloss in glosses.split("/"):
+            senses = glosses.split("/")
+            for gloss in senses:
                 gloss = SPACE.sub(" ", re.sub(r"\([^)]*\)|\[[^\]]*\]", "", gloss)).strip()
                 if gloss and not _NO_GLOSS.match(gloss):
-                    gloss = gloss.removeprefix("to ")
-                    table.setdefault(simp, gloss)
-                    table.setdefault(trad, gloss)
+                    for word in {simp, trad}:
+                        if len(senses) > best.get(word, (0, ""))[0]:
+                            best[word] = (len(senses), gloss.removeprefix("to "))
                     break
+    table = {word: gloss for word, (_, gloss) in best.items()}
     if not table:
         raise LmlabError(f"{path}: no CC-CEDICT entries (lines like '中國 中国 [Zhong1 guo2] "
                          "/China/' are expected)")
