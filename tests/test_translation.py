@@ -401,3 +401,13 @@ def test_translate_reads_stdin(toy, tmp_path, capsys, monkeypatch):
     assert main(["translate", str(run), "--input", "-", "--num-beams", "2",
                  "--max-new-tokens", "5"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
+    # n-best lists, Moses' format: index ||| text ||| score, best first
+    assert main(["translate", str(run), "--texts", "ab cd", "ef", "--num-beams", "3",
+                 "--n-best", "3", "--max-new-tokens", "5"]) == 0
+    lines = [x.split(" ||| ") for x in capsys.readouterr().out.splitlines()]
+    assert [x[0] for x in lines] == ["0", "0", "0", "1", "1", "1"]
+    scores = [float(x[2]) for x in lines[:3]]
+    assert scores == sorted(scores, reverse=True)
+    assert main(["translate", str(run), "--texts", "ab", "--n-best", "3",
+                 "--num-beams", "2"]) == 2
+    assert "--n-best 3 is more than --num-beams 2" in capsys.readouterr().err

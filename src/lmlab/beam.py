@@ -278,24 +278,33 @@ def beam_search_seq2seq(model: torch.nn.Module, sources: Sequence[Sequence[int]]
     return beam_search(stepper, start, cfg, c.eos_token_id, c.pad_token_id, c.vocab_size)
 
 
-def translate_ids(model: torch.nn.Module, tok, sources: Sequence[Sequence[int]],
-                  cfg: BeamConfig, batch_size: int = 32,
-                  on_batch: Callable[[int], None] | None = None) -> list[str]:
-    """The best output text for each token-id source (ending with the end token), by beam
-    search over batches of ``batch_size``; ``on_batch(n)`` after each (a progress bar).
-    An encoder-decoder reads the source; a decoder-only model trained on pairs
-    (``lmlab seq2seq --preset gpt-...``) continues it, its end token the separator."""
+def search_texts(model: torch.nn.Module, tok, sources: Sequence[Sequence[int]],
+                 cfg: BeamConfig, batch_size: int = 32,
+                 on_batch: Callable[[int], None] | None = None) -> list[list[tuple[str, float]]]:
+    """The ``cfg.num_return_sequences`` best (text, score) of each token-id source (ending
+    with the end token), best first, by beam search over batches of ``batch_size``;
+    ``on_batch(n)`` after each (a progress bar). An encoder-decoder reads the source; a
+    decoder-only model trained on pairs (``lmlab seq2seq --preset gpt-...``) continues
+    it, its end token the separator."""
     from lmlab.models.registry import kind_of
 
     decoder_only = kind_of(model) == "causal"
-    out: list[str] = []
+    out: list[list[tuple[str, float]]] = []
     for start in range(0, len(sources), batch_size):
         chunk = sources[start:start + batch_size]
         if decoder_only:
-            best = beam_search_gpt(model, chunk, cfg, tok.eos_id, tok.pad_id or 0)
+            found = beam_search_gpt(model, chunk, cfg, tok.eos_id, tok.pad_id or 0)
         else:
-            best = beam_search_seq2seq(model, chunk, cfg)
-        out += [tok.decode(h[0].tokens, skip_special_tokens=True).strip() for h in best]
+            found = beam_search_seq2seq(model, chunk, cfg)
+        out += [[(tok.decode(h.tokens, skip_special_tokens=True).strip(), h.score) for h in hyps]
+                for hyps in found]
         if on_batch is not None:
-            on_batch(len(best))
+            on_batch(len(found))
     return out
+
+
+def translate_ids(model: torch.nn.Module, tok, sources: Sequence[Sequence[int]],
+                  cfg: BeamConfig, batch_size: int = 32,
+                  on_batch: Callable[[int], None] | None = None) -> list[str]:
+    """The best output text for each token-id source (``search_texts``)."""
+    return [hyps[0][0] for hyps in search_texts(model, tok, sources, cfg, batch_size, on_batch)]

@@ -408,6 +408,7 @@ def translate(model: InPath, input: Annotated[Path, Input("any", words=("-",))] 
               texts: list[str] | None = None,
               out: OutFile | None = None, num_beams: Count = 4, max_new_tokens: Count = 128,
               length_penalty: float = 1.0, no_repeat_ngram_size: NonNegative = 0,
+              n_best: Count = 1,
               batch_size: Count = 16, device: str = "auto", threads: Count | None = None,
               overwrite: bool = False) -> None:
     """Translate (or summarize) texts with an encoder-decoder: one output line per input.
@@ -427,6 +428,8 @@ def translate(model: InPath, input: Annotated[Path, Input("any", words=("-",))] 
         max_new_tokens: longest output, in tokens
         length_penalty: exponent of the length normalisation (above 1: longer outputs)
         no_repeat_ngram_size: forbid repeating any n-gram of this size (0: off)
+        n_best: write the N best hypotheses of each source, as 'index ||| text |||
+            score' lines (Moses' n-best format; at most --num-beams)
         batch_size: sources decoded together
         device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
         threads: CPU threads (default: torch's choice)
@@ -438,13 +441,14 @@ def translate(model: InPath, input: Annotated[Path, Input("any", words=("-",))] 
         cat sentences.txt | lmlab translate runs/zh-en --num-beams 5 > out.txt
     """
     _decode_pairs(model, input, texts, out, num_beams, max_new_tokens, length_penalty,
-                  no_repeat_ngram_size, batch_size, device, threads, "translate")
+                  no_repeat_ngram_size, n_best, batch_size, device, threads, "translate")
 
 
 def summarize(model: InPath, input: Annotated[Path, Input("any", words=("-",))] | None = None,
               texts: list[str] | None = None,
               out: OutFile | None = None, num_beams: Count = 4, max_new_tokens: Count = 48,
               length_penalty: float = 1.0, no_repeat_ngram_size: NonNegative = 3,
+              n_best: Count = 1,
               batch_size: Count = 16, device: str = "auto", threads: Count | None = None,
               overwrite: bool = False) -> None:
     """Summarize texts with a model trained on (document, summary) pairs: one summary per input.
@@ -465,6 +469,8 @@ def summarize(model: InPath, input: Annotated[Path, Input("any", words=("-",))] 
         max_new_tokens: longest summary, in tokens
         length_penalty: exponent of the length normalisation (above 1: longer outputs)
         no_repeat_ngram_size: forbid repeating any n-gram of this size (0: off)
+        n_best: write the N best summaries of each document, as 'index ||| text |||
+            score' lines (at most --num-beams)
         batch_size: documents decoded together
         device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
         threads: CPU threads (default: torch's choice)
@@ -477,23 +483,26 @@ def summarize(model: InPath, input: Annotated[Path, Input("any", words=("-",))] 
         lmlab score --hyp test.sum.txt --ref data/docstrings/test.jsonl --metric rouge --source data/docstrings/test.jsonl
     """  # noqa: E501
     _decode_pairs(model, input, texts, out, num_beams, max_new_tokens, length_penalty,
-                  no_repeat_ngram_size, batch_size, device, threads, "summarize")
+                  no_repeat_ngram_size, n_best, batch_size, device, threads, "summarize")
 
 
 def _decode_pairs(model: Path, input: Path | None, texts: list[str] | None, out: Path | None,
                   num_beams: int, max_new_tokens: int, length_penalty: float,
-                  no_repeat_ngram_size: int, batch_size: int, device: str,
+                  no_repeat_ngram_size: int, n_best: int, batch_size: int, device: str,
                   threads: int | None, verb: str) -> None:
     """`lmlab translate` and `lmlab summarize`: one output line per source, by beam search."""
     import torch
 
-    from lmlab.beam import BeamConfig, translate_ids
+    from lmlab.beam import BeamConfig, search_texts
     from lmlab.device import resolve_device
     from lmlab.loading import load_model, model_folder
     from lmlab.models.registry import kind_of
     from lmlab.progress import progress_bar
     from lmlab.tokenizer import Tokenizer
 
+    if n_best > num_beams:
+        raise LmlabError(f"--n-best {n_best} is more than --num-beams {num_beams}: a beam "
+                         "search keeps only that many hypotheses")
     if threads:
         torch.set_num_threads(threads)
     target = resolve_device(device)
@@ -517,22 +526,27 @@ def _decode_pairs(model: Path, input: Path | None, texts: list[str] | None, out:
         print(f"warning: --max-new-tokens {max_new_tokens} lowered to the model's "
               f"{room} positions", file=sys.stderr)
     beam = BeamConfig(num_beams=num_beams, max_new_tokens=min(max_new_tokens, room),
-                      length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
+                      length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                      num_return_sequences=n_best)
     eos = c.eos_token_id if kind_of(net) == "seq2seq" else tok.eos_id
     ids = [[*tok.encode(s)[:room - 1], eos] for s in sources]
     bar = progress_bar(total=len(ids), desc=verb, unit="text",
                        disable=len(ids) <= batch_size)
     t0 = time.perf_counter()
-    outputs = translate_ids(net, tok, ids, beam, batch_size, on_batch=bar.update)
+    found = search_texts(net, tok, ids, beam, batch_size, on_batch=bar.update)
     bar.close()
-    text = "".join(o.replace("\n", " ") + "\n" for o in outputs)
+    if n_best == 1:
+        text = "".join(hyps[0][0].replace("\n", " ") + "\n" for hyps in found)
+    else:
+        text = "".join(f"{i} ||| {t.replace(chr(10), ' ')} ||| {score:.4f}\n"
+                       for i, hyps in enumerate(found) for t, score in hyps)
     if out is None:
         sys.stdout.write(text)
     else:
         from lmlab.atomic import write_text
 
         write_text(out, text)
-        say(f"{len(outputs):,} outputs in {time.perf_counter() - t0:.1f}s -> {out}")
+        say(f"{len(found):,} outputs in {time.perf_counter() - t0:.1f}s -> {out}")
 
 
 def score(*, hyp: InFile, ref: InFile, metric: list[Literal["bleu", "chrf", "rouge"]] | None = None,
