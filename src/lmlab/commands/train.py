@@ -396,22 +396,25 @@ def baseline(*, train: InPath, test: InFile | None = None, validation: InFile | 
 
 def seq2seq(cfg: Seq2SeqTrainConfig, /, *, resume: bool = False,
             overwrite: bool = False) -> None:
-    """Train an encoder-decoder Transformer on (source, target) pairs: translation.
+    """Train a model on (source, target) pairs: translation or summarization.
 
     The data folder holds train.jsonl and val.jsonl ({"src", "tgt"} per line)
-    and a tokenizer.json with [PAD] and an end token, as `lmlab parallel`
-    makes them. The model is Vaswani et al.'s encoder-decoder (post-LN by
-    default, --norm-first for pre-LN), one table for source, target and output
-    embeddings. Teacher forcing with label smoothing (--label-smoothing 0.1);
-    batches of pairs of similar lengths under a budget of --max-tokens tokens;
-    AdamW (betas 0.9, 0.98), warm-up then cosine decay, clipping. Every
-    --eval-interval steps: target loss and perplexity on the validation split,
-    and BLEU and chrF (sacrebleu; its zh tokenizer for Chinese targets) of
-    --eval-sentences validation sources translated with --num-beams beams.
+    and a tokenizer.json with [PAD] and an end token, as `lmlab parallel` and
+    `lmlab summaries` make them. The model is Vaswani et al.'s encoder-decoder
+    (post-LN by default, --norm-first for pre-LN), one table for source, target
+    and output embeddings; or, with a GPT or Llama preset, a decoder-only model
+    trained on "source <end> target" with the loss on the target only (the
+    same data, batches and steps: the two ways compare at equal size). Teacher
+    forcing with label smoothing (--label-smoothing 0.1); batches of pairs of
+    similar lengths under a budget of --max-tokens tokens; AdamW (betas 0.9,
+    0.98), warm-up then cosine decay, clipping. Every --eval-interval steps:
+    target loss and perplexity on the validation split, and BLEU and chrF
+    (sacrebleu; its zh tokenizer for Chinese targets), or ROUGE for summaries,
+    of --eval-sentences validation sources decoded with --num-beams beams.
 
     The loop is the one every lmlab run has: metrics.jsonl, TensorBoard, loss.png,
     atomic checkpoints, Ctrl-C, exact --resume, and DDP under torchrun.
-    Translate with `lmlab translate OUT`.
+    Translate with `lmlab translate OUT`, summarize with `lmlab summarize OUT`.
 
     Args:
         resume: continue the run in OUT from its last checkpoint
@@ -422,8 +425,10 @@ def seq2seq(cfg: Seq2SeqTrainConfig, /, *, resume: bool = False,
         lmlab seq2seq data/de-en --preset seq2seq-mini --max-steps 3000 --out runs/de-en
         lmlab seq2seq data/de-en --out runs/de-en --max-steps 3000 --resume
         lmlab seq2seq data/zh-en --norm-first --lr 1e-3 --out runs/zh-en
+        lmlab seq2seq data/de-en --preset gpt-mini --n-layer 7 --n-embd 256 --n-head 4 --max-tokens 6000 --out runs/de-en-gpt
+        lmlab seq2seq data/summaries-debian --out runs/debian
         torchrun --nproc_per_node 2 -m lmlab seq2seq data/de-en --out runs/de-en-ddp
-    """
+    """  # noqa: E501
     from lmlab.train.seq2seq import Seq2SeqTrainer
 
     def describe(trainer: Any) -> None:
