@@ -74,6 +74,7 @@ class KVCache(nn.Module):
         shape = (batch_size, n_kv_head, max_len, head_dim)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.length = 0  # positions written so far
 
     def update(self, start: int, k: torch.Tensor,
                v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +82,15 @@ class KVCache(nn.Module):
         end = start + k.size(2)
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v
+        self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep rows ``rows`` (B,), in that order. Only the positions written move: the
+        buffer's unused tail is as long as all the tokens still to come."""
+        n = self.length
+        self.k[:, :, :n] = self.k[:, :, :n].index_select(0, rows)
+        self.v[:, :, :n] = self.v[:, :, :n].index_select(0, rows)
 
 
 class CausalSelfAttention(nn.Module):
@@ -235,10 +244,8 @@ class GPT(nn.Module):
     def reorder_cache(self, rows: torch.Tensor) -> None:
         """Keep cached rows ``rows`` (B,), in that order: a beam search's surviving beams."""
         for block in self.transformer.h:
-            cache = block.attn.kv_cache
-            if cache is not None:
-                cache.k.copy_(cache.k.index_select(0, rows))
-                cache.v.copy_(cache.v.index_select(0, rows))
+            if block.attn.kv_cache is not None:
+                block.attn.kv_cache.reorder(rows)
 
     def clear_cache(self) -> None:
         for block in self.transformer.h:
