@@ -43,11 +43,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_line, table  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("de-en", "zh-en", "docstrings", "debian")
 ROUTES = ("baselines", "seq2seq", "gpt")
-DICTIONARIES = {"de-en": ROOT / ".venv/assets/ding/german-english.dict.dz",
-                "zh-en": ROOT / ".venv/assets/cedict/cedict_ts.u8"}
+ASSETS = Path(sys.prefix) / "assets"  # where `make setup` puts them: .venv/assets
+DICTIONARIES = {"de-en": ASSETS / "ding" / "german-english.dict.dz",
+                "zh-en": ASSETS / "cedict" / "cedict_ts.u8"}
 SUMMARIES = ("docstrings", "debian")
 
 
