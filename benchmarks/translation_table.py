@@ -184,7 +184,9 @@ def markdown(results: dict[str, dict[str, dict]], notes: list[str]) -> str:
 
     lines = []
     for task, rows in results.items():
-        for name, r in rows.items():
+        # baselines first, then the models in ROUTES order
+        for name, r in sorted(rows.items(), key=lambda kv: ROUTES.index(kv[0])
+                              if kv[0] in ROUTES else 0):
             lines.append([task, NAMES.get(name, name), f"{r['params']:,}" if "params" in r
                           else "-", num(r, "bleu"), num(r, "chrf"), num(r, "rouge1"),
                           num(r, "rouge2"), num(r, "rougeL"),
