@@ -4,6 +4,7 @@ decoder-only way at equal parameter count, on held-out real text.
     python benchmarks/translation_table.py                        # every task (hours on 2 cores)
     python benchmarks/translation_table.py --tasks de-en,zh-en    # some tasks
     python benchmarks/translation_table.py --routes baselines,seq2seq --max-steps 1500
+    python benchmarks/translation_table.py --tasks debian --norm-first --max-steps 2500
     python benchmarks/translation_table.py --quick                # smoke run (minutes)
 
 Tasks (each a folder made by lmlab's own commands, under OUT/data):
@@ -147,6 +148,8 @@ def model_row(task: str, route: str, data: Path, out: Path, args: argparse.Names
         common += ["--threads", str(args.threads)]
     if route == "seq2seq":
         model = ["--preset", "seq2seq-mini", "--max-tokens", "3000"]
+        if args.norm_first:
+            model.append("--norm-first")
     else:
         layers, _, _ = equal_gpt_layers(vocab)
         # Twice the tokens per batch: a row holds both sides, so each step sees about
@@ -206,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"comma-separated subset of {','.join(ROUTES)}")
     ap.add_argument("--max-steps", type=int, default=1000, help="training steps per model")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads per run")
+    ap.add_argument("--norm-first", action="store_true",
+                    help="pre-LN encoder-decoder (post-LN by default; on the Debian summaries "
+                    "post-LN had not learned to read the source after 1,000 steps)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 20 held-out pairs, 10 training steps per model")
     args = ap.parse_args(argv)
