@@ -411,9 +411,10 @@ def translate(model: InPath, input: Annotated[Path, Input("any", words=("-",))] 
               n_best: Count = 1,
               batch_size: Count = 16, device: str = "auto", threads: Count | None = None,
               overwrite: bool = False) -> None:
-    """Translate (or summarize) texts with an encoder-decoder: one output line per input.
+    """Translate texts with a model trained on pairs: one output line per input.
 
-    The model is an `lmlab seq2seq` run or checkpoint (its tokenizer beside it) or a
+    The model is an `lmlab seq2seq` run or checkpoint (an encoder-decoder, or a
+    decoder-only model trained the same way; its tokenizer beside it) or a
     Hugging Face Marian / BART folder with a tokenizer.json. Inputs: --texts, the
     lines of --input (for a .jsonl of pairs, its "src" fields), or stdin. Beam
     search with --num-beams beams, GNMT/Hugging Face length penalty, optional
@@ -478,7 +479,7 @@ def summarize(model: InPath, input: Annotated[Path, Input("any", words=("-",))] 
 
     Examples:
         lmlab summaries stdlib --out data/docstrings
-        lmlab seq2seq data/docstrings --max-length 256 --out runs/docstrings
+        lmlab seq2seq data/docstrings --norm-first --out runs/docstrings
         lmlab summarize runs/docstrings --input data/docstrings/test.jsonl --out test.sum.txt
         lmlab score --hyp test.sum.txt --ref data/docstrings/test.jsonl --metric rouge --source data/docstrings/test.jsonl
     """  # noqa: E501
