@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from functools import lru_cache
 
-from lmlab.errors import LmlabError
+from lmlab.data.chat import render_chat
 from lmlab.generate import Completion, SamplingConfig, generate_text
 from lmlab.models.gpt import GPT
 from lmlab.models.registry import context_of
@@ -27,32 +26,6 @@ PLAIN_TEMPLATE = (
     "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 PLAIN_STOPS = ("\nUser:", "\nSystem:")
-
-
-def _raise(message: str) -> None:
-    raise LmlabError(f"chat template: {message}")
-
-
-@lru_cache(maxsize=8)
-def _compile(template: str):
-    from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = _raise
-    try:
-        return env.from_string(template)
-    except TemplateError as e:
-        raise LmlabError(f"chat template does not parse: {e}") from None
-
-
-def render_chat(template: str, messages: list[dict[str, str]], *,
-                add_generation_prompt: bool = True, bos_token: str = "",
-                eos_token: str = "") -> str:
-    """The prompt text for ``messages`` ([{"role": ..., "content": ...}, ...])."""
-    return _compile(template).render(messages=messages,
-                                     add_generation_prompt=add_generation_prompt,
-                                     bos_token=bos_token, eos_token=eos_token)
 
 
 class ChatSession:

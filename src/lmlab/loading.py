@@ -58,11 +58,42 @@ def eos_token_of_folder(folder: Path) -> str | None:
     return eos.get("content") if isinstance(eos, dict) else eos
 
 
-def _load(source: Path, device: str = "cpu") -> tuple[torch.nn.Module, Path, dict | None]:
-    """The model, the folder (or file) it came from, and a GGUF file's metadata."""
-    from lmlab.interop.hf_folder import is_hf_folder, load_hf
+def adapter_base(adapter: Path) -> Path:
+    """The base model an adapter folder names (``base_model_name_or_path``), if it is here."""
+    from lmlab.models.lora import read_adapter
+
+    _, raw, _ = read_adapter(adapter)
+    base = raw.get("base_model_name_or_path")
+    if not base or not Path(base).exists():
+        raise LmlabError(f"{adapter}: an adapter whose base model ({base or 'unnamed'}) is "
+                         "not here; pass the base as the model and this folder as --adapter")
+    return Path(base)
+
+
+def _load(source: Path, device: str = "cpu", adapter: Path | None = None
+          ) -> tuple[torch.nn.Module, Path, dict | None, Path | None]:
+    """The model, the folder (or file) it came from, a GGUF file's metadata, and the
+    adapter folder put on it (a LoRA run's checkpoint, or ``adapter``)."""
+    from lmlab.interop.hf_folder import is_hf_folder
+    from lmlab.models.lora import is_adapter_folder, load_adapter
 
     source = Path(source)
+    if adapter is None and source.is_dir() and not is_hf_folder(source):
+        folder = resolve_checkpoint(source)
+        if is_adapter_folder(folder):  # a LoRA run: its base, then the adapter on it
+            source, adapter = adapter_base(folder), folder
+    model, folder, gguf = _load_plain(source, device)
+    if adapter is not None:
+        adapter = Path(adapter)
+        if not is_adapter_folder(adapter):
+            adapter = resolve_checkpoint(adapter)
+        load_adapter(model, adapter)
+    return model, folder, gguf, adapter
+
+
+def _load_plain(source: Path, device: str) -> tuple[torch.nn.Module, Path, dict | None]:
+    from lmlab.interop.hf_folder import is_hf_folder, load_hf
+
     if source.suffix == ".gguf":
         from lmlab.interop.gguf import load_gguf
 
@@ -83,15 +114,18 @@ def model_folder(source: Path | str) -> Path:
     return Path(source) if is_hf_folder(source) else resolve_checkpoint(Path(source))
 
 
-def load_model(source: Path | str, device: str = "cpu") -> torch.nn.Module:
+def load_model(source: Path | str, device: str = "cpu",
+               adapter: Path | str | None = None) -> torch.nn.Module:
     """Any model lmlab reads, in eval mode: an lmlab run or checkpoint folder, a Hugging
-    Face folder (GPT-2, Llama, BERT) or a ``.gguf`` file. ``models/registry.py`` tells
-    what it is (``kind_of``, ``context_of``)."""
-    return _load(Path(source), device)[0]
+    Face folder (GPT-2, Llama, BERT) or a ``.gguf`` file, with a LoRA adapter (a LoRA
+    run's, or PEFT's) when ``adapter`` names one or ``source`` is a LoRA run.
+    ``models/registry.py`` tells what it is (``kind_of``, ``context_of``)."""
+    return _load(Path(source), device, Path(adapter) if adapter else None)[0]
 
 
 def load_for_inference(source: Path, tokenizer: Path | None = None, dtype: str = "float32",
-                       quantize: str = "none", device: str = "cpu") -> Loaded:
+                       quantize: str = "none", device: str = "cpu",
+                       adapter: Path | None = None) -> Loaded:
     """Model + tokenizer from a run/checkpoint folder, an HF folder or a ``.gguf`` file.
 
     The model is a GPT-style decoder or, from an lmlab checkpoint, a classic
@@ -103,7 +137,7 @@ def load_for_inference(source: Path, tokenizer: Path | None = None, dtype: str =
     if target.type != "cpu" and quantize != "none":
         raise LmlabError(f"--quantize {quantize} runs on the CPU only; drop it for "
                          f"--device {device}")
-    model, folder, gguf = _load(Path(source))
+    model, folder, gguf, adapter = _load(Path(source), adapter=adapter)
     if kind_of(model) == "encoder":
         raise LmlabError(f"{source}: is an encoder (BERT), which cannot generate or score "
                          "text left to right; use it with `lmlab neighbors` or "
@@ -122,6 +156,9 @@ def load_for_inference(source: Path, tokenizer: Path | None = None, dtype: str =
         eos = eos_token_of_folder(folder) if tokenizer is None else None
         tok = Tokenizer.from_file(tokenizer or tok_path, eos_token=eos)
         template = _template_from_folder(folder)
+    if adapter is not None and (adapter / "tokenizer_config.json").is_file():
+        # The template a chat fine-tuning run trained with (ChatML on a base without one).
+        template = _template_from_folder(adapter) or template
     if tok.vocab_size > model.config.vocab_size:
         raise LmlabError(f"{folder}: tokenizer has {tok.vocab_size} tokens but the model has "
                          f"only {model.config.vocab_size}")

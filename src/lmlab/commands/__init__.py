@@ -33,12 +33,13 @@ from lmlab.commands.inference import (
     convert,
     evaluate,
     generate,
+    merge,
     neighbors,
     score,
     summarize,
     translate,
 )
-from lmlab.commands.train import baseline, finetune, predict, pretrain, seq2seq
+from lmlab.commands.train import baseline, finetune, predict, pretrain, seq2seq, sft
 
 COMMANDS: dict = {
     "demo": demo,
@@ -60,6 +61,8 @@ COMMANDS: dict = {
     "summarize": summarize,
     "score": score,
     "convert": convert,
+    "sft": sft,
+    "merge": merge,
     "chat": chat,
     "neighbors": neighbors,
     "finetune": finetune,

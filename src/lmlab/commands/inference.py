@@ -31,7 +31,7 @@ def evaluate(checkpoint: InPath, text: InPath, tokenizer: InFile | None = None,
              stride: Count | None = None, batch_size: Count = 8,
              dtype: Literal["float32", "bfloat16"] = "float32",
              quantize: Literal["none", "int8"] = "none", device: str = "auto",
-             json_out: bool = False) -> None:
+             json_out: bool = False, adapter: InDir | None = None) -> None:
     """Perplexity and bits per byte of a checkpoint on a text file.
 
     Text longer than the context is scored with a sliding window: each token is
@@ -54,6 +54,7 @@ def evaluate(checkpoint: InPath, text: InPath, tokenizer: InFile | None = None,
         quantize: int8 for weight-only int8 Linear layers (see `lmlab generate --help`)
         device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
         json_out: print the result as JSON
+        adapter: a LoRA adapter folder (lmlab's or PEFT's) to put on the model
 
     Examples:
         lmlab eval runs/mini data/wiki              # its validation split
@@ -75,7 +76,7 @@ def evaluate(checkpoint: InPath, text: InPath, tokenizer: InFile | None = None,
         what = str(text)
     if not any(d.strip() for d in docs):
         raise LmlabError(f"{what}: no text to score (empty)")
-    loaded = load_for_inference(checkpoint, tokenizer, dtype, quantize, device)
+    loaded = load_for_inference(checkpoint, tokenizer, dtype, quantize, device, adapter)
     model, tok, ckpt = loaded.model, loaded.tokenizer, loaded.source
     score = evaluate_documents(model, tok, docs, stride=stride, batch_size=batch_size)
     if score.tokens == 0:
@@ -98,7 +99,7 @@ def generate(checkpoint: InPath, prompt: str = "", max_new_tokens: Count = 100,
              dtype: Literal["float32", "bfloat16"] = "float32", stream: bool = True,
              quantize: Literal["none", "int8"] = "none", device: str = "auto",
              compile: bool = False, num_beams: Count = 1, length_penalty: float = 1.0,
-             no_repeat_ngram_size: NonNegative = 0) -> None:
+             no_repeat_ngram_size: NonNegative = 0, adapter: InDir | None = None) -> None:
     """Generate text from a checkpoint, streamed to the terminal.
 
     Incremental decoding with a KV cache. A prompt longer than the context
@@ -133,6 +134,7 @@ def generate(checkpoint: InPath, prompt: str = "", max_new_tokens: Count = 100,
         length_penalty: beam search: exponent of the length normalisation (above 1
             favours longer outputs)
         no_repeat_ngram_size: beam search: forbid repeating any n-gram of this size
+        adapter: a LoRA adapter folder (lmlab's or PEFT's) to put on the model
 
     Examples:
         lmlab generate runs/mini --prompt "The history of" --max-new-tokens 80
@@ -144,7 +146,7 @@ def generate(checkpoint: InPath, prompt: str = "", max_new_tokens: Count = 100,
     from lmlab.generate import SamplingConfig, generate_text
     from lmlab.loading import load_for_inference
 
-    loaded = load_for_inference(checkpoint, tokenizer, dtype, quantize, device)
+    loaded = load_for_inference(checkpoint, tokenizer, dtype, quantize, device, adapter)
     model, tok = loaded.model, loaded.tokenizer
     if num_beams > 1:
         _beam_generate(model, tok, prompt, num_beams, max_new_tokens, num_return_sequences,
@@ -218,7 +220,8 @@ def chat(model: InPath, prompt: str | None = None, system: str | None = None,
          top_k: Count | None = None, repetition_penalty: PositiveFloat = 1.0,
          greedy: bool = False, seed: int | None = None, tokenizer: InFile | None = None,
          dtype: Literal["float32", "bfloat16"] = "float32",
-         quantize: Literal["none", "int8"] = "none", device: str = "auto") -> None:
+         quantize: Literal["none", "int8"] = "none", device: str = "auto",
+         adapter: InDir | None = None) -> None:
     """Chat with a model in the terminal, answers streamed as they are generated.
 
     Uses the model's own chat template (from the GGUF metadata or the HF
@@ -243,6 +246,7 @@ def chat(model: InPath, prompt: str | None = None, system: str | None = None,
         dtype: float32 or bfloat16
         quantize: int8 for weight-only int8 Linear layers
         device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
+        adapter: a LoRA adapter folder (lmlab's or PEFT's) to put on the model
 
     Examples:
         lmlab chat SmolLM2-135M-Instruct.Q4_1.gguf
@@ -253,7 +257,7 @@ def chat(model: InPath, prompt: str | None = None, system: str | None = None,
     from lmlab.generate import SamplingConfig
     from lmlab.loading import load_for_inference
 
-    loaded = load_for_inference(model, tokenizer, dtype, quantize, device)
+    loaded = load_for_inference(model, tokenizer, dtype, quantize, device, adapter)
     cfg = SamplingConfig(temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p,
                          repetition_penalty=repetition_penalty)
     session = ChatSession(loaded.model, loaded.tokenizer, loaded.chat_template, system=system,
@@ -374,6 +378,53 @@ def convert(source: InDir, *, out: OutDir, overwrite: bool = False) -> None:
         export_hf(source, Path(out))
         say(f"wrote Hugging Face folder {out} "
             "(AutoModelForCausalLM.from_pretrained loads it)")
+
+
+def merge(model: InPath, *, out: OutDir, adapter: InDir | None = None,
+          overwrite: bool = False) -> None:
+    """Fold a LoRA adapter into its base model and write a plain lmlab model folder.
+
+    Each adapted weight becomes W + (alpha / r) B A; the folder then loads and
+    decodes as any model, with no adapter to apply (same logits within 1e-5).
+    The tokenizer and the chat template the adapter was trained with are
+    written beside it (tokenizer.json, tokenizer_config.json); `lmlab convert
+    OUT --out HF` then gives a Hugging Face folder.
+
+    Args:
+        model: a LoRA run of `lmlab sft` (its base is named in its adapter), or the
+            base model (a .gguf file, an HF folder, an lmlab run) with --adapter
+        out: the model folder to write
+        adapter: an adapter folder (lmlab's or PEFT's adapter_config.json +
+            adapter_model.safetensors) to put on MODEL
+        overwrite: replace OUT if it already holds files
+
+    Examples:
+        lmlab merge runs/sft-debian --out models/smollm2-debian
+        lmlab merge SmolLM2-135M-Instruct.Q4_1.gguf --adapter peft-adapter/ --out models/merged
+        lmlab chat models/smollm2-debian
+    """
+    from lmlab.atomic import atomic_dir, save_safetensors
+    from lmlab.loading import load_for_inference
+    from lmlab.models.lora import lora_layers, merge_lora
+    from lmlab.models.weights import CONFIG_FILE, MODEL_FILE, model_state
+
+    loaded = load_for_inference(Path(model), adapter=adapter)
+    net = loaded.model
+    n = len(lora_layers(net))
+    if not n:
+        raise LmlabError(f"{model}: no adapter to merge; pass a LoRA run of `lmlab sft`, or "
+                         "the base model with --adapter")
+    merge_lora(net)
+    tok = loaded.tokenizer
+    eos = tok.id_to_token(tok.eos_id) if tok.eos_id is not None else None
+    with atomic_dir(Path(out)) as tmp:
+        save_safetensors(model_state(net), tmp / MODEL_FILE, metadata={"format": "pt"})
+        net.config.save(tmp / CONFIG_FILE)
+        tok.save(tmp / "tokenizer.json")
+        (tmp / "tokenizer_config.json").write_text(json.dumps(
+            {"chat_template": loaded.chat_template, "eos_token": eos}, indent=2) + "\n")
+    say(f"merged {n} adapted layers into {out} ({net.num_params():,} parameters); "
+        f"try: lmlab chat {out}")
 
 
 def _read_sources(input: Path | None, texts: list[str] | None, field: str) -> list[str]:

@@ -20,7 +20,7 @@ from lmlab.options import (
     OutFile,
     Share,
 )
-from lmlab.train.configs import FinetuneConfig, Seq2SeqTrainConfig, TrainConfig
+from lmlab.train.configs import FinetuneConfig, Seq2SeqTrainConfig, SFTConfig, TrainConfig
 
 
 def pretrain(cfg: TrainConfig, /, *, resume: bool = False, overwrite: bool = False
@@ -392,6 +392,61 @@ def baseline(*, train: InPath, test: InFile | None = None, validation: InFile | 
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         write_text(Path(out), json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         say(f"report: {out}")
+
+
+def sft(cfg: SFTConfig, /, *, resume: bool = False, overwrite: bool = False) -> None:
+    """Chat fine-tuning (SFT) of a causal model on conversations, with LoRA adapters.
+
+    Each conversation is rendered with the model's own chat template (SmolLM2's
+    ChatML from its GGUF, an HF folder's tokenizer_config.json) or ChatML, and
+    the loss is on the assistant's answers only, every turn, the end-of-turn
+    token included. A conversation longer than --max-length keeps its turns up
+    to the last answer that fits; an answer is never cut. By default the model
+    is frozen and rank-8 LoRA adapters on every Linear layer train (--lora-rank
+    0: full fine-tuning); the run's checkpoints then hold the adapter only, in
+    PEFT's layout, which `peft.PeftModel.from_pretrained` loads on the HF export
+    of the base. Every --eval-interval steps: the answers' loss and perplexity on
+    the held-out conversations.
+
+    The loop is the one every lmlab run has: metrics.jsonl, TensorBoard, loss.png,
+    atomic checkpoints, Ctrl-C, exact --resume, and DDP under torchrun. Chat with
+    the result (`lmlab chat OUT`), fold the adapter in (`lmlab merge OUT`).
+
+    Args:
+        resume: continue the run in OUT from its last checkpoint
+        overwrite: start over in OUT, deleting the run already there
+
+    Examples:
+        lmlab chatdata debian --out data/debian-chat
+        lmlab sft SmolLM2-135M-Instruct.Q4_1.gguf data/debian-chat/train.jsonl --validation data/debian-chat/val.jsonl --out runs/sft-debian
+        lmlab sft runs/sft-debian --resume ...same flags...
+        lmlab sft model.gguf chats.jsonl --lora-rank 16 --lora-targets q_proj,v_proj --out runs/sft
+        lmlab sft runs/mini alpaca.json --lora-rank 0 --chat-template chatml --out runs/mini-chat
+        lmlab chat runs/sft-debian --prompt "What does the package curl do?"
+    """  # noqa: E501
+    from lmlab.train.sft import SFTTrainer
+
+    def describe(trainer: Any) -> None:
+        r = trainer.report
+        say(f"data: {r['train']['conversations']:,} training conversations "
+            f"({r['train']['answer_tokens']:,} answer tokens of {r['train']['tokens']:,}), "
+            f"{r['val']['conversations']:,} held out; chat template: {r['template']}")
+        how = (f"LoRA rank {cfg.lora_rank}, alpha {cfg.lora_alpha:g}, on "
+               f"{cfg.lora_targets}" if cfg.lora_rank else "full fine-tuning")
+        say(f"model: {cfg.model} ({how}); {trainer.trainable.line()}, on {trainer.device}")
+
+    ran = _fit(lambda: SFTTrainer(cfg, resume=resume, overwrite=overwrite), describe)
+    if ran is None:
+        return
+    result = ran[1]
+    val, out = result["val"], Path(cfg.out)
+    if val:
+        say(f"step {result['step']}: held-out answer loss {val['loss']:.4f}, perplexity "
+            f"{val['perplexity']:.2f}")
+    say(f"checkpoint: {result['checkpoint']}")
+    say(f"loss curve: {result['plot']}   metrics: {out}/metrics.jsonl   tensorboard: {out}/tb")
+    say(f"chat: lmlab chat {out}" + (f"   merge: lmlab merge {out} --out {out}-merged"
+                                     if cfg.lora_rank else ""))
 
 
 def seq2seq(cfg: Seq2SeqTrainConfig, /, *, resume: bool = False,

@@ -144,7 +144,8 @@ def quantize_int8(model: nn.Module, skip: Collection[str] = (),
     """
     shared: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(float weight) -> (q, scales)
     targets = [(name, mod) for name, mod in model.named_modules()
-               if isinstance(mod, nn.Linear) and not _skipped(name, skip)]
+               if isinstance(mod, nn.Linear) and not _skipped(name, skip)
+               and ".lora_" not in name]  # LoRA adapters stay float (models/lora.py)
     for name, linear in targets:
         if not name:
             raise ValueError("quantize_int8 swaps submodules in place; quantize a bare "

@@ -19,6 +19,7 @@ from lmlab.errors import LmlabError
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
+ADAPTER_FILE = "adapter_model.safetensors"  # a LoRA run's checkpoint (models/lora.py)
 # Every tokenizer file a model folder may carry (lmlab's and Hugging Face's); copied
 # along whenever a model folder is converted or fine-tuned into another.
 TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json",
@@ -40,7 +41,7 @@ def resolve_checkpoint(path: Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise LmlabError(f"{path}: no such checkpoint or run folder")
-    if (path / MODEL_FILE).exists():
+    if (path / MODEL_FILE).exists() or (path / ADAPTER_FILE).exists():
         return path
     for root in (path / "checkpoints", path):
         latest = root / "latest"
@@ -53,7 +54,7 @@ def resolve_checkpoint(path: Path) -> Path:
                 raise LmlabError(f"{latest}: damaged (it should name a checkpoint folder, "
                                  f"such as step-000100, in {root})")
             ckpt = root / name
-            if (ckpt / MODEL_FILE).exists():
+            if (ckpt / MODEL_FILE).exists() or (ckpt / ADAPTER_FILE).exists():
                 return ckpt
             raise LmlabError(f"{latest}: points at {name}, which has no {MODEL_FILE}")
     raise LmlabError(f"{path}: not a checkpoint (no {MODEL_FILE}) nor a run folder "

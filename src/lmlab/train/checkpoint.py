@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module,
                     rng_tensors: dict[str, torch.Tensor] | None = None,
                     keep: int = 2,
                     carry_tensors: dict[str, torch.Tensor] | None = None,
-                    model_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+                    model_tensors: dict[str, torch.Tensor] | None = None,
+                    write_model: Callable[[Path], None] | None = None) -> Path:
     """Write ``run_dir/checkpoints/step-NNNNNN`` atomically and point ``latest`` at it.
 
     ``rng_tensors`` (generator states) and ``carry_tensors`` (state carried from
@@ -46,7 +48,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module,
     name = f"step-{step:06d}"
     with atomic_dir(ckpt_root / name) as tmp:
         _write_checkpoint(tmp, model, tokenizer_json, optimizer, trainer_state, rng_tensors,
-                          step, carry_tensors, model_tensors)
+                          step, carry_tensors, model_tensors, write_model)
     # Only a complete checkpoint folder can be named by "latest".
     write_text(ckpt_root / "latest", name + "\n")
     # Prune old checkpoints only after "latest" points at the new one.
@@ -61,12 +63,16 @@ def _write_checkpoint(tmp: Path, model: torch.nn.Module, tokenizer_json: Path | 
                       trainer_state: dict[str, Any] | None,
                       rng_tensors: dict[str, torch.Tensor] | None, step: int,
                       carry_tensors: dict[str, torch.Tensor] | None = None,
-                      model_tensors: dict[str, torch.Tensor] | None = None) -> None:
+                      model_tensors: dict[str, torch.Tensor] | None = None,
+                      write_model: Callable[[Path], None] | None = None) -> None:
     from lmlab.atomic import save_safetensors
 
-    save_safetensors(model_tensors if model_tensors is not None else model_state(model),
-                     tmp / MODEL_FILE, metadata={"format": "pt"})
-    model.config.save(tmp / CONFIG_FILE)
+    if write_model is not None:
+        write_model(tmp)
+    else:
+        save_safetensors(model_tensors if model_tensors is not None else model_state(model),
+                         tmp / MODEL_FILE, metadata={"format": "pt"})
+        model.config.save(tmp / CONFIG_FILE)
     if tokenizer_json is not None:
         shutil.copyfile(tokenizer_json, tmp / TOKENIZER_FILE)
     if optimizer is not None:

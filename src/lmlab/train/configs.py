@@ -367,3 +367,61 @@ class Seq2SeqTrainConfig(RunSettings):
             raise LmlabError(f"--max-length {self.max_length} exceeds the preset's "
                              f"{config.block_size} positions")
         return config
+
+
+@dataclass(kw_only=True)
+class SFTConfig(RunSettings):
+    """Everything that defines a chat fine-tuning run (saved as sft_config.json). Each field
+    is declared once: its type, default and help become a flag of `lmlab sft`."""
+
+    positional: ClassVar[tuple[str, ...]] = ("model", "data")
+
+    model: str = option(
+        help="the model to tune: an lmlab run or checkpoint folder, an HF folder (GPT-2, "
+        "Llama) or a .gguf file")
+    data: InFileName = option(
+        help="conversations, .jsonl (one per line) or a .json array: OpenAI/TRL messages "
+        "(role, content), ShareGPT (conversations: from, value) or Alpaca (instruction, "
+        "input, output)")
+    validation: InFileName | None = option(
+        None, "held-out conversations (default: --val-share of --data)")
+    val_share: Share = option(0.05, "share of --data held out when no --validation")
+    out: OutDirName | None = option(None, "the run folder (default: runs/sft)")
+    chat_template: str | None = option(
+        None, "chatml, or a file holding a Jinja chat template (default: the model's own, "
+        "else chatml)")
+    max_length: Count = option(
+        512, "tokens per conversation; a longer one keeps its turns up to the last answer "
+        "that fits (an answer is never cut)")
+    max_tokens: Count = option(
+        4096, "tokens per batch, padding included (conversations of similar lengths are "
+        "batched together); under torchrun: per process")
+    lora_rank: NonNegative = option(
+        8, "rank of the LoRA adapters (0: full fine-tuning, every weight trains)")
+    lora_alpha: PositiveFloat = option(16.0, "LoRA scale numerator: updates are alpha/rank B A x")
+    lora_dropout: Dropout = option(0.05, "dropout on the adapters' input")
+    lora_targets: str = option(
+        "all-linear", "modules to adapt, comma-separated, named as PEFT names them (q_proj,"
+        "k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj for Llama; c_attn,c_proj,c_fc for "
+        "GPT-2), or all-linear (all but the output layer)")
+    # Pretraining's defaults, changed for this objective (their help is RunSettings').
+    max_steps: Count = option(200)
+    lr: PositiveFloat | None = option(
+        None, "peak learning rate (default: 2e-4 with LoRA, 2e-5 for full fine-tuning)")
+    warmup_steps: NonNegative = option(10)
+    weight_decay: NonNegativeFloat = option(0.0)
+    beta2: Decay = option(0.999)
+    eval_interval: Count = option(50)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.out is None:
+            self.out = "runs/sft"
+        if self.lr is None:
+            self.lr = 2e-4 if self.lora_rank else 2e-5
+        if self.validation is None and not self.val_share:
+            raise LmlabError("--val-share 0 needs --validation (held-out conversations)")
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())

@@ -289,6 +289,11 @@ class Engine:
     def check_resume(self, path: Path) -> None:
         """Refuse a checkpoint this run cannot continue (another tokenizer, say)."""
 
+    def model_writer(self) -> Any:
+        """None to save the whole model in each checkpoint, or a function that writes the
+        model's files into a checkpoint folder itself (a LoRA run: its adapter only)."""
+        return None
+
     def tokenizer_file(self) -> Path | None:
         """The tokenizer.json to copy into each checkpoint."""
         return None
@@ -376,7 +381,8 @@ class Engine:
             path = ckpt.save_checkpoint(self.run_dir, step, self.model, self.tokenizer_file(),
                                         optimizer, state, rng, carry_tensors=carry,
                                         model_tensors=model_tensors,
-                                        keep=self.keep_checkpoints)
+                                        keep=self.keep_checkpoints,
+                                        write_model=self.model_writer())
         distributed.barrier(world)
         return path
 

@@ -1,0 +1,246 @@
+"""Conversations for chat fine-tuning: readers, chat templates, and assistant-only labels.
+
+Readers take a ``.jsonl`` file (one conversation per line) or a ``.json`` array, in
+any of the three shapes people share conversations in:
+
+* messages (OpenAI, TRL, torchtune): ``{"messages": [{"role": "user", "content":
+  ...}, {"role": "assistant", ...}]}``, roles system / user / assistant;
+* ShareGPT: ``{"conversations": [{"from": "human", "value": ...}, {"from": "gpt",
+  ...}]}`` (human -> user, gpt -> assistant, system -> system);
+* Alpaca: ``{"instruction": ..., "input": ..., "output": ...}`` (the input, when
+  there is one, follows the instruction after a blank line).
+
+A record that fits none of them, a role lmlab does not know, a non-text content or
+a conversation without an assistant turn is an error naming the file and line.
+
+Chat templates are the Jinja2 programs of Hugging Face tokenizers and GGUF files,
+rendered as ``transformers`` renders them (sandboxed, ``trim_blocks``,
+``lstrip_blocks``). A model without one gets ChatML.
+
+Labels (``encode_conversation``): the loss is on the assistant's tokens only, its
+end-of-turn token included (so the model learns to stop), every turn of a
+multi-turn conversation. The spans come from the template itself: for each
+assistant turn i, the conversation up to turn i rendered with the generation
+prompt is a prefix of the conversation up to and including turn i; the text
+between the two is the answer. Truncation never cuts inside an answer: a
+conversation longer than ``max_length`` tokens keeps its turns up to the last
+answer that ends within the limit; one whose first answer does not fit is
+skipped (and counted by the caller).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from lmlab.errors import LmlabError
+
+Message = dict[str, str]
+
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "chatgpt": "assistant", "bing": "assistant", "bard": "assistant",
+                  "system": "system"}
+
+
+# ---------------------------------------------------------------- templates
+def _raise(message: str) -> None:
+    raise LmlabError(f"chat template: {message}")
+
+
+@lru_cache(maxsize=8)
+def _compile(template: str):
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = _raise
+    try:
+        return env.from_string(template)
+    except TemplateError as e:
+        raise LmlabError(f"chat template does not parse: {e}") from None
+
+
+def render_chat(template: str, messages: list[Message], *,
+                add_generation_prompt: bool = True, bos_token: str = "",
+                eos_token: str = "") -> str:
+    """The prompt text for ``messages`` ([{"role": ..., "content": ...}, ...])."""
+    return _compile(template).render(messages=messages,
+                                     add_generation_prompt=add_generation_prompt,
+                                     bos_token=bos_token, eos_token=eos_token)
+
+
+# ---------------------------------------------------------------- readers
+def _text(value: Any, where: str, what: str) -> str:
+    if not isinstance(value, str):
+        raise LmlabError(f"{where}: {what} is {type(value).__name__}, not text")
+    return value
+
+
+def conversation_of(record: Any, where: str) -> list[Message]:
+    """The messages of one record in any of the three shapes (see the module docstring)."""
+    if not isinstance(record, dict):
+        raise LmlabError(f"{where}: expected a JSON object, found {type(record).__name__}")
+    if "messages" in record:
+        turns = record["messages"]
+        if not isinstance(turns, list):
+            raise LmlabError(f"{where}: \"messages\" is not a list")
+        out = []
+        for j, m in enumerate(turns):
+            if not isinstance(m, dict) or m.get("role") not in ROLES:
+                role = m.get("role") if isinstance(m, dict) else m
+                raise LmlabError(f"{where}: message {j} has role {role!r}; expected one of "
+                                 f"{', '.join(ROLES)}")
+            out.append({"role": m["role"],
+                        "content": _text(m.get("content"), where, f"message {j}'s content")})
+    elif "conversations" in record:
+        turns = record["conversations"]
+        if not isinstance(turns, list):
+            raise LmlabError(f"{where}: \"conversations\" is not a list")
+        out = []
+        for j, m in enumerate(turns):
+            who = m.get("from") if isinstance(m, dict) else None
+            if who not in SHAREGPT_ROLES:
+                raise LmlabError(f"{where}: turn {j} is from {who!r}; expected one of "
+                                 f"{', '.join(SHAREGPT_ROLES)}")
+            out.append({"role": SHAREGPT_ROLES[who],
+                        "content": _text(m.get("value"), where, f"turn {j}'s value")})
+    elif "instruction" in record and "output" in record:
+        prompt = _text(record["instruction"], where, "instruction")
+        extra = record.get("input") or ""
+        if _text(extra, where, "input").strip():
+            prompt = f"{prompt}\n\n{extra}"
+        out = [{"role": "user", "content": prompt},
+               {"role": "assistant", "content": _text(record["output"], where, "output")}]
+    else:
+        raise LmlabError(f"{where}: not a conversation: expected \"messages\" (role/content), "
+                         f"\"conversations\" (ShareGPT from/value) or \"instruction\" and "
+                         f"\"output\" (Alpaca); found keys {sorted(record)[:6]}")
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in out):
+        raise LmlabError(f"{where}: the conversation has no assistant answer to learn")
+    return out
+
+
+def iter_records(path: Path) -> Iterator[tuple[Any, str]]:
+    """(record, "file:line") of a .jsonl file, or of a .json array."""
+    path = Path(path)
+    if not path.is_file():
+        raise LmlabError(f"{path}: no such file")
+    try:
+        if path.suffix == ".json":
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise LmlabError(f"{path}: not valid JSON ({e}); a truncated array can be "
+                                 "recovered with `lmlab chatdata recover`") from None
+            if not isinstance(data, list):
+                raise LmlabError(f"{path}: expected a JSON array of conversations")
+            for i, record in enumerate(data):
+                yield record, f"{path}[{i}]"
+            return
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield json.loads(line), f"{path}:{n}"
+                except json.JSONDecodeError as e:
+                    raise LmlabError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise LmlabError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def read_conversations(path: Path) -> list[list[Message]]:
+    """Every conversation of a .jsonl or .json file, as messages."""
+    out = [conversation_of(record, where) for record, where in iter_records(path)]
+    if not out:
+        raise LmlabError(f"{path}: holds no conversation")
+    return out
+
+
+def recover_json_array(path: Path) -> tuple[list[Any], int]:
+    """The complete elements of a JSON array, even a truncated one (ShareGPT's file ends
+    in the middle of a record), and the count of bytes left over that did not parse."""
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    decoder = json.JSONDecoder()
+    i = text.find("[")
+    if i < 0:
+        raise LmlabError(f"{path}: not a JSON array")
+    i += 1
+    records = []
+    n = len(text)
+    while True:
+        while i < n and text[i] in " \t\r\n,":
+            i += 1
+        if i >= n or text[i] == "]":
+            return records, 0
+        try:
+            record, i = decoder.raw_decode(text, i)
+        except json.JSONDecodeError:
+            return records, n - i
+        records.append(record)
+
+
+# ---------------------------------------------------------------- token ids and labels
+@dataclass
+class Encoded:
+    ids: list[int]
+    labels: list[bool]  # True where the token is part of an answer (it is learned)
+    turns_dropped: int  # answers cut off by the length limit
+
+
+def answer_spans(template: str, messages: list[Message], bos: str = "",
+                 eos: str = "") -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the (start, end) character spans of its answers."""
+    full = render_chat(template, messages, add_generation_prompt=False, bos_token=bos,
+                       eos_token=eos)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant" or i == 0:
+            continue
+        before = render_chat(template, messages[:i], add_generation_prompt=True, bos_token=bos,
+                             eos_token=eos)
+        upto = render_chat(template, messages[:i + 1], add_generation_prompt=False,
+                           bos_token=bos, eos_token=eos)
+        if not upto.startswith(before) or not full.startswith(upto):
+            raise LmlabError("the chat template renders earlier turns differently once later "
+                             "ones follow; its answers cannot be found for training (use "
+                             "--chat-template chatml)")
+        spans.append((len(before), len(upto)))
+    return full, spans
+
+
+def encode_conversation(tok: Any, template: str, messages: list[Message],
+                        max_length: int) -> Encoded | None:
+    """Token ids of a conversation and which of them are learned (the answers); None
+    when its first answer does not end within ``max_length`` tokens."""
+    eos = tok.id_to_token(tok.eos_id) if tok.eos_id is not None else ""
+    text, spans = answer_spans(template, messages, eos=eos or "")
+    ids: list[int] = []
+    labels: list[bool] = []
+    at = answers = 0
+    for start, end in spans:
+        new_ids: list[int] = []
+        new_labels: list[bool] = []
+        for piece, learned in ((text[at:start], False), (text[start:end], True)):
+            if piece:
+                piece_ids = tok.encode(piece, allow_special=True)
+                new_ids += piece_ids
+                new_labels += [learned] * len(piece_ids)
+        if len(ids) + len(new_ids) > max_length:
+            break  # this answer would be cut: it and every later turn go
+        ids += new_ids
+        labels += new_labels
+        at = end
+        answers += 1
+    if answers == 0:
+        return None
+    return Encoded(ids, labels, len(spans) - answers)
