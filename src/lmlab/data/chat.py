@@ -244,3 +244,105 @@ def encode_conversation(tok: Any, template: str, messages: list[Message],
     if answers == 0:
         return None
     return Encoded(ids, labels, len(spans) - answers)
+
+
+# ---------------------------------------------------------------- built-in chat data
+DEBIAN_QUESTION = "What does the Debian package {package} do?"
+
+
+def _sentences_within(text: str, limit: int) -> str:
+    """The leading whole sentences of ``text`` that fit in ``limit`` characters (at least
+    the first sentence, cut at a word if even that is longer)."""
+    import re
+
+    out = ""
+    for sentence in re.split(r"(?<=[.!?])\s+", text):
+        if out and len(out) + 1 + len(sentence) > limit:
+            break
+        out = f"{out} {sentence}".strip()
+    if len(out) > limit:
+        out = out[:limit].rsplit(" ", 1)[0] + "..."
+    return out
+
+
+def debian_answer(synopsis: str, paragraphs: list[str], limit: int = 400) -> str:
+    """A package's description as an answer: its synopsis as a sentence, then the first
+    sentences of its long description within ``limit`` characters."""
+    head = synopsis[:1].upper() + synopsis[1:]
+    if not head.endswith((".", "!", "?")):
+        head += "."
+    rest = _sentences_within(paragraphs[0], limit) if paragraphs else ""
+    return f"{head} {rest}".strip()
+
+
+def debian_conversations(index: Path, limit: int = 400) -> tuple[list[dict[str, Any]], dict]:
+    """"What does the Debian package X do?" -> its description, one conversation per
+    distinct description (packages sharing one, such as a library and its -dev, give
+    one: the first), from a Translation-en index or a dpkg status / Packages file; and
+    the counts of what was kept and left out."""
+    from lmlab.data.summaries import read_deb822, split_description
+
+    seen: set[str] = set()
+    rows: list[dict[str, Any]] = []
+    counts = {"entries": 0, "no description": 0, "same description as an earlier package": 0,
+              "no long description": 0}
+    for fields in read_deb822(index):
+        package = fields.get("Package")
+        key = next((k for k in fields if k == "Description" or (
+            k.startswith("Description-") and k != "Description-md5")), None)
+        if not package:
+            continue
+        counts["entries"] += 1
+        if key is None:
+            counts["no description"] += 1
+            continue
+        if fields[key] in seen:
+            counts["same description as an earlier package"] += 1
+            continue
+        seen.add(fields[key])
+        synopsis, paragraphs = split_description(fields[key])
+        if not paragraphs:
+            counts["no long description"] += 1
+            continue
+        rows.append({"package": package, "messages": [
+            {"role": "user", "content": DEBIAN_QUESTION.format(package=package)},
+            {"role": "assistant", "content": debian_answer(synopsis, paragraphs, limit)}]})
+    if not rows:
+        raise LmlabError(f"{index}: no package with a description (expected a Debian "
+                         "Translation-en index, a Packages file or /var/lib/dpkg/status)")
+    counts["conversations"] = len(rows)
+    return rows, counts
+
+
+def sharegpt_conversations(path: Path) -> tuple[list[dict[str, Any]], dict]:
+    """The complete ShareGPT conversations of a (possibly truncated) JSON array, as
+    messages: empty turns dropped, consecutive turns of one side joined, a conversation
+    kept when it starts with the user and has an answer; with counts of what was left
+    out and why."""
+    records, left = recover_json_array(path)
+    counts = {"records": len(records), "bytes left unparsed": left, "not a conversation": 0,
+              "no user turn before an answer": 0}
+    rows = []
+    for i, record in enumerate(records):
+        try:
+            turns = [m for m in conversation_of(record, f"{path}[{i}]")
+                     if m["content"].strip()]
+        except LmlabError:
+            counts["not a conversation"] += 1
+            continue
+        merged: list[Message] = []
+        for m in turns:
+            if merged and merged[-1]["role"] == m["role"]:
+                merged[-1] = {"role": m["role"],
+                              "content": merged[-1]["content"] + "\n\n" + m["content"]}
+            else:
+                merged.append(dict(m))
+        while merged and merged[-1]["role"] != "assistant":
+            merged.pop()
+        start = 1 if merged and merged[0]["role"] == "system" else 0
+        if len(merged) - start < 2 or merged[start]["role"] != "user":
+            counts["no user turn before an answer"] += 1
+            continue
+        rows.append({"id": str(record.get("id", i)), "messages": merged})
+    counts["conversations"] = len(rows)
+    return rows, counts
