@@ -37,6 +37,7 @@ from lmlab.commands.inference import (
     merge,
     neighbors,
     score,
+    serve,
     summarize,
     translate,
 )
@@ -66,6 +67,7 @@ COMMANDS: dict = {
     "sft": sft,
     "merge": merge,
     "chat": chat,
+    "serve": serve,
     "neighbors": neighbors,
     "finetune": finetune,
     "predict": predict,

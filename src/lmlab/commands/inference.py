@@ -23,6 +23,7 @@ from lmlab.options import (
     OutDir,
     OutFile,
     PositiveFloat,
+    Range,
 )
 
 
@@ -294,6 +295,96 @@ def chat(model: InPath, prompt: str | None = None, system: str | None = None,
             say("(conversation reset)")
             continue
         answer(line)
+
+
+def serve(model: InPath, adapter: InDir | None = None, host: str = "127.0.0.1",
+          port: Annotated[int, Range(1, 65535)] = 8000, api_key: str | None = None,
+          name: str | None = None, max_batch: Count = 16, max_queue: Count = 256,
+          max_tokens: Count = 1024, timeout: PositiveFloat = 300.0,
+          max_body: Count = 1_000_000, dtype: Literal["float32", "bfloat16"] = "float32",
+          quantize: Literal["none", "int8"] = "none", device: str = "auto") -> None:
+    """Serve a model over an OpenAI-compatible HTTP API, with a chat page at /.
+
+    POST /v1/chat/completions and /v1/completions (streamed as server-sent
+    events, or whole; usage counts, stop, max_tokens, temperature, top_p, seed,
+    n), GET /v1/models, GET /health, and POST /v1/embeddings when MODEL is an
+    encoder (a BERT folder such as all-MiniLM-L6-v2). Concurrent requests are
+    decoded together in one batch that new requests join and finished ones leave
+    (continuous batching); at most --max-queue wait (then 429), each must finish
+    within --timeout seconds, and a client that disconnects stops its generation.
+    The official `openai` client works unchanged (base_url=http://HOST:PORT/v1).
+
+    Safe by default: binds 127.0.0.1; any other address needs an API key
+    (--api-key, or the LMLAB_API_KEY environment variable), then checked on
+    every /v1 call as "Authorization: Bearer KEY". Bodies over --max-body bytes
+    and max_tokens over --max-tokens are refused; a request never names a file.
+
+    Args:
+        model: a .gguf file, an HF folder, an lmlab run or checkpoint (or a LoRA run)
+        adapter: a LoRA adapter folder (lmlab's or PEFT's) to put on the model
+        host: address to bind (other than 127.0.0.1/localhost: needs an API key)
+        port: TCP port
+        api_key: the key clients must send (default: $LMLAB_API_KEY, if set)
+        name: the model's id in the API (default: the file or folder name)
+        max_batch: requests decoded together at most
+        max_queue: requests waiting at most (beyond: 429)
+        max_tokens: the largest max_tokens a request may ask for
+        timeout: seconds a request may take from arrival to its last token
+        max_body: largest request body, in bytes
+        dtype: float32 or bfloat16
+        quantize: int8 for weight-only int8 Linear layers
+        device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
+
+    Examples:
+        lmlab serve SmolLM2-135M-Instruct.Q4_1.gguf        # then open http://127.0.0.1:8000/
+        lmlab serve runs/sft-debian --port 8080
+        LMLAB_API_KEY=secret lmlab serve model.gguf --host 0.0.0.0
+        lmlab serve path/to/all-MiniLM-L6-v2               # /v1/embeddings
+        curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' -d '{"messages": [{"role": "user", "content": "Hi"}]}'
+    """  # noqa: E501
+    import os
+
+    from lmlab.server import Limits, Service, create_app
+
+    key = api_key or os.environ.get("LMLAB_API_KEY") or None
+    if host not in ("127.0.0.1", "localhost", "::1") and not key:
+        raise LmlabError(f"--host {host} exposes the server beyond this machine: set an API "
+                         "key (--api-key or LMLAB_API_KEY)")
+    limits = Limits(max_tokens=max_tokens, default_max_tokens=min(256, max_tokens),
+                    max_body=max_body, timeout=timeout)
+    source = Path(model)
+    label = name or (source.stem if source.suffix == ".gguf" else source.resolve().name)
+    if _is_encoder(source):
+        from lmlab.sentences import load_encoder
+
+        encoder, tok = load_encoder(source)
+        service = Service(label, tok, encoder=encoder.eval(), limits=limits, api_key=key)
+        what = "embeddings"
+    else:
+        from lmlab.loading import load_for_inference
+
+        loaded = load_for_inference(source, None, dtype, quantize, device, adapter)
+        service = Service(label, loaded.tokenizer, model=loaded.model,
+                          template=loaded.chat_template, limits=limits, api_key=key,
+                          max_batch=max_batch, max_queue=max_queue)
+        what = "chat page: /   API: /v1"
+    import uvicorn
+
+    say(f"serving {label} at http://{host}:{port}/ ({what}); Ctrl-C stops")
+    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
+
+
+def _is_encoder(source: Path) -> bool:
+    """Whether a model folder holds an encoder (BERT), from its config alone."""
+    if source.suffix == ".gguf" or not source.is_dir():
+        return False
+    from lmlab.loading import model_folder
+
+    try:
+        config = json.loads((model_folder(source) / "config.json").read_text())
+    except (OSError, ValueError, LmlabError):
+        return False
+    return config.get("model_type") == "bert"
 
 
 def neighbors(model: InPath, file: InFile, query: list[str] | None = None, top: Count = 5,

@@ -76,6 +76,17 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.length = 0  # positions written so far
 
+    @classmethod
+    def holding(cls, k: torch.Tensor, v: torch.Tensor, length: int) -> KVCache:
+        """A cache over given buffers (B, nkv, L, hs) whose first ``length`` columns are
+        written: for a scheduler that reshapes caches itself (``batching.py``)."""
+        cache = cls.__new__(cls)
+        nn.Module.__init__(cache)
+        cache.register_buffer("k", k, persistent=False)
+        cache.register_buffer("v", v, persistent=False)
+        cache.length = length
+        return cache
+
     def update(self, start: int, k: torch.Tensor,
                v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, nkv, T, hs) at positions start..start+T; return all L = start+T."""
