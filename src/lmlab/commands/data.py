@@ -354,7 +354,7 @@ def summaries(corpus: Literal["debian", "stdlib"], out: OutDir | None = None,
                        vocab_size)
 
 
-Download = Literal["descriptions", "l10n", "ding", "cedict"]
+Download = Literal["descriptions", "l10n", "ding", "cedict", "chromium"]
 
 
 def chatdata(source: Literal["debian", "sharegpt"], out: OutDir | None = None,
@@ -450,7 +450,9 @@ def download(what: list[Download], out: Path = Path("data/downloads")) -> None:
     zh-en pairs: `lmlab parallel --catalogs OUT/l10n`). ding: Ding's German-English
     dictionary (9 MB; the word-by-word baseline and `lmlab parallel --ding`).
     cedict: CC-CEDICT, Chinese-English (9 MB; the zh word-by-word baseline).
-    apt runs with a configuration of its own, its lists and cache under OUT (the
+    chromium: Debian's Chromium and the libraries it lacks, unpacked (117 MB of
+    downloads; the browser test of `lmlab serve`'s chat page; make setup puts it
+    in .venv/assets). apt runs with a configuration of its own, its lists and cache under OUT (the
     system's are not touched), and dpkg-deb -x unpacks without installing. Each
     lands whole in OUT/NAME or not at all.
 
@@ -461,6 +463,7 @@ def download(what: list[Download], out: Path = Path("data/downloads")) -> None:
     Examples:
         lmlab download descriptions
         lmlab download l10n descriptions ding cedict --out data/downloads
+        lmlab download chromium --out .venv/assets
     """
     from lmlab.data.downloads import FETCHERS
 

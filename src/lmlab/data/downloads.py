@@ -91,7 +91,9 @@ def _apt_packages(root: Path, packages: tuple[str, ...], out: Path,
         unpacked = root / "unpacked"
         _run(["dpkg-deb", "-x", str(deb), str(unpacked)], f"dpkg-deb -x {deb.name}")
         for path in sorted(unpacked.rglob("*")):
-            if path.is_file() and keep(path):
+            # A symbolic link (libfoo.so.7 -> libfoo.so.2.4) is kept as a link: its target
+            # may already have moved.
+            if (path.is_symlink() or path.is_file()) and keep(path):
                 target = out / path.relative_to(unpacked)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(path, target)
@@ -168,6 +170,61 @@ def fetch_cedict(dest: Path) -> Path:
     return _into(dest / "cedict", make)
 
 
+# Debian's Chromium and the shared libraries it needs that a minimal Debian lacks: enough to
+# run it headless for the chat page's browser test (117 MB of downloads).
+CHROMIUM_PACKAGES = ("chromium", "chromium-common", "libopenh264-7", "libdouble-conversion3",
+                     "libharfbuzz-subset0", "libpulse0", "libflac12", "libopus0",
+                     "libxnvctrl0", "libminizip1", "libopenjp2-7", "libasyncns0",
+                     "libsndfile1", "libogg0", "libvorbis0a", "libvorbisenc2", "libmpg123-0",
+                     "libmp3lame0")
+CHROMIUM_ENV = "LMLAB_CHROMIUM"
+
+
+def fetch_chromium(dest: Path) -> Path:
+    """Chromium unpacked (no root needed) in ``dest/chromium``: the browser in
+    ``usr/lib/chromium`` and the libraries it lacks in ``usr/lib/x86_64-linux-gnu``."""
+
+    def make(tmp: Path) -> None:
+        _apt_packages(tmp / "apt", CHROMIUM_PACKAGES, tmp,
+                      lambda p: "/usr/share/doc/" not in str(p)
+                      and "/usr/share/man/" not in str(p))
+        shutil.rmtree(tmp / "apt")
+        if not (tmp / "usr/lib/chromium/chromium").is_file():
+            raise LmlabError("the chromium package holds no usr/lib/chromium/chromium")
+
+    return _into(dest / "chromium", make)
+
+
+def _unpacked_chromium() -> Path:
+    import sys
+
+    return Path(sys.prefix) / "assets" / "chromium"
+
+
+def chromium_executable() -> str | None:
+    """A Chromium to drive with Playwright: $LMLAB_CHROMIUM, the system's, or the one
+    ``make setup`` unpacks into the venv's assets (``lmlab download chromium``)."""
+    import os
+
+    for path in (os.environ.get(CHROMIUM_ENV), shutil.which("chromium"),
+                 str(_unpacked_chromium() / "usr/lib/chromium/chromium")):
+        if path and Path(path).is_file():
+            return path
+    return None
+
+
+def chromium_env() -> dict[str, str]:
+    """The environment for the unpacked Chromium: its libraries on LD_LIBRARY_PATH."""
+    import os
+
+    env = dict(os.environ)
+    libs = _unpacked_chromium() / "usr/lib/x86_64-linux-gnu"
+    if libs.is_dir():
+        extra = [str(libs), str(libs / "pulseaudio")]
+        env["LD_LIBRARY_PATH"] = ":".join([*extra, env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
+    return env
+
+
 FETCHERS: dict[str, Callable[[Path], Path]] = {
     "descriptions": fetch_descriptions, "l10n": fetch_l10n, "ding": fetch_ding,
-    "cedict": fetch_cedict}
+    "cedict": fetch_cedict, "chromium": fetch_chromium}
