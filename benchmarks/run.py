@@ -4,6 +4,8 @@
     python benchmarks/run.py --only train      # or: --only generate, smollm2, finetune, ngram
     python benchmarks/run.py --only distributed  # 2 processes x 1 thread vs 1 x 2 (torchrun)
     python benchmarks/run.py --only seq2seq    # encoder-decoder vs MarianMTModel
+    python benchmarks/run.py --only lora       # LoRA fine-tuning of SmolLM2 vs transformers + peft
+    python benchmarks/run.py --only serve      # 200 concurrent requests to `lmlab serve`
     python benchmarks/run.py --quick           # short smoke version (~1 min)
 
 Each benchmark runs its peer (Hugging Face transformers) in the same process
@@ -23,15 +25,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_distributed  # noqa: E402
 import bench_finetune  # noqa: E402
 import bench_generate  # noqa: E402
+import bench_lora  # noqa: E402
 import bench_ngram  # noqa: E402
 import bench_seq2seq  # noqa: E402
+import bench_serve  # noqa: E402
 import bench_smollm2  # noqa: E402
 import bench_train  # noqa: E402
 from common import machine_line, wait_for_idle  # noqa: E402
 
 BENCHMARKS = {"train": bench_train, "generate": bench_generate, "smollm2": bench_smollm2,
               "finetune": bench_finetune, "ngram": bench_ngram,
-              "distributed": bench_distributed, "seq2seq": bench_seq2seq}
+              "distributed": bench_distributed, "seq2seq": bench_seq2seq,
+              "lora": bench_lora, "serve": bench_serve}
 # Run when no --only is given (distributed starts its own processes: ask for it by name).
 DEFAULT = ("train", "generate", "smollm2", "finetune", "ngram")
 

@@ -32,3 +32,17 @@ def test_translation_table_quick_smoke(tmp_path):
     for row in ("lead sentence", "encoder-decoder", "decoder-only, equal parameters"):
         assert row in out.stdout
     assert (tmp_path / "table.md").is_file()
+
+
+@pytest.mark.slow
+def test_lora_and_serving_benchmarks_quick_smoke():
+    pytest.importorskip("peft")
+    pytest.importorskip("httpx")
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick",
+                          "--only", "lora", "--only", "serve", "--wait-idle", "0"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "LoRA fine-tuning of SmolLM2-135M" in out.stdout
+    assert "transformers + peft LoRA" in out.stdout
+    assert "Serving SmolLM2-135M" in out.stdout
+    assert "Answers equal to the same request served alone: 12 of 12" in out.stdout

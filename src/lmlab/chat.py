@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 
 from lmlab.data.chat import render_chat
-from lmlab.generate import Completion, SamplingConfig, generate_text
+from lmlab.generate import Completion, SamplingConfig, generate_text, generate_texts
 from lmlab.models.gpt import GPT
 from lmlab.models.registry import context_of
 from lmlab.models.rnn import StatefulLM
@@ -92,3 +92,34 @@ class ChatSession:
                             warn=self.warn)[0]
         self.messages.append({"role": "assistant", "content": out.text.strip()})
         return out
+
+
+def answer_conversations(model: GPT, tokenizer: Tokenizer, template: str | None,
+                         conversations: list[list[dict[str, str]]], *, max_new_tokens: int = 128,
+                         batch_size: int = 16, cfg: SamplingConfig | None = None,
+                         seed: int | None = None,
+                         progress: Callable[[int], None] | None = None) -> list[str]:
+    """The model's answer to the last user turn of each conversation (an assistant turn at
+    the end, the reference, is left out of the prompt), decoded in batches."""
+    template_ = template or PLAIN_TEMPLATE
+    stops = () if template else PLAIN_STOPS
+    eos = tokenizer.id_to_token(tokenizer.eos_id) if tokenizer.eos_id is not None else ""
+    prompts = []
+    for messages in conversations:
+        if messages and messages[-1]["role"] == "assistant":
+            messages = messages[:-1]
+        text = render_chat(template_, messages, eos_token=eos or "")
+        prompts.append(tokenizer.encode(text, allow_special=True))
+    # Similar lengths together: less padding per batch.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    answers = [""] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        outs = generate_texts(model, tokenizer, [prompts[i] for i in rows],
+                              max_new_tokens=max_new_tokens,
+                              cfg=cfg or SamplingConfig(temperature=0.0), stop=stops, seed=seed)
+        for i, out in zip(rows, outs, strict=True):
+            answers[i] = out.text.strip()
+        if progress:
+            progress(len(rows))
+    return answers

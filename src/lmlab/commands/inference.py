@@ -222,7 +222,8 @@ def chat(model: InPath, prompt: str | None = None, system: str | None = None,
          greedy: bool = False, seed: int | None = None, tokenizer: InFile | None = None,
          dtype: Literal["float32", "bfloat16"] = "float32",
          quantize: Literal["none", "int8"] = "none", device: str = "auto",
-         adapter: InDir | None = None) -> None:
+         adapter: InDir | None = None, input: InFile | None = None,
+         out: OutFile | None = None, batch_size: Count = 16) -> None:
     """Chat with a model in the terminal, answers streamed as they are generated.
 
     Uses the model's own chat template (from the GGUF metadata or the HF
@@ -230,7 +231,11 @@ def chat(model: InPath, prompt: str | None = None, system: str | None = None,
     without one. The conversation is kept whole while it fits the context;
     beyond that its oldest messages are dropped (the system message stays) and
     a note says so. Type /reset to start over and /exit (or Ctrl-D) to leave.
-    With --prompt, answers one message and exits (for scripts).
+    With --prompt, answers one message and exits (for scripts). With --input
+    (conversations, as `lmlab sft` reads them), answers the last user turn of
+    each, in batches, writes the answers to --out (JSONL), and when the
+    conversations end with an assistant turn, scores the answers against those
+    references by ROUGE-1/2/L (a held-out test of a tuned model).
 
     Args:
         model: a .gguf file, a Hugging Face folder, or an lmlab run/checkpoint
@@ -248,8 +253,12 @@ def chat(model: InPath, prompt: str | None = None, system: str | None = None,
         quantize: int8 for weight-only int8 Linear layers
         device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
         adapter: a LoRA adapter folder (lmlab's or PEFT's) to put on the model
+        input: conversations to answer (.jsonl or .json: messages, ShareGPT or Alpaca)
+        out: with --input: where to write the answers (JSONL; default: print them)
+        batch_size: with --input: conversations decoded together
 
     Examples:
+        lmlab chat runs/sft-debian --input data/chat-debian/test.jsonl --out answers.jsonl --greedy
         lmlab chat SmolLM2-135M-Instruct.Q4_1.gguf
         lmlab chat SmolLM2-135M-Instruct.Q4_1.gguf --prompt "Capital of France?" --greedy
         echo "Tell me a joke" | lmlab chat ckpt/smollm2 --system "You are terse."
@@ -261,6 +270,9 @@ def chat(model: InPath, prompt: str | None = None, system: str | None = None,
     loaded = load_for_inference(model, tokenizer, dtype, quantize, device, adapter)
     cfg = SamplingConfig(temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p,
                          repetition_penalty=repetition_penalty)
+    if input is not None:
+        _answer_file(loaded, Path(input), out, cfg, max_new_tokens, batch_size, seed)
+        return
     session = ChatSession(loaded.model, loaded.tokenizer, loaded.chat_template, system=system,
                           cfg=cfg, max_new_tokens=max_new_tokens, seed=seed)
 
@@ -385,6 +397,44 @@ def _is_encoder(source: Path) -> bool:
     except (OSError, ValueError, LmlabError):
         return False
     return config.get("model_type") == "bert"
+
+
+def _answer_file(loaded: Any, input: Path, out: Path | None, cfg: Any, max_new_tokens: int,
+                 batch_size: int, seed: int | None) -> None:
+    """`chat --input`: answer every conversation of a file; score them when it has
+    references."""
+    from lmlab.chat import answer_conversations
+    from lmlab.data.chat import read_conversations
+    from lmlab.metrics import rouge_scores
+    from lmlab.progress import progress_bar
+
+    convs = read_conversations(input)
+    refs = [c[-1]["content"] for c in convs if c[-1]["role"] == "assistant"]
+    t0 = time.perf_counter()
+    with progress_bar(total=len(convs), desc="answers", unit="conv") as bar:
+        answers = answer_conversations(loaded.model, loaded.tokenizer, loaded.chat_template,
+                                       convs, max_new_tokens=max_new_tokens,
+                                       batch_size=batch_size, cfg=cfg, seed=seed,
+                                       progress=bar.update)
+    dt = time.perf_counter() - t0
+    rows = [{"prompt": next(m["content"] for m in reversed(c[:-1] if c[-1]["role"] ==
+                                                            "assistant" else c)
+                            if m["role"] == "user"),
+             "answer": a, **({"reference": c[-1]["content"]} if c[-1]["role"] == "assistant"
+                             else {})} for c, a in zip(convs, answers, strict=True)]
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        say(f"wrote {len(rows):,} answers to {out} ({dt:.0f} s)")
+    else:
+        for row in rows:
+            say(json.dumps(row, ensure_ascii=False))
+    if len(refs) == len(convs):
+        r = rouge_scores(answers, refs)
+        say(f"ROUGE-1/2/L against the reference answers: {r['rouge1']:.2f} / "
+            f"{r['rouge2']:.2f} / {r['rougeL']:.2f} ({len(refs):,} conversations)")
 
 
 def neighbors(model: InPath, file: InFile, query: list[str] | None = None, top: Count = 5,
