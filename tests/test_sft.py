@@ -180,13 +180,25 @@ def test_full_sft_saves_whole_model(tmp_path, base, chats):
     assert cfg["lr"] == 2e-5
 
 
+def test_int8_base_with_float_adapters(tmp_path, base, chats):
+    """The QLoRA idea on a CPU: the frozen base in int8, the adapters in float."""
+    out = tmp_path / "q"
+    assert sft(base, chats, out, "--max-steps", "6", "--lr", "1e-2", "--quantize", "int8") == 0
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    val = [r["loss"] for r in rows if r["split"] == "val"]
+    assert val[-1] < val[0]
+    assert (out / "checkpoints" / "step-000006" / "adapter_model.safetensors").is_file()
+
+
 def test_sft_bad_inputs(tmp_path, base, chats, capsys):
     runs = ((lambda: sft(base, chats, tmp_path / "x", "--lora-targets", "query"),
              "no such module"),
             (lambda: sft(base, chats, tmp_path / "y", "--max-length", "4096"),
              "exceeds the model's context"),
             (lambda: main(["merge", str(base), "--out", str(tmp_path / "m")]),
-             "no adapter to merge"))
+             "no adapter to merge"),
+            (lambda: sft(base, chats, tmp_path / "z", "--lora-rank", "0", "--quantize", "int8"),
+             "needs LoRA adapters"))
     for run, message in runs:
         code = run()
         err = capsys.readouterr().err

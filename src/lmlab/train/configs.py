@@ -400,6 +400,9 @@ class SFTConfig(RunSettings):
         8, "rank of the LoRA adapters (0: full fine-tuning, every weight trains)")
     lora_alpha: PositiveFloat = option(16.0, "LoRA scale numerator: updates are alpha/rank B A x")
     lora_dropout: Dropout = option(0.05, "dropout on the adapters' input")
+    quantize: Literal["none", "int8"] = option(
+        "none", "int8: keep the frozen base's Linear weights (all but the output layer) in "
+        "int8 with float adapters, the QLoRA idea on a CPU (LoRA only)")
     lora_targets: str = option(
         "all-linear", "modules to adapt, comma-separated, named as PEFT names them (q_proj,"
         "k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj for Llama; c_attn,c_proj,c_fc for "
@@ -421,6 +424,9 @@ class SFTConfig(RunSettings):
             self.lr = 2e-4 if self.lora_rank else 2e-5
         if self.validation is None and not self.val_share:
             raise LmlabError("--val-share 0 needs --validation (held-out conversations)")
+        if self.quantize != "none" and not self.lora_rank:
+            raise LmlabError(f"--quantize {self.quantize} freezes the base: it needs LoRA "
+                             "adapters to train (--lora-rank above 0)")
 
     @property
     def targets(self) -> tuple[str, ...]:

@@ -85,7 +85,8 @@ class SFTTrainer(Engine):
     config_file = "sft_config.json"
     run_files = ("metrics.jsonl", "tb", "loss.png", "tokenizer.json")
     resume_keys = ("model", "data", "validation", "val_share", "chat_template", "max_length",
-                   "max_tokens", "lora_rank", "lora_alpha", "lora_targets", "grad_accum", "seed")
+                   "max_tokens", "lora_rank", "lora_alpha", "lora_targets", "quantize",
+                   "grad_accum", "seed")
     plot_ylabel = "answer cross-entropy (nats/token)"
 
     def __init__(self, cfg: SFTConfig, resume: bool = False, overwrite: bool = False,
@@ -114,6 +115,10 @@ class SFTTrainer(Engine):
         torch.manual_seed(cfg.seed)
         model = loaded.model
         self.lora = None
+        if cfg.quantize == "int8":
+            from lmlab.models.quantize import quantize_int8
+
+            quantize_int8(model, skip=("lm_head",))  # the output layer stays exact
         if cfg.lora_rank:
             self.lora = lora.LoraConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha,
                                         dropout=cfg.lora_dropout, targets=cfg.targets)
