@@ -204,3 +204,91 @@ def test_sft_bad_inputs(tmp_path, base, chats, capsys):
         err = capsys.readouterr().err
         assert code == 2 and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "x").exists() and not (tmp_path / "m").exists()
+
+
+STATUS = """Package: curl
+Status: install ok installed
+Description: command line tool for transferring data with URL syntax
+ curl is a command line tool for transferring data with URL syntax, supporting
+ DICT, FILE, FTP, HTTP and more. It is used in scripts.
+ .
+ Second paragraph, not used.
+
+Package: libcurl4-dev
+Description: development files and documentation for libcurl
+ These files are needed to build programs against libcurl.
+
+Package: curl-copy
+Description: command line tool for transferring data with URL syntax
+ curl is a command line tool for transferring data with URL syntax, supporting
+ DICT, FILE, FTP, HTTP and more. It is used in scripts.
+ .
+ Second paragraph, not used.
+
+Package: nolong
+Description: a synopsis only
+
+Package: jq
+Description: lightweight and flexible command-line JSON processor
+ jq is like sed for JSON data. You can use it to slice and filter and map.
+"""
+
+
+def test_chatdata_debian_and_sharegpt(tmp_path, capsys):
+    status = tmp_path / "status"
+    status.write_text(STATUS)
+    out = tmp_path / "debian"
+    assert main(["chatdata", "debian", "--input", str(status), "--out", str(out)]) == 0
+    rows = [json.loads(line) for name in ("train", "val", "test")
+            for line in (out / f"{name}.jsonl").read_text().splitlines()]
+    assert sorted(r["package"] for r in rows) == ["curl", "jq", "libcurl4-dev"]
+    curl = next(r for r in rows if r["package"] == "curl")["messages"]
+    assert curl[0]["content"] == "What does the Debian package curl do?"
+    assert curl[1]["content"].startswith("Command line tool for transferring data with URL "
+                                         "syntax. curl is a command line tool")
+    assert "Second paragraph" not in curl[1]["content"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"]["same description as an earlier package"] == 1
+    assert report["counts"]["no long description"] == 1
+
+    # ShareGPT: a truncated file; empty turns dropped, one speaker's turns joined.
+    records = [{"id": "a", "conversations": [{"from": "human", "value": "Hi"},
+                                             {"from": "gpt", "value": ""},
+                                             {"from": "gpt", "value": "Hello"},
+                                             {"from": "gpt", "value": "there"}]},
+               {"id": "b", "conversations": [{"from": "gpt", "value": "I start"}]},
+               {"id": "c", "conversations": [{"from": "human", "value": "Q"},
+                                             {"from": "gpt", "value": "A"}]},
+               {"id": "d", "conversations": [{"from": "human", "value": "cut"}]}]
+    text = json.dumps(records)
+    share = tmp_path / "share.json"
+    share.write_text(text[:text.index('"cut"')])
+    out2 = tmp_path / "sharegpt"
+    # Too few complete conversations to split three ways is an error, said in one line.
+    assert main(["chatdata", "sharegpt", "--input", str(share), "--out", str(out2)]) == 2
+    assert "cannot be split" in capsys.readouterr().err
+    from lmlab.data.chat import sharegpt_conversations
+
+    convs, counts = sharegpt_conversations(share)
+    assert [c["id"] for c in convs] == ["a", "c"]
+    assert convs[0]["messages"][1] == {"role": "assistant", "content": "Hello\n\nthere"}
+    assert counts["no user turn before an answer"] == 1 and counts["bytes left unparsed"] > 0
+
+
+def test_chat_input_answers_and_scores(tmp_path, base, chats, capsys):
+    out = tmp_path / "answers.jsonl"
+    assert main(["chat", str(base), "--input", str(chats), "--out", str(out), "--greedy",
+                 "--max-new-tokens", "8", "--batch-size", "5"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 24 and rows[0]["prompt"].startswith("What is the capital of")
+    assert rows[0]["reference"].startswith("The capital of")
+    assert "ROUGE-1/2/L against the reference answers" in capsys.readouterr().out
+
+
+def test_chatml_answers_stop_at_im_end_without_the_special_token():
+    from lmlab.data.chat import chat_format
+
+    plain = Tokenizer.train(["hello world"], kind="char", vocab_size=300,
+                            special_tokens=("<|endoftext|>",), show_progress=False)
+    assert chat_format(CHATML_TEMPLATE, plain)[1] == ("<|im_end|>",)
+    assert chat_format(None, plain)[1] == ("\nUser:", "\nSystem:")

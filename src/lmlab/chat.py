@@ -14,18 +14,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from lmlab.data.chat import render_chat
+from lmlab.data.chat import PLAIN_STOPS, PLAIN_TEMPLATE, chat_format, render_chat, render_prompt
 from lmlab.generate import Completion, SamplingConfig, generate_text, generate_texts
 from lmlab.models.gpt import GPT
 from lmlab.models.registry import context_of
 from lmlab.models.rnn import StatefulLM
 from lmlab.tokenizer import Tokenizer
 
-PLAIN_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}Assistant:{% endif %}"
-)
-PLAIN_STOPS = ("\nUser:", "\nSystem:")
+__all__ = ["PLAIN_STOPS", "PLAIN_TEMPLATE", "ChatSession", "answer_conversations", "render_chat"]
 
 
 class ChatSession:
@@ -38,8 +34,7 @@ class ChatSession:
                  warn: Callable[[str], None] | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.template = template or PLAIN_TEMPLATE
-        self.stops = () if template else PLAIN_STOPS
+        self.template, self.stops = chat_format(template, tokenizer)
         self.system = system
         self.cfg = cfg or SamplingConfig(temperature=0.7, top_p=0.9)
         # A Transformer's context bounds the reply and the history; a feed-forward or
@@ -58,12 +53,7 @@ class ChatSession:
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
 
     def _encode(self, messages: list[dict[str, str]]) -> list[int]:
-        tok = self.tokenizer
-        eos = tok.id_to_token(tok.eos_id) if tok.eos_id is not None else ""
-        text = render_chat(self.template, messages, eos_token=eos or "")
-        # The template writes control tokens (<|im_start|>...) as text: they
-        # must become their special ids, unlike in user-supplied text.
-        return tok.encode(text, allow_special=True)
+        return render_prompt(self.template, self.tokenizer, messages)[0]
 
     def prompt_ids(self) -> list[int]:
         """The rendered conversation, dropping the oldest turns until it fits the context."""
@@ -101,15 +91,12 @@ def answer_conversations(model: GPT, tokenizer: Tokenizer, template: str | None,
                          progress: Callable[[int], None] | None = None) -> list[str]:
     """The model's answer to the last user turn of each conversation (an assistant turn at
     the end, the reference, is left out of the prompt), decoded in batches."""
-    template_ = template or PLAIN_TEMPLATE
-    stops = () if template else PLAIN_STOPS
-    eos = tokenizer.id_to_token(tokenizer.eos_id) if tokenizer.eos_id is not None else ""
-    prompts = []
+    prompts, stops = [], ()
     for messages in conversations:
         if messages and messages[-1]["role"] == "assistant":
             messages = messages[:-1]
-        text = render_chat(template_, messages, eos_token=eos or "")
-        prompts.append(tokenizer.encode(text, allow_special=True))
+        ids, stops = render_prompt(template, tokenizer, messages)
+        prompts.append(ids)
     # Similar lengths together: less padding per batch.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers = [""] * len(prompts)

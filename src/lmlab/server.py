@@ -36,7 +36,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lmlab.batching import Batcher, Event, QueueFull, Request
-from lmlab.data.chat import render_chat
+from lmlab.data.chat import render_prompt
 from lmlab.generate import SamplingConfig
 
 STATIC = Path(__file__).parent / "static"
@@ -120,13 +120,7 @@ class Service:
 
     # -- prompts -----------------------------------------------------------
     def chat_prompt(self, messages: list[Message]) -> tuple[list[int], tuple[str, ...]]:
-        from lmlab.chat import PLAIN_STOPS, PLAIN_TEMPLATE
-
-        msgs = [m.model_dump() for m in messages]
-        tok = self.tok
-        eos = tok.id_to_token(tok.eos_id) if tok.eos_id is not None else ""
-        text = render_chat(self.template or PLAIN_TEMPLATE, msgs, eos_token=eos or "")
-        return tok.encode(text, allow_special=True), () if self.template else PLAIN_STOPS
+        return render_prompt(self.template, self.tok, [m.model_dump() for m in messages])
 
     def requests(self, body: _Sampling, prompts: list[list[int]], stops: tuple[str, ...],
                  on_event) -> list[Request]:

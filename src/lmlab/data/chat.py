@@ -45,6 +45,12 @@ CHATML_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# For a model without a template (a base model pretrained with lmlab).
+PLAIN_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+PLAIN_STOPS = ("\nUser:", "\nSystem:")
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "bing": "assistant", "bard": "assistant",
@@ -76,6 +82,31 @@ def render_chat(template: str, messages: list[Message], *,
     return _compile(template).render(messages=messages,
                                      add_generation_prompt=add_generation_prompt,
                                      bos_token=bos_token, eos_token=eos_token)
+
+
+def chat_format(template: str | None, tokenizer: Any) -> tuple[str, tuple[str, ...]]:
+    """The template to render with and the stop strings that end an answer: a model
+    without a template gets the plain format (stopping at the next "User:"); a ChatML
+    answer ends at <|im_end|> unless that is the tokenizer's own end token (a base
+    model tuned with ChatML writes it as text or as a token that is not its end)."""
+    if not template:
+        return PLAIN_TEMPLATE, PLAIN_STOPS
+    eos = tokenizer.id_to_token(tokenizer.eos_id) if tokenizer.eos_id is not None else None
+    if "<|im_end|>" in template and eos != "<|im_end|>":
+        return template, ("<|im_end|>",)
+    return template, ()
+
+
+def render_prompt(template: str | None, tokenizer: Any,
+                  messages: list[Message]) -> tuple[list[int], tuple[str, ...]]:
+    """A conversation's prompt ids (the template, then the generation prompt) and the
+    stop strings of its answer."""
+    template, stops = chat_format(template, tokenizer)
+    eos = tokenizer.id_to_token(tokenizer.eos_id) if tokenizer.eos_id is not None else ""
+    text = render_chat(template, messages, eos_token=eos or "")
+    # The template writes control tokens (<|im_start|>...) as text: they must become
+    # their special ids, unlike in user-supplied text.
+    return tokenizer.encode(text, allow_special=True), stops
 
 
 # ---------------------------------------------------------------- readers
