@@ -417,8 +417,8 @@ def sft(cfg: SFTConfig, /, *, resume: bool = False, overwrite: bool = False) -> 
         overwrite: start over in OUT, deleting the run already there
 
     Examples:
-        lmlab chatdata debian --out data/debian-chat
-        lmlab sft SmolLM2-135M-Instruct.Q4_1.gguf data/debian-chat/train.jsonl --validation data/debian-chat/val.jsonl --out runs/sft-debian
+        lmlab chatdata debian --out data/chat-debian
+        lmlab sft SmolLM2-135M-Instruct.Q4_1.gguf data/chat-debian/train.jsonl --validation data/chat-debian/val.jsonl --out runs/sft-debian
         lmlab sft runs/sft-debian --resume ...same flags...
         lmlab sft model.gguf chats.jsonl --lora-rank 16 --lora-targets q_proj,v_proj --out runs/sft
         lmlab sft runs/mini alpaca.json --lora-rank 0 --chat-template chatml --out runs/mini-chat

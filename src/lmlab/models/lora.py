@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from lmlab.errors import LmlabError
 from lmlab.models.weights import ADAPTER_FILE
@@ -211,17 +212,25 @@ class LoraLinear(nn.Module):
     def weight(self) -> torch.Tensor:  # for code that reads a Linear's weight (tied heads)
         return self.base.weight
 
-    def delta(self, role: str, h: torch.Tensor) -> torch.Tensor:
-        return self.lora_B[role](self.lora_A[role](h)) * self.scaling
+    def update_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A (k r, in): the parts' A stacked; B (out, k r): their B block-diagonal, with
+        zero rows where an output run has no adapter. One pair of matmuls then updates
+        every part (q, k and v of a fused projection) at once."""
+        roles = [s.role for s in self.parts]
+        A = (self.lora_A[roles[0]].weight if len(roles) == 1
+             else torch.cat([self.lora_A[r].weight for r in roles]))
+        if len(self.runs) == 1:
+            return A, self.lora_B[roles[0]].weight
+        blocks = [self.lora_B[role].weight if role is not None else A.new_zeros(size, 0)
+                  for size, role in self.runs]
+        return A, torch.block_diag(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        h = self.drop(x).to(self.lora_A[self.parts[0].role].weight.dtype)
-        if len(self.runs) == 1:  # the whole output: one update
-            return y + self.delta(self.parts[0].role, h).to(y.dtype)
-        pieces = y.split([size for size, _ in self.runs], dim=-1)
-        return torch.cat([p if role is None else p + self.delta(role, h).to(y.dtype)
-                          for p, (_, role) in zip(pieces, self.runs, strict=True)], dim=-1)
+        A, B = self.update_weights()
+        # The scale goes on the rank-r activations, the smaller tensor.
+        a = F.linear(self.drop(x).to(A.dtype), A) * self.scaling  # (..., k r)
+        return y + F.linear(a, B).to(y.dtype)  # (..., out)
 
     def merged_weight(self) -> torch.Tensor:
         """W + (alpha / r) B A, row block by row block."""
