@@ -8,8 +8,9 @@ fine-tuning, on the same rows, at context 512.
   conversations of up to 512 tokens, rendered with SmolLM2's chat template; the loss
   is on the answers only (labels -100 elsewhere). The same (B, 512) rows on both sides.
 * lmlab: ``add_lora`` (rank 8, alpha 16, dropout 0, every Linear but the output layer:
-  q/k/v/o/gate/up/down), the output layer applied to answer positions only (as `lmlab
-  sft` does), AdamW (fused). Also full fine-tuning (every weight trains).
+  q/k/v/o/gate/up/down), the output layer applied to answer positions only and fused
+  with the loss (``linear_cross_entropy``, as `lmlab sft` does), AdamW (fused). Also full
+  fine-tuning (every weight trains).
 * Peer: ``LlamaForCausalLM.from_pretrained`` + ``peft.get_peft_model`` with the same
   rank, alpha, dropout and target modules, ``model(input_ids, labels=...)`` (HF's own
   loss), ``torch.optim.AdamW(fused=True)`` over the trainable parameters.
@@ -98,7 +99,6 @@ def make_rows(root: Path, settings: Settings) -> Path:
 def side(name: str, folder: Path, rows_file: Path, settings: Settings) -> dict:
     """One side's training run, in this process."""
     import torch
-    import torch.nn.functional as F
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
@@ -143,9 +143,11 @@ def side(name: str, folder: Path, rows_file: Path, settings: Settings) -> dict:
             labels = torch.where(mask, x, -100)
             loss = model(input_ids=x, labels=labels).loss
         else:
+            from lmlab.train.losses import linear_cross_entropy
+
             target = mask[:, 1:]  # (B, C-1): the next token is an answer's
-            logits = model(x[:, :-1], select=target)  # (N, V)
-            loss = F.cross_entropy(logits, x[:, 1:][target])
+            hidden = model(x[:, :-1], hidden=True)  # (B, C-1, width)
+            loss = linear_cross_entropy(hidden[target], model.lm_head.weight, x[:, 1:][target])
         losses.append(float(loss))
         loss.backward()
         opt.step()

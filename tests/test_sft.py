@@ -292,3 +292,27 @@ def test_chatml_answers_stop_at_im_end_without_the_special_token():
                             special_tokens=("<|endoftext|>",), show_progress=False)
     assert chat_format(CHATML_TEMPLATE, plain)[1] == ("<|im_end|>",)
     assert chat_format(None, plain)[1] == ("\nUser:", "\nSystem:")
+
+
+@pytest.mark.parametrize("weight_trains", [False, True])
+def test_fused_linear_cross_entropy_equals_the_plain_one(weight_trains):
+    import torch.nn.functional as F
+
+    from lmlab.train.losses import linear_cross_entropy
+
+    torch.manual_seed(0)
+    h = torch.randn(300, 32, requires_grad=True)
+    w = (torch.randn(1000, 32) * 0.1).requires_grad_(weight_trains)
+    y = torch.randint(0, 1000, (300,))
+    want = F.cross_entropy(F.linear(h, w), y, reduction="sum")
+    (want * 3).backward()
+    grads = [h.grad.clone()] + ([w.grad.clone()] if weight_trains else [])
+    h.grad = w.grad = None
+    got = linear_cross_entropy(h, w, y, chunk=64, reduction="sum")
+    (got * 3).backward()
+    assert torch.allclose(got, want, rtol=1e-6)
+    assert torch.allclose(h.grad, grads[0], atol=1e-6)
+    if weight_trains:
+        assert torch.allclose(w.grad, grads[1], atol=1e-5)
+    with torch.no_grad():  # validation: the loss alone
+        assert torch.allclose(linear_cross_entropy(h, w, y, reduction="sum"), want, rtol=1e-6)

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from lmlab.data.chat import CHATML_TEMPLATE, Encoded, encode_conversation, read_conversations
 from lmlab.device import autocast
@@ -45,6 +44,7 @@ from lmlab.models.registry import kind_of
 from lmlab.train.configs import SFTConfig
 from lmlab.train.engine import Engine, EpochCursor
 from lmlab.train.loop import lr_at
+from lmlab.train.losses import linear_cross_entropy
 from lmlab.train.seq2seq import cut_batches, token_budget_batches
 from lmlab.train.tasks.features import IGNORE
 
@@ -179,14 +179,19 @@ class SFTTrainer(Engine):
                       "cut off", file=sys.stderr)
         return examples, report
 
-    def logits_labels(self, model: torch.nn.Module,
-                      rows: Sequence[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (N, V) and labels (N,) of the answer tokens of a batch."""
+    def answer_loss(self, model: torch.nn.Module,
+                    rows: Sequence[Encoded]) -> tuple[torch.Tensor, int]:
+        """The summed cross-entropy of the answer tokens of a batch, and their count. The
+        output layer runs on the answer positions only, fused with the loss
+        (``losses.linear_cross_entropy``: no (N, V) logits kept)."""
         pad = self.tok.eos_id if self.tok.eos_id is not None else 0
         x, labels = collate_chat(rows, pad, self.device)
         target = labels != IGNORE  # (B, L)
         with autocast(self.cfg.dtype, self.device):
-            return model(x, select=target), labels[target]
+            hidden = model(x, hidden=True)  # (B, L, C)
+        loss = linear_cross_entropy(hidden[target], self.model.lm_head.weight, labels[target],
+                                    reduction="sum")
+        return loss, int(target.sum())
 
     # -- the objective -----------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -200,12 +205,11 @@ class SFTTrainer(Engine):
         batch = self.batches.next()
         world = self.world
         mine = [rows[i] for i in batch[world.rank::world.size]]
-        logits, labels = self.logits_labels(self.net, mine)  # (N, V), (N,)
+        loss, _ = self.answer_loss(self.net, mine)
         learned = sum(sum(rows[i].labels[1:]) for i in batch)
         if index % self.grad_accum == 0:
             self.step_tokens = 0
         self.step_tokens += sum(len(rows[i].ids) for i in batch)
-        loss = F.cross_entropy(logits.float(), labels, reduction="sum")
         return loss * world.size / max(learned, 1), {}
 
     def step_units(self) -> int:
@@ -224,9 +228,9 @@ class SFTTrainer(Engine):
         order = sorted(range(len(rows)), key=lambda i: lengths[i])
         nll, count = 0.0, 0
         for batch in cut_batches(order, lengths, self.cfg.max_tokens):
-            logits, labels = self.logits_labels(model, [rows[i] for i in batch])
-            nll += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
-            count += labels.numel()
+            loss, n = self.answer_loss(model, [rows[i] for i in batch])
+            nll += float(loss)
+            count += n
         loss = nll / max(count, 1)
         return {"loss": loss, "perplexity": math.exp(min(loss, 50)), "answer_tokens": count}
 
