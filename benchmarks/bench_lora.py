@@ -121,8 +121,11 @@ def side(name: str, folder: Path, rows_file: Path, settings: Settings) -> dict:
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0, fused=True)
     else:
+        from lmlab.device import keep_freed_memory
         from lmlab.loading import load_model
         from lmlab.models.lora import LoraConfig, add_lora
+
+        keep_freed_memory()  # as every lmlab training run on a CPU (train/engine.py)
         from lmlab.train.engine import make_optimizer
 
         model = load_model(folder)

@@ -226,11 +226,15 @@ class LoraLinear(nn.Module):
         return A, torch.block_diag(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
+        y = self.base(x)  # (..., out)
         A, B = self.update_weights()
         # The scale goes on the rank-r activations, the smaller tensor.
         a = F.linear(self.drop(x).to(A.dtype), A) * self.scaling  # (..., k r)
-        return y + F.linear(a, B).to(y.dtype)  # (..., out)
+        if a.dtype != y.dtype:
+            return y + F.linear(a, B).to(y.dtype)
+        # Added into the base's output in place (its backward does not need it): one pass
+        # over the largest tensor, and no second one allocated.
+        return y.view(-1, y.size(-1)).addmm_(a.view(-1, a.size(-1)), B.t()).view(y.shape)
 
     def merged_weight(self) -> torch.Tensor:
         """W + (alpha / r) B A, row block by row block."""

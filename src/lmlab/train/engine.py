@@ -177,6 +177,10 @@ class Engine:
             raise LmlabError("--fsdp shards the model across processes: launch the run with "
                              "torchrun --nproc_per_node N (N > 1)")
         self.world, self.device = distributed.join(cfg.device)
+        if self.device.type == "cpu":
+            from lmlab.device import keep_freed_memory
+
+            keep_freed_memory()
         if fsdp and not self.world.distributed:
             raise LmlabError("--fsdp needs more than one process (torchrun --nproc_per_node "
                              "N, N > 1)")
