@@ -232,7 +232,8 @@ class Batcher:
         if self.t >= self.caches_len():
             self._regrow()
         tokens = torch.tensor([r.next_token for r in self.rows], device=self.device)
-        pad = torch.tensor(self.pad, device=self.device)
+        # No padding anywhere (one request, or rows of one length): no mask to build.
+        pad = torch.tensor(self.pad, device=self.device) if any(self.pad) else None
         logits = self.model(tokens[:, None], start_pos=self.t, pad=pad)[:, -1]  # (B, V)
         self.t += 1
         self.steps += 1
