@@ -303,3 +303,12 @@ def test_chat_page_in_chromium_with_smollm2():
     assert users == ["What is the capital of France?", "谢谢！"]
     assert "tokens/s" in stats
     json.dumps(stats)
+
+
+def test_request_past_its_deadline_gets_504(model, tok):
+    service = Service("tiny", tok, model=model, template=CHATML_TEMPLATE,
+                      limits=Limits(timeout=1e-4))
+    with live(service) as url:
+        r = httpx.post(f"{url}/v1/chat/completions", timeout=30, json={
+            "messages": [{"role": "user", "content": "hello"}], "max_tokens": 50})
+    assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
