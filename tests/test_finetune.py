@@ -12,6 +12,7 @@ import torch
 
 from lmlab.cli import main
 from lmlab.data.tasks import ClassifyExample, LabelSet, QAExample, TagExample, write_jsonl
+from lmlab.errors import LmlabError
 from lmlab.tokenizer import Tokenizer
 from lmlab.train.finetune import FinetuneConfig, Finetuner, linear_schedule
 from lmlab.train.tasks.checkpoint import load_task_model, predict_texts
@@ -410,3 +411,27 @@ def test_minilm_fine_tunes_a_few_steps(tmp_path):
     assert (tmp_path / "run" / "best" / "vocab.txt").is_file()
     report = tuner.test()
     assert report is not None and report["test_examples"] == 4
+
+
+@pytest.mark.parametrize("backbone", ["bert", "gpt"])
+def test_lora_fine_tuning_trains_adapters_and_head(backbone, tmp_path, wp_tok, gpt_run):
+    """--lora-rank: the backbone frozen under adapters, the head trained; best/ holds the
+    merged model, which loads and predicts as any fine-tuned one."""
+    model = dict(model="bert-nano", tokenizer=str(wp_tok)) if backbone == "bert" else \
+        dict(model=str(gpt_run))
+    tuner = Finetuner(_cfg(tmp_path, lora_rank=4, max_steps=3, **model), progress=False)
+    trainable = {n for n, p in tuner.model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n or n.startswith("head.") for n in trainable)
+    assert any(n.startswith("head.") for n in trainable)
+    frozen = {n: p.detach().clone() for n, p in tuner.model.backbone.named_parameters()
+              if ".lora_" not in n}
+    tuner.fit()
+    for n, p in tuner.model.backbone.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
+    best, _, _ = load_task_model(tmp_path / "run" / "best")
+    assert not any(".lora_" in n for n in best.state_dict())
+    report = tuner.test()
+    assert report is not None and report["test_examples"] == 20
+    with pytest.raises(LmlabError, match="choose one"):
+        _cfg(tmp_path, lora_rank=4, freeze_backbone=True)

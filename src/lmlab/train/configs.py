@@ -241,6 +241,14 @@ class FinetuneConfig:
         "metric (default: never; the best model is kept either way)")
     eval_interval: Count | None = option(None, "also evaluate every this many steps")
     freeze_backbone: bool = option(False, "train the head only")
+    lora_rank: NonNegative = option(
+        0, "train LoRA adapters of this rank on the frozen backbone, and the head (0: every "
+        "weight trains)")
+    lora_alpha: PositiveFloat = option(16.0, "LoRA scale numerator: updates are alpha/rank B A x")
+    lora_dropout: Dropout = option(0.05, "dropout on the adapters' input")
+    lora_targets: str = option(
+        "all-linear", "backbone modules to adapt, as PEFT names them (BERT: query,key,value,"
+        "dense; Llama: q_proj,...,down_proj; GPT-2: c_attn,c_proj,c_fc), or all-linear")
     seed: int = option(0, "random seed (splits, head, batches, dropout)")
     threads: Count | None = option(None, "CPU threads (default: torch's choice)")
     device: str = option("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
@@ -261,6 +269,9 @@ class FinetuneConfig:
             raise LmlabError(f"--val-fraction {self.val_fraction} and --test-fraction "
                              f"{self.test_fraction} leave no training examples; their sum "
                              "must be below 1")
+        if self.lora_rank and self.freeze_backbone:
+            raise LmlabError("--lora-rank trains adapters on the backbone; --freeze-backbone "
+                             "trains none of it: choose one")
 
     def field_names(self) -> dict[str, str]:
         """The ``read_task_file`` keyword arguments naming columns, and the encoding."""

@@ -120,7 +120,8 @@ class Finetuner(Engine):
                    "tags_field", "context_field", "question_field", "answer_field",
                    "answer_start_field", "encoding", "val_fraction", "test_fraction",
                    "max_length", "truncation", "pooling", "batch_size", "head_dropout",
-                   "class_weights", "freeze_backbone", "seed")
+                   "class_weights", "freeze_backbone", "lora_rank", "lora_alpha",
+                   "lora_targets", "seed")
     keep_checkpoints = 1  # the resume point; the model worth keeping is OUT/best
     rate_name = "examples_per_s"
     plot_ylabel = "task loss (cross-entropy, nats)"
@@ -189,6 +190,12 @@ class Finetuner(Engine):
         if cfg.freeze_backbone:
             for p in self.model.backbone.parameters():
                 p.requires_grad_(False)
+        if cfg.lora_rank:
+            from lmlab.models.lora import LoraConfig, add_lora
+
+            targets = tuple(t.strip() for t in cfg.lora_targets.split(",") if t.strip())
+            add_lora(self.model.backbone, LoraConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha,
+                                                     dropout=cfg.lora_dropout, targets=targets))
         self.pad_id = pad_id_of(self.tok, self.model)
 
         # -- features
@@ -238,6 +245,19 @@ class Finetuner(Engine):
         self.metric_name = ""
         # BERT's fine-tuning betas (0.9, 0.999); pretraining uses (0.9, 0.95).
         self._prepare(betas=(0.9, 0.999))
+
+    def plain_model(self) -> TaskModel:
+        """The model to keep as best/: with LoRA, a copy with the adapters merged, so that
+        best/ loads (and predicts) as any fine-tuned model."""
+        if not self.cfg.lora_rank:
+            return self.model
+        import copy
+
+        from lmlab.models.lora import merge_lora
+
+        plain = copy.deepcopy(self.model)
+        merge_lora(plain.backbone)
+        return plain
 
     # -- the run folder --------------------------------------------------------
     def _holds_run(self) -> bool:
@@ -348,7 +368,7 @@ class Finetuner(Engine):
         improved = value > self.best
         if improved:
             self.best, self.best_step, self.bad_evals = value, step, 0
-            save_task_checkpoint(self.run_dir / "best", self.model, self.tok,
+            save_task_checkpoint(self.run_dir / "best", self.plain_model(), self.tok,
                                  self.task_info(step, self.batches.epoch, value), self.source)
         else:
             self.bad_evals += 1
