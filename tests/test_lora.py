@@ -168,3 +168,16 @@ def test_sites_and_bad_targets():
                      "down_proj", "lm_head"}
     with pytest.raises(LmlabError, match="no such module"):
         add_lora(model, LoraConfig(targets=("query",)))
+
+
+def test_adapters_train_under_bf16_autocast():
+    torch.manual_seed(0)
+    model = GPT(LLAMA)
+    add_lora(model, LoraConfig(rank=4, alpha=8, dropout=0.0))
+    randomize(model)
+    x = torch.randint(0, LLAMA.vocab_size, (2, 10))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    out.float().sum().backward()
+    grads = [p.grad for n, p in model.named_parameters() if ".lora_" in n]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)

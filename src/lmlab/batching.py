@@ -68,6 +68,24 @@ class Request:
         self.cancelled = True
 
 
+def _ended(req: Request) -> str | None:
+    """Why a request must end now, if it must: cancelled, or past its deadline."""
+    if req.cancelled:
+        return "cancelled"
+    if req.timeout is not None and time.monotonic() - req.submitted > req.timeout:
+        return "timeout"
+    return None
+
+
+def _tell(req: Request, event: Event) -> None:
+    """Deliver an event; a listener that fails (its event loop closed) must not take the
+    worker thread down with it."""
+    try:
+        req.on_event(event)
+    except Exception:  # noqa: BLE001 - the request is gone; the batch goes on
+        req.cancelled = True
+
+
 class _Row:
     """A running request: its decoding state."""
 
@@ -78,6 +96,7 @@ class _Row:
         self.emitted = 0
         self.generated = 0
         self.next_token = -1
+        self.done = False  # its final event was sent
         self.generator = None
         if req.seed is not None:
             self.generator = torch.Generator(device=device).manual_seed(req.seed)
@@ -100,9 +119,18 @@ class _Row:
             text, final = text[:cut], "stop"
         safe = len(text) if final else max(self.emitted, len(text) - self.stops.hold)
         if safe > self.emitted or final:
-            self.req.on_event(Event(text[self.emitted:safe], final, self.generated))
+            _tell(self.req, Event(text[self.emitted:safe], final, self.generated))
             self.emitted = safe
+        self.done = final is not None
         return final
+
+    def end(self, reason: str) -> None:
+        """End early (cancelled, timed out, failed), with the text held back so far."""
+        text = self.text.flush()
+        cut = self.stops.find(text)
+        text = text[:cut] if cut >= 0 else text
+        _tell(self.req, Event(text[self.emitted:], reason, self.generated))
+        self.emitted, self.done = len(text), True
 
 
 class Batcher:
@@ -159,33 +187,51 @@ class Batcher:
                     self.lock.wait()
                 if self.stopped:
                     return
+                # Requests that were cancelled or timed out while waiting leave the queue
+                # now, so they neither hold a place in it nor get prefilled.
+                self.waiting = deque(r for r in self.waiting if not self._expired(r))
                 room = self.max_batch - len(self.rows)
                 group = [self.waiting.popleft() for _ in range(min(room, len(self.waiting)))]
-            try:
-                with torch.inference_mode():
-                    group = [r for r in group if not self._expired(r)]
-                    if group:
+            with torch.inference_mode():
+                if group:
+                    try:
                         self._admit(group)
-                    if self.rows:
+                    except Exception as e:  # a failed prefill fails its own requests only
+                        self._fail([r for r in group if all(r is not row.req for row in
+                                                            self.rows)], e)
+                        if not self._cache_whole():
+                            self._reset(e)
+                if self.rows:
+                    try:
                         self._step()
-            except Exception as e:  # a failed forward pass fails its requests, not the server
-                for row in self.rows:
-                    row.req.on_event(Event("", "error", row.generated, error=str(e)))
-                for req in group:
-                    if all(req is not row.req for row in self.rows):
-                        req.on_event(Event("", "error", 0, error=str(e)))
-                self.rows, self.pad, self.t = [], [], 0
-                self.model.clear_cache()
+                    except Exception as e:  # a failed forward pass: every running request
+                        self._reset(e)
+
+    def _fail(self, reqs: list[Request], e: Exception) -> None:
+        for req in reqs:
+            _tell(req, Event("", "error", 0, error=str(e)))
+
+    def _reset(self, e: Exception) -> None:
+        """Fail every running request and start from an empty batch."""
+        for row in self.rows:
+            if not row.done:
+                _tell(row.req, Event("", "error", row.generated, error=str(e)))
+        self.rows, self.pad, self.t = [], [], 0
+        self.model.clear_cache()
+
+    def _cache_whole(self) -> bool:
+        """Whether every layer's cache holds the running rows (a failure mid-merge would
+        leave some layers with other shapes)."""
+        caches = [b.attn.kv_cache for b in self._blocks()]
+        if not self.rows:
+            return True
+        return all(c is not None and c.k.size(0) == len(self.rows) for c in caches)
 
     def _expired(self, req: Request) -> bool:
         """Whether a request ends before its next token: cancelled or past its deadline."""
-        reason = None
-        if req.cancelled:
-            reason = "cancelled"
-        elif req.timeout is not None and time.monotonic() - req.submitted > req.timeout:
-            reason = "timeout"
+        reason = _ended(req)
         if reason:
-            req.on_event(Event("", reason))
+            _tell(req, Event("", reason))
         return reason is not None
 
     def _blocks(self) -> list:
@@ -256,11 +302,19 @@ class Batcher:
         empty = torch.empty(1, 0, dtype=torch.long, device=self.device)
         done = []
         for j, row in enumerate(rows):
-            if row.req.cfg.greedy:
-                token = greedy[j]
-            else:
-                token = int(sample(logits[j:j + 1], empty, row.req.cfg, row.generator))
-            if self._expired(row.req) or row.push(token, self.eos) is not None:
+            reason = _ended(row.req)
+            if reason:
+                row.end(reason)
+                done.append(start + j)
+                continue
+            try:
+                token = (greedy[j] if row.req.cfg.greedy else
+                         int(sample(logits[j:j + 1], empty, row.req.cfg, row.generator)))
+            except Exception:  # noqa: BLE001 - e.g. NaN logits: this row fails alone
+                row.end("error")
+                done.append(start + j)
+                continue
+            if row.push(token, self.eos) is not None:
                 done.append(start + j)
         if done:
             self._retire(done)

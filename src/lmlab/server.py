@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lmlab.batching import Batcher, Event, QueueFull, Request
 from lmlab.data.chat import render_prompt
+from lmlab.errors import LmlabError
 from lmlab.generate import SamplingConfig
 
 STATIC = Path(__file__).parent / "static"
@@ -158,6 +159,16 @@ def create_app(service: Service) -> FastAPI:
     async def api_error(_: HTTPRequest, e: ApiError) -> JSONResponse:
         return JSONResponse(error_body(e.message, e.type, e.param, e.code), status_code=e.status)
 
+    @app.exception_handler(LmlabError)
+    async def lmlab_error(_: HTTPRequest, e: LmlabError) -> JSONResponse:
+        # A chat template's raise_exception ("roles must alternate") or a bad input.
+        return JSONResponse(error_body(str(e), "invalid_request_error"), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def server_error(_: HTTPRequest, e: Exception) -> JSONResponse:
+        return JSONResponse(error_body(f"internal error: {type(e).__name__}: {e}",
+                                       "server_error"), status_code=500)
+
     @app.middleware("http")
     async def guard(request: HTTPRequest, call_next):
         if request.url.path.startswith("/v1") and service.api_key:
@@ -174,9 +185,12 @@ def create_app(service: Service) -> FastAPI:
         return await call_next(request)
 
     async def parse(request: HTTPRequest, cls: type[BaseModel]) -> Any:
-        raw = await request.body()
-        if len(raw) > service.limits.max_body:
-            raise ApiError(413, f"request body over {service.limits.max_body} bytes")
+        # Read up to the limit (a chunked body has no Content-Length to refuse early).
+        raw = b""
+        async for part in request.stream():
+            raw += part
+            if len(raw) > service.limits.max_body:
+                raise ApiError(413, f"request body over {service.limits.max_body} bytes")
         try:
             data = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -210,8 +224,8 @@ def create_app(service: Service) -> FastAPI:
     async def page() -> HTMLResponse:
         return HTMLResponse((STATIC / "chat.html").read_text(encoding="utf-8"))
 
-    async def run(body: _Sampling, prompts: list[list[int]], stops: tuple[str, ...],
-                  kind: Literal["chat", "text"]):
+    async def run(request: HTTPRequest, body: _Sampling, prompts: list[list[int]],
+                  stops: tuple[str, ...], kind: Literal["chat", "text"]):
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
 
@@ -230,18 +244,28 @@ def create_app(service: Service) -> FastAPI:
             raise ApiError(429, f"the server is busy ({e}); retry later",
                            type="rate_limit_error") from None
         rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
-        prompt_tokens = sum(len(p) for p in prompts) * body.n
+        prompt_tokens = sum(len(p) for p in prompts)  # each prompt once, whatever n
         if body.stream:
             return StreamingResponse(
                 _stream(events, reqs, rid, kind, service.name, prompt_tokens, body),
                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         texts = [""] * len(reqs)
         finals: list[Event | None] = [None] * len(reqs)
+        # The worker enforces each deadline; this one only guards against a worker that
+        # stopped answering. A client that hangs up cancels its generation.
+        deadline = time.monotonic() + service.limits.timeout + 30
         try:
             while any(f is None for f in finals):
-                i, e = await events.get()
+                try:
+                    i, e = await asyncio.wait_for(events.get(), timeout=1.0)
+                except TimeoutError:
+                    if await request.is_disconnected():
+                        return JSONResponse({}, status_code=499)
+                    if time.monotonic() > deadline:
+                        raise ApiError(504, "no answer from the model", type="timeout") from None
+                    continue
                 texts[i] += e.text
-                if e.finish_reason is not None:
+                if e.finish_reason is not None and finals[i] is None:
                     finals[i] = e
         finally:
             for r in reqs:
@@ -270,7 +294,7 @@ def create_app(service: Service) -> FastAPI:
         body = await parse(request, ChatBody)
         need_generator()
         ids, stops = service.chat_prompt(body.messages)
-        return await run(body, [ids], stops, "chat")
+        return await run(request, body, [ids], stops, "chat")
 
     @app.post("/v1/completions")
     async def completions(request: HTTPRequest):
@@ -284,7 +308,7 @@ def create_app(service: Service) -> FastAPI:
         ids = [tok.encode(p) or ([tok.eos_id] if tok.eos_id is not None else []) for p in prompts]
         if any(not x for x in ids):
             raise ApiError(400, "prompt: empty", param="prompt")
-        return await run(body, ids, (), "text")
+        return await run(request, body, ids, (), "text")
 
     @app.post("/v1/embeddings")
     async def embeddings(request: HTTPRequest):

@@ -376,6 +376,12 @@ def serve(model: InPath, adapter: InDir | None = None, host: str = "127.0.0.1",
         from lmlab.loading import load_for_inference
 
         loaded = load_for_inference(source, None, dtype, quantize, device, adapter)
+        from lmlab.models.registry import kind_of
+
+        if kind_of(loaded.model) != "causal":
+            raise LmlabError(f"{model}: `lmlab serve` decodes Transformer decoders (GPT, "
+                             "Llama, SmolLM2); a feed-forward or recurrent LM is served by "
+                             "`lmlab chat` and `lmlab generate` only")
         service = Service(label, loaded.tokenizer, model=loaded.model,
                           template=loaded.chat_template, limits=limits, api_key=key,
                           max_batch=max_batch, max_queue=max_queue)

@@ -31,6 +31,7 @@ skipped (and counted by the caller).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -97,16 +98,35 @@ def chat_format(template: str | None, tokenizer: Any) -> tuple[str, tuple[str, .
     return template, ()
 
 
+_OPEN, _CLOSE = "\ue000", "\ue001"  # private-use characters: placeholders for contents
+
+
 def render_prompt(template: str | None, tokenizer: Any,
                   messages: list[Message]) -> tuple[list[int], tuple[str, ...]]:
     """A conversation's prompt ids (the template, then the generation prompt) and the
-    stop strings of its answer."""
+    stop strings of its answer.
+
+    The template writes control tokens (<|im_start|>...) as text, which must become
+    their special ids; a message's own text must not: a user who types
+    "<|im_end|><|im_start|>system" gets those characters, not a system turn. A
+    conversation with no special-token text in its messages is encoded whole (the
+    tokens the model saw in training); one with some has its contents spliced in,
+    encoded as plain text."""
     template, stops = chat_format(template, tokenizer)
     eos = tokenizer.id_to_token(tokenizer.eos_id) if tokenizer.eos_id is not None else ""
-    text = render_chat(template, messages, eos_token=eos or "")
-    # The template writes control tokens (<|im_start|>...) as text: they must become
-    # their special ids, unlike in user-supplied text.
-    return tokenizer.encode(text, allow_special=True), stops
+    specials = [t for t in tokenizer.special_tokens if t]
+    if not any(t in m["content"] for m in messages for t in specials):
+        text = render_chat(template, messages, eos_token=eos or "")
+        return tokenizer.encode(text, allow_special=True), stops
+    marked = [dict(m, content=f"{_OPEN}{i}{_CLOSE}") for i, m in enumerate(messages)]
+    text = render_chat(template, marked, eos_token=eos or "")
+    ids: list[int] = []
+    for j, part in enumerate(re.split(f"{_OPEN}(\\d+){_CLOSE}", text)):
+        if j % 2:  # a message's content: plain text
+            ids += tokenizer.encode(messages[int(part)]["content"])
+        elif part:
+            ids += tokenizer.encode(part, allow_special=True)
+    return ids, stops
 
 
 # ---------------------------------------------------------------- readers
@@ -284,8 +304,6 @@ DEBIAN_QUESTION = "What does the Debian package {package} do?"
 def _sentences_within(text: str, limit: int) -> str:
     """The leading whole sentences of ``text`` that fit in ``limit`` characters (at least
     the first sentence, cut at a word if even that is longer)."""
-    import re
-
     out = ""
     for sentence in re.split(r"(?<=[.!?])\s+", text):
         if out and len(out) + 1 + len(sentence) > limit:

@@ -230,8 +230,8 @@ class LoraLinear(nn.Module):
         A, B = self.update_weights()
         # The scale goes on the rank-r activations, the smaller tensor.
         a = F.linear(self.drop(x).to(A.dtype), A) * self.scaling  # (..., k r)
-        if a.dtype != y.dtype:
-            return y + F.linear(a, B).to(y.dtype)
+        if not a.dtype == y.dtype == B.dtype:  # bf16 autocast, or an int8 base's output
+            return y + F.linear(a, B.to(a.dtype)).to(y.dtype)
         # Added into the base's output in place (its backward does not need it): one pass
         # over the largest tensor, and no second one allocated.
         return y.view(-1, y.size(-1)).addmm_(a.view(-1, a.size(-1)), B.t()).view(y.shape)

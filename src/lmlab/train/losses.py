@@ -23,12 +23,13 @@ import torch
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                chunk: int, reduction: str) -> torch.Tensor:
+                chunk: int, reduction: str, grad: bool) -> torch.Tensor:
         N = h.size(0)
         scale = 1.0 / max(N, 1) if reduction == "mean" else 1.0
-        want_h = ctx.needs_input_grad[0]  # False under no_grad: the loss alone
+        # Under no_grad (validation) the loss alone: needs_input_grad still says True there.
+        want_h = grad and ctx.needs_input_grad[0]
         grad_h = torch.empty_like(h) if want_h else None
-        grad_w = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        grad_w = torch.zeros_like(weight) if grad and ctx.needs_input_grad[1] else None
         w = weight.to(h.dtype)  # under bf16 autocast the hidden states are bf16
         total = h.new_zeros((), dtype=torch.float32)
         for start in range(0, N, chunk):
@@ -57,7 +58,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         has_h, has_w = ctx.has_grad
         return (grad_h * grad_out.to(grad_h.dtype) if has_h else None,
-                grad_w * grad_out.to(grad_w.dtype) if has_w else None, None, None, None)
+                grad_w * grad_out.to(grad_w.dtype) if has_w else None, None, None, None, None)
 
 
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
@@ -67,4 +68,5 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     module docstring). ``reduction``: mean or sum."""
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction {reduction!r}: use mean or sum")
-    return _LinearCrossEntropy.apply(h, weight, labels, chunk, reduction)
+    return _LinearCrossEntropy.apply(h, weight, labels, chunk, reduction,
+                                     torch.is_grad_enabled())

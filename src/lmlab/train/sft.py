@@ -114,6 +114,8 @@ class SFTTrainer(Engine):
 
         torch.manual_seed(cfg.seed)
         model = loaded.model
+        if lora.lora_layers(model):  # a LoRA run as the start: its adapter becomes the base
+            lora.merge_lora(model)
         self.lora = None
         if cfg.quantize == "int8":
             from lmlab.models.quantize import quantize_int8
@@ -122,6 +124,9 @@ class SFTTrainer(Engine):
         if cfg.lora_rank:
             self.lora = lora.LoraConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha,
                                         dropout=cfg.lora_dropout, targets=cfg.targets)
+            if "lm_head" in self.lora.targets:
+                raise LmlabError("--lora-targets lm_head: the output layer is fused with the "
+                                 "loss here and stays frozen; adapt the other modules")
             lora.add_lora(model, self.lora)
         else:
             for p in model.parameters():
