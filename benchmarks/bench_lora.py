@@ -44,7 +44,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 class Settings:
     rows: int = 4  # conversations per step
     context: int = 512
-    steps: int = 4  # timed steps (after one warm-up step)
+    steps: int = 6  # timed steps (after one warm-up step)
 
 
 QUICK = Settings(rows=1, context=64, steps=1)
