@@ -11,6 +11,11 @@ continuous batching and one request at a time.
   aggregate completion tokens/s (all tokens / wall time of the load). Every answer of
   the batched run must equal the same request's answer served alone (the one-at-a-time
   run): nothing lost or mixed up between concurrent requests.
+* When llama-cpp-python's server is built (``benchmarks/llama_cpp_env.sh`` makes
+  ``.venv-llama``; or ``$LMLAB_LLAMA_PYTHON`` names a Python that has it), the same
+  load goes to it on the same GGUF file (its own Q4_1 kernels, 2 threads, the GGUF's
+  chat template): a third row. Its answers are not expected to equal lmlab's (lmlab
+  dequantizes the weights to float32); how many do is reported.
 """
 
 from __future__ import annotations
@@ -56,16 +61,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(gguf: Path, max_batch: int, max_tokens: int) -> tuple[subprocess.Popen, str]:
+def llama_python() -> str | None:
+    """A Python with llama-cpp-python's server, if one was built."""
+    for path in (os.environ.get("LMLAB_LLAMA_PYTHON"),
+                 str(Path(__file__).resolve().parents[1] / ".venv-llama" / "bin" / "python")):
+        if path and Path(path).is_file() and subprocess.run(
+                [path, "-c", "import llama_cpp.server"], capture_output=True).returncode == 0:
+            return path
+    return None
+
+
+def start_server(gguf: Path, max_batch: int, max_tokens: int,
+                 llama: str | None = None) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lmlab", "serve", str(gguf), "--port", str(port), "--name",
-         "smollm2", "--max-batch", str(max_batch), "--max-queue", "10000", "--max-tokens",
-         str(max_tokens), "--timeout", "3600"],
-        env=dict(os.environ, OMP_NUM_THREADS="2"), stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True)
+    if llama is None:
+        command = [sys.executable, "-m", "lmlab", "serve", str(gguf), "--port", str(port),
+                   "--name", "smollm2", "--max-batch", str(max_batch), "--max-queue", "10000",
+                   "--max-tokens", str(max_tokens), "--timeout", "3600"]
+    else:
+        command = [llama, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias",
+                   "smollm2", "--port", str(port), "--n_threads", "2", "--n_ctx", "2048",
+                   "--verbose", "False"]
+    proc = subprocess.Popen(command, env=dict(os.environ, OMP_NUM_THREADS="2"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -129,7 +149,22 @@ def run_benchmark(settings: Settings, log=print) -> dict:
             proc.wait(timeout=30)
     same = sum(a == b for a, b in zip(runs["batched"]["answers"],
                                       runs["one at a time"]["answers"], strict=True))
-    return {"runs": runs, "same_answers": same, "settings": vars(settings)}
+    llama = llama_python()
+    llama_same = None
+    if llama is not None:
+        log(f"llama.cpp server: {settings.requests} requests")
+        proc, url = start_server(gguf, 1, settings.max_tokens, llama)
+        try:
+            runs["llama.cpp server (llama-cpp-python)"] = asyncio.run(
+                load(url, prompts, settings.max_tokens))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        llama_same = sum(a == b for a, b in zip(
+            runs["llama.cpp server (llama-cpp-python)"]["answers"],
+            runs["one at a time"]["answers"], strict=True))
+    return {"runs": runs, "same_answers": same, "llama_same_answers": llama_same,
+            "settings": vars(settings)}
 
 
 def format_results(res: dict) -> str:
@@ -143,6 +178,12 @@ def format_results(res: dict) -> str:
             f"max_tokens {s['max_tokens']}, greedy\n\n")
     note = (f"\n\nBatching target {TARGET}x: {verdict(ratio, TARGET)}. Answers equal to the "
             f"same request served alone: {res['same_answers']} of {s['requests']}.")
+    if res.get("llama_same_answers") is None:
+        note += (" No llama.cpp row: llama-cpp-python's server is not built "
+                 "(benchmarks/llama_cpp_env.sh builds it).")
+    else:
+        note += (f" llama.cpp's answers equal to lmlab's: {res['llama_same_answers']} of "
+                 f"{s['requests']} (its Q4_1 kernels against lmlab's float32 weights).")
     return head + table(["server", "errors", "p50 s", "p95 s", "tokens", "wall s",
                          "tokens/s", "vs one at a time"], rows) + note
 
