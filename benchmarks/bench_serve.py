@@ -92,7 +92,8 @@ def start_server(gguf: Path, max_batch: int, max_tokens: int,
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited: {proc.stderr.read()[-2000:]}")
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+            # /v1/models: both servers have it (llama-cpp-python has no /health).
+            if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
                 return proc, url
         except httpx.HTTPError:
             pass
