@@ -316,3 +316,21 @@ def test_fused_linear_cross_entropy_equals_the_plain_one(weight_trains):
         assert torch.allclose(w.grad, grads[1], atol=1e-5)
     with torch.no_grad():  # validation: the loss alone
         assert torch.allclose(linear_cross_entropy(h, w, y, reduction="sum"), want, rtol=1e-6)
+
+
+def test_packing_joins_whole_conversations(tmp_path, base):
+    from lmlab.train.sft import pack
+
+    rows = [encode_conversation(Tokenizer.from_file(base / "tokenizer.json"), CHATML_TEMPLATE,
+                                chat(f"q{i}", "a" * (5 + i)), 96) for i in range(6)]
+    packed = pack(rows, 96)
+    assert sum(len(r.ids) for r in packed) == sum(len(r.ids) for r in rows)
+    assert all(len(r.ids) <= 96 for r in packed) and len(packed) < len(rows)
+    assert [t for r in packed for t in r.ids] == [t for r in rows for t in r.ids]
+    short = tmp_path / "short.jsonl"
+    short.write_text("\n".join(json.dumps({"messages": chat(f"q{i}", f"a{i}")})
+                               for i in range(12)) + "\n")
+    out = tmp_path / "packed"
+    assert sft(base, short, out, "--max-steps", "2", "--packing") == 0
+    report = json.loads((out / "data_report.json").read_text())
+    assert report["train"]["packed_rows"] < report["train"]["conversations"]

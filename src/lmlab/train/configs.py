@@ -407,6 +407,10 @@ class SFTConfig(RunSettings):
     max_tokens: Count = option(
         4096, "tokens per batch, padding included (conversations of similar lengths are "
         "batched together); under torchrun: per process")
+    packing: bool = option(
+        False, "join training conversations into rows of up to --max-length tokens (no "
+        "padding; a conversation then attends to the ones before it in its row, as TRL's "
+        "packing does without position resets)")
     lora_rank: NonNegative = option(
         8, "rank of the LoRA adapters (0: full fine-tuning, every weight trains)")
     lora_alpha: PositiveFloat = option(16.0, "LoRA scale numerator: updates are alpha/rank B A x")

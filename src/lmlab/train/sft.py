@@ -18,9 +18,12 @@ weight trains and checkpoints hold the whole model. Either way a checkpoint carr
 
 Batches: conversations of similar lengths under a token budget (``max_tokens``,
 padding included), as the translation objective draws them; rows are right-padded,
-which a causal model never reads. Validation: the loss and perplexity of the
-answers of the held-out conversations (``--validation``, or ``--val-share`` of the
-data, split by a seeded shuffle).
+which a causal model never reads. ``--packing`` joins training conversations into
+rows of up to ``max_length`` tokens first (never splitting one): no padding, at the
+price of a conversation attending to those before it in its row (TRL's packing
+without position resets; the labels never cross a boundary). Validation: the loss
+and perplexity of the answers of the held-out conversations (``--validation``, or
+``--val-share`` of the data, split by a seeded shuffle).
 
 Shapes: B conversations, L tokens, N learned tokens, V vocabulary.
 """
@@ -63,6 +66,22 @@ def resolve_template(choice: str | None, own: str | None) -> tuple[str, str]:
     return path.read_text(encoding="utf-8"), str(path)
 
 
+def pack(rows: Sequence[Encoded], max_length: int) -> list[Encoded]:
+    """Conversations joined, in order, into rows of at most ``max_length`` tokens (a
+    conversation is never split: one that does not fit starts the next row)."""
+    packed: list[Encoded] = []
+    ids: list[int] = []
+    labels: list[bool] = []
+    for r in rows:
+        if ids and len(ids) + len(r.ids) > max_length:
+            packed.append(Encoded(ids, labels, 0))
+            ids, labels = [], []
+        ids, labels = ids + r.ids, labels + r.labels
+    if ids:
+        packed.append(Encoded(ids, labels, 0))
+    return packed
+
+
 def collate_chat(rows: Sequence[Encoded], pad: int,
                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs (B, L) and labels (B, L), right-padded: a label is the next token where that
@@ -85,7 +104,7 @@ class SFTTrainer(Engine):
     config_file = "sft_config.json"
     run_files = ("metrics.jsonl", "tb", "loss.png", "tokenizer.json")
     resume_keys = ("model", "data", "validation", "val_share", "chat_template", "max_length",
-                   "max_tokens", "lora_rank", "lora_alpha", "lora_targets", "quantize",
+                   "max_tokens", "packing", "lora_rank", "lora_alpha", "lora_targets", "quantize",
                    "grad_accum", "seed")
     plot_ylabel = "answer cross-entropy (nats/token)"
 
@@ -173,11 +192,14 @@ class SFTTrainer(Engine):
             if not kept:
                 raise LmlabError(f"no {name} conversation has an answer that ends within "
                                  f"--max-length {cfg.max_length} tokens")
-            examples[name] = kept
             report[name] = {"conversations": len(kept), "skipped_too_long": skipped,
                             "answers_cut_off": dropped,
                             "answer_tokens": sum(sum(e.labels) for e in kept),
                             "tokens": sum(len(e.ids) for e in kept)}
+            if name == "train" and cfg.packing:
+                kept = pack(kept, cfg.max_length)
+                report[name]["packed_rows"] = len(kept)
+            examples[name] = kept
             if (skipped or dropped) and self.world.main:
                 print(f"warning: {name}: {skipped:,} conversation(s) skipped (first answer "
                       f"beyond --max-length {cfg.max_length}), {dropped:,} later answer(s) "
