@@ -83,3 +83,12 @@ def interrupt_and_resume(cfg: dict[str, Any], root: Path, die_at: int,
 def char_shards(tmp_path_factory, lee_docs) -> Path:
     """Character-level shards of the Lee documents (10 validation documents)."""
     return make_shards(tmp_path_factory.mktemp("char"), lee_docs, "char", 512)
+
+
+def chat_tokenizer(*texts: str) -> Any:
+    """A character-level tokenizer with an end token and ChatML's control tokens."""
+    from lmlab.tokenizer import Tokenizer
+
+    return Tokenizer.train(list(texts), kind="char", vocab_size=300,
+                           special_tokens=("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+                           show_progress=False)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import chat_tokenizer
 from lmlab.chat import PLAIN_TEMPLATE, ChatSession, render_chat
 from lmlab.cli import main
 from lmlab.config import GPTConfig
@@ -23,10 +24,8 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
 
 @pytest.fixture(scope="module")
 def tok() -> Tokenizer:
-    text = "User: hello there. Assistant: hi! how are you? I am fine, thanks.\n" * 5
-    return Tokenizer.train([text], kind="char", vocab_size=300,
-                           special_tokens=("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
-                           show_progress=False)
+    return chat_tokenizer("User: hello there. Assistant: hi! how are you? I am fine, "
+                          "thanks.\n" * 5)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import chat_tokenizer
 from lmlab.batching import Batcher, Request, collect
 from lmlab.config import GPTConfig
 from lmlab.data.chat import CHATML_TEMPLATE
@@ -29,10 +30,8 @@ httpx = pytest.importorskip("httpx")
 
 @pytest.fixture(scope="module")
 def tok() -> Tokenizer:
-    text = "User: hello there. Assistant: hi! how are you? I am fine. 你好，世界。\n" * 5
-    return Tokenizer.train([text], kind="char", vocab_size=300,
-                           special_tokens=("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
-                           show_progress=False)
+    return chat_tokenizer("User: hello there. Assistant: hi! how are you? I am fine. "
+                          "你好，世界。\n" * 5)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import chat_tokenizer
 from lmlab.cli import main
 from lmlab.config import GPTConfig
 from lmlab.data.chat import (
@@ -30,10 +31,7 @@ CAPITALS = {"France": "Paris", "Japan": "Tokyo", "Peru": "Lima", "Egypt": "Cairo
 def tok() -> Tokenizer:
     text = " ".join(f"What is the capital of {c}? The capital of {c} is {p}. 法国的首都是巴黎。"
                     for c, p in CAPITALS.items())
-    return Tokenizer.train([text * 3, "system user assistant\n"], kind="char",
-                           vocab_size=300,
-                           special_tokens=("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
-                           show_progress=False)
+    return chat_tokenizer(text * 3, "system user assistant\n")
 
 
 def chat(q: str, a: str) -> list[dict[str, str]]:

@@ -42,6 +42,14 @@ def _template_from_folder(folder: Path) -> str | None:
     return template
 
 
+def write_chat_config(folder: Path, template: str | None, tokenizer: Tokenizer) -> None:
+    """tokenizer_config.json with the chat template and end token a model was tuned with,
+    as an HF folder has it (``_template_from_folder`` and ``eos_token_of_folder`` read it
+    back)."""
+    (Path(folder) / "tokenizer_config.json").write_text(json.dumps(
+        {"chat_template": template, "eos_token": tokenizer.eos_token}, indent=2) + "\n")
+
+
 def eos_token_of_folder(folder: Path) -> str | None:
     """The end token an HF tokenizer_config.json names (e.g. <|im_end|>), if any.
 

@@ -631,6 +631,11 @@ class Tokenizer:
         added = self._tok.get_added_tokens_decoder()
         return [t.content for _, t in sorted(added.items()) if t.special]
 
+    @property
+    def eos_token(self) -> str | None:
+        """The end token's text (e.g. <|im_end|>), or None without one."""
+        return self.id_to_token(self.eos_id) if self.eos_id is not None else None
+
     @cached_property
     def eos_id(self) -> int | None:
         """Id of the model's end token: the one named at construction (if in the

@@ -550,10 +550,10 @@ def merge(model: InPath, *, out: OutDir, adapter: InDir | None = None,
         lmlab merge SmolLM2-135M-Instruct.Q4_1.gguf --adapter peft-adapter/ --out models/merged
         lmlab chat models/smollm2-debian
     """
-    from lmlab.atomic import atomic_dir, save_safetensors
-    from lmlab.loading import load_for_inference
+    from lmlab.atomic import atomic_dir
+    from lmlab.loading import load_for_inference, write_chat_config
     from lmlab.models.lora import lora_layers, merge_lora
-    from lmlab.models.weights import CONFIG_FILE, MODEL_FILE, model_state
+    from lmlab.train.checkpoint import write_model_files
 
     loaded = load_for_inference(Path(model), adapter=adapter)
     net = loaded.model
@@ -562,14 +562,10 @@ def merge(model: InPath, *, out: OutDir, adapter: InDir | None = None,
         raise LmlabError(f"{model}: no adapter to merge; pass a LoRA run of `lmlab sft`, or "
                          "the base model with --adapter")
     merge_lora(net)
-    tok = loaded.tokenizer
-    eos = tok.id_to_token(tok.eos_id) if tok.eos_id is not None else None
     with atomic_dir(Path(out)) as tmp:
-        save_safetensors(model_state(net), tmp / MODEL_FILE, metadata={"format": "pt"})
-        net.config.save(tmp / CONFIG_FILE)
-        tok.save(tmp / "tokenizer.json")
-        (tmp / "tokenizer_config.json").write_text(json.dumps(
-            {"chat_template": loaded.chat_template, "eos_token": eos}, indent=2) + "\n")
+        write_model_files(tmp, net)
+        loaded.tokenizer.save(tmp / "tokenizer.json")
+        write_chat_config(tmp, loaded.chat_template, loaded.tokenizer)
     say(f"merged {n} adapted layers into {out} ({net.num_params():,} parameters); "
         f"try: lmlab chat {out}")
 

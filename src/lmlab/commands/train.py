@@ -80,6 +80,12 @@ def pretrain(cfg: TrainConfig, /, *, resume: bool = False, overwrite: bool = Fal
         _pretrain_result(ran[1], cfg.objective, Path(cfg.out))
 
 
+def _say_run_files(result: dict[str, Any], out: Path) -> None:
+    """Where an engine run left its checkpoint, loss curve and logs."""
+    say(f"checkpoint: {result['checkpoint']}")
+    say(f"loss curve: {result['plot']}   metrics: {out}/metrics.jsonl   tensorboard: {out}/tb")
+
+
 def _fit(make: Any, describe: Any) -> tuple[Any, dict[str, Any]] | None:
     """Build a run (in every process under torchrun), let rank 0 ``describe`` it, train it,
     and leave the process group whatever happens: (the run, ``fit``'s result) on rank 0,
@@ -126,8 +132,7 @@ def _pretrain_result(result: dict[str, Any], objective: str, out: Path) -> None:
     elif val:
         say(f"step {result['step']}: val loss {val['loss']:.4f}, perplexity "
             f"{val['perplexity']:.2f}, bits/byte {val['bits_per_byte']:.4f}")
-    say(f"checkpoint: {result['checkpoint']}")
-    say(f"loss curve: {result['plot']}   metrics: {out}/metrics.jsonl   tensorboard: {out}/tb")
+    _say_run_files(result, out)
 
 
 def finetune(cfg: FinetuneConfig, /, *, resume: bool = False,
@@ -419,7 +424,7 @@ def sft(cfg: SFTConfig, /, *, resume: bool = False, overwrite: bool = False) -> 
     Examples:
         lmlab chatdata debian --out data/chat-debian
         lmlab sft SmolLM2-135M-Instruct.Q4_1.gguf data/chat-debian/train.jsonl --validation data/chat-debian/val.jsonl --out runs/sft-debian
-        lmlab sft runs/sft-debian --resume ...same flags...
+        lmlab sft SmolLM2-135M-Instruct.Q4_1.gguf data/chat-debian/train.jsonl --validation data/chat-debian/val.jsonl --out runs/sft-debian --resume
         lmlab sft model.gguf chats.jsonl --lora-rank 16 --lora-targets q_proj,v_proj --out runs/sft
         lmlab sft runs/mini alpaca.json --lora-rank 0 --chat-template chatml --out runs/mini-chat
         lmlab chat runs/sft-debian --prompt "What does the package curl do?"
@@ -443,8 +448,7 @@ def sft(cfg: SFTConfig, /, *, resume: bool = False, overwrite: bool = False) -> 
     if val:
         say(f"step {result['step']}: held-out answer loss {val['loss']:.4f}, perplexity "
             f"{val['perplexity']:.2f}")
-    say(f"checkpoint: {result['checkpoint']}")
-    say(f"loss curve: {result['plot']}   metrics: {out}/metrics.jsonl   tensorboard: {out}/tb")
+    _say_run_files(result, out)
     say(f"chat: lmlab chat {out}" + (f"   merge: lmlab merge {out} --out {out}-merged"
                                      if cfg.lora_rank else ""))
 
@@ -505,6 +509,5 @@ def seq2seq(cfg: Seq2SeqTrainConfig, /, *, resume: bool = False,
         bleu = (f", BLEU {val['bleu']:.2f}, chrF {val['chrf']:.2f}" if "bleu" in val else "")
         say(f"step {result['step']}: val loss {val['loss']:.4f}, perplexity "
             f"{val['perplexity']:.2f}{bleu}")
-    say(f"checkpoint: {result['checkpoint']}")
-    say(f"loss curve: {result['plot']}   metrics: {out}/metrics.jsonl   tensorboard: {out}/tb")
+    _say_run_files(result, out)
     say(f"translate: lmlab translate {out} --input {cfg.data}/test.jsonl --out test.out.txt")

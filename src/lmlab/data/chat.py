@@ -92,8 +92,7 @@ def chat_format(template: str | None, tokenizer: Any) -> tuple[str, tuple[str, .
     model tuned with ChatML writes it as text or as a token that is not its end)."""
     if not template:
         return PLAIN_TEMPLATE, PLAIN_STOPS
-    eos = tokenizer.id_to_token(tokenizer.eos_id) if tokenizer.eos_id is not None else None
-    if "<|im_end|>" in template and eos != "<|im_end|>":
+    if "<|im_end|>" in template and tokenizer.eos_token != "<|im_end|>":
         return template, ("<|im_end|>",)
     return template, ()
 
@@ -113,13 +112,13 @@ def render_prompt(template: str | None, tokenizer: Any,
     tokens the model saw in training); one with some has its contents spliced in,
     encoded as plain text."""
     template, stops = chat_format(template, tokenizer)
-    eos = tokenizer.id_to_token(tokenizer.eos_id) if tokenizer.eos_id is not None else ""
+    eos = tokenizer.eos_token or ""
     specials = [t for t in tokenizer.special_tokens if t]
     if not any(t in m["content"] for m in messages for t in specials):
-        text = render_chat(template, messages, eos_token=eos or "")
+        text = render_chat(template, messages, eos_token=eos)
         return tokenizer.encode(text, allow_special=True), stops
     marked = [dict(m, content=f"{_OPEN}{i}{_CLOSE}") for i, m in enumerate(messages)]
-    text = render_chat(template, marked, eos_token=eos or "")
+    text = render_chat(template, marked, eos_token=eos)
     ids: list[int] = []
     for j, part in enumerate(re.split(f"{_OPEN}(\\d+){_CLOSE}", text)):
         if j % 2:  # a message's content: plain text
@@ -273,8 +272,7 @@ def encode_conversation(tok: Any, template: str, messages: list[Message],
                         max_length: int) -> Encoded | None:
     """Token ids of a conversation and which of them are learned (the answers); None
     when its first answer does not end within ``max_length`` tokens."""
-    eos = tok.id_to_token(tok.eos_id) if tok.eos_id is not None else ""
-    text, spans = answer_spans(template, messages, eos=eos or "")
+    text, spans = answer_spans(template, messages, eos=tok.eos_token or "")
     ids: list[int] = []
     labels: list[bool] = []
     at = answers = 0

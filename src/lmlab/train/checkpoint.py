@@ -58,6 +58,16 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module,
     return ckpt_root / name
 
 
+def write_model_files(folder: Path, model: torch.nn.Module,
+                      model_tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """A model folder's own files: model.safetensors and config.json."""
+    from lmlab.atomic import save_safetensors
+
+    save_safetensors(model_tensors if model_tensors is not None else model_state(model),
+                     folder / MODEL_FILE, metadata={"format": "pt"})
+    model.config.save(folder / CONFIG_FILE)
+
+
 def _write_checkpoint(tmp: Path, model: torch.nn.Module, tokenizer_json: Path | None,
                       optimizer: torch.optim.Optimizer | dict[str, Any] | None,
                       trainer_state: dict[str, Any] | None,
@@ -70,9 +80,7 @@ def _write_checkpoint(tmp: Path, model: torch.nn.Module, tokenizer_json: Path | 
     if write_model is not None:
         write_model(tmp)
     else:
-        save_safetensors(model_tensors if model_tensors is not None else model_state(model),
-                         tmp / MODEL_FILE, metadata={"format": "pt"})
-        model.config.save(tmp / CONFIG_FILE)
+        write_model_files(tmp, model, model_tensors)
     if tokenizer_json is not None:
         shutil.copyfile(tokenizer_json, tmp / TOKENIZER_FILE)
     if optimizer is not None:

@@ -320,7 +320,7 @@ class Finetuner(Engine):
             "truncation": self.cfg.truncation, "max_answer_tokens": self.cfg.max_answer_tokens,
             "head_dropout": self.cfg.head_dropout, "metric": self.metric_name,
             "val_metric": value, "step": step, "epoch": epoch, "source_model": self.cfg.model,
-            "eos_token": tok.id_to_token(tok.eos_id) if tok.eos_id is not None else None,
+            "eos_token": tok.eos_token,
         }
 
     # -- the objective -------------------------------------------------------

@@ -51,8 +51,6 @@ from lmlab.train.losses import linear_cross_entropy
 from lmlab.train.seq2seq import cut_batches, token_budget_batches
 from lmlab.train.tasks.features import IGNORE
 
-TOKENIZER_CONFIG = "tokenizer_config.json"
-
 
 def resolve_template(choice: str | None, own: str | None) -> tuple[str, str]:
     """The chat template to train with, and where it came from."""
@@ -122,8 +120,6 @@ class SFTTrainer(Engine):
         self.tok = loaded.tokenizer
         self.template, self.template_origin = resolve_template(cfg.chat_template,
                                                                loaded.chat_template)
-        self.eos_token = (self.tok.id_to_token(self.tok.eos_id)
-                          if self.tok.eos_id is not None else None)
         self.context = loaded.model.config.block_size
         if cfg.max_length > self.context:
             raise LmlabError(f"--max-length {cfg.max_length} exceeds the model's context of "
@@ -296,17 +292,14 @@ class SFTTrainer(Engine):
 
     def model_writer(self) -> Any:
         def write(folder: Path) -> None:
-            from lmlab.atomic import save_safetensors
-            from lmlab.models.weights import CONFIG_FILE, MODEL_FILE, model_state
+            from lmlab.loading import write_chat_config
+            from lmlab.train.checkpoint import write_model_files
 
             if self.lora is not None:
                 lora.save_adapter(self.model, folder, self.lora, base=self.base_source())
             else:
-                save_safetensors(model_state(self.model), folder / MODEL_FILE,
-                                 metadata={"format": "pt"})
-                self.model.config.save(folder / CONFIG_FILE)
-            (folder / TOKENIZER_CONFIG).write_text(json.dumps(
-                {"chat_template": self.template, "eos_token": self.eos_token}, indent=2) + "\n")
+                write_model_files(folder, self.model)
+            write_chat_config(folder, self.template, self.tok)
         return write
 
     def _restore_weights(self, state: dict[str, Any]) -> None:
