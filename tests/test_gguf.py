@@ -159,6 +159,76 @@ def test_tiny_gguf_matches_hf_llama(tmp_path, qtype, tied):
     assert (meta["bos_id"], meta["eos_id"]) == (1, 2)
 
 
+def test_reader_matches_the_gguf_package(tmp_path):
+    """lmlab's GGUF reader sees the metadata and tensor bytes llama.cpp's GGUFReader sees."""
+    from lmlab.interop.gguf_file import GGUFFile
+
+    cfg, sd = tiny_hf_llama(tied=False)
+    path = tmp_path / "tiny.gguf"
+    write_gguf(path, cfg, sd, Q.Q4_1)
+    ours, theirs = GGUFFile(path), gguf.GGUFReader(path)
+    keys = [k for k in theirs.fields if not k.startswith("GGUF.")]
+    assert list(ours.metadata) == keys
+    for k in keys:
+        want = theirs.fields[k].contents()
+        got = ours.metadata[k]
+        assert got == (pytest.approx(want) if isinstance(want, float) else want), k
+    assert list(ours.tensors) == [t.name for t in theirs.tensors]
+    for t in theirs.tensors:
+        mine = ours.tensors[t.name]
+        assert mine.shape == tuple(reversed(t.shape.tolist())) and mine.type == t.tensor_type.name
+        assert np.array_equal(mine.data, np.asarray(t.data).view(np.uint8).ravel()), t.name
+
+
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K",
+                                  "Q6_K"])
+def test_dequantize_matches_the_gguf_reference(name):
+    """Every block type, decoded by lmlab's torch code, equals gguf.quants' numpy reference."""
+    from lmlab.interop.gguf_file import GGML_TYPES, GGUFTensor
+    from lmlab.interop.gguf_quants import dequantize
+
+    block, size = next((b, n) for t, b, n in GGML_TYPES.values() if t == name)
+    rng = np.random.default_rng(0)
+    rows, cols = 3, 2 * block
+    raw = rng.integers(0, 256, size=(rows * cols // block, size), dtype=np.uint8)
+    # Random bytes are valid codes and scales; only the float16 fields need finite values.
+    halves = {"Q4_0": [0], "Q5_0": [0], "Q8_0": [0], "Q4_1": [0, 2], "Q5_1": [0, 2],
+              "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208]}[name]
+    for at in halves:
+        d = rng.uniform(-1, 1, raw.shape[0]).astype(np.float16)
+        raw[:, at:at + 2] = d.view(np.uint8).reshape(-1, 2)
+    got = dequantize(GGUFTensor("w", (rows, cols), name, raw.reshape(-1)))
+    want = gguf.quants.dequantize(raw.reshape(rows, -1), Q[name]).astype(np.float32)
+    assert got.shape == (rows, cols)
+    np.testing.assert_array_equal(got.numpy(), want)
+
+
+@pytest.mark.parametrize("qtype,tied", [(Q.Q4_0, True), (Q.Q4_1, False), (Q.Q8_0, True)],
+                         ids=["Q4_0-tied", "Q4_1-untied", "Q8_0-tied"])
+def test_int4_load_repacks_4bit_tensors(tmp_path, qtype, tied):
+    """quantize="int4" keeps a Q4 file's own codes (only its scales round to bf16); other
+    types are quantized from their values."""
+    from lmlab.models.quantize import WeightOnlyInt4Linear
+
+    cfg, sd = tiny_hf_llama(tied)
+    path = tmp_path / "tiny.gguf"
+    write_gguf(path, cfg, sd, qtype)
+    ref, _, _ = load_gguf(path)
+    model, _, _ = load_gguf(path, quantize="int4")
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, WeightOnlyInt4Linear)}
+    assert len(linears) == 5 * cfg.n_layer + 1  # c_attn, c_proj, c_fc, c_fc2, c_proj; lm_head
+    for name, mod in linears.items():
+        w = ref.get_submodule(name).weight
+        err = (mod.dequantize() - w).abs().max().item()
+        exact = qtype != Q.Q8_0
+        # A Q4 tensor's values differ only by bf16 rounding of its scales and zeros.
+        assert err <= (w.abs().max().item() * 2 ** -7 if exact else 0.2), (name, err)
+    idx = torch.randint(0, cfg.vocab_size, (2, 16))
+    with torch.no_grad():
+        a, b = model(idx), ref(idx)
+    assert ((a - b).norm() / b.norm()).item() < (0.02 if qtype != Q.Q8_0 else 0.2)
+
+
 @pytest.mark.parametrize("pre,n_digit_tokens", [("smollm", 2), ("gpt-2", 1)])
 def test_tiny_gguf_tokenizer(tmp_path, pre, n_digit_tokens):
     cfg, sd = tiny_hf_llama(tied=True)
@@ -293,6 +363,18 @@ def test_smollm2_int8_greedy_on_reference_prompts(smollm2):
         print(f"{p!r}: float32 {a.text!r}, int8 {b.text!r}, identical for {same} characters")
         dot = a.text.find(".")
         assert same >= (dot + 1 if dot >= 0 else len(a.text)), (p, a.text, b.text)
+
+
+@needs_smollm2
+def test_smollm2_int4_keeps_paris_and_loads_fast():
+    """The Q4_1 file repacked for the int4 kernel still answers " Paris." greedily."""
+    from lmlab.models.quantize import WeightOnlyInt4Linear
+
+    model, tok, _ = load_gguf(smollm2_gguf(), quantize="int4")
+    assert isinstance(model.transformer.h[0].mlp.c_fc, WeightOnlyInt4Linear)
+    out = generate_text(model, tok, "The capital of France is", max_new_tokens=3,
+                        cfg=SamplingConfig(temperature=0))
+    assert out[0].text.startswith(" Paris."), out[0].text
 
 
 @needs_smollm2

@@ -1,4 +1,4 @@
-"""Weight-only int8 quantization: the swapped Linear, a quantized GPT, and the CLI flag."""
+"""Weight-only int8 and int4 quantization: the swapped Linears, a quantized GPT, the CLI flag."""
 
 from __future__ import annotations
 
@@ -10,10 +10,15 @@ from lmlab.config import GPTConfig
 from lmlab.generate import SamplingConfig, decode_one_token, generate, prefill
 from lmlab.models.gpt import GPT
 from lmlab.models.quantize import (
+    WeightOnlyInt4Linear,
     WeightOnlyInt8Linear,
+    pack_rows,
     quantization_error,
+    quantize_int4,
     quantize_int8,
+    quantize_weight_int4,
     quantize_weight_int8,
+    unpack_rows,
 )
 
 VOCAB = 300
@@ -181,3 +186,101 @@ def test_cli_generate_quantize_int8(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert code == 0, err
     assert out.startswith("the ") and "tokens/s" in err
+
+
+def test_cli_generate_quantize_int4(tmp_path, capsys):
+    from lmlab.cli import main
+    from lmlab.loading import load_for_inference
+    from lmlab.models.weights import TOKENIZER_FILE
+    from lmlab.tokenizer import Tokenizer
+    from lmlab.train.checkpoint import save_checkpoint
+
+    tok = Tokenizer.train(["the quick brown fox jumps over the lazy dog\n"] * 3, kind="char",
+                          vocab_size=VOCAB, show_progress=False)
+    ckpt = save_checkpoint(tmp_path / "run", 1, tiny_gpt("gpt-nano"), tokenizer_json=None)
+    tok.save(ckpt / TOKENIZER_FILE)
+    model = load_for_inference(tmp_path / "run", None, "float32", "int4").model
+    assert isinstance(model.lm_head, WeightOnlyInt4Linear)
+    code = main(["generate", str(tmp_path / "run"), "--prompt", "the ", "--greedy",
+                 "--max-new-tokens", "12", "--quantize", "int4"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.startswith("the ") and "tokens/s" in err
+
+
+# ------------------------------------------------------------ int4
+def test_int4_groups_round_to_the_nearest_code():
+    torch.manual_seed(0)
+    w = torch.randn(64, 128)
+    q, scale, zero = quantize_weight_int4(w, group_size=32)
+    assert q.dtype == torch.uint8 and int(q.max()) <= 15 and scale.shape == (64, 4)
+    deq = (q.view(64, 4, 32).float() - 8) * scale.float()[..., None] + zero.float()[..., None]
+    # Every value lies within half a step (plus bf16 slack) of its group's grid.
+    err = (deq.view(64, 128) - w).abs().view(64, 4, 32)
+    assert bool((err <= scale.float()[..., None] * 0.5 + 1e-2).all())
+    assert 0.03 < rel_error(deq.view(64, 128), w) < 0.12  # ~6-8% for Gaussian weights
+    with pytest.raises(ValueError, match="multiple of the group size"):
+        quantize_weight_int4(torch.randn(8, 48), group_size=32)
+    # pack_rows / unpack_rows round-trip exactly.
+    rows = pack_rows(q, scale.float(), zero.float())
+    q2, s2, z2 = unpack_rows(rows, 128)
+    assert torch.equal(q2, q) and torch.equal(s2, scale.float()) and torch.equal(z2, zero.float())
+
+
+@pytest.mark.parametrize("use_kernel", [True, False], ids=["kernel", "dequantize"])
+@pytest.mark.parametrize("shape", [(100, 64), (384, 512)], ids=["rows100", "rows384"])
+def test_int4_linear_close_to_float(use_kernel, shape):
+    torch.manual_seed(0)
+    N, K = shape  # 100 rows: padded to 128 inside, cut off on the way out
+    lin = nn.Linear(K, N, bias=True)
+    q = WeightOnlyInt4Linear.from_linear(lin, use_kernel=use_kernel)
+    for rows in (1, 7, 80):  # 80 exceeds the kernel's row limit: the plain path
+        x = torch.randn(rows, K)
+        with torch.no_grad():
+            out, ref = q(x), lin(x)
+            exact = nn.functional.linear(x, q.dequantize(), lin.bias)
+        assert out.shape == ref.shape and out.dtype == torch.float32
+        assert rel_error(out, ref) < 0.12
+        # The kernel multiplies by the same dequantized weight, with bf16 activations.
+        assert rel_error(out, exact) < (0.01 if use_kernel and rows <= 32 else 1e-5)
+
+
+def test_int4_kernel_layout_matches_torch():
+    """lmlab's pack/unpack of the CPU kernel's layout agrees with torch's own packing op."""
+    from lmlab.models import quantize as qmod
+
+    if qmod._INT4_PACK is None:
+        pytest.skip("this torch build has no CPU int4 packing op")
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randint(0, 16, (192, 96), dtype=torch.uint8, generator=gen)
+    theirs = qmod._INT4_PACK(q.int(), 1)
+    assert torch.equal(qmod._pack_int4_layout(q), theirs)
+    assert torch.equal(qmod._unpack_int4_layout(theirs), q)
+    assert qmod._kernel_layout_ok()
+
+
+@pytest.mark.parametrize("preset", ["gpt-nano", "llama-nano"])
+def test_int4_gpt_logits_and_generation(preset):
+    model = tiny_gpt(preset)
+    idx = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(idx)
+    wte = model.transformer.wte.weight.detach().clone()
+    quantize_int4(model)
+    assert not any(isinstance(m, nn.Linear) for m in model.modules())
+    assert isinstance(model.lm_head, WeightOnlyInt4Linear)
+    torch.testing.assert_close(model.transformer.wte.weight.detach(), wte, rtol=0, atol=0)
+    with torch.no_grad():
+        logits = model(idx)
+    assert rel_error(logits, ref) < 0.15
+    toks = list(generate(model, idx[:1, :5], 6, SamplingConfig(temperature=0.0)))
+    assert len(toks) == 6
+
+
+def test_int4_falls_back_to_int8_when_groups_do_not_fit():
+    net = nn.Sequential(nn.Linear(48, 64), nn.Linear(64, 32))
+    quantize_int4(net, group_size=32)
+    assert isinstance(net[0], WeightOnlyInt8Linear)  # 48 inputs: not whole groups of 32
+    assert isinstance(net[1], WeightOnlyInt4Linear)
+    with pytest.raises(ValueError, match="group size"):
+        quantize_int4(nn.Sequential(nn.Linear(64, 64)), group_size=48)

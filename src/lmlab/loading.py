@@ -78,10 +78,11 @@ def adapter_base(adapter: Path) -> Path:
     return Path(base)
 
 
-def _load(source: Path, device: str = "cpu", adapter: Path | None = None
-          ) -> tuple[torch.nn.Module, Path, dict | None, Path | None]:
+def _load(source: Path, device: str = "cpu", adapter: Path | None = None,
+          quantize: str = "none") -> tuple[torch.nn.Module, Path, dict | None, Path | None]:
     """The model, the folder (or file) it came from, a GGUF file's metadata, and the
-    adapter folder put on it (a LoRA run's checkpoint, or ``adapter``)."""
+    adapter folder put on it (a LoRA run's checkpoint, or ``adapter``). With
+    ``quantize="int4"`` a GGUF's 4-bit tensors are repacked as they load."""
     from lmlab.interop.hf_folder import is_hf_folder
     from lmlab.models.lora import is_adapter_folder, load_adapter
 
@@ -90,7 +91,7 @@ def _load(source: Path, device: str = "cpu", adapter: Path | None = None
         folder = resolve_checkpoint(source)
         if is_adapter_folder(folder):  # a LoRA run: its base, then the adapter on it
             source, adapter = adapter_base(folder), folder
-    model, folder, gguf = _load_plain(source, device)
+    model, folder, gguf = _load_plain(source, device, quantize)
     if adapter is not None:
         adapter = Path(adapter)
         if not is_adapter_folder(adapter):
@@ -99,7 +100,8 @@ def _load(source: Path, device: str = "cpu", adapter: Path | None = None
     return model, folder, gguf, adapter
 
 
-def _load_plain(source: Path, device: str) -> tuple[torch.nn.Module, Path, dict | None]:
+def _load_plain(source: Path, device: str,
+                quantize: str = "none") -> tuple[torch.nn.Module, Path, dict | None]:
     from lmlab.interop.hf_folder import is_hf_folder, load_hf
 
     if source.suffix == ".gguf":
@@ -107,7 +109,7 @@ def _load_plain(source: Path, device: str) -> tuple[torch.nn.Module, Path, dict 
 
         if not source.is_file():
             raise LmlabError(f"{source}: no such file")
-        model, tok, meta = load_gguf(source)
+        model, tok, meta = load_gguf(source, quantize="int4" if quantize == "int4" else "none")
         return model.to(device), source, dict(meta, tokenizer=tok)
     if is_hf_folder(source):
         return load_hf(source).to(device), source, None
@@ -140,12 +142,14 @@ def load_for_inference(source: Path, tokenizer: Path | None = None, dtype: str =
     feed-forward or recurrent LM (``models/rnn.py``); an encoder is refused.
     """
     if quantize != "none" and device in (None, "auto"):
-        device = "cpu"  # the int8 kernels are the CPU's
+        device = "cpu"  # the int8 and int4 kernels are the CPU's
     target = resolve_device(device)  # a device that is not here: refused before any work
     if target.type != "cpu" and quantize != "none":
         raise LmlabError(f"--quantize {quantize} runs on the CPU only; drop it for "
                          f"--device {device}")
-    model, folder, gguf, adapter = _load(Path(source), adapter=adapter)
+    if quantize not in ("none", "int8", "int4"):
+        raise LmlabError(f"unknown quantization {quantize!r} (choose none, int8 or int4)")
+    model, folder, gguf, adapter = _load(Path(source), adapter=adapter, quantize=quantize)
     if kind_of(model) == "encoder":
         raise LmlabError(f"{source}: is an encoder (BERT), which cannot generate or score "
                          "text left to right; use it with `lmlab neighbors` or "
@@ -176,8 +180,10 @@ def load_for_inference(source: Path, tokenizer: Path | None = None, dtype: str =
         from lmlab.models.quantize import quantize_int8
 
         quantize_int8(model)
-    elif quantize != "none":
-        raise LmlabError(f"unknown quantization {quantize!r} (choose none or int8)")
+    elif quantize == "int4":
+        from lmlab.models.quantize import quantize_int4
+
+        quantize_int4(model)  # a GGUF's Linears are int4 already: only the rest change
     if target.type != "cpu":
         model = model.to(target)
     return Loaded(model.eval(), tok, folder, template)

@@ -31,7 +31,7 @@ def evaluate(checkpoint: InPath, text: InPath, tokenizer: InFile | None = None,
              split: Literal["val", "train"] = "val",
              stride: Count | None = None, batch_size: Count = 8,
              dtype: Literal["float32", "bfloat16"] = "float32",
-             quantize: Literal["none", "int8"] = "none", device: str = "auto",
+             quantize: Literal["none", "int8", "int4"] = "none", device: str = "auto",
              json_out: bool = False, adapter: InDir | None = None) -> None:
     """Perplexity and bits per byte of a checkpoint on a text file.
 
@@ -52,7 +52,7 @@ def evaluate(checkpoint: InPath, text: InPath, tokenizer: InFile | None = None,
         stride: tokens advanced per window (default: the full context)
         batch_size: windows per forward pass
         dtype: float32 or bfloat16
-        quantize: int8 for weight-only int8 Linear layers (see `lmlab generate --help`)
+        quantize: int8 or int4 weight-only Linear layers (see `lmlab generate --help`)
         device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
         json_out: print the result as JSON
         adapter: a LoRA adapter folder (lmlab's or PEFT's) to put on the model
@@ -98,7 +98,7 @@ def generate(checkpoint: InPath, prompt: str = "", max_new_tokens: Count = 100,
              stop: list[str] | None = None, seed: int | None = None,
              tokenizer: InFile | None = None,
              dtype: Literal["float32", "bfloat16"] = "float32", stream: bool = True,
-             quantize: Literal["none", "int8"] = "none", device: str = "auto",
+             quantize: Literal["none", "int8", "int4"] = "none", device: str = "auto",
              compile: bool = False, num_beams: Count = 1, length_penalty: float = 1.0,
              no_repeat_ngram_size: NonNegative = 0, adapter: InDir | None = None) -> None:
     """Generate text from a checkpoint, streamed to the terminal.
@@ -126,7 +126,9 @@ def generate(checkpoint: InPath, prompt: str = "", max_new_tokens: Count = 100,
         stream: print tokens as they are generated
         quantize: int8 stores every Linear weight as int8 with one scale per output
             row (weight-only, applied after loading): ~4x less weight memory than
-            float32 and faster decoding on CPUs, at a small cost in accuracy
+            float32 and faster decoding on CPUs, at a small cost in accuracy; int4
+            stores 4 bits per weight with a scale and zero per 32 inputs (~7x less
+            than float32; a GGUF's Q4_0/Q4_1/Q4_K tensors are used as they are)
         device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
         compile: torch.compile the decode step (about a minute to compile on 2 cores;
             then faster per token, worth it for long outputs of many-layer models)
@@ -141,6 +143,7 @@ def generate(checkpoint: InPath, prompt: str = "", max_new_tokens: Count = 100,
         lmlab generate runs/mini --prompt "The history of" --max-new-tokens 80
         lmlab generate runs/mini --prompt "Paris is" --greedy
         lmlab generate runs/mini --prompt "Paris is" --greedy --quantize int8
+        lmlab generate SmolLM2-135M-Instruct.Q4_1.gguf --prompt "Paris is" --quantize int4
         lmlab generate runs/mini --prompt "Once" --num-return-sequences 3 --seed 0 --stop "\\n\\n"
         lmlab generate runs/mini --prompt "The history of" --num-beams 4 --no-repeat-ngram-size 3
     """
@@ -221,7 +224,7 @@ def chat(model: InPath, prompt: str | None = None, system: str | None = None,
          top_k: Count | None = None, repetition_penalty: PositiveFloat = 1.0,
          greedy: bool = False, seed: int | None = None, tokenizer: InFile | None = None,
          dtype: Literal["float32", "bfloat16"] = "float32",
-         quantize: Literal["none", "int8"] = "none", device: str = "auto",
+         quantize: Literal["none", "int8", "int4"] = "none", device: str = "auto",
          adapter: InDir | None = None, input: InFile | None = None,
          out: OutFile | None = None, batch_size: Count = 16) -> None:
     """Chat with a model in the terminal, answers streamed as they are generated.
@@ -250,7 +253,7 @@ def chat(model: InPath, prompt: str | None = None, system: str | None = None,
         seed: random seed
         tokenizer: tokenizer file (default: the model's own)
         dtype: float32 or bfloat16
-        quantize: int8 for weight-only int8 Linear layers
+        quantize: int8 or int4 weight-only Linear layers (see `lmlab generate --help`)
         device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
         adapter: a LoRA adapter folder (lmlab's or PEFT's) to put on the model
         input: conversations to answer (.jsonl or .json: messages, ShareGPT or Alpaca)
@@ -314,7 +317,7 @@ def serve(model: InPath, adapter: InDir | None = None, host: str = "127.0.0.1",
           name: str | None = None, max_batch: Count = 16, max_queue: Count = 256,
           max_tokens: Count = 1024, timeout: PositiveFloat = 300.0,
           max_body: Count = 1_000_000, dtype: Literal["float32", "bfloat16"] = "float32",
-          quantize: Literal["none", "int8"] = "none", device: str = "auto") -> None:
+          quantize: Literal["none", "int8", "int4"] = "none", device: str = "auto") -> None:
     """Serve a model over an OpenAI-compatible HTTP API, with a chat page at /.
 
     POST /v1/chat/completions and /v1/completions (streamed as server-sent
@@ -344,7 +347,7 @@ def serve(model: InPath, adapter: InDir | None = None, host: str = "127.0.0.1",
         timeout: seconds a request may take from arrival to its last token
         max_body: largest request body, in bytes
         dtype: float32 or bfloat16
-        quantize: int8 for weight-only int8 Linear layers
+        quantize: int8 or int4 weight-only Linear layers (see `lmlab generate --help`)
         device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
 
     Examples:

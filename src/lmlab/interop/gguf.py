@@ -8,8 +8,10 @@ and (for q/k) un-permuted, then ``hf_llama.from_hf_llama`` makes the lmlab
 state dict. So there is one Llama converter, and a GGUF model can be checked
 against ``transformers`` with the very same weights.
 
-``gguf`` (the reader published by llama.cpp) is imported inside the functions
-that need it, so importing this module is cheap.
+The file is read by ``gguf_file.GGUFFile`` (metadata parsed from one bytes
+object, tensors left memory-mapped) and its tensors decoded by
+``gguf_quants`` with torch ops: SmolLM2 is ready in well under 2 s. The ``gguf``
+package published by llama.cpp is used only to write files (tests, exports).
 """
 
 from __future__ import annotations
@@ -23,16 +25,16 @@ import torch
 from lmlab.config import GPTConfig
 from lmlab.errors import LmlabError
 from lmlab.interop import hf_llama
+from lmlab.interop.gguf_file import GGUFFile
+from lmlab.interop.gguf_quants import DEQUANTIZED_TYPES, dequantize
 from lmlab.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
-    from gguf import GGUFReader
-
     from lmlab.models.gpt import GPT
 
-# Quantization types that gguf.quants.dequantize handles and that show up in
-# Llama GGUFs worth loading on a CPU (k-quants and i-quants are not supported).
-SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
+# Tensor types lmlab decodes (float, the 32-value block types and the k-quants
+# Q4_K, Q5_K, Q6_K); i-quants and the 2/3-bit k-quants are refused by name.
+SUPPORTED_TYPES = DEQUANTIZED_TYPES
 
 # llama.cpp tensor name (inside ``blk.N.``) -> HF Llama name (inside ``model.layers.N.``)
 _LAYER_NAMES = {
@@ -80,30 +82,14 @@ def smollm2_gguf() -> Path | None:
     return path if path.is_file() else None
 
 
-def read_gguf(path: str | Path) -> GGUFReader:
+def read_gguf(path: str | Path) -> GGUFFile:
     """Open a GGUF file (memory-mapped); any malformed file is an LmlabError naming it."""
-    from gguf import GGUFReader
-
-    path = Path(path)
-    if not path.is_file():
-        raise LmlabError(f"{path}: GGUF file not found")
-    try:
-        return GGUFReader(path)
-    except (ValueError, KeyError, IndexError, TypeError, OSError) as e:
-        # The reader reports bad magic, unknown versions, field types and a
-        # tensor table pointing past the end of the file as these.
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise LmlabError(f"{path}: not a valid GGUF file, or a truncated one ({msg})") from None
+    return GGUFFile(path)
 
 
-def _value(reader: GGUFReader, key: str, path: Path, default: Any = ...) -> Any:
+def _value(reader: GGUFFile, key: str, path: Path, default: Any = ...) -> Any:
     """A metadata value (str, number, bool or list); missing -> ``default`` or an error."""
-    field = reader.fields.get(key)
-    if field is None:
-        if default is ...:
-            raise LmlabError(f"{path}: GGUF metadata key {key!r} is missing")
-        return default
-    return field.contents()
+    return reader.get(key, default)
 
 
 def _decimal(x: float) -> float:
@@ -117,7 +103,7 @@ def _decimal(x: float) -> float:
     return float(str(np.float32(x)))
 
 
-def gguf_config(reader: GGUFReader, path: str | Path) -> GPTConfig:
+def gguf_config(reader: GGUFFile, path: str | Path) -> GPTConfig:
     """The lmlab config of a Llama GGUF, from its ``llama.*`` metadata."""
     path = Path(path)
     arch = _value(reader, "general.architecture", path)
@@ -140,7 +126,7 @@ def gguf_config(reader: GGUFReader, path: str | Path) -> GPTConfig:
               intermediate_size=get("feed_forward_length"),
               rms_norm_eps=_decimal(get("attention.layer_norm_rms_epsilon", 1e-5)),
               rope_theta=_decimal(get("rope.freq_base", 10000.0)),
-              tie_word_embeddings=not any(t.name == "output.weight" for t in reader.tensors))
+              tie_word_embeddings="output.weight" not in reader.tensors)
     config = hf_llama.lmlab_config_from_hf_llama(hf)
     key_dim = get("attention.key_length", config.head_dim)
     if key_dim != config.head_dim:
@@ -181,45 +167,59 @@ def unpermute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
 
 def _dequantize(tensor: Any, path: Path) -> torch.Tensor:
     """One GGUF tensor as a float32 torch tensor in torch's (rows, cols) order."""
-    import numpy as np
-    from gguf import GGMLQuantizationType
-    from gguf.quants import dequantize
-
-    qtype = GGMLQuantizationType(tensor.tensor_type)
-    if qtype.name not in SUPPORTED_TYPES:
-        raise LmlabError(f"{path}: tensor {tensor.name} has type {qtype.name}, which lmlab "
-                         f"cannot dequantize (supported: {', '.join(SUPPORTED_TYPES)})")
-    # GGUF lists dims fastest-varying first (ne0 = row length), torch the reverse.
-    shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
-    # np.array copies: the result must not alias the read-only memory map.
-    values = np.array(dequantize(tensor.data, qtype), dtype=np.float32)
-    return torch.from_numpy(values).reshape(shape)
+    try:
+        return dequantize(tensor)
+    except LmlabError as e:
+        raise LmlabError(f"{path}: {e}") from None
 
 
-def gguf_hf_state_dict(reader: GGUFReader, config: GPTConfig,
-                       path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a Llama GGUF, dequantized, as a ``LlamaForCausalLM`` state dict."""
+def _int4_rows(tensor: Any, path: Path) -> torch.Tensor:
+    """A Linear weight as 4-bit groups of 32 in `pack_rows` form: a Q4_0/Q4_1/Q4_K
+    tensor's own codes, scales and zeros; any other type quantized from its values."""
+    from lmlab.interop.gguf_quants import INT4_TYPES, int4_groups
+    from lmlab.models.quantize import pack_rows, quantize_weight_int4
+
+    if tensor.type in INT4_TYPES:
+        return pack_rows(*int4_groups(tensor))
+    return pack_rows(*quantize_weight_int4(_dequantize(tensor, path), 32))
+
+
+def gguf_hf_state_dict(reader: GGUFFile, config: GPTConfig, path: str | Path,
+                       int4: bool = False) -> dict[str, torch.Tensor]:
+    """All tensors of a Llama GGUF, dequantized, as a ``LlamaForCausalLM`` state dict.
+
+    With ``int4``, the projection weights (not the embedding or norms) are
+    instead uint8 rows of 4-bit groups (``quantize.pack_rows``), which the
+    renaming, q/k un-permuting and q/k/v concatenation move like float rows.
+    """
     path = Path(path)
     sd: dict[str, torch.Tensor] = {}
-    for t in reader.tensors:
+    for t in reader.tensors.values():
         if t.name in _TOP_NAMES:
             name = _TOP_NAMES[t.name]
         elif (m := _BLOCK.fullmatch(t.name)) and m.group(2) in _LAYER_NAMES:
             name = f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.weight"
         else:
             raise LmlabError(f"{path}: unexpected tensor {t.name} for a Llama model")
-        w = _dequantize(t, path)
+        # Only whole groups of 32 inputs pack; quantize_int4 gives other Linears int8.
+        packable = int4 and t.shape[-1] % 32 == 0
+        linear = name.endswith("_proj.weight") or name == "lm_head.weight"
+        w = _int4_rows(t, path) if packable and linear else _dequantize(t, path)
         heads = {"q_proj": config.n_head, "k_proj": config.n_kv_head}.get(name.split(".")[-2])
         if heads is not None:
             if w.ndim != 2 or w.shape[0] != heads * config.head_dim:
-                raise LmlabError(f"{path}: tensor {t.name} has shape {tuple(w.shape)}, not "
+                raise LmlabError(f"{path}: tensor {t.name} has shape {tuple(t.shape)}, not "
                                  f"({heads * config.head_dim}, ...) as the metadata implies")
             w = unpermute_qk(w, heads)
         sd[name] = w
+        if packable and name == "model.embed_tokens.weight" and config.tie_embeddings:
+            # The tied output layer multiplies by the embedding: give it the file's
+            # own 4-bit groups too, rather than quantizing the decoded floats again.
+            sd["lm_head.weight"] = _int4_rows(t, path)
     return sd
 
 
-def gguf_tokenizer(reader: GGUFReader, path: str | Path) -> Tokenizer:
+def gguf_tokenizer(reader: GGUFFile, path: str | Path) -> Tokenizer:
     """The byte-level BPE tokenizer stored in a GGUF's ``tokenizer.ggml.*`` metadata."""
     from tokenizers import AddedToken, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
@@ -261,7 +261,7 @@ def gguf_tokenizer(reader: GGUFReader, path: str | Path) -> Tokenizer:
     return Tokenizer(backend, "json", eos_token=eos)
 
 
-def gguf_metadata(reader: GGUFReader, path: str | Path) -> dict[str, Any]:
+def gguf_metadata(reader: GGUFFile, path: str | Path) -> dict[str, Any]:
     """What a caller needs beyond the weights: names, special ids, the chat template."""
     path = Path(path)
     meta = {"architecture": _value(reader, "general.architecture", path),
@@ -269,36 +269,57 @@ def gguf_metadata(reader: GGUFReader, path: str | Path) -> dict[str, Any]:
             "context_length": _value(reader, "llama.context_length", path, None),
             "bos_id": _value(reader, "tokenizer.ggml.bos_token_id", path, None),
             "eos_id": _value(reader, "tokenizer.ggml.eos_token_id", path, None),
-            "tensor_types": sorted({t.tensor_type.name for t in reader.tensors})}
+            "tensor_types": sorted({t.type for t in reader.tensors.values()})}
     template = _value(reader, "tokenizer.chat_template", path, None)
     if template is not None:
         meta["chat_template"] = template
     return meta
 
 
-def load_gguf(path: str | Path) -> tuple[GPT, Tokenizer, dict[str, Any]]:
-    """Load a Llama GGUF file as (float32 model in eval mode, tokenizer, metadata).
+def load_gguf(path: str | Path, quantize: str = "none"
+              ) -> tuple[GPT, Tokenizer, dict[str, Any]]:
+    """Load a Llama GGUF file as (model in eval mode, tokenizer, metadata).
 
-    Supported weight types: F32, F16, BF16, Q8_0, Q4_0 and Q4_1 (dequantized
-    to float32). The metadata has ``architecture``, ``name``,
-    ``context_length``, ``bos_id``, ``eos_id``, ``tensor_types`` and, when the
-    file has one, ``chat_template`` (a Jinja string).
+    Supported weight types: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K,
+    Q5_K and Q6_K, dequantized to float32. With ``quantize="int4"`` every
+    Linear becomes a ``WeightOnlyInt4Linear`` (groups of 32): Q4_0, Q4_1 and
+    Q4_K weights are repacked as they are, with no float32 round trip; other
+    types are quantized from their values. The metadata has ``architecture``,
+    ``name``, ``context_length``, ``bos_id``, ``eos_id``, ``tensor_types`` and,
+    when the file has one, ``chat_template`` (a Jinja string).
     """
     from lmlab.models.gpt import GPT
-    from lmlab.models.weights import build_from_weights, model_state
+    from lmlab.models.quantize import quantize_int4
+    from lmlab.models.weights import build_from_weights, model_state, skip_init
 
     path = Path(path)
+    if quantize not in ("none", "int4"):
+        raise ValueError(f"load_gguf quantizes to int4 only, not {quantize!r}")
     reader = read_gguf(path)
     config = gguf_config(reader, path)
     tokenizer = gguf_tokenizer(reader, path)
     meta = gguf_metadata(reader, path)
-    sd = hf_llama.from_hf_llama(gguf_hf_state_dict(reader, config, path), config.n_layer,
-                                str(path))
-    with torch.device("meta"):
+    int4 = quantize == "int4"
+    sd = hf_llama.from_hf_llama(gguf_hf_state_dict(reader, config, path, int4=int4),
+                                config.n_layer, str(path))
+    with torch.device("meta"), skip_init():
         shapes = {k: v.shape for k, v in model_state(GPT(config)).items()}
+    packed: dict[str, torch.Tensor] = {}
     for name, want in shapes.items():
+        got = sd.get(name)
+        if got is not None and got.dtype == torch.uint8:  # 4-bit rows: (N, K + 8 K / 32)
+            packed[name.removesuffix(".weight")] = got
+            rows, cols = want[0], want[-1] + want[-1] // 4
+            sd[name] = torch.empty(want, device="meta")  # replaced by quantize_int4 below
+        else:
+            rows, cols = want[0], want[-1]
         # Checked here so that the message blames the GGUF metadata, not a config.json.
-        if name in sd and sd[name].shape != want:
-            raise LmlabError(f"{path}: tensor {name} has shape {tuple(sd[name].shape)} but "
+        if got is not None and tuple(got.shape) != (rows, cols)[:got.ndim]:
+            raise LmlabError(f"{path}: tensor {name} has shape {tuple(got.shape)} but "
                              f"the GGUF metadata implies {tuple(want)}")
-    return build_from_weights(config, sd, path), tokenizer, meta
+    if int4 and config.tie_embeddings and "lm_head.weight" in sd:
+        packed["lm_head"] = sd.pop("lm_head.weight")
+    model = build_from_weights(config, sd, path)
+    if int4:
+        quantize_int4(model, packed=packed)
+    return model, tokenizer, meta

@@ -47,8 +47,11 @@ def make_norm(config: GPTConfig) -> nn.Module:
 def rope_cache(config: GPTConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables of rotary embeddings (Su et al. 2021), each (block_size, hs)."""
     hs = config.head_dim
-    inv_freq = 1.0 / (config.rope_base ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
-    t = torch.arange(config.block_size, dtype=torch.float32)
+    # Always computed on the CPU, even inside a meta-device block (a model built to
+    # receive loaded weights): torch's first meta arange imports torch._dynamo (~2 s).
+    inv_freq = 1.0 / (config.rope_base ** (
+        torch.arange(0, hs, 2, dtype=torch.float32, device="cpu") / hs))
+    t = torch.arange(config.block_size, dtype=torch.float32, device="cpu")
     freqs = torch.outer(t, inv_freq)  # (block_size, hs/2)
     # (block_size, hs): the "rotate half" layout of HF Llama, not interleaved pairs
     emb = torch.cat((freqs, freqs), dim=-1)

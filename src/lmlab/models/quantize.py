@@ -1,21 +1,28 @@
-"""Weight-only int8 quantization for inference: swap every ``nn.Linear`` in place.
+"""Weight-only int8 and int4 quantization for inference: swap every ``nn.Linear`` in place.
 
 Batch-1 decoding reads every weight matrix once per token, so on a CPU its speed
 is set by memory bandwidth, not arithmetic. Storing the weights as int8 with one
 float scale per output row (symmetric, "per-channel") reads ~4x fewer bytes than
-float32; activations, norms, embeddings and biases stay in float.
+float32; int4 with a scale and a zero point per group of 32 (or 64...) inputs
+reads ~7x fewer. Activations, norms, embeddings and biases stay in float.
 
     model = load_model(ckpt)
-    quantize_int8(model)          # explicit step; the model is changed in place
+    quantize_int4(model)          # explicit step; the model is changed in place
     generate(model, prompt, 64)   # unchanged decoding code
 
+Both use torch's CPU weight-only kernels (``_weight_int8pack_mm``,
+``_weight_int4pack_mm_for_cpu``), which are vectorized for bfloat16 activations
+only: a float32 input is rounded to bf16 for them (a relative error of 2^-9 per
+element, below the weights' own). Long inputs (a prompt, an evaluation) take a
+dequantize-then-matmul path instead, where float32 stays float32.
+
 Shapes: M rows of activations (batch x tokens, flattened), K = in_features,
-N = out_features.
+N = out_features, G = K / group_size groups per row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import torch
 import torch.nn as nn
@@ -126,6 +133,26 @@ def _skipped(name: str, skip: Collection[str]) -> bool:
     return any(name == s or name.startswith(s + ".") for s in skip)
 
 
+def _swap_linears(model: nn.Module, skip: Collection[str],
+                  make: Callable[[str, nn.Linear, dict[int, object]], nn.Module]) -> None:
+    """Replace each ``nn.Linear`` of ``model`` not in ``skip`` by ``make(name, linear, shared)``.
+
+    ``shared`` is one dict for the whole model, keyed by ``id(weight)``, so Linears
+    that share a weight can share its quantized copy.
+    """
+    shared: dict[int, object] = {}
+    targets = [(name, mod) for name, mod in model.named_modules()
+               if isinstance(mod, nn.Linear) and not _skipped(name, skip)
+               and ".lora_" not in name]  # LoRA adapters stay float (models/lora.py)
+    for name, linear in targets:
+        if not name:
+            raise ValueError("quantization swaps submodules in place; quantize a bare "
+                             "nn.Linear with the module's from_linear")
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, make(name, linear, shared))
+
+
 @torch.no_grad()
 def quantize_int8(model: nn.Module, skip: Collection[str] = (),
                   use_kernel: bool = True) -> nn.Module:
@@ -142,20 +169,202 @@ def quantize_int8(model: nn.Module, skip: Collection[str] = (),
     Returns ``model``, for chaining. Meant for inference: the new modules have
     no parameters to train.
     """
-    shared: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(float weight) -> (q, scales)
-    targets = [(name, mod) for name, mod in model.named_modules()
-               if isinstance(mod, nn.Linear) and not _skipped(name, skip)
-               and ".lora_" not in name]  # LoRA adapters stay float (models/lora.py)
-    for name, linear in targets:
-        if not name:
-            raise ValueError("quantize_int8 swaps submodules in place; quantize a bare "
-                             "nn.Linear with WeightOnlyInt8Linear.from_linear")
+    def make(name: str, linear: nn.Linear, shared: dict[int, object]) -> nn.Module:
         key = id(linear.weight)
         if key not in shared:
             shared[key] = quantize_weight_int8(linear.weight)
         q, scales = shared[key]
-        new = WeightOnlyInt8Linear(q, scales, linear.bias, use_kernel=use_kernel)
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, new)
+        return WeightOnlyInt8Linear(q, scales, linear.bias, use_kernel=use_kernel)
+
+    _swap_linears(model, skip, make)
+    return model
+
+
+# ---------------------------------------------------------------------------- int4
+
+_INT4_MM = getattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu", None)
+_INT4_PACK = getattr(torch.ops.aten, "_convert_weight_to_int4pack_for_cpu", None)
+# The CPU kernel's packed layout (torch 2.13): rows in blocks of 64, and for each
+# input k, 32 bytes whose low nibbles are rows 0-31 of the block and high nibbles
+# rows 32-63. Row counts are padded to a multiple of 64 (the padding rows are
+# zero and their outputs are cut off). `_pack_int4` checks this layout against
+# the op once, so a torch that changes it falls back to the plain path.
+_INT4_BLOCK_N = 64
+_INT4_MAX_ROWS = 32  # as for int8: beyond this, dequantize + float GEMM wins
+_INT4_GROUP_SIZES = (32, 64, 128, 256)
+
+
+def quantize_weight_int4(weight: torch.Tensor, group_size: int = 32
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric 4-bit quantization of a (N, K) weight, one scale and zero per group.
+
+    Returns ``(q, scale, zero)``: q uint8 (N, K) in 0..15 and scale, zero
+    bfloat16 (N, K // group_size), with weight ~= scale * (q - 8) + zero (the
+    kernel's formula). A group's range [min, max] maps onto 0..15; q is rounded
+    against the bf16-rounded scale and zero, so the kernel and the plain path
+    compute with the same dequantized weight.
+    """
+    N, K = weight.shape
+    if K % group_size:
+        raise ValueError(f"in_features {K} is not a multiple of the group size {group_size}")
+    w = weight.detach().float().view(N, K // group_size, group_size)
+    lo, hi = w.amin(dim=-1), w.amax(dim=-1)  # (N, G)
+    scale = ((hi - lo) / 15).clamp(min=torch.finfo(torch.bfloat16).tiny).to(torch.bfloat16)
+    zero = (lo + 8 * scale.float()).to(torch.bfloat16)
+    base = zero.float() - 8 * scale.float()  # the value of code 0
+    q = torch.round((w - base[..., None]) / scale.float()[..., None]).clamp(0, 15)
+    return q.to(torch.uint8).view(N, K), scale, zero
+
+
+def _pack_int4_layout(q: torch.Tensor) -> torch.Tensor:
+    """(N, K) codes, N a multiple of 64 -> the kernel's (N, K / 2) uint8 layout."""
+    N, K = q.shape
+    blocks = q.view(N // _INT4_BLOCK_N, 2, 32, K)  # (N/64, half, row, k)
+    packed = blocks[:, 0] | (blocks[:, 1] << 4)  # (N/64, 32, K)
+    return packed.transpose(1, 2).contiguous().view(N, K // 2)
+
+
+def _unpack_int4_layout(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of `_pack_int4_layout`: (N, K / 2) uint8 -> (N, K) codes."""
+    N, half_k = packed.shape
+    K = 2 * half_k
+    b = packed.view(N // _INT4_BLOCK_N, K, 32).transpose(1, 2)  # (N/64, 32, K)
+    return torch.stack([b & 0xF, b >> 4], dim=1).reshape(N, K)
+
+
+_layout_ok: bool | None = None
+
+
+def _kernel_layout_ok() -> bool:
+    """Whether torch's int4 packing matches `_pack_int4_layout` (checked once)."""
+    global _layout_ok
+    if _layout_ok is None:
+        _layout_ok = False
+        if _INT4_PACK is not None and _INT4_MM is not None:
+            q = torch.randint(0, 16, (_INT4_BLOCK_N, 64), dtype=torch.uint8)
+            try:
+                theirs = _INT4_PACK(q.int(), 1)
+            except RuntimeError:
+                return False
+            _layout_ok = theirs.shape == (64, 32) and bool(
+                torch.equal(theirs, _pack_int4_layout(q)))
+    return _layout_ok
+
+
+class WeightOnlyInt4Linear(nn.Module):
+    """A ``nn.Linear`` whose weight is 4-bit with a scale and zero per group; for inference.
+
+    Buffers: ``weight`` uint8 (N', K / 2), the codes packed two per byte in the
+    CPU kernel's layout (N' = N rounded up to 64); ``scales_and_zeros``
+    bfloat16 (G, N', 2), as the kernel takes them; ``bias`` (N,) or None.
+    Value = scale * (code - 8) + zero. Outputs have the input's dtype.
+    """
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                 bias: torch.Tensor | None = None, use_kernel: bool = True) -> None:
+        super().__init__()
+        N, K = q.shape
+        G = scale.size(1)
+        if scale.shape != (N, G) or zero.shape != (N, G) or K % G or K // G not in \
+                _INT4_GROUP_SIZES:
+            raise ValueError(f"bad int4 groups: codes {tuple(q.shape)}, scales "
+                             f"{tuple(scale.shape)}, zeros {tuple(zero.shape)}")
+        self.out_features, self.in_features, self.group_size = N, K, K // G
+        pad = -N % _INT4_BLOCK_N
+        q = F.pad(q.to(torch.uint8), (0, 0, 0, pad))
+        sz = torch.stack([scale, zero], dim=-1).to(torch.bfloat16)  # (N, G, 2)
+        sz = F.pad(sz, (0, 0, 0, 0, 0, pad)).transpose(0, 1).contiguous()  # (G, N', 2)
+        self.register_buffer("weight", _pack_int4_layout(q))
+        self.register_buffer("scales_and_zeros", sz)
+        self.register_buffer("bias", None if bias is None else bias.detach())
+        self.use_kernel = use_kernel
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group_size: int = 32,
+                    use_kernel: bool = True) -> WeightOnlyInt4Linear:
+        """Quantize ``linear``'s weight in groups of ``group_size`` inputs; bias kept."""
+        q, scale, zero = quantize_weight_int4(linear.weight, group_size)
+        return cls(q, scale, zero, linear.bias, use_kernel=use_kernel)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight (N, K) this module multiplies by, in ``dtype``."""
+        N, K, gs = self.out_features, self.in_features, self.group_size
+        q = _unpack_int4_layout(self.weight)[:N].to(dtype).view(N, K // gs, gs)
+        sz = self.scales_and_zeros[:, :N].to(dtype)  # (G, N, 2)
+        scale, zero = sz[..., 0].t()[..., None], sz[..., 1].t()[..., None]  # (N, G, 1)
+        return ((q - 8) * scale + zero).view(N, K)
+
+    def _kernel_applies(self, x: torch.Tensor) -> bool:
+        return (self.use_kernel and x.device.type == "cpu" and _kernel_layout_ok()
+                and x.dtype in _KERNEL_DTYPES and 0 < x.size(0) <= _INT4_MAX_ROWS
+                and not (x.requires_grad and torch.is_grad_enabled()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        *lead, K = x.shape
+        x2 = x.reshape(-1, K)  # (M, K)
+        if self._kernel_applies(x2):
+            y = _INT4_MM(x2.to(torch.bfloat16).contiguous(), self.weight, self.group_size,
+                         self.scales_and_zeros.to(torch.bfloat16))  # (M, N') bf16
+            y = y[:, :self.out_features].to(x.dtype)
+        else:
+            y = F.linear(x2, self.dequantize(x.dtype))  # (M, N)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.view(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"group_size={self.group_size}, bias={self.bias is not None}")
+
+
+def pack_rows(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """Codes (N, K) and float scales/zeros (N, G) as one uint8 (N, K + 8G) tensor.
+
+    Row operations (concatenating q, k and v; permuting q/k rows) then apply to a
+    4-bit weight exactly as to a float one: the GGUF loader moves such rows
+    through the same converter as float weights. `unpack_rows` undoes it.
+    """
+    sz = torch.cat([scale.float(), zero.float()], dim=1).contiguous()  # (N, 2G)
+    return torch.cat([q.to(torch.uint8), sz.view(torch.uint8)], dim=1)
+
+
+def unpack_rows(rows: torch.Tensor, in_features: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inverse of `pack_rows`: (q, scale, zero)."""
+    q = rows[:, :in_features]
+    sz = rows[:, in_features:].contiguous().view(torch.float32)  # (N, 2G)
+    scale, zero = sz.chunk(2, dim=1)
+    return q, scale, zero
+
+
+@torch.no_grad()
+def quantize_int4(model: nn.Module, group_size: int = 32, skip: Collection[str] = (),
+                  packed: dict[str, torch.Tensor] | None = None,
+                  use_kernel: bool = True) -> nn.Module:
+    """Replace every ``nn.Linear`` of ``model`` by a ``WeightOnlyInt4Linear``, in place.
+
+    As `quantize_int8` (``skip``, tied and shared weights). ``packed`` maps
+    module names to weights already in 4-bit groups (`pack_rows`, from a GGUF's
+    Q4 tensors): those are used as they are, not quantized again. A Linear whose
+    in_features is not a multiple of ``group_size`` (and has no packed weight)
+    gets int8 instead. Returns ``model``.
+    """
+    if group_size not in _INT4_GROUP_SIZES:
+        raise ValueError(f"group size {group_size} is not one of {_INT4_GROUP_SIZES}")
+    packed = packed or {}
+
+    def make(name: str, linear: nn.Linear, shared: dict[int, object]) -> nn.Module:
+        if name in packed:
+            q, scale, zero = unpack_rows(packed[name], linear.in_features)
+            return WeightOnlyInt4Linear(q, scale, zero, linear.bias, use_kernel=use_kernel)
+        if linear.in_features % group_size:
+            q8, s8 = quantize_weight_int8(linear.weight)
+            return WeightOnlyInt8Linear(q8, s8, linear.bias, use_kernel=use_kernel)
+        key = id(linear.weight)
+        if key not in shared:
+            shared[key] = quantize_weight_int4(linear.weight, group_size)
+        q, scale, zero = shared[key]
+        return WeightOnlyInt4Linear(q, scale, zero, linear.bias, use_kernel=use_kernel)
+
+    _swap_linears(model, skip, make)
     return model

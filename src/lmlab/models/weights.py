@@ -9,6 +9,8 @@ the registry's answer (``models/registry.py``), never a guess made here.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -34,6 +36,30 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return sd
 
 
+
+
+@contextlib.contextmanager
+def skip_init() -> Iterator[None]:
+    """Module constructors inside this block leave their weights unfilled.
+
+    For a model built on the meta device only to receive loaded weights: the
+    random init is wasted work, and on meta not a free one, since torch's first
+    meta ``normal_`` imports torch._dynamo (about 3 s, most of a GGUF load).
+    The in-place initializers of ``torch.nn.init`` (``normal_``, ``uniform_``,
+    ``kaiming_uniform_``...), which every ``reset_parameters`` and lmlab's own
+    init functions call, become no-ops until the block ends. Not thread-safe:
+    load models from one thread at a time.
+    """
+    init = torch.nn.init
+    saved = {name: getattr(init, name) for name in dir(init)
+             if name.endswith("_") and not name.startswith("_")}
+    for name in saved:
+        setattr(init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(init, name, fn)
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -107,7 +133,7 @@ def build_from_weights(config: ModelConfig, sd: dict[str, torch.Tensor],
 
     if getattr(config, "tie_embeddings", False):
         sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
-    with torch.device("meta"):
+    with torch.device("meta"), skip_init():
         model, rename = model_for_weights(config, sd.keys())
     load_weights(model, {rename(k): v for k, v in sd.items()}, source)
     return model.eval()
