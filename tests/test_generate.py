@@ -139,10 +139,60 @@ def test_padded_logits_equal_unpadded():
         torch.testing.assert_close(batched[1, 4:], model(torch.tensor([b]))[0])
 
 
-@pytest.mark.slow
-def test_compiled_decode_step_gives_the_same_tokens(model):
-    prompt = torch.randint(0, model.config.vocab_size, (1, 5))
+@pytest.mark.parametrize("preset", ["gpt-nano", "llama-nano"])
+def test_static_cache_gives_the_growing_caches_logits(preset):
+    """A 0-d tensor position attends the whole fixed buffer with a mask: same logits as the
+    growing cache and as one full forward, with and without left padding."""
+    torch.manual_seed(0)
+    net = GPT(GPTConfig.from_name(preset, vocab_size=300)).eval()
+    idx = torch.randint(0, 300, (2, 10))
+    for pad in (None, torch.tensor([0, 3])):
+        with torch.no_grad():
+            full = net(idx, pad=pad)
+            net.setup_cache(2, 32)
+            steps = [net(idx[:, :6], start_pos=torch.tensor(0), pad=pad)]
+            steps += [net(idx[:, i:i + 1], start_pos=torch.tensor(i), pad=pad)
+                      for i in range(6, 10)]
+            net.clear_cache()
+        rows = slice(None) if pad is None else 0  # row 1's padding columns differ
+        torch.testing.assert_close(torch.cat(steps, 1)[rows], full[rows], atol=1e-5, rtol=0)
+        torch.testing.assert_close(torch.cat(steps, 1)[1, 3:], full[1, 3:], atol=1e-5, rtol=0)
+
+
+def test_min_new_tokens_forbids_the_end_token(model):
+    prompt = torch.randint(0, model.config.vocab_size, (1, 5),
+                           generator=torch.Generator().manual_seed(3))
     greedy = SamplingConfig(temperature=0)
-    eager = torch.stack(list(generate(model, prompt, 12, greedy)), 1)
-    compiled = torch.stack(list(generate(model, prompt, 12, greedy, compile=True)), 1)
-    assert compiled.tolist() == eager.tolist()
+    first = [int(t[0]) for t in generate(model, prompt[:1], 6, greedy)]
+    eos = first[0]  # the token greedy decoding picks first becomes the end token
+    assert [int(t[0]) for t in generate(model, prompt[:1], 6, greedy, eos_id=eos)] == [eos]
+    got = [int(t[0]) for t in generate(model, prompt[:1], 6, greedy, eos_id=eos,
+                                       min_new_tokens=4)]
+    assert len(got) >= 4 and eos not in got[:4]
+
+
+def test_static_cache_length_is_rounded_up():
+    from lmlab.generate import STATIC_CACHE_STEP, static_cache_len
+
+    assert static_cache_len(5, 1024) == STATIC_CACHE_STEP
+    assert static_cache_len(STATIC_CACHE_STEP + 1, 1024) == 2 * STATIC_CACHE_STEP
+    assert static_cache_len(900, 1000) == 1000  # never past the context
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_compiled_decode_step_gives_the_same_tokens(model, dynamic):
+    from lmlab.generate import compile_seconds
+
+    prompt = torch.randint(0, model.config.vocab_size, (2, 5))
+    pad = torch.tensor([0, 2])
+    greedy = SamplingConfig(temperature=0)
+    for p in (None, pad):
+        eager = torch.stack(list(generate(model, prompt, 12, greedy, pad=p)), 1)
+        compiled = torch.stack(list(generate(model, prompt, 12, greedy, pad=p, compile=True,
+                                             dynamic=dynamic)), 1)
+        assert compiled.tolist() == eager.tolist()
+    from lmlab.generate import static_cache_len
+
+    length = 0 if dynamic else static_cache_len(5 + 12, model.config.block_size)
+    assert (2, length) in compile_seconds

@@ -82,13 +82,16 @@ def client(url: str, key: str = "none"):
     return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
 
 
-def test_batched_rows_equal_rows_alone(model, tok):
-    """Requests joining and leaving a running batch get the greedy tokens they get alone."""
+@pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.slow)],
+                         ids=["eager", "compiled"])
+def test_batched_rows_equal_rows_alone(model, tok, compile):
+    """Requests joining and leaving a running batch get the greedy tokens they get alone,
+    also through the compiled (dynamic-shape) decode step of `serve --compile`."""
     prompts = ["hello", "how are you? I am", "hi", "fine. 你好", "User: hello there. Assis"]
     greedy = SamplingConfig(temperature=0)
     alone = [generate_text(model, tok, p, max_new_tokens=12 + i, cfg=greedy)[0].text
              for i, p in enumerate(prompts)]
-    batcher = Batcher(model, tok, max_batch=3)
+    batcher = Batcher(model, tok, max_batch=3, compile=compile)
     results: list = [None] * len(prompts)
 
     def go(i: int) -> None:

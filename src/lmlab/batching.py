@@ -32,7 +32,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lmlab.generate import IncrementalDecoder, SamplingConfig, StopChecker, left_pad, sample
+from lmlab.generate import (
+    IncrementalDecoder,
+    SamplingConfig,
+    StopChecker,
+    compiled_decode,
+    decode_one_token,
+    left_pad,
+    sample,
+)
 from lmlab.models.gpt import GPT, KVCache
 
 
@@ -137,8 +145,10 @@ class Batcher:
     """A worker thread decoding every submitted request in one running batch."""
 
     def __init__(self, model: GPT, tokenizer, max_batch: int = 16, max_queue: int = 256,
-                 room: int = 128) -> None:
+                 room: int = 128, compile: bool = False) -> None:
         self.model = model.eval()
+        # The batch and its cache change shape every few steps: one dynamic graph for all.
+        self.compile = compile
         self.tok = tokenizer
         self.eos = tokenizer.eos_id
         self.max_batch = max_batch
@@ -278,9 +288,12 @@ class Batcher:
         if self.t >= self.caches_len():
             self._regrow()
         tokens = torch.tensor([r.next_token for r in self.rows], device=self.device)
-        # No padding anywhere (one request, or rows of one length): no mask to build.
-        pad = torch.tensor(self.pad, device=self.device) if any(self.pad) else None
-        logits = self.model(tokens[:, None], start_pos=self.t, pad=pad)[:, -1]  # (B, V)
+        # No padding anywhere (one request, or rows of one length): no mask to build,
+        # except for a compiled step, which would otherwise need a second graph.
+        pad = (torch.tensor(self.pad, device=self.device) if any(self.pad) or self.compile
+               else None)
+        step = compiled_decode(dynamic=True) if self.compile else decode_one_token
+        logits = step(self.model, tokens, self.t, pad)  # (B, V)
         self.t += 1
         self.steps += 1
         self._sample(self.rows, logits, start=0)

@@ -25,14 +25,20 @@ __all__ = ["PLAIN_STOPS", "PLAIN_TEMPLATE", "ChatSession", "answer_conversations
 
 
 class ChatSession:
-    """A conversation with one model; ``reply`` adds a user turn and answers it."""
+    """A conversation with one model; ``reply`` adds a user turn and answers it.
+
+    ``compile`` decodes through torch.compile with dynamic shapes (one graph for
+    the whole conversation; the first reply waits for the compile).
+    """
 
     def __init__(self, model: GPT | StatefulLM, tokenizer: Tokenizer,
                  template: str | None = None, *,
                  system: str | None = None, cfg: SamplingConfig | None = None,
                  max_new_tokens: int = 256, seed: int | None = None,
-                 warn: Callable[[str], None] | None = None) -> None:
+                 warn: Callable[[str], None] | None = None, compile: bool = False) -> None:
         self.model = model
+        # One compiled graph for every length: the conversation grows turn by turn.
+        self.compile = compile
         self.tokenizer = tokenizer
         self.template, self.stops = chat_format(template, tokenizer)
         self.system = system
@@ -79,7 +85,7 @@ class ChatSession:
         stream = (lambda _row, piece: on_text(piece)) if on_text else None
         out = generate_text(self.model, self.tokenizer, ids, max_new_tokens=self.max_new_tokens,
                             cfg=self.cfg, stop=self.stops, seed=self.seed, on_text=stream,
-                            warn=self.warn)[0]
+                            warn=self.warn, compile=self.compile, dynamic=True)[0]
         self.messages.append({"role": "assistant", "content": out.text.strip()})
         return out
 

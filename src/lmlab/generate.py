@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -89,16 +90,45 @@ def prefill(model: GPT, idx: torch.Tensor, pad: torch.Tensor | None = None) -> t
     return model(idx, start_pos=0, last_only=True, pad=pad)[:, -1]
 
 
-def decode_one_token(model: GPT, token: torch.Tensor, pos: int,
+def decode_one_token(model: GPT, token: torch.Tensor, pos: int | torch.Tensor,
                      pad: torch.Tensor | None = None) -> torch.Tensor:
-    """Feed one token per row (B,) at column ``pos``; return logits (B, V)."""
+    """Feed one token per row (B,) at column ``pos``; return logits (B, V).
+
+    A 0-d tensor ``pos`` decodes against a static cache (see ``KVCache``).
+    """
     return model(token.view(-1, 1), start_pos=pos, pad=pad)[:, -1]
 
 
+# Static caches come in lengths that are multiples of this: each (batch size, length)
+# is one compiled graph, and attending the unwritten tail of a longer buffer costs
+# reads of keys and values that a tighter one would not make.
+STATIC_CACHE_STEP = 128
+
+# Seconds the first compiled step of each (batch size, cache length) took, in this
+# process (length 0: the dynamic graph): the compile time that ``--compile`` reports.
+compile_seconds: dict[tuple[int, int], float] = {}
+
+
+def static_cache_len(needed: int, block_size: int) -> int:
+    """The static cache length for ``needed`` columns: rounded up to STATIC_CACHE_STEP."""
+    return min(block_size, -(-needed // STATIC_CACHE_STEP) * STATIC_CACHE_STEP)
+
+
 @functools.cache
-def _compiled_decode() -> Callable[..., torch.Tensor]:
-    # dynamic=True: the cache length grows every step; one graph serves them all.
-    return torch.compile(decode_one_token, dynamic=True)
+def compiled_decode(dynamic: bool = False) -> Callable[..., torch.Tensor]:
+    """``decode_one_token`` through torch.compile.
+
+    Static (the default): the position is a tensor and the cache a fixed buffer,
+    so one graph per (batch size, cache length) serves every step. Dynamic: the
+    position is an int and the cache length and batch size symbolic, so one
+    graph serves every shape, for callers whose shapes change all the time (a
+    chat's growing conversation, the server's changing batch).
+    """
+    import torch._dynamo
+
+    # A graph for each of many (batch size, cache length) pairs.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    return torch.compile(decode_one_token, dynamic=dynamic)
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0,
@@ -143,7 +173,8 @@ def fit_prompt(ids: Sequence[int], block_size: int, max_new_tokens: int) -> tupl
 def generate_stateful(model: StatefulLM, prompt: torch.Tensor, max_new_tokens: int,
                       cfg: SamplingConfig, eos_id: int | None = None,
                       generator: torch.Generator | None = None,
-                      pad: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+                      pad: torch.Tensor | None = None,
+                      min_new_tokens: int = 0) -> Iterator[torch.Tensor]:
     """``generate`` for a feed-forward or recurrent LM: the prompt is read once, then
     each sampled token is fed back with the carried state.
 
@@ -166,6 +197,8 @@ def generate_stateful(model: StatefulLM, prompt: torch.Tensor, max_new_tokens: i
         seq = prompt
         done = torch.zeros(B, dtype=torch.bool, device=prompt.device)
         for i in range(max_new_tokens):
+            if i < min_new_tokens and eos_id is not None:
+                logits[:, eos_id] = float("-inf")
             tok = sample(logits, _seen(seq, pad), cfg, generator)  # (B,)
             if eos_id is not None:
                 tok = torch.where(done, torch.full_like(tok, eos_id), tok)
@@ -187,25 +220,41 @@ def generate_stateful(model: StatefulLM, prompt: torch.Tensor, max_new_tokens: i
 def generate(model: GPT | StatefulLM, prompt: torch.Tensor, max_new_tokens: int,
              cfg: SamplingConfig | None = None, eos_id: int | None = None,
              generator: torch.Generator | None = None,
-             pad: torch.Tensor | None = None, compile: bool = False) -> Iterator[torch.Tensor]:
+             pad: torch.Tensor | None = None, compile: bool = False,
+             dynamic: bool = False, min_new_tokens: int = 0) -> Iterator[torch.Tensor]:
     """Yield the next token of every row (B,) for up to ``max_new_tokens`` steps.
 
     ``prompt`` is (B, T) with T <= block_size - 1, left-padded by ``pad``
     columns per row (see ``left_pad``) when the prompts differ in length.
     Rows that produced ``eos_id`` keep yielding eos; the loop stops once every
-    row has. ``compile`` runs the one-token decode step through torch.compile
-    (a one-off compile of about a minute on 2 cores, then fewer Python and
-    dispatch costs per token: the lever for small-layer models like SmolLM2).
+    row has. For the first ``min_new_tokens`` steps ``eos_id`` is not allowed
+    (as Hugging Face's ``min_new_tokens``): a benchmark decodes a fixed length.
+
+    ``compile`` decodes against a static cache (fixed buffers of a length
+    rounded up to STATIC_CACHE_STEP) with the one-token step run through
+    torch.compile: a one-off compile of about a minute per batch size and
+    cache length on 2 cores (``compile_seconds``), then no Python or dispatch
+    cost per op, which is most of a step for small many-layer models like
+    SmolLM2. ``dynamic`` compiles one graph for every shape instead and
+    decodes against the growing cache (see ``compiled_decode``).
     A feed-forward or recurrent LM decodes through ``generate_stateful``
     (``compile`` does not apply).
     """
     cfg = cfg or SamplingConfig()
     if is_stateful(model):
-        yield from generate_stateful(model, prompt, max_new_tokens, cfg, eos_id, generator, pad)
+        yield from generate_stateful(model, prompt, max_new_tokens, cfg, eos_id, generator, pad,
+                                     min_new_tokens)
         return
-    step = _compiled_decode() if compile else decode_one_token
+    step = compiled_decode(dynamic) if compile else decode_one_token
     block = model.config.block_size
+    static = compile and not dynamic
     B, T = prompt.shape
+    if compile and dynamic and pad is None:
+        # The dynamic graph is built for a padded batch; no padding is a pad of zeros
+        # (a second graph otherwise, as the server's batcher would need too).
+        pad = torch.zeros(B, dtype=torch.long, device=prompt.device)
+    pos_arg: Callable[[int], int | torch.Tensor] = (
+        (lambda p: torch.tensor(p, device=prompt.device)) if static else (lambda p: p))
     if block <= T:
         raise ValueError(f"prompt of {T} tokens does not fit the context of {block}; "
                          "use fit_prompt")
@@ -216,11 +265,15 @@ def generate(model: GPT | StatefulLM, prompt: torch.Tensor, max_new_tokens: int,
     # A cache only as long as this call can use: zero-filling one for the whole
     # context costs more than the prefill of a short prompt.
     cache_len = min(T + max_new_tokens, block)
+    if static:
+        cache_len = static_cache_len(cache_len, block)
     try:
         model.setup_cache(B, cache_len)
-        logits = prefill(model, seq, pad)
+        logits = model(seq, start_pos=pos_arg(0), last_only=True, pad=pad)[:, -1]
         pos = T
-        for _ in range(max_new_tokens):
+        for i in range(max_new_tokens):
+            if i < min_new_tokens and eos_id is not None:
+                logits[:, eos_id] = float("-inf")
             tok = sample(logits, _seen(seq, pad), cfg, generator)
             if eos_id is not None:
                 tok = torch.where(done, torch.full_like(tok, eos_id), tok)
@@ -236,12 +289,19 @@ def generate(model: GPT | StatefulLM, prompt: torch.Tensor, max_new_tokens: int,
                 seq = seq[:, dropped:]
                 if pad is not None:
                     pad = (pad - dropped).clamp(min=0)
-                    pad = pad if bool(pad.any()) else None
-                model.setup_cache(B, block)
-                logits = prefill(model, seq, pad)
+                    pad = pad if bool(pad.any()) or (compile and dynamic) else None
+                model.setup_cache(B, cache_len := block)
+                logits = model(seq, start_pos=pos_arg(0), last_only=True, pad=pad)[:, -1]
                 pos = seq.size(1)
+            # A dynamic graph specializes a batch of one and serves every other shape.
+            elif compile and (shape := (B, cache_len) if static else (min(B, 2), 0)) \
+                    not in compile_seconds:
+                t0 = time.perf_counter()
+                logits = step(model, tok, pos_arg(pos), pad)
+                compile_seconds[shape] = time.perf_counter() - t0
+                pos += 1
             else:
-                logits = step(model, tok, pos, pad)
+                logits = step(model, tok, pos_arg(pos), pad)
                 pos += 1
     finally:
         model.clear_cache()
@@ -318,7 +378,8 @@ def generate_texts(model: GPT | StatefulLM, tokenizer, prompts: Sequence[str | S
                    stop: Sequence[str] = (), seed: int | None = None,
                    on_text: Callable[[int, str], None] | None = None,
                    warn: Callable[[str], None] | None = None,
-                   compile: bool = False) -> list[Completion]:
+                   compile: bool = False, dynamic: bool = False,
+                   min_new_tokens: int = 0) -> list[Completion]:
     """Continue every prompt (text, or token ids) in one batch; one Completion each.
 
     Prompts of different lengths are left-padded and masked, so each gets the
@@ -326,7 +387,8 @@ def generate_texts(model: GPT | StatefulLM, tokenizer, prompts: Sequence[str | S
     context; past it, the batch slides its window as one). ``on_text(row, piece)`` is
     called with newly decoded text as it streams (only text that cannot be the
     start of a stop string). A row ends at ``max_new_tokens``, the tokenizer's
-    end-of-text token, or a stop string (which is not included in the result).
+    end-of-text token (not before ``min_new_tokens``), or a stop string (which is
+    not included in the result). ``compile`` and ``dynamic`` are ``generate``'s.
     """
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
     device = next(model.parameters()).device
@@ -372,7 +434,8 @@ def generate_texts(model: GPT | StatefulLM, tokenizer, prompts: Sequence[str | S
             results[row] = Completion(text, len(rows[row].ids), final)
 
     eos = tokenizer.eos_id
-    for tok in generate(model, prompt_t, max_new_tokens, cfg, eos, generator, pad, compile):
+    for tok in generate(model, prompt_t, max_new_tokens, cfg, eos, generator, pad, compile,
+                        dynamic, min_new_tokens):
         for row, t in enumerate(tok.tolist()):
             if finished[row]:
                 continue

@@ -108,7 +108,7 @@ class Service:
 
     def __init__(self, name: str, tokenizer, *, model=None, template: str | None = None,
                  encoder=None, limits: Limits | None = None, api_key: str | None = None,
-                 max_batch: int = 16, max_queue: int = 256) -> None:
+                 max_batch: int = 16, max_queue: int = 256, compile: bool = False) -> None:
         self.name = name
         self.tok = tokenizer
         self.template = template
@@ -116,7 +116,8 @@ class Service:
         self.limits = limits or Limits()
         self.api_key = api_key
         self.created = int(time.time())
-        self.batcher = Batcher(model, tokenizer, max_batch, max_queue) if model else None
+        self.batcher = (Batcher(model, tokenizer, max_batch, max_queue, compile=compile)
+                        if model else None)
         self.encoder_lock = threading.Lock()
 
     # -- prompts -----------------------------------------------------------

@@ -69,7 +69,17 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class KVCache(nn.Module):
-    """Preallocated keys and values of one layer for incremental decoding."""
+    """Preallocated keys and values of one layer for incremental decoding.
+
+    Two ways to use it. With an int ``start`` (eager decoding, beam search,
+    the server's batcher) ``update`` returns the ``start + T`` columns written
+    so far, a length that grows every step. With a tensor ``start`` (the
+    *static* cache that a compiled decode step needs) the new columns are
+    written with ``index_copy_`` and the whole (B, nkv, max_len, hs) buffers
+    are returned every step: fixed shapes, so ``torch.compile`` builds one
+    graph per batch size and cache length; the model masks the columns not
+    yet written.
+    """
 
     def __init__(self, batch_size: int, max_len: int, n_kv_head: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device | str | None = None) -> None:
@@ -90,9 +100,15 @@ class KVCache(nn.Module):
         cache.length = length
         return cache
 
-    def update(self, start: int, k: torch.Tensor,
+    def update(self, start: int | torch.Tensor, k: torch.Tensor,
                v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, nkv, T, hs) at positions start..start+T; return all L = start+T."""
+        """Store k, v (B, nkv, T, hs) at positions start..start+T; return all L = start+T
+        columns, or with a tensor ``start`` (0-d) the whole buffers (L = max_len)."""
+        if isinstance(start, torch.Tensor):
+            cols = start + torch.arange(k.size(2), device=k.device)  # (T,)
+            self.k.index_copy_(2, cols, k)
+            self.v.index_copy_(2, cols, v)
+            return self.k, self.v
         end = start + k.size(2)
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v
@@ -121,7 +137,7 @@ class CausalSelfAttention(nn.Module):
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                start_pos: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+                start_pos: int | torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         hs, nh, nkv = self.head_dim, self.n_head, self.n_kv_head
         q, k, v = self.c_attn(x).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
@@ -137,7 +153,7 @@ class CausalSelfAttention(nn.Module):
         L = k.size(2)
         is_causal = False
         if mask is not None:
-            pass  # (B, 1, T, L) from GPT.forward: left-padded rows of a batch
+            pass  # (B, 1, T, L) from GPT.forward: left-padded rows, or a static cache
         elif T == L:
             is_causal = T > 1  # plain training / prefill from position 0
         elif T > 1:
@@ -186,7 +202,7 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                start_pos: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+                start_pos: int | torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), rope, start_pos, mask)
         return x + self.mlp(self.ln_2(x))
 
@@ -265,14 +281,17 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.attn.kv_cache = None
 
-    def forward(self, idx: torch.Tensor, start_pos: int = 0, last_only: bool = False,
-                pad: torch.Tensor | None = None, hidden: bool = False,
+    def forward(self, idx: torch.Tensor, start_pos: int | torch.Tensor = 0,
+                last_only: bool = False, pad: torch.Tensor | None = None, hidden: bool = False,
                 select: torch.Tensor | None = None) -> torch.Tensor:
         """Logits for token ids ``idx`` (B, T) sitting at columns start_pos..start_pos+T.
 
         With a cache (``setup_cache``), keys and values of earlier columns are
-        reused. ``last_only`` computes logits of the last position only, which
-        is all that decoding needs (the lm_head is the largest matmul).
+        reused. A 0-d tensor ``start_pos`` uses the cache as a static one (see
+        ``KVCache``): every column of the buffers is attended, those past
+        ``start_pos + T`` masked, so the shapes do not change from step to step.
+        ``last_only`` computes logits of the last position only, which is all
+        that decoding needs (the lm_head is the largest matmul).
         ``pad`` (B,) says how many columns on the left of each row are padding:
         those are masked out and each row's positions start at 0 on its first
         real token, so a row gets the same logits as it would alone.
@@ -282,22 +301,29 @@ class GPT(nn.Module):
         on some tokens (a translation's target) need not pay for the others.
         """
         B, T = idx.shape
-        if start_pos + T > self.config.block_size:
+        static = isinstance(start_pos, torch.Tensor)
+        # A static step's position is data, not checked here (that would sync a graph).
+        if not static and start_pos + T > self.config.block_size:
             raise ValueError(
                 f"positions {start_pos}..{start_pos + T} exceed the context of "
                 f"{self.config.block_size} tokens")
         x = self.transformer.wte(idx)  # (B, T, C)
-        cols = torch.arange(start_pos, start_pos + T, device=idx.device)  # (T,)
+        cols = start_pos + torch.arange(T, device=idx.device)  # (T,)
         mask = None
         pos = cols
-        if pad is not None:
-            pos = (cols[None, :] - pad[:, None]).clamp(min=0)  # (B, T)
-            keys = torch.arange(start_pos + T, device=idx.device)  # (L,)
-            causal = keys[None, :] <= cols[:, None]  # (T, L)
-            real = keys[None, :] >= pad[:, None]  # (B, L)
-            # A query on a padding column sees itself, so no softmax row is empty.
-            mask = (causal[None] & real[:, None, :]) | (keys[None, :] == cols[:, None])[None]
-            mask = mask[:, None]  # (B, 1, T, L)
+        if pad is not None or static:
+            # Static: all L columns of the buffers; else the start_pos + T written.
+            L = self.transformer.h[0].attn.kv_cache.k.size(2) if static else start_pos + T
+            keys = torch.arange(L, device=idx.device)  # (L,)
+            mask = keys[None, :] <= cols[:, None]  # (T, L) causal
+            if pad is not None:
+                pos = (cols[None, :] - pad[:, None]).clamp(min=0)  # (B, T)
+                real = keys[None, :] >= pad[:, None]  # (B, L)
+                # A query on a padding column sees itself, so no softmax row is empty.
+                mask = (mask[None] & real[:, None, :]) | (keys[None, :] == cols[:, None])[None]
+            else:
+                mask = mask[None]  # (1, T, L): the same for every row
+            mask = mask[:, None]  # (B or 1, 1, T, L)
         rope = None
         if self.config.pos == "learned":
             x = x + self.transformer.wpe(pos)
