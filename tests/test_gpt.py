@@ -100,3 +100,21 @@ def test_gpt2_124m_parameter_count():
     with torch.device("meta"):
         model = GPT(GPTConfig.from_name("gpt2-124m"))
     assert model.num_params() == 124_439_808  # GPT-2 small's published count
+
+
+def test_linear_fast_path_equals_f_linear():
+    """lmlab's Linear (oneDNN for few-row float32 CPU inference) computes F.linear's values;
+    with a gradient to take, it is F.linear itself."""
+    from lmlab.models import linear as lin
+
+    torch.manual_seed(0)
+    layer = lin.Linear(96, 40)
+    for rows in (1, 8, 33):  # 33 rows: past ONEDNN_MAX_ROWS, the plain path
+        x = torch.randn(rows, 96)
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight,
+                                                                            layer.bias))
+    x = torch.randn(2, 3, 96, requires_grad=True)
+    layer(x).sum().backward()
+    assert x.grad is not None and layer.weight.grad is not None
+    assert isinstance(GPT(GPTConfig.from_name("gpt-nano")).lm_head, torch.nn.Linear)

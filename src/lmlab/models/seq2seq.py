@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from lmlab.config import Seq2SeqConfig
 from lmlab.models.gpt import init_weights
+from lmlab.models.linear import Linear
 
 
 def sinusoidal_positions(n_pos: int, dim: int) -> torch.Tensor:
@@ -62,10 +63,10 @@ class Attention(nn.Module):
         C = config.n_embd
         self.n_head = config.n_head
         self.head_dim = config.head_dim
-        self.q_proj = nn.Linear(C, C)
-        self.k_proj = nn.Linear(C, C)
-        self.v_proj = nn.Linear(C, C)
-        self.out_proj = nn.Linear(C, C)
+        self.q_proj = Linear(C, C)
+        self.k_proj = Linear(C, C)
+        self.v_proj = Linear(C, C)
+        self.out_proj = Linear(C, C)
         self.dropout = config.attn_dropout
 
     def heads(self, t: torch.Tensor) -> torch.Tensor:
@@ -97,8 +98,8 @@ class EncoderLayer(nn.Module):
         self.norm_first = config.norm_first
         self.self_attn = Attention(config)
         self.self_attn_layer_norm = nn.LayerNorm(C, eps=eps)
-        self.fc1 = nn.Linear(C, config.intermediate_size)
-        self.fc2 = nn.Linear(config.intermediate_size, C)
+        self.fc1 = Linear(C, config.intermediate_size)
+        self.fc2 = Linear(config.intermediate_size, C)
         self.act = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}[config.activation]
         self.activation_dropout = nn.Dropout(config.activation_dropout)
         self.final_layer_norm = nn.LayerNorm(C, eps=eps)
@@ -248,7 +249,7 @@ class Seq2Seq(nn.Module):
                                    padding_idx=config.pad_token_id)
         self.encoder = Stack(config, config.n_encoder_layer, decoder=False)
         self.decoder = Stack(config, config.n_decoder_layer, decoder=True)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         # Press & Wolf 2017: one table for source, target and output (a joint vocabulary).
         self.lm_head.weight = self.shared.weight
         if config.final_logits_bias:
