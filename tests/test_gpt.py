@@ -8,7 +8,7 @@ from lmlab.errors import LmlabError
 from lmlab.generate import SamplingConfig, generate
 from lmlab.models.gpt import GPT
 
-STYLES = ["gpt-nano", "llama-nano"]
+STYLES = ["gpt-nano", "llama-nano", "gemma-nano"]
 
 
 def tiny(name: str, **kw) -> GPT:

@@ -19,6 +19,22 @@ def tiny_hf(kind: str, tied: bool):
         cfg = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2,
                                       n_head=2, tie_word_embeddings=tied)
         return transformers.GPT2LMHeadModel(cfg).eval()
+    if kind == "gemma3":
+        # Window 4 over 16 tokens, two local layers then a global one: every Gemma
+        # switch matters (and the wider heads: 2 x 24 against 32 wide).
+        cfg = transformers.Gemma3TextConfig(
+            vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+            num_attention_heads=2, num_key_value_heads=1, head_dim=24,
+            max_position_embeddings=32, sliding_window=4, query_pre_attn_scalar=20,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+            rope_theta=1e6, rope_local_base_freq=1e4, tie_word_embeddings=tied,
+            attn_implementation="eager")
+        model = transformers.Gemma3ForCausalLM(cfg).eval()
+        with torch.no_grad():  # HF starts Gemma's 1 + w norms at w = 0: make them matter
+            for name, p in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    p.normal_(0, 0.3)
+        return model
     cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64,
                                    num_hidden_layers=2, num_attention_heads=4,
                                    num_key_value_heads=2, max_position_embeddings=32,
@@ -26,7 +42,8 @@ def tiny_hf(kind: str, tied: bool):
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
-@pytest.mark.parametrize("kind,tied", [("gpt2", True), ("llama", False), ("llama", True)])
+@pytest.mark.parametrize("kind,tied", [("gpt2", True), ("llama", False), ("llama", True),
+                                       ("gemma3", True)])
 def test_convert_round_trip_keeps_logits(kind, tied, tmp_path, capsys):
     hf = tiny_hf(kind, tied)
     hf.save_pretrained(tmp_path / "hf", safe_serialization=True)

@@ -52,10 +52,22 @@ class GPTConfig(SavedConfig):
     norm_eps: PositiveFloat = 1e-5
     pos: Literal["learned", "rope"] = "learned"
     rope_base: PositiveFloat = 10000.0
-    mlp: Literal["gelu", "swiglu"] = "gelu"
+    mlp: Literal["gelu", "swiglu", "geglu"] = "gelu"
     bias: bool = True
     tie_embeddings: bool = True
     dropout: Dropout = 0.0
+    # Gemma-style switches (all off for GPT-2 and Llama). Gemma 3's heads are wider
+    # than n_embd / n_head (256 against 160 for 270M), so the head size can be set.
+    head_size: Count | None = None  # None: n_embd // n_head
+    qk_norm: bool = False  # RMSNorm over each head's queries and keys before RoPE
+    post_norms: bool = False  # a norm on each sublayer's output too (Gemma 2/3)
+    embed_scale: bool = False  # token embeddings times sqrt(n_embd)
+    # Local attention: every layer but each ``sliding_pattern``-th one sees only the
+    # last ``sliding_window`` positions, and rotates with ``rope_local_base``.
+    sliding_window: Count | None = None
+    sliding_pattern: Count = 6
+    rope_local_base: PositiveFloat | None = None
+    query_pre_attn_scalar: PositiveFloat | None = None  # softmax scale 1/sqrt(this)
 
     def __post_init__(self) -> None:
         # A config.json is user input: "n_layer": "two" or "norm": "batchnorm" is an
@@ -71,7 +83,7 @@ class GPTConfig(SavedConfig):
                 # parameter count equal (Shazeer 2020); round up to a multiple of 64.
                 hidden = int(2 * 4 * self.n_embd / 3)
                 self.intermediate_size = 64 * ((hidden + 63) // 64)
-        if self.n_embd % self.n_head:
+        if self.head_size is None and self.n_embd % self.n_head:
             raise LmlabError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head} "
                              "(--n-embd, --n-head)")
         if self.n_head % self.n_kv_head:
@@ -81,7 +93,12 @@ class GPTConfig(SavedConfig):
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.head_size or self.n_embd // self.n_head
+
+    def is_local(self, layer: int) -> bool:
+        """Whether layer ``layer`` attends through a sliding window (Gemma 3: five local
+        layers, then one global)."""
+        return self.sliding_window is not None and (layer + 1) % self.sliding_pattern != 0
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> GPTConfig:
@@ -107,6 +124,9 @@ def _from_dict(cls: type, d: dict[str, Any]) -> Any:
 
 
 _LLAMA = dict(norm="rmsnorm", pos="rope", mlp="swiglu", bias=False, tie_embeddings=False)
+_GEMMA = dict(norm="rmsnorm", norm_eps=1e-6, pos="rope", rope_local_base=10000.0,
+              rope_base=1e6, mlp="geglu", bias=False, qk_norm=True, post_norms=True,
+              embed_scale=True)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Sub-million-parameter models for tests and a first look.
@@ -121,6 +141,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "llama-nano": dict(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, block_size=128, **_LLAMA),
     "llama-mini": dict(n_layer=4, n_head=6, n_kv_head=2, n_embd=192, block_size=128, **_LLAMA),
     "llama-small": dict(n_layer=6, n_head=6, n_kv_head=2, n_embd=384, block_size=256, **_LLAMA),
+    # Gemma 3's design in miniature: wide heads, QK-norm, sandwich norms, GeGLU, and a
+    # local (sliding-window) layer before each global one.
+    "gemma-nano": dict(n_layer=2, n_head=2, n_kv_head=1, n_embd=64, head_size=48,
+                       block_size=128, sliding_window=8, sliding_pattern=2, **_GEMMA),
 }
 
 

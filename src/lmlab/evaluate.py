@@ -183,10 +183,13 @@ def evaluate_documents(model: GPT | StatefulLM, tokenizer, docs: Sequence[str], 
     if not any(doc.strip() for doc in docs):
         raise LmlabError("nothing to score: the text is empty")
     eos = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
-    ids: list[int] = list(eos)
+    # Each document starts as a model expects its input to: after its start token
+    # (Gemma's <bos>) where it has one, else after the end token of the one before.
+    start = tokenizer.start_ids
+    ids: list[int] = list(start or eos)
     for i, doc in enumerate(docs):
         if i:
-            ids += eos
+            ids += eos + start
         ids += tokenizer.encode(doc)
     block = model.config.block_size
     stride = min(stride or block, block)

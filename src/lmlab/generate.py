@@ -394,7 +394,7 @@ def generate_texts(model: GPT | StatefulLM, tokenizer, prompts: Sequence[str | S
     device = next(model.parameters()).device
     id_lists = []
     for prompt in prompts:
-        ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        ids = tokenizer.encode_prompt(prompt) if isinstance(prompt, str) else list(prompt)
         if not ids:
             ids = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
         if not ids:

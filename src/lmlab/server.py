@@ -306,7 +306,8 @@ def create_app(service: Service) -> FastAPI:
             raise ApiError(400, f"prompt: give 1 to {service.limits.max_n} prompts",
                            param="prompt")
         tok = service.tok
-        ids = [tok.encode(p) or ([tok.eos_id] if tok.eos_id is not None else []) for p in prompts]
+        ids = [tok.encode_prompt(p) or ([tok.eos_id] if tok.eos_id is not None else [])
+               for p in prompts]
         if any(not x for x in ids):
             raise ApiError(400, "prompt: empty", param="prompt")
         return await run(request, body, ids, (), "text")

@@ -127,6 +127,7 @@ class Tokenizer:
         path: Path | None = None,
         json_text: str | None = None,
         eos_token: str | None = None,
+        bos_token: str | None = None,
     ) -> None:
         # Not matching special tokens inside text is a runtime flag that HF does
         # not save in tokenizer.json, so it is set on every construction.
@@ -143,6 +144,9 @@ class Tokenizer:
         # A model's own end-of-sequence token when it is not <|endoftext|>
         # (e.g. SmolLM2's <|im_end|>, named in its GGUF metadata).
         self._eos_token = eos_token
+        # A token every prompt must start with (Gemma's <bos>: without it the model
+        # reads garbage), or None; see encode_prompt.
+        self._bos_token = bos_token
         # [UNK]s among the tokens encode_batch has produced, for warn_unknown.
         self._unk_count = UnknownCount()
 
@@ -550,6 +554,21 @@ class Tokenizer:
             return self._tok.encode(text, add_special_tokens=False).ids
         finally:
             self._tok.encode_special_tokens = True
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids of a text a model reads from its start: a prompt, a document
+        scored alone. As :meth:`encode`, after the model's start token if it has one."""
+        return self.start_ids + self.encode(text)
+
+    @property
+    def start_ids(self) -> list[int]:
+        """``[bos_id]`` for a model whose inputs start with it (Gemma), else ``[]``."""
+        return [self.bos_id] if self.bos_id is not None else []
+
+    @cached_property
+    def bos_id(self) -> int | None:
+        """Id of the token the model's inputs start with, if it was named at construction."""
+        return self._tok.token_to_id(self._bos_token) if self._bos_token else None
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of many texts, encoded in parallel on all cores by the Rust side.

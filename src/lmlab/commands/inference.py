@@ -204,7 +204,7 @@ def _beam_generate(model, tok, prompt: str, num_beams: int, max_new_tokens: int,
     if is_stateful(model):
         raise LmlabError("--num-beams needs a Transformer decoder (GPT, Llama); a recurrent "
                          "or feed-forward LM samples only")
-    ids = tok.encode(prompt) if prompt else [tok.eos_id]
+    ids = tok.encode_prompt(prompt) if prompt else tok.start_ids or [tok.eos_id]
     ids, dropped = fit_prompt(ids, model.config.block_size, max_new_tokens)
     if dropped:
         print(f"warning: the prompt's first {dropped} tokens were dropped to fit the context",

@@ -113,18 +113,23 @@ def render_prompt(template: str | None, tokenizer: Any,
     encoded as plain text."""
     template, stops = chat_format(template, tokenizer)
     eos = tokenizer.eos_token or ""
+    start = tokenizer.start_ids
+    bos = tokenizer.id_to_token(start[0]) if start else ""
     specials = [t for t in tokenizer.special_tokens if t]
     if not any(t in m["content"] for m in messages for t in specials):
-        text = render_chat(template, messages, eos_token=eos)
-        return tokenizer.encode(text, allow_special=True), stops
-    marked = [dict(m, content=f"{_OPEN}{i}{_CLOSE}") for i, m in enumerate(messages)]
-    text = render_chat(template, marked, eos_token=eos)
-    ids: list[int] = []
-    for j, part in enumerate(re.split(f"{_OPEN}(\\d+){_CLOSE}", text)):
-        if j % 2:  # a message's content: plain text
-            ids += tokenizer.encode(messages[int(part)]["content"])
-        elif part:
-            ids += tokenizer.encode(part, allow_special=True)
+        text = render_chat(template, messages, bos_token=bos, eos_token=eos)
+        ids = tokenizer.encode(text, allow_special=True)
+    else:
+        marked = [dict(m, content=f"{_OPEN}{i}{_CLOSE}") for i, m in enumerate(messages)]
+        text = render_chat(template, marked, bos_token=bos, eos_token=eos)
+        ids = []
+        for j, part in enumerate(re.split(f"{_OPEN}(\\d+){_CLOSE}", text)):
+            if j % 2:  # a message's content: plain text
+                ids += tokenizer.encode(messages[int(part)]["content"])
+            elif part:
+                ids += tokenizer.encode(part, allow_special=True)
+    if start and ids[:1] != start:
+        ids = start + ids  # a template that does not write the start token itself
     return ids, stops
 
 

@@ -1,12 +1,13 @@
-"""GGUF files (llama.cpp's format) -> lmlab model + tokenizer, for Llama-architecture models.
+"""GGUF files (llama.cpp's format) -> lmlab model + tokenizer, for Llama and Gemma 3 models.
 
-A GGUF file holds the config as ``llama.*`` metadata keys, the tokenizer as
-``tokenizer.ggml.*`` arrays (tokens, token types, BPE merges) and the weights,
-possibly block-quantized. Loading goes through the Hugging Face Llama layout:
-each tensor is dequantized to float32, renamed to its ``LlamaForCausalLM`` name
-and (for q/k) un-permuted, then ``hf_llama.from_hf_llama`` makes the lmlab
-state dict. So there is one Llama converter, and a GGUF model can be checked
-against ``transformers`` with the very same weights.
+A GGUF file holds the config as ``<arch>.*`` metadata keys, the tokenizer as
+``tokenizer.ggml.*`` arrays (tokens, token types, and BPE merges or SentencePiece
+scores) and the weights, possibly block-quantized. Loading goes through the
+Hugging Face layout: each tensor is dequantized to float32, renamed to its
+``LlamaForCausalLM`` / ``Gemma3ForCausalLM`` name and (Llama's q/k) un-permuted,
+then ``hf_llama.from_hf_llama`` / ``hf_gemma.from_hf_gemma3`` makes the lmlab
+state dict. So there is one converter per family, and a GGUF model can be
+checked against ``transformers`` with the very same weights.
 
 The file is read by ``gguf_file.GGUFFile`` (metadata parsed from one bytes
 object, tensors left memory-mapped) and its tensors decoded by
@@ -24,7 +25,7 @@ import torch
 
 from lmlab.config import GPTConfig
 from lmlab.errors import LmlabError
-from lmlab.interop import hf_llama
+from lmlab.interop import hf_gemma, hf_llama
 from lmlab.interop.gguf_file import GGUFFile
 from lmlab.interop.gguf_quants import DEQUANTIZED_TYPES, dequantize
 from lmlab.tokenizer import Tokenizer
@@ -48,6 +49,17 @@ _LAYER_NAMES = {
     "attn_norm": "input_layernorm",
     "ffn_norm": "post_attention_layernorm",
 }
+# Gemma 3's names where they differ from Llama's. Its "post_attention_norm" is the
+# norm on the attention's output (Llama's ``ffn_norm`` is the MLP's input norm).
+_GEMMA3_LAYER_NAMES = dict(
+    _LAYER_NAMES,
+    attn_q_norm="self_attn.q_norm",
+    attn_k_norm="self_attn.k_norm",
+    post_attention_norm="post_attention_layernorm",
+    ffn_norm="pre_feedforward_layernorm",
+    post_ffw_norm="post_feedforward_layernorm",
+)
+ARCHITECTURES = ("llama", "gemma3")
 _TOP_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
@@ -56,7 +68,7 @@ _TOP_NAMES = {
 _BLOCK = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
 
 # tokenizer.ggml.token_type values (llama.cpp's llama_token_type)
-_CONTROL, _USER_DEFINED = 3, 4
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
 
 # The ``tokenizer.ggml.pre`` values whose pre-tokenization is the GPT-2 regex,
 # -> whether every digit is isolated first. llama.cpp runs the regexes "\p{N}"
@@ -65,6 +77,17 @@ _CONTROL, _USER_DEFINED = 3, 4
 # is_numeric, like \p{N}, also covers "½" and "²"). A file without the key is
 # read as GPT-2 (llama.cpp's own fallback, "default", is a different regex).
 _PRE_DIGITS = {"gpt-2": False, "smollm": True, "starcoder": True, "refact": True}
+
+
+def gemma3_gguf() -> Path | None:
+    """Gemma 3 270M (base, Q4_K_M) as ``make setup`` assembles it into ``<venv>/assets``
+    (or where ``LMLAB_GEMMA3_GGUF`` points), if present."""
+    import os
+    import sys
+
+    env = os.environ.get("LMLAB_GEMMA3_GGUF")
+    path = Path(env) if env else Path(sys.prefix) / "assets" / "gemma-3-270m-q4_k_m.gguf"
+    return path if path.is_file() else None
 
 
 def smollm2_gguf() -> Path | None:
@@ -103,18 +126,28 @@ def _decimal(x: float) -> float:
     return float(str(np.float32(x)))
 
 
+def gguf_architecture(reader: GGUFFile, path: str | Path) -> str:
+    """``general.architecture``, refused by name unless lmlab knows it."""
+    arch = _value(reader, "general.architecture", Path(path))
+    if arch not in ARCHITECTURES:
+        raise LmlabError(f"{path}: GGUF architecture {arch!r} is not supported "
+                         f"(supported: {', '.join(ARCHITECTURES)})")
+    return str(arch)
+
+
 def gguf_config(reader: GGUFFile, path: str | Path) -> GPTConfig:
-    """The lmlab config of a Llama GGUF, from its ``llama.*`` metadata."""
+    """The lmlab config of a Llama or Gemma 3 GGUF, from its ``<arch>.*`` metadata."""
     path = Path(path)
-    arch = _value(reader, "general.architecture", path)
-    if arch != "llama":
-        raise LmlabError(f"{path}: GGUF architecture {arch!r} is not supported (only 'llama')")
-    scaling = _value(reader, "llama.rope.scaling.type", path, "none")
+    arch = gguf_architecture(reader, path)
+    scaling = _value(reader, f"{arch}.rope.scaling.type", path, "none")
     if scaling not in ("none", None):
         raise LmlabError(f"{path}: RoPE scaling {scaling!r} is not supported")
 
     def get(key: str, default: Any = ...) -> Any:
-        return _value(reader, f"llama.{key}", path, default)
+        return _value(reader, f"{arch}.{key}", path, default)
+
+    if arch == "gemma3":
+        return _gemma3_config(reader, path, get)
 
     n_head = get("attention.head_count")
     hf = dict(vocab_size=len(_value(reader, "tokenizer.ggml.tokens", path)),
@@ -138,6 +171,33 @@ def gguf_config(reader: GGUFFile, path: str | Path) -> GPTConfig:
         raise LmlabError(f"{path}: RoPE over {rope_dim} of {config.head_dim} head dims "
                          "is not supported")
     return config
+
+
+def _gemma3_config(reader: GGUFFile, path: Path, get: Any) -> GPTConfig:
+    """Gemma 3's config from its metadata, with what llama.cpp fixes for the
+    architecture rather than storing: five local layers per global one and RoPE base
+    10,000 on the local layers (unless ``rope.freq_base_swa`` says otherwise)."""
+    n_head = get("attention.head_count")
+    key_dim = get("attention.key_length")
+    if get("attention.value_length", key_dim) != key_dim:
+        raise LmlabError(f"{path}: key and value head sizes differ, which lmlab does not model")
+    hf = dict(vocab_size=len(_value(reader, "tokenizer.ggml.tokens", path)),
+              max_position_embeddings=get("context_length"),
+              num_hidden_layers=get("block_count"),
+              num_attention_heads=n_head,
+              num_key_value_heads=get("attention.head_count_kv", n_head),
+              hidden_size=get("embedding_length"),
+              intermediate_size=get("feed_forward_length"),
+              head_dim=key_dim,
+              rms_norm_eps=_decimal(get("attention.layer_norm_rms_epsilon", 1e-6)),
+              rope_theta=_decimal(get("rope.freq_base", 1_000_000.0)),
+              rope_local_base_freq=_decimal(get("rope.freq_base_swa", 10_000.0)),
+              sliding_window=get("attention.sliding_window", 512),
+              sliding_window_pattern=6,
+              # llama.cpp scales queries by 1/sqrt(head size) for every size but 27B.
+              query_pre_attn_scalar=key_dim,
+              tie_word_embeddings="output.weight" not in reader.tensors)
+    return hf_gemma.lmlab_config_from_hf_gemma3(hf)
 
 
 def permute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -186,27 +246,31 @@ def _int4_rows(tensor: Any, path: Path) -> torch.Tensor:
 
 def gguf_hf_state_dict(reader: GGUFFile, config: GPTConfig, path: str | Path,
                        int4: bool = False) -> dict[str, torch.Tensor]:
-    """All tensors of a Llama GGUF, dequantized, as a ``LlamaForCausalLM`` state dict.
+    """All tensors of a Llama (Gemma 3) GGUF, dequantized, as a ``LlamaForCausalLM``
+    (``Gemma3ForCausalLM``) state dict, Gemma's norms still holding llama.cpp's ``1 + w``.
 
     With ``int4``, the projection weights (not the embedding or norms) are
     instead uint8 rows of 4-bit groups (``quantize.pack_rows``), which the
     renaming, q/k un-permuting and q/k/v concatenation move like float rows.
     """
     path = Path(path)
+    arch = gguf_architecture(reader, path)
+    layer_names = _GEMMA3_LAYER_NAMES if arch == "gemma3" else _LAYER_NAMES
     sd: dict[str, torch.Tensor] = {}
     for t in reader.tensors.values():
         if t.name in _TOP_NAMES:
             name = _TOP_NAMES[t.name]
-        elif (m := _BLOCK.fullmatch(t.name)) and m.group(2) in _LAYER_NAMES:
-            name = f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.weight"
+        elif (m := _BLOCK.fullmatch(t.name)) and m.group(2) in layer_names:
+            name = f"model.layers.{m.group(1)}.{layer_names[m.group(2)]}.weight"
         else:
-            raise LmlabError(f"{path}: unexpected tensor {t.name} for a Llama model")
+            raise LmlabError(f"{path}: unexpected tensor {t.name} for a {arch} model")
         # Only whole groups of 32 inputs pack; quantize_int4 gives other Linears int8.
         packable = int4 and t.shape[-1] % 32 == 0
         linear = name.endswith("_proj.weight") or name == "lm_head.weight"
         w = _int4_rows(t, path) if packable and linear else _dequantize(t, path)
         heads = {"q_proj": config.n_head, "k_proj": config.n_kv_head}.get(name.split(".")[-2])
-        if heads is not None:
+        # Gemma's converter keeps HF's "rotate half" rows (llama.cpp's NEOX RoPE).
+        if heads is not None and arch == "llama":
             if w.ndim != 2 or w.shape[0] != heads * config.head_dim:
                 raise LmlabError(f"{path}: tensor {t.name} has shape {tuple(t.shape)}, not "
                                  f"({heads * config.head_dim}, ...) as the metadata implies")
@@ -220,28 +284,110 @@ def gguf_hf_state_dict(reader: GGUFFile, config: GPTConfig, path: str | Path,
 
 
 def gguf_tokenizer(reader: GGUFFile, path: str | Path) -> Tokenizer:
-    """The byte-level BPE tokenizer stored in a GGUF's ``tokenizer.ggml.*`` metadata."""
-    from tokenizers import AddedToken, decoders, models, pre_tokenizers
-    from tokenizers import Tokenizer as HFTokenizer
-
+    """The tokenizer stored in a GGUF's ``tokenizer.ggml.*`` metadata: byte-level BPE
+    (``gpt2``: SmolLM2, Llama 3) or SentencePiece BPE (``llama``: Gemma, Llama 2)."""
     path = Path(path)
     kind = _value(reader, "tokenizer.ggml.model", path)
-    if kind != "gpt2":
+    if kind not in ("gpt2", "llama"):
         raise LmlabError(f"{path}: GGUF tokenizer model {kind!r} is not supported "
-                         "(only 'gpt2', byte-level BPE)")
-    pre = _value(reader, "tokenizer.ggml.pre", path, "gpt-2")
-    if pre not in _PRE_DIGITS:
-        raise LmlabError(f"{path}: GGUF pre-tokenizer {pre!r} is not supported "
-                         f"(supported: {', '.join(_PRE_DIGITS)})")
+                         "(supported: 'gpt2', byte-level BPE; 'llama', SentencePiece)")
+    tokens, types, vocab = _vocab(reader, path)
+    if kind == "llama":
+        backend = _sentencepiece_backend(reader, path, tokens, types, vocab)
+    else:
+        backend = _byte_level_backend(reader, path, vocab)
+    _add_vocab_specials(backend, tokens, types)
+    bos = None
+    # As llama.cpp: SentencePiece models start with BOS unless the file says not to.
+    if _value(reader, "tokenizer.ggml.add_bos_token", path, kind == "llama"):
+        bos = _special(reader, path, "tokenizer.ggml.bos_token_id", tokens)
+    eos = _special(reader, path, "tokenizer.ggml.eos_token_id", tokens)
+    return Tokenizer(backend, "json", eos_token=eos, bos_token=bos)
+
+
+def _vocab(reader: GGUFFile, path: Path) -> tuple[list[str], list[int], dict[str, int]]:
+    """Tokens, their types and the token -> id map, checked for consistency."""
     tokens: list[str] = _value(reader, "tokenizer.ggml.tokens", path)
-    types: list[int] = _value(reader, "tokenizer.ggml.token_type", path, [1] * len(tokens))
-    merges = [tuple(m.split(" ", 1)) for m in _value(reader, "tokenizer.ggml.merges", path)]
+    types: list[int] = _value(reader, "tokenizer.ggml.token_type", path, [_NORMAL] * len(tokens))
     vocab = {tok: i for i, tok in enumerate(tokens)}
     if len(vocab) != len(tokens):
         raise LmlabError(f"{path}: the GGUF token list has duplicate tokens")
     if len(types) != len(tokens):
         raise LmlabError(f"{path}: {len(types)} token types for {len(tokens)} tokens")
+    return tokens, types, vocab
 
+
+def _add_vocab_specials(backend: Any, tokens: list[str], types: list[int]) -> None:
+    """Mark the GGUF's CONTROL tokens special (skippable on decode) and its USER_DEFINED
+    ones plain added tokens, matched in raw text before the model runs, as llama.cpp
+    does. Both are already in the vocabulary, so they keep their ids."""
+    from tokenizers import AddedToken
+
+    backend.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
+                                for i, t in enumerate(types) if t == _CONTROL])
+    backend.add_tokens([AddedToken(tokens[i], special=False, normalized=False)
+                        for i, t in enumerate(types) if t == _USER_DEFINED])
+
+
+def _special(reader: GGUFFile, path: Path, key: str, tokens: list[str]) -> str | None:
+    """The text of the token whose id metadata ``key`` holds, or None."""
+    i = _value(reader, key, path, None)
+    return tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None
+
+
+def _sentencepiece_backend(reader: GGUFFile, path: Path, tokens: list[str], types: list[int],
+                           vocab: dict[str, int]) -> Any:
+    """SentencePiece BPE from a vocabulary with scores, as HF ``tokenizers`` BPE.
+
+    SentencePiece's BPE starts from characters and keeps merging the adjacent pair
+    whose concatenation is the highest-scoring piece; llama.cpp does the same. A
+    ranked merge list expresses exactly that: every split of every piece into two
+    pieces, ordered by the whole piece's score. Spaces are "▁" (U+2581); characters
+    outside the vocabulary fall back to <0xNN> byte tokens. ``add_space_prefix``
+    (Llama 2: yes; Gemma: no) puts a "▁" before the text.
+    """
+    import numpy as np
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, normalizers
+
+    scores = np.asarray(_value(reader, "tokenizer.ggml.scores", path), dtype=np.float64)
+    if len(scores) != len(tokens):
+        raise LmlabError(f"{path}: {len(scores)} token scores for {len(tokens)} tokens")
+    # Merge candidates are the plain pieces, best score first (ties: lower id first).
+    order = np.lexsort((np.arange(len(tokens)), -scores))
+    types_arr = np.asarray(types)
+    pieces = vocab.keys() - {tokens[i] for i in np.flatnonzero(types_arr != _NORMAL)}
+    merges = []
+    for i in order[types_arr[order] == _NORMAL]:
+        piece = tokens[i]
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in pieces and right in pieces:
+                merges.append((left, right))
+    unk = _special(reader, path, "tokenizer.ggml.unknown_token_id", tokens)
+    backend = HFTokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk,
+                                     byte_fallback=True, fuse_unk=True))
+    steps = [normalizers.Replace(" ", "\u2581")]
+    if _value(reader, "tokenizer.ggml.add_space_prefix", path, True):
+        steps.insert(0, normalizers.Prepend("\u2581"))
+    backend.normalizer = normalizers.Sequence(steps)
+    dec = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if _value(reader, "tokenizer.ggml.add_space_prefix", path, True):
+        dec.append(decoders.Strip(" ", 1, 0))
+    backend.decoder = decoders.Sequence(dec)
+    return backend
+
+
+def _byte_level_backend(reader: GGUFFile, path: Path, vocab: dict[str, int]) -> Any:
+    """Byte-level BPE (GPT-2's scheme) from the GGUF's tokens and merges."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+
+    pre = _value(reader, "tokenizer.ggml.pre", path, "gpt-2")
+    if pre not in _PRE_DIGITS:
+        raise LmlabError(f"{path}: GGUF pre-tokenizer {pre!r} is not supported "
+                         f"(supported: {', '.join(_PRE_DIGITS)})")
+    merges = [tuple(m.split(" ", 1)) for m in _value(reader, "tokenizer.ggml.merges", path)]
     backend = HFTokenizer(models.BPE(vocab=vocab, merges=merges))
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if _PRE_DIGITS[pre]:
@@ -250,23 +396,16 @@ def gguf_tokenizer(reader: GGUFFile, path: str | Path) -> Tokenizer:
     else:
         backend.pre_tokenizer = byte_level
     backend.decoder = decoders.ByteLevel()
-    # Already in the vocabulary, so these keep their ids; CONTROL tokens become
-    # special (skippable on decode), USER_DEFINED ones plain added tokens.
-    backend.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
-                                for i, t in enumerate(types) if t == _CONTROL])
-    backend.add_tokens([AddedToken(tokens[i], special=False, normalized=False)
-                        for i, t in enumerate(types) if t == _USER_DEFINED])
-    eos_id = _value(reader, "tokenizer.ggml.eos_token_id", path, None)
-    eos = tokens[int(eos_id)] if eos_id is not None and 0 <= int(eos_id) < len(tokens) else None
-    return Tokenizer(backend, "json", eos_token=eos)
+    return backend
 
 
 def gguf_metadata(reader: GGUFFile, path: str | Path) -> dict[str, Any]:
     """What a caller needs beyond the weights: names, special ids, the chat template."""
     path = Path(path)
-    meta = {"architecture": _value(reader, "general.architecture", path),
+    meta_arch = _value(reader, "general.architecture", path)
+    meta = {"architecture": meta_arch,
             "name": _value(reader, "general.name", path, path.stem),
-            "context_length": _value(reader, "llama.context_length", path, None),
+            "context_length": _value(reader, f"{meta_arch}.context_length", path, None),
             "bos_id": _value(reader, "tokenizer.ggml.bos_token_id", path, None),
             "eos_id": _value(reader, "tokenizer.ggml.eos_token_id", path, None),
             "tensor_types": sorted({t.type for t in reader.tensors.values()})}
@@ -278,7 +417,7 @@ def gguf_metadata(reader: GGUFFile, path: str | Path) -> dict[str, Any]:
 
 def load_gguf(path: str | Path, quantize: str = "none"
               ) -> tuple[GPT, Tokenizer, dict[str, Any]]:
-    """Load a Llama GGUF file as (model in eval mode, tokenizer, metadata).
+    """Load a Llama or Gemma 3 GGUF file as (model in eval mode, tokenizer, metadata).
 
     Supported weight types: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K,
     Q5_K and Q6_K, dequantized to float32. With ``quantize="int4"`` every
@@ -300,8 +439,11 @@ def load_gguf(path: str | Path, quantize: str = "none"
     tokenizer = gguf_tokenizer(reader, path)
     meta = gguf_metadata(reader, path)
     int4 = quantize == "int4"
-    sd = hf_llama.from_hf_llama(gguf_hf_state_dict(reader, config, path, int4=int4),
-                                config.n_layer, str(path))
+    hf_sd = gguf_hf_state_dict(reader, config, path, int4=int4)
+    if config.mlp == "geglu":  # Gemma 3, whose norms the file stores as 1 + w already
+        sd = hf_gemma.from_hf_gemma3(hf_sd, config.n_layer, str(path), norm_offset=0.0)
+    else:
+        sd = hf_llama.from_hf_llama(hf_sd, config.n_layer, str(path))
     with torch.device("meta"), skip_init():
         shapes = {k: v.shape for k, v in model_state(GPT(config)).items()}
     packed: dict[str, torch.Tensor] = {}

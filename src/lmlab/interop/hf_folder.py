@@ -20,7 +20,7 @@ import torch
 from lmlab.atomic import atomic_dir
 from lmlab.config import BertConfig, GPTConfig
 from lmlab.errors import LmlabError
-from lmlab.interop import hf_bert, hf_gpt2, hf_llama, hf_seq2seq
+from lmlab.interop import hf_bert, hf_gemma, hf_gpt2, hf_llama, hf_seq2seq
 from lmlab.models.registry import family_of
 from lmlab.models.weights import TOKENIZER_FILES
 
@@ -82,16 +82,18 @@ def config_from_hf(hf: dict[str, Any], source: Path, pooler: bool = True) -> Any
             return hf_gpt2.lmlab_config_from_hf_gpt2(hf)
         if kind in ("llama", "mistral", "qwen2") and not hf.get("attention_bias", False):
             return hf_llama.lmlab_config_from_hf_llama(hf)
+        if kind in hf_gemma.MODEL_TYPES:
+            return hf_gemma.lmlab_config_from_hf_gemma3(hf)
     except KeyError as e:
         raise LmlabError(f"{source}: a {kind} config needs the field {e}") from None
     raise LmlabError(f"{source}: model_type {kind!r} is not supported "
-                     "(supported: gpt2, bert, marian, bart, llama and Llama-shaped models "
-                     "without attention bias)")
+                     "(supported: gpt2, bert, marian, bart, gemma3_text, llama and "
+                     "Llama-shaped models without attention bias)")
 
 
 def load_hf(folder: Path) -> torch.nn.Module:
-    """An lmlab model (float32, eval mode) holding an HF GPT-2, Llama, BERT, Marian or BART
-    folder's weights.
+    """An lmlab model (float32, eval mode) holding an HF GPT-2, Llama, Gemma 3, BERT, Marian
+    or BART folder's weights.
 
     A BERT folder gives a ``BertForPreTraining`` if it holds the masked-LM head
     (``BertForMaskedLM`` / ``BertForPreTraining``), else a bare ``Bert`` encoder.
@@ -110,6 +112,8 @@ def load_hf(folder: Path) -> torch.nn.Module:
         ours = hf_bert.from_hf_bert(sd)
     elif hf["model_type"] == "gpt2":
         ours = hf_gpt2.from_hf_gpt2(sd)
+    elif hf["model_type"] in hf_gemma.MODEL_TYPES:
+        ours = hf_gemma.from_hf_gemma3(sd, config.n_layer, f"{folder} (config.json)")
     else:
         ours = hf_llama.from_hf_llama(sd, config.n_layer, f"{folder} (config.json)")
     return build_from_weights(config, ours, folder / "model.safetensors").float()
@@ -141,6 +145,9 @@ def hf_config_for(config: GPTConfig | BertConfig,
     elif config.norm == "layernorm":
         d = hf_gpt2.hf_gpt2_config(config)
         d.update(model_type="gpt2", architectures=["GPT2LMHeadModel"], n_ctx=config.block_size)
+    elif config.mlp == "geglu":
+        d = hf_gemma.hf_gemma3_config(config)
+        d.update(model_type="gemma3_text", architectures=["Gemma3ForCausalLM"])
     else:
         d = hf_llama.hf_llama_config(config)
         d.update(model_type="llama", architectures=["LlamaForCausalLM"])
@@ -184,6 +191,9 @@ def export_hf(checkpoint: Path, out: Path) -> Path:
     elif config.norm == "layernorm":
         hf_cfg = hf_config_for(config)
         theirs = hf_gpt2.to_hf_gpt2(sd)
+    elif config.mlp == "geglu":
+        hf_cfg = hf_config_for(config)
+        theirs = hf_gemma.to_hf_gemma3(sd, config)
     else:
         hf_cfg = hf_config_for(config)
         theirs = hf_llama.to_hf_llama(sd, config)

@@ -39,18 +39,20 @@ class RMSNorm(nn.Module):
         return xf.type_as(x) * self.weight
 
 
-def make_norm(config: GPTConfig) -> nn.Module:
+def make_norm(config: GPTConfig, dim: int | None = None) -> nn.Module:
     if config.norm == "rmsnorm":
-        return RMSNorm(config.n_embd, config.norm_eps)
-    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+        return RMSNorm(dim or config.n_embd, config.norm_eps)
+    return nn.LayerNorm(dim or config.n_embd, eps=config.norm_eps, bias=config.bias)
 
 
-def rope_cache(config: GPTConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables of rotary embeddings (Su et al. 2021), each (block_size, hs)."""
+def rope_cache(config: GPTConfig, base: float | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables of rotary embeddings (Su et al. 2021), each (block_size, hs),
+    for ``base`` (default ``config.rope_base``)."""
     hs = config.head_dim
     # Always computed on the CPU, even inside a meta-device block (a model built to
     # receive loaded weights): torch's first meta arange imports torch._dynamo (~2 s).
-    inv_freq = 1.0 / (config.rope_base ** (
+    inv_freq = 1.0 / ((base or config.rope_base) ** (
         torch.arange(0, hs, 2, dtype=torch.float32, device="cpu") / hs))
     t = torch.arange(config.block_size, dtype=torch.float32, device="cpu")
     freqs = torch.outer(t, inv_freq)  # (block_size, hs/2)
@@ -125,14 +127,23 @@ class KVCache(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, layer: int = 0) -> None:
         super().__init__()
         self.n_head = config.n_head
         self.n_kv_head = config.n_kv_head
         self.head_dim = config.head_dim
         qkv_dim = (config.n_head + 2 * config.n_kv_head) * config.head_dim
         self.c_attn = Linear(config.n_embd, qkv_dim, bias=config.bias)
-        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = Linear(config.n_head * config.head_dim, config.n_embd, bias=config.bias)
+        if config.qk_norm:
+            # Gemma 3 normalizes each head's queries and keys (Dehghani et al. 2023):
+            # bounded attention logits without Gemma 2's soft-capping.
+            self.q_norm = make_norm(config, config.head_dim)
+            self.k_norm = make_norm(config, config.head_dim)
+        self.qk_norm = config.qk_norm
+        self.scale = (config.query_pre_attn_scalar ** -0.5
+                      if config.query_pre_attn_scalar is not None else None)
+        self.local = config.is_local(layer)  # a sliding-window layer
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
         self.kv_cache: KVCache | None = None
@@ -145,6 +156,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             # Queries and keys rotated in one call: half the small ops per layer.
             qk = apply_rope(torch.cat([q, k], dim=1), *rope)  # (B, nh + nkv, T, hs)
@@ -164,28 +177,31 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal,
             dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=nkv != nh,
+            enable_gqa=nkv != nh, scale=self.scale,
         )  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, C)
+        y = y.transpose(1, 2).reshape(B, T, nh * hs)
         return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
-    """GPT-2's GELU MLP, or Llama's SwiGLU (c_fc = gate, c_fc2 = up, c_proj = down)."""
+    """GPT-2's GELU MLP, or a gated one (c_fc = gate, c_fc2 = up, c_proj = down):
+    Llama's SwiGLU, or Gemma's GeGLU with the tanh GELU on the gate."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.swiglu = config.mlp == "swiglu"
+        self.kind = config.mlp
         hidden = config.intermediate_size
         self.c_fc = Linear(config.n_embd, hidden, bias=config.bias)
-        if self.swiglu:
+        if self.kind != "gelu":
             self.c_fc2 = Linear(config.n_embd, hidden, bias=config.bias)
         self.c_proj = Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.swiglu:
+        if self.kind == "swiglu":
             h = F.silu(self.c_fc(x)) * self.c_fc2(x)
+        elif self.kind == "geglu":
+            h = F.gelu(self.c_fc(x), approximate="tanh") * self.c_fc2(x)
         else:
             # GPT-2 used the tanh approximation of GELU; match it for checkpoint parity.
             h = F.gelu(self.c_fc(x), approximate="tanh")
@@ -193,17 +209,25 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)); with
+    ``post_norms`` (Gemma 2/3) each sublayer's output is normalized too before the sum."""
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, layer: int = 0) -> None:
         super().__init__()
         self.ln_1 = make_norm(config)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
+        self.post_norms = config.post_norms
+        if config.post_norms:
+            self.ln_attn_out = make_norm(config)
+            self.ln_mlp_out = make_norm(config)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 start_pos: int | torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.post_norms:
+            x = x + self.ln_attn_out(self.attn(self.ln_1(x), rope, start_pos, mask))
+            return x + self.ln_mlp_out(self.mlp(self.ln_2(x)))
         x = x + self.attn(self.ln_1(x), rope, start_pos, mask)
         return x + self.mlp(self.ln_2(x))
 
@@ -226,7 +250,7 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
             ln_f=make_norm(config),
         ))
         if config.pos == "learned":
@@ -235,6 +259,14 @@ class GPT(nn.Module):
             cos, sin = rope_cache(config)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
+            if config.rope_local_base is not None:
+                cos, sin = rope_cache(config, config.rope_local_base)
+                self.register_buffer("rope_local_cos", cos, persistent=False)
+                self.register_buffer("rope_local_sin", sin, persistent=False)
+        if config.embed_scale:
+            # Kept as a tensor so that it rounds to the model's dtype as Gemma's does.
+            scale = torch.tensor(config.n_embd ** 0.5, device="cpu")
+            self.register_buffer("embed_scale", scale, persistent=False)
         self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             # Press & Wolf 2017: sharing input and output embeddings saves V*C parameters.
@@ -249,9 +281,15 @@ class GPT(nn.Module):
     def rebuild_buffers(self, device: torch.device | str = "cpu") -> None:
         """Recompute the buffers that are not saved (RoPE tables): after a model built on
         the meta device has had its weights loaded, they are still meta."""
-        if self.config.pos == "rope":
-            cos, sin = rope_cache(self.config)
+        c = self.config
+        if c.pos == "rope":
+            cos, sin = rope_cache(c)
             self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
+            if c.rope_local_base is not None:
+                cos, sin = rope_cache(c, c.rope_local_base)
+                self.rope_local_cos, self.rope_local_sin = cos.to(device), sin.to(device)
+        if c.embed_scale:
+            self.embed_scale = torch.tensor(c.n_embd ** 0.5, device=device)
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters counted once (tied weights are shared)."""
@@ -308,14 +346,19 @@ class GPT(nn.Module):
             raise ValueError(
                 f"positions {start_pos}..{start_pos + T} exceed the context of "
                 f"{self.config.block_size} tokens")
+        c = self.config
         x = self.transformer.wte(idx)  # (B, T, C)
+        if c.embed_scale:
+            x = x * self.embed_scale.to(x.dtype)
         cols = start_pos + torch.arange(T, device=idx.device)  # (T,)
         mask = None
         pos = cols
+        cache = self.transformer.h[0].attn.kv_cache
+        # Columns attended: all of a static cache's buffers, else the start_pos + T
+        # written (a cache), else this call's T.
+        L = cache.k.size(2) if static else start_pos + T if cache is not None else T
+        keys = torch.arange(L, device=idx.device) + (0 if static else start_pos + T - L)
         if pad is not None or static:
-            # Static: all L columns of the buffers; else the start_pos + T written.
-            L = self.transformer.h[0].attn.kv_cache.k.size(2) if static else start_pos + T
-            keys = torch.arange(L, device=idx.device)  # (L,)
             mask = keys[None, :] <= cols[:, None]  # (T, L) causal
             if pad is not None:
                 pos = (cols[None, :] - pad[:, None]).clamp(min=0)  # (B, T)
@@ -325,17 +368,28 @@ class GPT(nn.Module):
             else:
                 mask = mask[None]  # (1, T, L): the same for every row
             mask = mask[:, None]  # (B or 1, 1, T, L)
-        rope = None
-        if self.config.pos == "learned":
+        local_mask = mask
+        if c.sliding_window is not None and c.sliding_window < L:
+            # Local layers see key columns within the window: i - j < sliding_window.
+            near = keys[None, :] > cols[:, None] - c.sliding_window  # (T, L)
+            if mask is None:
+                near = near & (keys[None, :] <= cols[:, None])  # and causal
+            local_mask = near[None, None] if mask is None else mask & near
+        rope = local_rope = None
+        if c.pos == "learned":
             x = x + self.transformer.wpe(pos)
         else:
-            cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # (T, hs) or (B, T, hs)
-            if pad is not None:
-                cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hs)
-            rope = (cos, sin)
+            rope = self._rope(self.rope_cos, self.rope_sin, pos, pad is not None)
+            local_rope = rope
+            if c.rope_local_base is not None:
+                local_rope = self._rope(self.rope_local_cos, self.rope_local_sin, pos,
+                                        pad is not None)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, rope, start_pos, mask)
+            if block.attn.local:
+                x = block(x, local_rope, start_pos, local_mask)
+            else:
+                x = block(x, rope, start_pos, mask)
         x = self.transformer.ln_f(x)
         if hidden:
             return x
@@ -344,3 +398,13 @@ class GPT(nn.Module):
         elif select is not None:
             x = x[select]  # (N, C)
         return self.lm_head(x)  # (B, T, vocab_size), or (N, vocab_size)
+
+    @staticmethod
+    def _rope(cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor,
+              per_row: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows of the cos/sin tables at positions ``pos`` (T,) or (B, T): (T, hs),
+        or (B, 1, T, hs) when rows sit at different positions."""
+        cos, sin = cos[pos], sin[pos]
+        if per_row:
+            return cos[:, None], sin[:, None]
+        return cos, sin
