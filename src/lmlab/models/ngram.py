@@ -160,24 +160,40 @@ class KeyIndex:
             won[free] = self.slots[at[free]] == pending[free]
             pending = pending[~won]
             h[pending] = (h[pending] + 1) & self.mask
+        # Each slot as (key held, its position), side by side: a lookup reads one
+        # 16-byte entry, one cache miss, and compares without a second read from
+        # ``keys``. A free slot holds key -1 (no n-gram key is negative).
+        self.table = np.full((1 << bits, 2), -1, dtype=np.int64)
+        used = self.slots >= 0
+        self.table[used, 0] = keys[self.slots[used]]
+        self.table[:, 1] = self.slots
+        del self.slots
+        # One 16-byte element per slot: numpy gathers those in one pass, where row
+        # indexing of a 2-d array takes a slower generic path.
+        self.entries = self.table.view(np.complex128).reshape(-1)
 
     def _hash(self, q: np.ndarray) -> np.ndarray:
         with np.errstate(over="ignore"):
-            return ((q.astype(np.uint64) * self._MUL) >> self.shift).astype(np.int64)
+            u = np.ascontiguousarray(q, dtype=np.int64).view(np.uint64)
+            return ((u * self._MUL) >> self.shift).view(np.int64)
 
     def find(self, q: np.ndarray) -> np.ndarray:
-        """For each key of ``q`` (any shape), its position in ``keys``, or -1."""
-        flat = q.reshape(-1)
-        out = np.full(len(flat), -1, dtype=np.int64)
+        """For each key of ``q`` (int64, any shape; negative ones are absent), its position
+        in ``keys``, or -1."""
+        flat = np.ascontiguousarray(q, dtype=np.int64).reshape(-1)
         h = self._hash(flat)
-        todo = np.arange(len(flat))
+        # Round one covers every query; most end there (a hit, or a free slot).
+        entry = self.entries[h].view(np.int64).reshape(-1, 2)  # (n, 2): key, position
+        held = entry[:, 0]
+        out = np.where(held == flat, entry[:, 1], -1)
+        todo = np.flatnonzero((held != flat) & (held >= 0))
         while len(todo):
-            at = self.slots[h[todo]]
-            empty = at < 0
-            hit = ~empty & (self.keys[np.maximum(at, 0)] == flat[todo])
-            out[todo[hit]] = at[hit]
-            todo = todo[~empty & ~hit]
-            h[todo] = (h[todo] + 1) & self.mask
+            h_t = (h[todo] + 1) & self.mask
+            h[todo] = h_t
+            entry = self.entries[h_t].view(np.int64).reshape(-1, 2)
+            hit = entry[:, 0] == flat[todo]
+            out[todo[hit]] = entry[hit, 1]
+            todo = todo[~hit & (entry[:, 0] >= 0)]
         return out.reshape(q.shape)
 
 
@@ -261,11 +277,10 @@ class WordVocab:
     def __len__(self) -> int:
         return len(self.words)
 
-    def encode(self, words: Sequence[str]) -> np.ndarray:
-        """The id of each word; -1 for words outside the vocabulary."""
-        words = list(words)
-        return np.fromiter(map(self.index.get, words, itertools.repeat(-1)), np.int64,
-                           len(words))
+    def encode(self, words: Iterable[str], count: int = -1) -> np.ndarray:
+        """The id of each word (``count`` of them, if known); -1 for words outside the
+        vocabulary."""
+        return np.fromiter(map(self.index.get, words, itertools.repeat(-1)), np.int64, count)
 
     def decode(self, ids: Sequence[int]) -> list[str]:
         return [self.words[i] if 0 <= i < len(self.words) else "<unk>" for i in ids]
@@ -490,8 +505,9 @@ class NgramLM:
             index = self._indexes.get(n)
             if index is None or index.keys is not keys:
                 index = self._indexes[n] = KeyIndex(keys)
-            # A missing (n-1)-gram has no n-gram either: its -1 gives a key no table holds.
-            idx.append(np.where(prev >= 0, index.find(prev * V + tok), -1))
+            # A missing (n-1)-gram has no n-gram either: its key is made negative, which
+            # no table holds.
+            idx.append(index.find(np.where(prev >= 0, prev * V + tok, -1)))
         return idx
 
     def log10_probs(self, tok: np.ndarray) -> np.ndarray:
@@ -519,17 +535,19 @@ class NgramLM:
                 out[found] = self.logp[n - 1][idx[n - 1][found]]
                 out[seen_ctx] = self.logb[n - 2][ctx[n - 1][seen_ctx]]
         else:
+            # Whole-array gathers and np.where rather than boolean indexing: no
+            # compaction pass per order (it was most of the query time).
             m = np.ones(tok.shape, dtype=np.int64)  # order of the longest match
             for n in range(2, N + 1):
                 found = (idx[n - 1] >= 0) & (n <= L + 1)
-                out[found] = self.logp[n - 1][idx[n - 1][found]]
-                m[found] = n
+                out = np.where(found, self.logp[n - 1][np.maximum(idx[n - 1], 0)], out)
+                m = np.where(found, n, m)
             if self.smoothing == "stupid":
                 out += (L + 1 - m) * math.log10(self.alpha)
             else:  # the backoff rule: add the weight of every context longer than the match
                 for n in range(1, N):
                     use = (n >= m) & (n <= L) & (ctx[n] >= 0)
-                    out[use] += self.logb[n - 1][ctx[n][use]]
+                    out += np.where(use, self.logb[n - 1][np.maximum(ctx[n], 0)], 0.0)
         out[tok == BOS] = 0.0
         return out
 
@@ -635,27 +653,33 @@ class NgramLM:
         model._words = vocab  # the names' lookup table, already built
         return model
 
-    def word_ids(self, words: Sequence[str]) -> np.ndarray:
-        """User ids of words; -1 for words outside the vocabulary (scored as <unk>)."""
+    def word_ids(self, words: Iterable[str], count: int = -1) -> np.ndarray:
+        """User ids of words (``count`` of them, if known); -1 for words outside the
+        vocabulary (scored as <unk>)."""
         if self._words is None:
             self._words = WordVocab(self.names if self.names is not None
                                     else [str(i) for i in range(self.vocab_size)])
-        return self._words.encode(words)
+        return self._words.encode(words, count)
 
     def score_words(self, sentences: Iterable[Sequence[str]], n_bytes: int = 0,
                     chunk_words: int = 1 << 20) -> NgramScore:
         """:meth:`score` on lists of words, looked up ``chunk_words`` words at a time."""
         total = NgramScore(0.0, 0, 0, n_bytes, normalized=self.smoothing != "stupid")
         it = iter(sentences)
-        while chunk := list(itertools.islice(it, 1)):
-            n = len(chunk[0])
-            for sent in it:
-                chunk.append(sent)
-                n += len(sent)
-                if n >= chunk_words:
-                    break
-            ids = self.word_ids(list(itertools.chain.from_iterable(chunk)))
-            self._score_flat(ids, [len(c) for c in chunk], total)
+        # A list is scored in place; any other iterable 100k sentences at a time.
+        while batch := (sentences if isinstance(sentences, Sequence)
+                        else list(itertools.islice(it, 100_000))):
+            lengths = np.fromiter(map(len, batch), np.int64, len(batch))
+            # Chunks of whole sentences, cut where the running word count crosses a
+            # multiple of chunk_words.
+            chunk = (np.cumsum(lengths) - lengths) // chunk_words
+            cuts = [0, *(np.flatnonzero(np.diff(chunk)) + 1).tolist(), len(batch)]
+            for a, b in itertools.pairwise(cuts):
+                n = int(lengths[a:b].sum())
+                ids = self.word_ids(itertools.chain.from_iterable(batch[a:b]), n)
+                self._score_flat(ids, lengths[a:b], total)
+            if isinstance(sentences, Sequence):
+                break
         return total
 
     def id_to_word(self, user_id: int) -> str:
