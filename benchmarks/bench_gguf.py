@@ -74,10 +74,12 @@ class Settings:
     heldout_chars: int = 40_000
     gpt2: bool = True
     gemma: bool = True
+    compile: bool = True  # the int4 --compile rows (a cold compile takes about a minute)
+    load_tries: int = 2
 
 
 QUICK = Settings(new_tokens=8, repeats=1, batches=(1,), copy_bytes=1 << 28,
-                 heldout_chars=4_000, gpt2=False, gemma=False)
+                 heldout_chars=4_000, gpt2=False, gemma=False, compile=False, load_tries=1)
 
 
 def llama_python() -> str | None:
@@ -167,13 +169,15 @@ def model_rows(name: str, path: Path, settings: Settings, log) -> dict:
 
     res: dict = {"file": path.name}
     log(f"{name}: load times (fresh processes)")
-    res["load_s"] = {q: min(load_seconds(path, q) for _ in range(2)) for q in ("none", "int4")}
+    res["load_s"] = {q: min(load_seconds(path, q) for _ in range(settings.load_tries))
+                     for q in ("none", "int4")}
     log(f"  loading {name} (lmlab fp32 and int4, HF fp32)")
     fp32, tok, meta, hf = build_models(path)
     int4, _, _ = load_gguf(path, quantize="int4")
     ids = tok.encode_prompt(PROMPT)
     prompts = {b: torch.tensor([ids] * b, dtype=torch.long) for b in settings.batches}
-    models = [(COMPILED, int4, True), ("lmlab int4", int4, False), ("lmlab fp32", fp32, False)]
+    models = [(COMPILED, int4, True)] if settings.compile else []
+    models += [("lmlab int4", int4, False), ("lmlab fp32", fp32, False)]
 
     def lmlab_runner(m, prompt, compile):
         return lambda n: time_lmlab(m, prompt, n, compile=compile)
@@ -336,7 +340,8 @@ def format_model(name: str, res: dict, s: dict, bw: float) -> list[str]:
             f"{k}: {v!r}" for k, v in res["texts"].items()
             if k in (peer_name, COMPILED, "lmlab fp32")),
         "",
-        f"Ready to decode, load time after `import lmlab` (fresh process, best of 2): "
+        f"Ready to decode, load time after `import lmlab` (fresh process, best of "
+        f"{s['load_tries']}): "
         f"float32 {res['load_s']['none']:.2f} s, int4 {res['load_s']['int4']:.2f} s"
         + (f"; llama.cpp model + context {res['llama_load_s']:.2f} s"
            if "llama_load_s" in res else "") + ".",

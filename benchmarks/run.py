@@ -23,8 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_distributed  # noqa: E402
+import bench_dtype  # noqa: E402
 import bench_finetune  # noqa: E402
 import bench_generate  # noqa: E402
+import bench_gguf  # noqa: E402
 import bench_lora  # noqa: E402
 import bench_ngram  # noqa: E402
 import bench_seq2seq  # noqa: E402
@@ -36,8 +38,10 @@ from common import machine_line, wait_for_idle  # noqa: E402
 BENCHMARKS = {"train": bench_train, "generate": bench_generate, "smollm2": bench_smollm2,
               "finetune": bench_finetune, "ngram": bench_ngram,
               "distributed": bench_distributed, "seq2seq": bench_seq2seq,
-              "lora": bench_lora, "serve": bench_serve}
-# Run when no --only is given (distributed starts its own processes: ask for it by name).
+              "lora": bench_lora, "serve": bench_serve, "gguf": bench_gguf,
+              "dtype": bench_dtype}
+# Run when no --only is given (distributed starts its own processes, gguf wants llama.cpp
+# built and runs for ~15 minutes, dtype trains a 124M model: ask for them by name).
 DEFAULT = ("train", "generate", "smollm2", "finetune", "ngram")
 
 

@@ -46,3 +46,15 @@ def test_lora_and_serving_benchmarks_quick_smoke():
     assert "transformers + peft LoRA" in out.stdout
     assert "Serving SmolLM2-135M" in out.stdout
     assert "Answers equal to the same request served alone: 12 of 12" in out.stdout
+
+
+@pytest.mark.slow
+def test_gguf_and_dtype_benchmarks_quick_smoke():
+    pytest.importorskip("transformers")
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick",
+                          "--only", "gguf", "--only", "dtype", "--wait-idle", "0"],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "SmolLM2-135M-Instruct" in out.stdout and "lmlab int4" in out.stdout
+    assert "Accuracy on held-out text" in out.stdout
+    assert "float32 vs bfloat16 autocast" in out.stdout
