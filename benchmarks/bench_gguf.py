@@ -222,7 +222,8 @@ def model_rows(name: str, path: Path, settings: Settings, log) -> dict:
     ref = greedy(fp32, tok, ACCURACY_PROMPTS)
     acc = {}
     for label, m in (("lmlab fp32", fp32), ("lmlab int4", int4), ("lmlab int8", int8)):
-        score = evaluate_documents(m, tok, docs, stride=512, batch_size=4, show_progress=False)
+        score = evaluate_documents(m, tok, docs, context=1024, stride=512, batch_size=4,
+                                   show_progress=False)
         acc[label] = {"ppl": score.perplexity,
                       "greedy": agreement(greedy(m, tok, ACCURACY_PROMPTS), ref)}
     res["accuracy"] = acc
@@ -347,7 +348,8 @@ def format_model(name: str, res: dict, s: dict, bw: float) -> list[str]:
            if "llama_load_s" in res else "") + ".",
         "",
         f"Accuracy on held-out text ({res['heldout']['docs']} articles, "
-        f"{res['heldout']['chars']:,} characters of the built-in Wikipedia extract):",
+        f"{res['heldout']['chars']:,} characters of the built-in Wikipedia extract; windows "
+        "of 1,024 tokens advanced by 512):",
         "",
         table(["model", "perplexity", "vs fp32", "greedy tokens equal to fp32 (5 prompts x 32)"],
               [[k, f"{v['ppl']:.3f}", f"{v['ppl'] / acc['lmlab fp32']['ppl'] - 1:+.2%}",

@@ -46,6 +46,21 @@ def test_smaller_stride_gives_more_context_and_lower_loss_on_repeats():
     assert a != b
 
 
+def test_shorter_context_windows_equal_a_model_of_that_context():
+    """``context`` cuts the windows as a model with that context would: the same weights
+    built with block_size 16 score the same tokens the same."""
+    torch.manual_seed(0)
+    long = GPT(GPTConfig.from_name("gpt-nano", vocab_size=31, block_size=64)).eval()
+    short = GPT(GPTConfig.from_name("gpt-nano", vocab_size=31, block_size=16)).eval()
+    sd = long.state_dict()
+    sd["transformer.wpe.weight"] = sd["transformer.wpe.weight"][:16]
+    short.load_state_dict(sd)
+    toks = np.random.default_rng(1).integers(0, 31, 60)
+    got = score_tokens(long, toks, stride=8, context=16)
+    want = score_tokens(short, toks, stride=8)
+    assert got[1] == want[1] == 59 and got[0] == pytest.approx(want[0], rel=1e-6)
+
+
 def test_bits_per_byte_and_unigram():
     s = LMScore(nll=100 * math.log(2), tokens=50, n_bytes=200)
     assert s.bits_per_byte == pytest.approx(0.5)

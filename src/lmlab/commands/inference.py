@@ -29,7 +29,7 @@ from lmlab.options import (
 
 def evaluate(checkpoint: InPath, text: InPath, tokenizer: InFile | None = None,
              split: Literal["val", "train"] = "val",
-             stride: Count | None = None, batch_size: Count = 8,
+             stride: Count | None = None, context: Count | None = None, batch_size: Count = 8,
              dtype: Literal["float32", "bfloat16"] = "float32",
              quantize: Literal["none", "int8", "int4"] = "none", device: str = "auto",
              json_out: bool = False, adapter: InDir | None = None) -> None:
@@ -49,7 +49,8 @@ def evaluate(checkpoint: InPath, text: InPath, tokenizer: InFile | None = None,
         text: a UTF-8 text file, a JSONL file with a "text" field, or a corpus folder
         tokenizer: tokenizer.json (default: the checkpoint's)
         split: which split of a corpus folder to score: val (the default) or train
-        stride: tokens advanced per window (default: the full context)
+        stride: tokens advanced per window (default: the full window)
+        context: window length in tokens (default and at most the model's context)
         batch_size: windows per forward pass
         dtype: float32 or bfloat16
         quantize: int8 or int4 weight-only Linear layers (see `lmlab generate --help`)
@@ -61,6 +62,7 @@ def evaluate(checkpoint: InPath, text: InPath, tokenizer: InFile | None = None,
         lmlab eval runs/mini data/wiki              # its validation split
         lmlab eval runs/mini data/wiki --split train
         lmlab eval runs/mini notes.txt --stride 64
+        lmlab eval gemma-3-270m-q4_k_m.gguf notes.txt --context 1024 --stride 512
     """
     from lmlab.data.corpus import has_split, iter_documents, read_split
     from lmlab.evaluate import evaluate_documents
@@ -79,7 +81,8 @@ def evaluate(checkpoint: InPath, text: InPath, tokenizer: InFile | None = None,
         raise LmlabError(f"{what}: no text to score (empty)")
     loaded = load_for_inference(checkpoint, tokenizer, dtype, quantize, device, adapter)
     model, tok, ckpt = loaded.model, loaded.tokenizer, loaded.source
-    score = evaluate_documents(model, tok, docs, stride=stride, batch_size=batch_size)
+    score = evaluate_documents(model, tok, docs, stride=stride, batch_size=batch_size,
+                               context=context)
     if score.tokens == 0:
         raise LmlabError(f"{what}: the tokenizer made no tokens of this text")
     if json_out:
