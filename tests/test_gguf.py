@@ -209,8 +209,8 @@ def test_dequantize_matches_the_gguf_reference(name):
                          ids=["Q4_0-tied", "Q4_1-untied", "Q8_0-tied"])
 def test_int4_load_repacks_4bit_tensors(tmp_path, qtype, tied):
     """quantize="int4" keeps a Q4 file's own codes (only its scales round to bf16); other
-    types are quantized from their values."""
-    from lmlab.models.quantize import WeightOnlyInt4Linear
+    types are quantized from their values, and an 8-bit output layer stays in 8 bits."""
+    from lmlab.models.quantize import WeightOnlyInt4Linear, WeightOnlyInt8Linear
 
     cfg, sd = tiny_hf_llama(tied)
     path = tmp_path / "tiny.gguf"
@@ -218,7 +218,10 @@ def test_int4_load_repacks_4bit_tensors(tmp_path, qtype, tied):
     ref, _, _ = load_gguf(path)
     model, _, _ = load_gguf(path, quantize="int4")
     linears = {n: m for n, m in model.named_modules() if isinstance(m, WeightOnlyInt4Linear)}
-    assert len(linears) == 5 * cfg.n_layer + 1  # c_attn, c_proj, c_fc, c_fc2, c_proj; lm_head
+    # c_attn, c_proj, c_fc, c_fc2, c_proj; lm_head if the file has it in 4 bits
+    assert len(linears) == 5 * cfg.n_layer + (qtype != Q.Q8_0)
+    assert isinstance(model.lm_head, WeightOnlyInt8Linear if qtype == Q.Q8_0
+                      else WeightOnlyInt4Linear)
     for name, mod in linears.items():
         w = ref.get_submodule(name).weight
         err = (mod.dequantize() - w).abs().max().item()

@@ -200,7 +200,9 @@ def test_cli_generate_quantize_int4(tmp_path, capsys):
     ckpt = save_checkpoint(tmp_path / "run", 1, tiny_gpt("gpt-nano"), tokenizer_json=None)
     tok.save(ckpt / TOKENIZER_FILE)
     model = load_for_inference(tmp_path / "run", None, "float32", "int4").model
-    assert isinstance(model.lm_head, WeightOnlyInt4Linear)
+    assert isinstance(model.transformer.h[0].mlp.c_fc, WeightOnlyInt4Linear)
+    # The output layer stays in 8 bits, where 4 cost the most accuracy.
+    assert isinstance(model.lm_head, WeightOnlyInt8Linear)
     code = main(["generate", str(tmp_path / "run"), "--prompt", "the ", "--greedy",
                  "--max-new-tokens", "12", "--quantize", "int4"])
     out, err = capsys.readouterr()
@@ -268,13 +270,20 @@ def test_int4_gpt_logits_and_generation(preset):
     wte = model.transformer.wte.weight.detach().clone()
     quantize_int4(model)
     assert not any(isinstance(m, nn.Linear) for m in model.modules())
-    assert isinstance(model.lm_head, WeightOnlyInt4Linear)
+    assert isinstance(model.lm_head, WeightOnlyInt8Linear)  # the output layer: 8 bits
+    assert isinstance(model.transformer.h[0].attn.c_attn, WeightOnlyInt4Linear)
     torch.testing.assert_close(model.transformer.wte.weight.detach(), wte, rtol=0, atol=0)
     with torch.no_grad():
         logits = model(idx)
     assert rel_error(logits, ref) < 0.15
     toks = list(generate(model, idx[:1, :5], 6, SamplingConfig(temperature=0.0)))
     assert len(toks) == 6
+
+
+def test_int4_output_layer_in_4_bits_when_asked():
+    model = tiny_gpt("llama-nano")
+    quantize_int4(model, head_int8=False)
+    assert isinstance(model.lm_head, WeightOnlyInt4Linear)
 
 
 def test_int4_falls_back_to_int8_when_groups_do_not_fit():

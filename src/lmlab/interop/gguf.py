@@ -27,7 +27,7 @@ from lmlab.config import GPTConfig
 from lmlab.errors import LmlabError
 from lmlab.interop import hf_gemma, hf_llama
 from lmlab.interop.gguf_file import GGUFFile
-from lmlab.interop.gguf_quants import DEQUANTIZED_TYPES, dequantize
+from lmlab.interop.gguf_quants import DEQUANTIZED_TYPES, INT4_TYPES, dequantize
 from lmlab.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -236,7 +236,7 @@ def _dequantize(tensor: Any, path: Path) -> torch.Tensor:
 def _int4_rows(tensor: Any, path: Path) -> torch.Tensor:
     """A Linear weight as 4-bit groups of 32 in `pack_rows` form: a Q4_0/Q4_1/Q4_K
     tensor's own codes, scales and zeros; any other type quantized from its values."""
-    from lmlab.interop.gguf_quants import INT4_TYPES, int4_groups
+    from lmlab.interop.gguf_quants import int4_groups
     from lmlab.models.quantize import pack_rows, quantize_weight_int4
 
     if tensor.type in INT4_TYPES:
@@ -264,9 +264,11 @@ def gguf_hf_state_dict(reader: GGUFFile, config: GPTConfig, path: str | Path,
             name = f"model.layers.{m.group(1)}.{layer_names[m.group(2)]}.weight"
         else:
             raise LmlabError(f"{path}: unexpected tensor {t.name} for a {arch} model")
-        # Only whole groups of 32 inputs pack; quantize_int4 gives other Linears int8.
+        # Only whole groups of 32 inputs pack; quantize_int4 gives other Linears int8,
+        # and the output layer too unless the file itself stores it in 4 bits.
         packable = int4 and t.shape[-1] % 32 == 0
-        linear = name.endswith("_proj.weight") or name == "lm_head.weight"
+        linear = name.endswith("_proj.weight") or (name == "lm_head.weight"
+                                                   and t.type in INT4_TYPES)
         w = _int4_rows(t, path) if packable and linear else _dequantize(t, path)
         heads = {"q_proj": config.n_head, "k_proj": config.n_kv_head}.get(name.split(".")[-2])
         # Gemma's converter keeps HF's "rotate half" rows (llama.cpp's NEOX RoPE).
@@ -276,7 +278,8 @@ def gguf_hf_state_dict(reader: GGUFFile, config: GPTConfig, path: str | Path,
                                  f"({heads * config.head_dim}, ...) as the metadata implies")
             w = unpermute_qk(w, heads)
         sd[name] = w
-        if packable and name == "model.embed_tokens.weight" and config.tie_embeddings:
+        if (packable and name == "model.embed_tokens.weight" and config.tie_embeddings
+                and t.type in INT4_TYPES):
             # The tied output layer multiplies by the embedding: give it the file's
             # own 4-bit groups too, rather than quantizing the decoded floats again.
             sd["lm_head.weight"] = _int4_rows(t, path)

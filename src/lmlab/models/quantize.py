@@ -340,14 +340,19 @@ def unpack_rows(rows: torch.Tensor, in_features: int
 @torch.no_grad()
 def quantize_int4(model: nn.Module, group_size: int = 32, skip: Collection[str] = (),
                   packed: dict[str, torch.Tensor] | None = None,
-                  use_kernel: bool = True) -> nn.Module:
+                  use_kernel: bool = True, head_int8: bool = True) -> nn.Module:
     """Replace every ``nn.Linear`` of ``model`` by a ``WeightOnlyInt4Linear``, in place.
 
     As `quantize_int8` (``skip``, tied and shared weights). ``packed`` maps
     module names to weights already in 4-bit groups (`pack_rows`, from a GGUF's
     Q4 tensors): those are used as they are, not quantized again. A Linear whose
     in_features is not a multiple of ``group_size`` (and has no packed weight)
-    gets int8 instead. Returns ``model``.
+    gets int8 instead, and so does the output layer ``lm_head`` with
+    ``head_int8`` (unless ``packed`` has it): the logits are where 4 bits cost
+    most. Measured on SmolLM2-135M (held-out perplexity against float32): every
+    Linear in 4 bits +6.0%, the output layer in 8 bits +0.25%, for 17% more
+    bytes per token. llama.cpp's Q4_K_M files keep theirs in 6 or 8 bits too.
+    Returns ``model``.
     """
     if group_size not in _INT4_GROUP_SIZES:
         raise ValueError(f"group size {group_size} is not one of {_INT4_GROUP_SIZES}")
@@ -357,7 +362,7 @@ def quantize_int4(model: nn.Module, group_size: int = 32, skip: Collection[str] 
         if name in packed:
             q, scale, zero = unpack_rows(packed[name], linear.in_features)
             return WeightOnlyInt4Linear(q, scale, zero, linear.bias, use_kernel=use_kernel)
-        if linear.in_features % group_size:
+        if linear.in_features % group_size or (head_int8 and name == "lm_head"):
             q8, s8 = quantize_weight_int8(linear.weight)
             return WeightOnlyInt8Linear(q8, s8, linear.bias, use_kernel=use_kernel)
         key = id(linear.weight)
