@@ -502,12 +502,19 @@ class NgramLM:
             if len(keys) == 0:
                 idx.append(np.full(tok.shape, -1, dtype=np.int64))
                 continue
-            index = self._indexes.get(n)
-            if index is None or index.keys is not keys:
-                index = self._indexes[n] = KeyIndex(keys)
             # A missing (n-1)-gram has no n-gram either: its key is made negative, which
             # no table holds.
-            idx.append(index.find(np.where(prev >= 0, prev * V + tok, -1)))
+            key = np.where(prev >= 0, prev * V + tok, -1)
+            index = self._indexes.get(n)
+            if (index is None or index.keys is not keys) and 8 * key.size < len(keys):
+                # A few queries against a big table: a binary search each costs less
+                # than building the hash table (which pays off from the next query on).
+                pos = np.minimum(np.searchsorted(keys, key), len(keys) - 1)
+                idx.append(np.where(keys[pos] == key, pos, -1))
+                continue
+            if index is None or index.keys is not keys:
+                index = self._indexes[n] = KeyIndex(keys)
+            idx.append(index.find(key))
         return idx
 
     def log10_probs(self, tok: np.ndarray) -> np.ndarray:
