@@ -360,13 +360,10 @@ def _sentencepiece_backend(reader: GGUFFile, path: Path, tokens: list[str], type
     order = np.lexsort((np.arange(len(tokens)), -scores))
     types_arr = np.asarray(types)
     pieces = vocab.keys() - {tokens[i] for i in np.flatnonzero(types_arr != _NORMAL)}
-    merges = []
-    for i in order[types_arr[order] == _NORMAL]:
-        piece = tokens[i]
-        for cut in range(1, len(piece)):
-            left, right = piece[:cut], piece[cut:]
-            if left in pieces and right in pieces:
-                merges.append((left, right))
+    merges = [(piece[:cut], piece[cut:])
+              for piece in map(tokens.__getitem__, order[types_arr[order] == _NORMAL].tolist())
+              for cut in range(1, len(piece))
+              if piece[:cut] in pieces and piece[cut:] in pieces]
     unk = _special(reader, path, "tokenizer.ggml.unknown_token_id", tokens)
     backend = HFTokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk,
                                      byte_fallback=True, fuse_unk=True))
