@@ -174,17 +174,15 @@ def build_models(path: Path):
         sd = {k: v - 1 if k.endswith("norm.weight") else v for k, v in sd.items()}
         hf = transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
             **hf_gemma3_config(config), attn_implementation="sdpa"))
-        embed = hf.model.embed_tokens
     else:
         hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
             **hf_llama_config(config), attn_implementation="sdpa"))
-        embed = hf.model.embed_tokens
     missing, unexpected = hf.load_state_dict(sd, strict=False)
     allowed = {"lm_head.weight"} if config.tie_embeddings else set()
     if set(missing) - allowed or unexpected:
         raise AssertionError(f"HF load: missing {missing}, unexpected {unexpected}")
     hf.tie_weights()
-    assert hf.lm_head.weight.data_ptr() == embed.weight.data_ptr()
+    assert hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()
     hf.eval()
     for key in ("eos_token_id", "bos_token_id"):
         setattr(hf.generation_config, key, None)

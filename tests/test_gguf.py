@@ -477,4 +477,4 @@ def test_gemma3_chat_answers(capsys):
 
     assert main(["chat", str(gemma3_gguf()), "--prompt", "What is the capital of France?",
                  "--greedy", "--max-new-tokens", "16"]) == 0
-    assert capsys.readouterr().out.strip()
+    assert "Paris" in capsys.readouterr().out

@@ -149,17 +149,7 @@ def gguf_config(reader: GGUFFile, path: str | Path) -> GPTConfig:
     if arch == "gemma3":
         return _gemma3_config(reader, path, get)
 
-    n_head = get("attention.head_count")
-    hf = dict(vocab_size=len(_value(reader, "tokenizer.ggml.tokens", path)),
-              max_position_embeddings=get("context_length"),
-              num_hidden_layers=get("block_count"),
-              num_attention_heads=n_head,
-              num_key_value_heads=get("attention.head_count_kv", n_head),
-              hidden_size=get("embedding_length"),
-              intermediate_size=get("feed_forward_length"),
-              rms_norm_eps=_decimal(get("attention.layer_norm_rms_epsilon", 1e-5)),
-              rope_theta=_decimal(get("rope.freq_base", 10000.0)),
-              tie_word_embeddings="output.weight" not in reader.tensors)
+    hf = _hf_shape(reader, path, get, eps=1e-5, rope_base=10000.0)
     config = hf_llama.lmlab_config_from_hf_llama(hf)
     key_dim = get("attention.key_length", config.head_dim)
     if key_dim != config.head_dim:
@@ -173,30 +163,37 @@ def gguf_config(reader: GGUFFile, path: str | Path) -> GPTConfig:
     return config
 
 
+def _hf_shape(reader: GGUFFile, path: Path, get: Any, eps: float,
+              rope_base: float) -> dict[str, Any]:
+    """The config.json fields every decoder's metadata gives alike (``eps`` and
+    ``rope_base`` are the architecture's defaults when the file has none)."""
+    n_head = get("attention.head_count")
+    return dict(vocab_size=len(_value(reader, "tokenizer.ggml.tokens", path)),
+                max_position_embeddings=get("context_length"),
+                num_hidden_layers=get("block_count"),
+                num_attention_heads=n_head,
+                num_key_value_heads=get("attention.head_count_kv", n_head),
+                hidden_size=get("embedding_length"),
+                intermediate_size=get("feed_forward_length"),
+                rms_norm_eps=_decimal(get("attention.layer_norm_rms_epsilon", eps)),
+                rope_theta=_decimal(get("rope.freq_base", rope_base)),
+                tie_word_embeddings="output.weight" not in reader.tensors)
+
+
 def _gemma3_config(reader: GGUFFile, path: Path, get: Any) -> GPTConfig:
     """Gemma 3's config from its metadata, with what llama.cpp fixes for the
     architecture rather than storing: five local layers per global one and RoPE base
     10,000 on the local layers (unless ``rope.freq_base_swa`` says otherwise)."""
-    n_head = get("attention.head_count")
     key_dim = get("attention.key_length")
     if get("attention.value_length", key_dim) != key_dim:
         raise LmlabError(f"{path}: key and value head sizes differ, which lmlab does not model")
-    hf = dict(vocab_size=len(_value(reader, "tokenizer.ggml.tokens", path)),
-              max_position_embeddings=get("context_length"),
-              num_hidden_layers=get("block_count"),
-              num_attention_heads=n_head,
-              num_key_value_heads=get("attention.head_count_kv", n_head),
-              hidden_size=get("embedding_length"),
-              intermediate_size=get("feed_forward_length"),
+    hf = dict(_hf_shape(reader, path, get, eps=1e-6, rope_base=1_000_000.0),
               head_dim=key_dim,
-              rms_norm_eps=_decimal(get("attention.layer_norm_rms_epsilon", 1e-6)),
-              rope_theta=_decimal(get("rope.freq_base", 1_000_000.0)),
               rope_local_base_freq=_decimal(get("rope.freq_base_swa", 10_000.0)),
               sliding_window=get("attention.sliding_window", 512),
               sliding_window_pattern=6,
               # llama.cpp scales queries by 1/sqrt(head size) for every size but 27B.
-              query_pre_attn_scalar=key_dim,
-              tie_word_embeddings="output.weight" not in reader.tensors)
+              query_pre_attn_scalar=key_dim)
     return hf_gemma.lmlab_config_from_hf_gemma3(hf)
 
 

@@ -25,6 +25,7 @@ import torch
 
 from lmlab.config import GPTConfig
 from lmlab.errors import LmlabError
+from lmlab.interop.hf_llama import fuse_qkv, split_qkv
 
 MODEL_TYPES = ("gemma3_text",)
 
@@ -122,8 +123,7 @@ def from_hf_gemma3(sd: dict[str, torch.Tensor], n_layer: int, source: str = "the
             out["lm_head.weight"] = sd["lm_head.weight"]
         for i in range(n_layer):
             src, dst = f"model.layers.{i}.", f"transformer.h.{i}."
-            out[dst + "attn.c_attn.weight"] = torch.cat(
-                [sd[src + f"self_attn.{p}_proj.weight"] for p in "qkv"], dim=0)
+            out[dst + "attn.c_attn.weight"] = fuse_qkv(sd, src)
             for theirs, ours in _LINEARS.items():
                 out[dst + ours] = sd[src + theirs]
             for theirs, ours in _NORMS.items():
@@ -137,16 +137,12 @@ def from_hf_gemma3(sd: dict[str, torch.Tensor], n_layer: int, source: str = "the
 def to_hf_gemma3(sd: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
     """lmlab Gemma-style state dict -> ``Gemma3ForCausalLM`` state dict."""
     _check_gemma_style(config)
-    hs = config.head_dim
-    sizes = [config.n_head * hs, config.n_kv_head * hs, config.n_kv_head * hs]
     out = {"model.embed_tokens.weight": sd["transformer.wte.weight"],
            "model.norm.weight": sd["transformer.ln_f.weight"] - 1,
            "lm_head.weight": sd.get("lm_head.weight", sd["transformer.wte.weight"])}
     for i in range(config.n_layer):
         src, dst = f"transformer.h.{i}.", f"model.layers.{i}."
-        q, k, v = sd[src + "attn.c_attn.weight"].split(sizes, dim=0)
-        for name, w in zip("qkv", (q, k, v), strict=True):
-            out[dst + f"self_attn.{name}_proj.weight"] = w.contiguous()
+        out.update(split_qkv(sd[src + "attn.c_attn.weight"], config, dst))
         for theirs, ours in _LINEARS.items():
             out[dst + theirs] = sd[src + ours]
         for theirs, ours in _NORMS.items():

@@ -67,6 +67,19 @@ def from_hf_llama(sd: dict[str, torch.Tensor], n_layer: int,
         raise LmlabError(f"{source}: tensor {e} is missing for a {n_layer}-layer Llama") from None
 
 
+def fuse_qkv(sd: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
+    """HF's q_proj, k_proj, v_proj under ``prefix`` stacked into lmlab's ``attn.c_attn``."""
+    return torch.cat([sd[prefix + f"self_attn.{p}_proj.weight"] for p in "qkv"], dim=0)
+
+
+def split_qkv(w: torch.Tensor, config: GPTConfig, prefix: str) -> dict[str, torch.Tensor]:
+    """lmlab's fused ``attn.c_attn`` weight as HF's q/k/v_proj weights under ``prefix``."""
+    hs = config.head_dim
+    sizes = [config.n_head * hs, config.n_kv_head * hs, config.n_kv_head * hs]
+    return {prefix + f"self_attn.{name}_proj.weight": part.contiguous()
+            for name, part in zip("qkv", w.split(sizes, dim=0), strict=True)}
+
+
 def _from_hf_llama(sd: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor]:
     out = {"transformer.wte.weight": sd["model.embed_tokens.weight"],
            "transformer.ln_f.weight": sd["model.norm.weight"]}
@@ -74,8 +87,7 @@ def _from_hf_llama(sd: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch
         out["lm_head.weight"] = sd["lm_head.weight"]
     for i in range(n_layer):
         src, dst = f"model.layers.{i}.", f"transformer.h.{i}."
-        out[dst + "attn.c_attn.weight"] = torch.cat(
-            [sd[src + f"self_attn.{p}_proj.weight"] for p in "qkv"], dim=0)
+        out[dst + "attn.c_attn.weight"] = fuse_qkv(sd, src)
         for theirs, ours in _LAYER_MAP.items():
             out[dst + ours] = sd[src + theirs]
     return out
@@ -84,16 +96,12 @@ def _from_hf_llama(sd: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch
 def to_hf_llama(sd: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
     """lmlab Llama-style state dict -> ``LlamaForCausalLM`` state dict."""
     _check_llama_style(config)
-    hs = config.head_dim
-    sizes = [config.n_head * hs, config.n_kv_head * hs, config.n_kv_head * hs]
     out = {"model.embed_tokens.weight": sd["transformer.wte.weight"],
            "model.norm.weight": sd["transformer.ln_f.weight"],
            "lm_head.weight": sd.get("lm_head.weight", sd["transformer.wte.weight"])}
     for i in range(config.n_layer):
         src, dst = f"transformer.h.{i}.", f"model.layers.{i}."
-        q, k, v = sd[src + "attn.c_attn.weight"].split(sizes, dim=0)
-        for name, w in zip("qkv", (q, k, v), strict=True):
-            out[dst + f"self_attn.{name}_proj.weight"] = w.contiguous()
+        out.update(split_qkv(sd[src + "attn.c_attn.weight"], config, dst))
         for theirs, ours in _LAYER_MAP.items():
             out[dst + theirs] = sd[src + ours]
     return out

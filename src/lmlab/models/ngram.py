@@ -149,28 +149,27 @@ class KeyIndex:
         bits = max(int(np.ceil(np.log2(2 * len(keys) + 1))), 1)
         self.mask = (1 << bits) - 1
         self.shift = np.uint64(64 - bits)
-        self.slots = np.full(1 << bits, -1, dtype=np.int64)  # position in keys, or -1
+        slots = np.full(1 << bits, -1, dtype=np.int64)  # position in keys, or -1
         h = self._hash(keys)
         pending = np.arange(len(keys))
         while len(pending):
             at = h[pending]
-            free = self.slots[at] < 0
-            self.slots[at[free]] = pending[free]  # of several keys for one slot, one wins
+            free = slots[at] < 0
+            slots[at[free]] = pending[free]  # of several keys for one slot, one wins
             won = np.zeros(len(pending), dtype=bool)
-            won[free] = self.slots[at[free]] == pending[free]
+            won[free] = slots[at[free]] == pending[free]
             pending = pending[~won]
             h[pending] = (h[pending] + 1) & self.mask
         # Each slot as (key held, its position), side by side: a lookup reads one
         # 16-byte entry, one cache miss, and compares without a second read from
-        # ``keys``. A free slot holds key -1 (no n-gram key is negative).
-        self.table = np.full((1 << bits, 2), -1, dtype=np.int64)
-        used = self.slots >= 0
-        self.table[used, 0] = keys[self.slots[used]]
-        self.table[:, 1] = self.slots
-        del self.slots
-        # One 16-byte element per slot: numpy gathers those in one pass, where row
+        # ``keys``. A free slot holds key -1 (no n-gram key is negative). Viewed as
+        # one 16-byte element per slot: numpy gathers those in one pass, where row
         # indexing of a 2-d array takes a slower generic path.
-        self.entries = self.table.view(np.complex128).reshape(-1)
+        table = np.full((1 << bits, 2), -1, dtype=np.int64)
+        used = slots >= 0
+        table[used, 0] = keys[slots[used]]
+        table[:, 1] = slots
+        self.entries = table.view(np.complex128).reshape(-1)
 
     def _hash(self, q: np.ndarray) -> np.ndarray:
         with np.errstate(over="ignore"):
@@ -672,10 +671,11 @@ class NgramLM:
                     chunk_words: int = 1 << 20) -> NgramScore:
         """:meth:`score` on lists of words, looked up ``chunk_words`` words at a time."""
         total = NgramScore(0.0, 0, 0, n_bytes, normalized=self.smoothing != "stupid")
-        it = iter(sentences)
         # A list is scored in place; any other iterable 100k sentences at a time.
-        while batch := (sentences if isinstance(sentences, Sequence)
-                        else list(itertools.islice(it, 100_000))):
+        it = iter(sentences)
+        batches = ([sentences] if isinstance(sentences, Sequence)
+                   else iter(lambda: list(itertools.islice(it, 100_000)), []))
+        for batch in batches:
             lengths = np.fromiter(map(len, batch), np.int64, len(batch))
             # Chunks of whole sentences, cut where the running word count crosses a
             # multiple of chunk_words.
@@ -685,8 +685,6 @@ class NgramLM:
                 n = int(lengths[a:b].sum())
                 ids = self.word_ids(itertools.chain.from_iterable(batch[a:b]), n)
                 self._score_flat(ids, lengths[a:b], total)
-            if isinstance(sentences, Sequence):
-                break
         return total
 
     def id_to_word(self, user_id: int) -> str:
