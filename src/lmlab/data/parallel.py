@@ -393,14 +393,11 @@ _NO_GLOSS = re.compile(r"^(?:variant of|old variant of|see |see also|surname |CL
                        r"used in |erhua variant|Japanese variant)")
 
 
-def read_cedict(path: Path) -> dict[str, str]:
-    """One English gloss per headword (simplified and traditional) of CC-CEDICT
-    (``繁 简 [pin1 yin1] /gloss/gloss/``): of a headword's entries (its readings, and
-    the rare characters that simplify to it), the one with the most glosses, the
-    common sense (当 is "to be", not the 噹 "dong" that also simplifies to it); its first
-    gloss that is a translation (not "variant of", "see", "surname", a measure word),
-    notes in parentheses removed, without a verb's "to"."""
-    best: dict[str, tuple[int, str]] = {}  # headword -> (glosses in its entry, gloss)
+def cedict_glosses(path: Path) -> Iterator[tuple[str, str, int, str]]:
+    """(traditional, simplified, number of senses, gloss) for each CC-CEDICT entry
+    (``繁 简 [pin1 yin1] /gloss/gloss/``) that has a translation: its first gloss that
+    is one (not "variant of", "see", "surname", a measure word), notes in parentheses
+    removed, without a verb's "to"."""
     with open(path, encoding="utf-8") as f:
         for line in f:
             m = _CEDICT.match(line)
@@ -411,10 +408,20 @@ def read_cedict(path: Path) -> dict[str, str]:
             for gloss in senses:
                 gloss = SPACE.sub(" ", re.sub(r"\([^)]*\)|\[[^\]]*\]", "", gloss)).strip()
                 if gloss and not _NO_GLOSS.match(gloss):
-                    for word in {simp, trad}:
-                        if len(senses) > best.get(word, (0, ""))[0]:
-                            best[word] = (len(senses), gloss.removeprefix("to "))
+                    yield trad, simp, len(senses), gloss.removeprefix("to ")
                     break
+
+
+def read_cedict(path: Path) -> dict[str, str]:
+    """One English gloss per headword (simplified and traditional) of CC-CEDICT: of a
+    headword's entries (its readings, and the rare characters that simplify to it), the
+    one with the most glosses, the common sense (当 is "to be", not the 噹 "dong" that
+    also simplifies to it); see ``cedict_glosses``."""
+    best: dict[str, tuple[int, str]] = {}  # headword -> (glosses in its entry, gloss)
+    for trad, simp, senses, gloss in cedict_glosses(path):
+        for word in {simp, trad}:
+            if senses > best.get(word, (0, ""))[0]:
+                best[word] = (senses, gloss)
     table = {word: gloss for word, (_, gloss) in best.items()}
     if not table:
         raise LmlabError(f"{path}: no CC-CEDICT entries (lines like '中國 中国 [Zhong1 guo2] "
