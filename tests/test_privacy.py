@@ -185,7 +185,7 @@ def test_corpus_scrub_printout(scrubbed_corpus: tuple[Path, str],
     src = out.parent / "docs.jsonl"
     assert main(["corpus", str(src), "--scrub", "--out", str(out), "--overwrite"]) == 0
     printed = capsys.readouterr().out
-    assert ("scrubbed 6 personal data: 1 secret, 2 email, 0 ip, 1 id_cn, 1 card, 1 phone"
+    assert ("scrubbed: 1 secret, 2 email, 0 ip, 1 id_cn, 1 card, 1 phone (6 masked)"
             in printed)
 
 

@@ -77,7 +77,7 @@ def corpus(inputs: list[Source], out: OutDir = Path("data/corpus"), text_field: 
             f"(Jaccard >= {near_dup_threshold:g})")
     if scrub:
         masked = ", ".join(f"{n:,} {kind}" for kind, n in s["scrubbed"].items())
-        say(f"scrubbed {sum(s['scrubbed'].values()):,} personal data: {masked}")
+        say(f"scrubbed: {masked} ({sum(s['scrubbed'].values()):,} masked)")
     say(f"train: {s['train_docs']:,} documents, {s['train_chars']:,} characters")
     say(f"val:   {s['val_docs']:,} documents, {s['val_chars']:,} characters")
     say(f"wrote {out}/train.jsonl, {out}/val.jsonl, {out}/corpus.json")
