@@ -13,6 +13,7 @@ from lmlab.commands.common import Source, say
 from lmlab.errors import LmlabError
 from lmlab.options import (
     Count,
+    Fraction,
     InDir,
     InFile,
     InPath,
@@ -26,12 +27,14 @@ from lmlab.options import (
 def corpus(inputs: list[Source], out: OutDir = Path("data/corpus"), text_field: str = "text",
            txt_mode: Literal["paragraph", "file", "line"] = "paragraph",
            val_fraction: Share = 0.05, min_chars: NonNegative = 1, seed: int = 0,
+           scrub: bool = False, near_dup: bool = False, near_dup_threshold: Fraction = 0.8,
            overwrite: bool = False) -> None:
     """Build a clean corpus (train/validation split by document) from text files.
 
     Reads plain-text files, folders (recursively), JSONL files and MediaWiki XML
     dumps (.xml or .xml.bz2, streamed, wiki markup stripped). Every document is
-    normalized to Unicode NFC and exact duplicates are removed. Writes
+    normalized to Unicode NFC and exact duplicates are removed. --scrub masks
+    personal data first, --near-dup also drops near-duplicates. Writes
     OUT/train.jsonl, OUT/val.jsonl and OUT/corpus.json.
 
     Args:
@@ -44,10 +47,19 @@ def corpus(inputs: list[Source], out: OutDir = Path("data/corpus"), text_field: 
         val_fraction: share of documents held out for validation
         min_chars: drop documents shorter than this
         seed: seed of the train/validation assignment
+        scrub: mask personal data before de-duplication: e-mail addresses, phone
+            numbers, IP addresses, payment cards (Luhn-checked), Chinese identity
+            numbers (checksum-checked) and passwords/tokens in URLs become <EMAIL>,
+            <PHONE>, <IP>, <CARD>, <ID_CN>, <SECRET>; counts go to corpus.json
+        near_dup: drop near-duplicate documents (MinHash + LSH over 5-word or
+            5-character shingles), keeping the first of each group
+        near_dup_threshold: Jaccard similarity of shingles from which --near-dup
+            drops a document
         overwrite: replace OUT if it already holds files
 
     Examples:
         lmlab corpus default --out data/wiki
+        lmlab corpus mail/ --scrub --near-dup --out data/mail
         lmlab corpus enwiki-latest-pages-articles.xml.bz2 --out data/enwiki
         lmlab corpus notes/ reviews.jsonl --text-field body --out data/mine
     """
@@ -55,10 +67,17 @@ def corpus(inputs: list[Source], out: OutDir = Path("data/corpus"), text_field: 
 
     paths = [default_corpus_source() if str(p) == "default" else Path(p) for p in inputs]
     stats = build_corpus(paths, out, text_field=text_field, txt_mode=txt_mode,
-                         val_fraction=val_fraction, seed=seed, min_chars=min_chars)
+                         val_fraction=val_fraction, seed=seed, min_chars=min_chars,
+                         scrub=scrub, near_dup=near_dup, near_dup_threshold=near_dup_threshold)
     s = stats.to_dict()
     say(f"read {s['documents_read']:,} documents; dropped {s['empty_dropped']:,} empty/short "
         f"and {s['duplicates_dropped']:,} duplicates")
+    if near_dup:
+        say(f"dropped {s['near_duplicates_dropped']:,} near-duplicates "
+            f"(Jaccard >= {near_dup_threshold:g})")
+    if scrub:
+        masked = ", ".join(f"{n:,} {kind}" for kind, n in s["scrubbed"].items())
+        say(f"scrubbed: {masked} ({sum(s['scrubbed'].values()):,} masked)")
     say(f"train: {s['train_docs']:,} documents, {s['train_chars']:,} characters")
     say(f"val:   {s['val_docs']:,} documents, {s['val_chars']:,} characters")
     say(f"wrote {out}/train.jsonl, {out}/val.jsonl, {out}/corpus.json")

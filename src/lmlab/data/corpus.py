@@ -9,7 +9,8 @@ them. A built corpus is a directory holding::
     corpus.json   the statistics, the inputs and the settings used
 
 Documents are streamed end to end: memory holds one document plus a 16-byte
-digest per document kept (for deduplication), never the corpus.
+digest per document kept (for deduplication), never the corpus; near-duplicate
+removal adds a MinHash signature and its LSH entries (a few KB) per document kept.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import importlib.util
 import json
 import unicodedata
 from array import array
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -312,14 +314,17 @@ class CorpusStats:
     documents_read: int = 0
     empty_dropped: int = 0  # empty, or shorter than min_chars, after normalization
     duplicates_dropped: int = 0
+    near_duplicates_dropped: int = 0  # with near_dup: MinHash Jaccard >= the threshold
     train_docs: int = 0
     val_docs: int = 0
     train_chars: int = 0
     val_chars: int = 0
     train_bytes: int = 0
     val_bytes: int = 0
+    # With scrub: matches masked in the documents kept, per kind of personal data.
+    scrubbed: dict[str, int] = dataclasses.field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Any]:
         """The counts as a plain dict (for JSON)."""
         return dataclasses.asdict(self)
 
@@ -371,11 +376,17 @@ def build_corpus(
     seed: int = 0,
     min_chars: int = 1,
     progress: bool = True,
+    scrub: bool = False,
+    near_dup: bool = False,
+    near_dup_threshold: float = 0.8,
 ) -> CorpusStats:
     """Clean, deduplicate and split documents into ``out_dir``.
 
-    Every document is normalized (:func:`normalize_document`); documents
-    shorter than ``min_chars`` and exact duplicates are dropped. Validation
+    Every document is normalized (:func:`normalize_document`) and, with
+    ``scrub``, has its personal data masked (:func:`lmlab.data.privacy.scrub`);
+    documents shorter than ``min_chars`` and exact duplicates are dropped, and
+    with ``near_dup`` so are near-duplicates of a document kept earlier
+    (:class:`lmlab.data.neardup.NearDuplicates`). Validation
     gets ``round(val_fraction * kept)`` whole documents, those whose hash of
     text keyed by ``seed`` is lowest (deterministic, whatever the input
     order); with two or more documents it gets at least one and train is
@@ -394,6 +405,12 @@ def build_corpus(
         seed: changes which documents go to validation.
         min_chars: documents shorter than this (after normalization) are dropped.
         progress: show a progress bar on stderr.
+        scrub: mask e-mail addresses, phone numbers, IP addresses, card and
+            identity numbers and URL secrets before de-duplication.
+        near_dup: drop documents whose shingle sets have an estimated Jaccard
+            similarity of at least ``near_dup_threshold`` with a kept one.
+        near_dup_threshold: the similarity, in (0, 1), from which a document
+            counts as a near-duplicate.
 
     Returns:
         The counts, also saved in ``out_dir/corpus.json``.
@@ -410,6 +427,10 @@ def build_corpus(
         raise LmlabError(f"build_corpus: val_fraction must be between 0 and 1, got {val_fraction}")
     if min_chars < 1:
         raise LmlabError(f"build_corpus: min_chars must be at least 1, got {min_chars}")
+    if not 0.0 < near_dup_threshold < 1.0:
+        raise LmlabError(
+            f"build_corpus: near_dup_threshold must be between 0 and 1, got {near_dup_threshold}"
+        )
     for path in paths:
         if not path.exists():
             raise LmlabError(f"{path}: no such file or directory")
@@ -418,7 +439,8 @@ def build_corpus(
     # Ctrl-C included, a failure never leaves a half-written corpus behind.
     with atomic_dir(out_dir) as tmp:
         stats = _write_corpus(
-            paths, tmp, text_field, txt_mode, val_fraction, seed, min_chars, progress
+            paths, tmp, text_field, txt_mode, val_fraction, seed, min_chars, progress,
+            scrub=scrub, near_dup_threshold=near_dup_threshold if near_dup else None,
         )
         meta: dict[str, Any] = {
             "format": "lmlab-corpus",
@@ -430,6 +452,8 @@ def build_corpus(
                 "val_fraction": val_fraction,
                 "seed": seed,
                 "min_chars": min_chars,
+                "scrub": scrub,
+                "near_dup_threshold": near_dup_threshold if near_dup else None,
             },
             "stats": stats.to_dict(),
         }
@@ -455,6 +479,9 @@ def _write_corpus(
     seed: int,
     min_chars: int,
     progress: bool,
+    *,
+    scrub: bool = False,
+    near_dup_threshold: float | None = None,
 ) -> CorpusStats:
     """Clean every document into ``tmp``, then route each to train.jsonl or val.jsonl.
 
@@ -466,6 +493,18 @@ def _write_corpus(
     from lmlab.progress import progress_bar
 
     stats = CorpusStats()
+    scrubbed: Counter[str] = Counter()  # in the documents kept
+    found: Counter[str] = Counter()  # in the current document
+    if scrub:
+        from lmlab.data.privacy import KINDS
+        from lmlab.data.privacy import scrub as scrub_text
+
+        stats.scrubbed = dict.fromkeys(KINDS, 0)
+    near = None
+    if near_dup_threshold is not None:
+        from lmlab.data.neardup import NearDuplicates
+
+        near = NearDuplicates(near_dup_threshold)
     seen: set[bytes] = set()
     scores = array("d")  # split score of the i-th kept document
     kept = tmp / "documents.jsonl"
@@ -478,6 +517,8 @@ def _write_corpus(
                 stats.documents_read += 1
                 bar.update()
                 text = normalize_document(raw)
+                if scrub:
+                    text, found = scrub_text(text)
                 if len(text) < min_chars:
                     stats.empty_dropped += 1
                     continue
@@ -486,6 +527,11 @@ def _write_corpus(
                     stats.duplicates_dropped += 1
                     continue
                 seen.add(digest)
+                if near is not None and near.is_duplicate(text):
+                    stats.near_duplicates_dropped += 1
+                    continue
+                if scrub:
+                    scrubbed.update(found)
                 scores.append(_split_score(digest, seed))
                 out.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
 
@@ -511,6 +557,8 @@ def _write_corpus(
             f.write(line)
             stats.add(split, json.loads(line)["text"])
     kept.unlink()
+    if scrub:
+        stats.scrubbed.update(scrubbed)
     return stats
 
 
