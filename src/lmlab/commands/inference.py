@@ -896,7 +896,7 @@ def inspect(model: InPath, *, prompt: str, out: OutDir, top_k: Count = 5,
     t0 = time.perf_counter()
     ins = inspect_model(net, tok, prompt, top_k)
     with atomic_dir(Path(out)) as tmp:
-        files = write_inspection(ins, tmp, f"{Path(model).name}: {prompt}")
+        files = write_inspection(ins, tmp, f"{model}: {prompt}")
     n, nh, T, _ = ins.attention.shape
     say(f"{T} tokens, {n} layers x {nh} heads ({time.perf_counter() - t0:.1f}s)")
     if ins.kind == "causal":
@@ -908,6 +908,13 @@ def inspect(model: InPath, *, prompt: str, out: OutDir, top_k: Count = 5,
                                              zip(row[-1].tokens[:3], row[-1].probs[:3],
                                                  strict=True)))
     else:
+        cls = ins.cls_attention[-1].mean(0)  # (T,): the last layer, heads averaged
+        say("[CLS] reads most, last layer: " + "  ".join(
+            f"{ins.tokens[j]!r} {float(cls[j]):.3f}" for j in cls.argsort(descending=True)[:5]))
+        if not ins.has_mlm_head:
+            say("no masked-LM head in this model (a bare encoder): no [MASK] predictions")
+        elif not ins.masked:
+            say("no [MASK] in the prompt: write [MASK] where a token is to be predicted")
         for pos, pred in ins.masked.items():
             say(f"[MASK] at {pos}: " + "  ".join(f"{t!r} {p:.3f}" for t, p in
                                                 zip(pred.tokens, pred.probs, strict=True)))
