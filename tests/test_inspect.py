@@ -13,6 +13,7 @@ import torch
 
 from lmlab.cli import main
 from lmlab.config import BertConfig, GPTConfig
+from lmlab.errors import LmlabError
 from lmlab.inspect_model import (
     decoder_pass,
     inspect_model,
@@ -170,6 +171,9 @@ def test_bert_cls_attention_and_masked_predictions(bert, wp_tok):
     bare = inspect_model(backbone_of(bert), wp_tok, "the cat [MASK] .")
     assert not bare.has_mlm_head and bare.masked == {}
     assert bare.to_dict()["has_mlm_head"] is False
+    # Too many weights for one page: refused, naming the longest prompt that fits.
+    with pytest.raises(LmlabError, match="use at most 2 tokens"):
+        inspect_model(bert, wp_tok, "the cat sat", max_weights=4 * 4)  # 2 x 2 maps of 2^2
 
 
 def test_page_draws_and_switches_maps_in_chromium(tmp_path, char_tok, bert, wp_tok):

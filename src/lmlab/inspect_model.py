@@ -35,6 +35,9 @@ from lmlab.models.registry import backbone_of, family_of
 from lmlab.tokenizer import Tokenizer
 
 STATIC = Path(__file__).parent / "static"
+# The page inlines every weight (~7 bytes each as JSON): 8M keep it under ~60 MB, which
+# a browser still opens (SmolLM2's 270 maps: up to 172 tokens).
+PAGE_WEIGHTS = 8_000_000
 
 
 @contextmanager
@@ -213,14 +216,20 @@ def inspect_encoder(model: nn.Module, tok: Tokenizer, ids: list[int],
                       masked=masked, has_mlm_head=mlm is not None)
 
 
-def inspect_model(model: nn.Module, tok: Tokenizer, prompt: str,
-                  top_k: int = 5) -> Inspection:
-    """Look inside a GPT-family decoder or a BERT encoder reading ``prompt``."""
+def inspect_model(model: nn.Module, tok: Tokenizer, prompt: str, top_k: int = 5,
+                  max_weights: int | None = None) -> Inspection:
+    """Look inside a GPT-family decoder or a BERT encoder reading ``prompt``; with
+    ``max_weights``, refuse a prompt whose maps hold more weights than that (n nh T^2)."""
     family = family_of(model)
     if family.name not in ("gpt", "bert"):
         raise LmlabError(f"inspect reads the attention of Transformer decoders (GPT-2, Llama, "
                          f"Gemma) and BERT encoders; this is a {family.name} model")
     ids = encode_for(model, tok, prompt)
+    maps = model.config.n_layer * model.config.n_head
+    if max_weights is not None and maps * len(ids) ** 2 > max_weights:
+        raise LmlabError(f"the prompt is {len(ids)} tokens: {maps} maps of {len(ids)}^2 weights "
+                         f"are too many for one page; use at most "
+                         f"{math.isqrt(max_weights // maps)} tokens")
     if family.kind == "encoder":
         return inspect_encoder(model, tok, ids, top_k)
     return inspect_decoder(model, tok, ids, top_k)

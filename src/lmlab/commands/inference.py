@@ -888,13 +888,13 @@ def inspect(model: InPath, *, prompt: str, out: OutDir, top_k: Count = 5,
         lmlab inspect runs/bert --prompt "the cat sat on the [MASK] ." --out look/bert
     """
     from lmlab.atomic import atomic_dir
-    from lmlab.inspect_model import inspect_model, write_inspection
+    from lmlab.inspect_model import PAGE_WEIGHTS, inspect_model, write_inspection
 
     if not prompt.strip():
         raise LmlabError("the prompt is empty; pass some text with --prompt")
     net, tok = _inspection_model(Path(model), tokenizer, device)
     t0 = time.perf_counter()
-    ins = inspect_model(net, tok, prompt, top_k)
+    ins = inspect_model(net, tok, prompt, top_k, max_weights=PAGE_WEIGHTS)
     with atomic_dir(Path(out)) as tmp:
         files = write_inspection(ins, tmp, f"{model}: {prompt}")
     n, nh, T, _ = ins.attention.shape
