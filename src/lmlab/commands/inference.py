@@ -853,3 +853,87 @@ def score(*, hyp: InFile, ref: InFile, metric: list[Literal["bleu", "chrf", "rou
         if "rouge" in metrics:
             scores.update(rouge_scores(texts, refs))
         say(f"{name:<18}" + "".join(f"{scores[h]:>9.2f}" for h in header))
+
+
+def inspect(model: InPath, *, prompt: str, out: OutDir, top_k: Count = 5,
+            tokenizer: InFile | None = None, device: str = "auto",
+            overwrite: bool = False) -> None:
+    """Look inside a Transformer reading a prompt: attention, logit lens, surprisal.
+
+    Writes to OUT: attention.png (every layer's and head's attention map in one
+    grid, layers as rows), inspect.html (a page with no outside links: pick a
+    layer and head, hover a cell for query -> key and its weight; the logit
+    lens table; the prompt coloured by surprisal), inspect.json (the numbers)
+    and attention.npy (the maps, shape (layers, heads, T, T)). The logit lens
+    reads each layer's residual stream through the final norm and the output
+    head: the top tokens the model would predict if it stopped there.
+    Surprisal is -log2 p(token | the tokens before it). For a BERT encoder the
+    page shows the attention from [CLS] and, where the prompt says [MASK],
+    the masked-LM head's predictions.
+
+    Args:
+        model: a decoder (lmlab run or checkpoint, HF GPT-2/Llama/Gemma folder, .gguf
+            file) or a BERT encoder (lmlab checkpoint or HF folder)
+        prompt: the text the model reads (for BERT, write [MASK] where a token is to
+            be predicted)
+        out: the folder to write
+        top_k: tokens listed per position in the logit lens and per [MASK]
+        tokenizer: tokenizer file (default: the model's own)
+        device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
+        overwrite: replace OUT if it already holds files
+
+    Examples:
+        lmlab inspect SmolLM2-135M-Instruct.Q4_1.gguf --prompt "The capital of France is" \\
+            --out look/smollm2
+        lmlab inspect runs/bert --prompt "the cat sat on the [MASK] ." --out look/bert
+    """
+    from lmlab.atomic import atomic_dir
+    from lmlab.inspect_model import PAGE_WEIGHTS, inspect_model, write_inspection
+
+    if not prompt.strip():
+        raise LmlabError("the prompt is empty; pass some text with --prompt")
+    net, tok = _inspection_model(Path(model), tokenizer, device)
+    t0 = time.perf_counter()
+    ins = inspect_model(net, tok, prompt, top_k, max_weights=PAGE_WEIGHTS)
+    with atomic_dir(Path(out)) as tmp:
+        files = write_inspection(ins, tmp, f"{model}: {prompt}")
+    n, nh, T, _ = ins.attention.shape
+    say(f"{T} tokens, {n} layers x {nh} heads ({time.perf_counter() - t0:.1f}s)")
+    if ins.kind == "causal":
+        top = ins.lens[-1][-1]
+        say(f"next token: {top.tokens[0]!r} ({top.probs[0]:.3f}); logit lens at the last "
+            "position, layer by layer:")
+        for name, row in zip(ins.lens_layers, ins.lens, strict=True):
+            say(f"  {name:>5}  " + "  ".join(f"{t!r} {p:.3f}" for t, p in
+                                             zip(row[-1].tokens[:3], row[-1].probs[:3],
+                                                 strict=True)))
+    else:
+        cls = ins.cls_attention[-1].mean(0)  # (T,): the last layer, heads averaged
+        say("[CLS] reads most, last layer: " + "  ".join(
+            f"{ins.tokens[j]!r} {float(cls[j]):.3f}" for j in cls.argsort(descending=True)[:5]))
+        if not ins.has_mlm_head:
+            say("no masked-LM head in this model (a bare encoder): no [MASK] predictions")
+        elif not ins.masked:
+            say("no [MASK] in the prompt: write [MASK] where a token is to be predicted")
+        for pos, pred in ins.masked.items():
+            say(f"[MASK] at {pos}: " + "  ".join(f"{t!r} {p:.3f}" for t, p in
+                                                zip(pred.tokens, pred.probs, strict=True)))
+    for what, path in files.items():
+        say(f"{what:>8}: {Path(out) / path.name}")
+
+
+def _inspection_model(source: Path, tokenizer: Path | None, device: str) -> tuple[Any, Any]:
+    """A decoder with its tokenizer, as `generate` loads it, or a BERT encoder (masked-LM
+    head kept) with the tokenizer beside it."""
+    from lmlab.device import resolve_device
+    from lmlab.loading import load_for_inference, load_model, model_folder
+    from lmlab.tokenizer import Tokenizer
+
+    if not _is_encoder(source):
+        loaded = load_for_inference(source, tokenizer, device=device)
+        return loaded.model, loaded.tokenizer
+    net = load_model(source, device=str(resolve_device(device)))
+    tok_path = tokenizer or model_folder(source) / "tokenizer.json"
+    if not Path(tok_path).is_file():
+        raise LmlabError(f"{source}: no tokenizer.json beside the model; pass --tokenizer")
+    return net, Tokenizer.from_file(tok_path)

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmlab.config import BertConfig, Pooling
-from lmlab.models.gpt import init_weights
+from lmlab.models.gpt import explicit_attention, init_weights
 
 
 class BertEmbeddings(nn.Module):
@@ -59,15 +59,22 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)
         self.proj = nn.Linear(config.n_embd, config.n_embd)
         self.attn_dropout = config.attn_dropout
+        # ``lmlab inspect``'s switch, as in ``models/gpt.py``: while a list, each call
+        # computes its weights explicitly and appends (weights (B, nh, T, T), values).
+        self.kept: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
         # (B, T, 3, nh, hs) -> three (B, nh, T, hs)
         q, k, v = self.qkv(x).view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4).unbind(0)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask,
-            dropout_p=self.attn_dropout if self.training else 0.0)  # (B, nh, T, hs)
+        if self.kept is not None:
+            y, weights = explicit_attention(q, k, v, mask, False, None)
+            self.kept.append((weights, v))
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask,
+                dropout_p=self.attn_dropout if self.training else 0.0)  # (B, nh, T, hs)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 

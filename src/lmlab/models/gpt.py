@@ -133,6 +133,32 @@ class KVCache(nn.Module):
         self.v[:, :, :n] = self.v[:, :, :n].index_select(0, rows)
 
 
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       mask: torch.Tensor | None, is_causal: bool, scale: float | None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ``F.scaled_dot_product_attention`` computes (without dropout), step by step so
+    that the weights exist: softmax(q k^T * scale + mask), (B, nh, T, L), and the output
+    weights @ v, (B, nh, T, hs). The fused kernel never materializes the weights; this is
+    the path ``lmlab inspect`` switches on (see the attention modules' ``kept``).
+
+    k, v (B, nkv, L, hs) with nkv < nh are shared by nh / nkv query heads each, as
+    ``enable_gqa`` does; ``mask`` is boolean (True: may attend) or additive.
+    """
+    nh, nkv = q.size(1), k.size(1)
+    if nkv != nh:
+        k = k.repeat_interleave(nh // nkv, dim=1)  # (B, nh, L, hs)
+        v = v.repeat_interleave(nh // nkv, dim=1)
+    T, L = q.size(2), k.size(2)
+    scores = (q @ k.transpose(-2, -1)) * (scale or q.size(-1) ** -0.5)  # (B, nh, T, L)
+    if is_causal:  # SDPA's is_causal: the top-left aligned lower triangle
+        mask = torch.ones(T, L, dtype=torch.bool, device=q.device).tril()
+    if mask is not None:
+        scores = (scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool
+                  else scores + mask)
+    weights = scores.float().softmax(dim=-1).to(q.dtype)  # (B, nh, T, L)
+    return weights @ v, weights
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer: int = 0) -> None:
         super().__init__()
@@ -154,6 +180,9 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
         self.kv_cache: KVCache | None = None
+        # A list while ``lmlab inspect`` looks (``inspect_model.keep_attention``): each call
+        # then appends its (weights (B, nh, T, L), values (B, nkv, L, hs)).
+        self.kept: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 start_pos: int | torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -181,11 +210,15 @@ class CausalSelfAttention(nn.Module):
             # Chunked prefill after cached tokens: query i sees keys 0..start_pos+i.
             mask = torch.ones(T, L, dtype=torch.bool, device=x.device).tril(diagonal=L - T)
         # T == 1 with a cache: the new token may attend to everything cached, no mask.
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=nkv != nh, scale=self.scale,
-        )  # (B, nh, T, hs)
+        if self.kept is not None:
+            y, weights = explicit_attention(q, k, v, mask, is_causal, self.scale)
+            self.kept.append((weights, v))
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=is_causal,
+                dropout_p=self.dropout if self.training else 0.0,
+                enable_gqa=nkv != nh, scale=self.scale,
+            )  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, nh * hs)
         return self.resid_dropout(self.c_proj(y))
 
