@@ -60,6 +60,13 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     return prefix + ctx, cont
 
 
+def _scored(logits: torch.Tensor, cont: Sequence[int]) -> tuple[float, bool]:
+    """(summed log-probability, greedy) of tokens ``cont`` under ``logits`` (len(cont), V)."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    t = torch.tensor(cont, device=logp.device)
+    return logp.gather(1, t[:, None]).sum().item(), bool((logp.argmax(-1) == t).all())
+
+
 @torch.no_grad()
 def loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, str]], *,
                    batch_size: int = 16,
@@ -67,70 +74,114 @@ def loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, str]], *,
     """(summed log-probability in nats, greedy) of each (context, continuation).
 
     ``greedy`` is True when every continuation token is the model's most likely
-    next token. Requests that read the same tokens (the choices of one
-    question whose answers are one token long) share one row of a batch; rows
-    are sorted by length and right-padded, so padding is never attended to. A
-    pair longer than the model's context keeps its last tokens (the context's
-    start is dropped), as the harness does.
+    next token. The choices of one question share their context, which is read
+    once: with answers of several tokens, into a KV cache that every choice
+    continues from (a 5-shot prompt costs one pass, not one per choice); with
+    one-token answers (MMLU's letters), as one row whose last position scores
+    them all. Other requests go in batches of rows sorted by length and
+    right-padded, so padding is never attended to. A pair longer than the
+    model's context keeps its last tokens (the context's start is dropped), as
+    the harness does.
     """
     if batch_size < 1:
         raise LmlabError(f"batch size must be at least 1, got {batch_size}")
     pairs = [encode_pair(tokenizer, c, x) for c, x in requests]
     limit = context_of(model)
+    groups: dict[tuple[int, ...], list[int]] = {}  # context -> its requests
+    for i, ((ctx, cont), (_, text)) in enumerate(zip(pairs, requests, strict=True)):
+        if limit is not None and len(cont) > limit:
+            raise LmlabError(f"the continuation {text[:40]!r} is {len(cont)} tokens, "
+                             f"longer than the model's context of {limit}")
+        groups.setdefault(tuple(ctx), []).append(i)
+    shared, rest = [], []
+    for ctx, idx in groups.items():
+        longest = max(len(pairs[i][1]) for i in idx)
+        if (not is_stateful(model) and len(idx) > 1 and longest > 1
+                and len(ctx) + longest - 1 <= limit):
+            shared.append((list(ctx), idx))
+        else:
+            rest += idx
+    out: list[tuple[float, bool] | None] = [None] * len(requests)
+    was_training = model.training
+    model.eval()
+    try:
+        for ctx, idx in shared:
+            conts = [pairs[i][1] for i in idx]
+            for i, result in zip(idx, _continue_shared(model, ctx, conts), strict=True):
+                out[i] = result
+            if progress:
+                progress(len(idx))
+        _score_rows(model, pairs, rest, out, limit, batch_size, progress)
+    finally:
+        model.train(was_training)
+    return out  # type: ignore[return-value]
+
+
+def _continue_shared(model, ctx: list[int], conts: list[list[int]]) -> list[tuple[float, bool]]:
+    """Score several continuations of one context, reading the context once."""
+    device = next(model.parameters()).device
+    n, width = len(conts), max(len(c) for c in conts)
+    model.setup_cache(1, len(ctx) + width - 1)
+    try:
+        h0 = model(torch.tensor([ctx], device=device), hidden=True)[:, -1:]  # (1, 1, C)
+        h = h0.expand(n, 1, -1)  # (n, 1, C): every continuation's first token
+        if width > 1:
+            model.repeat_cache(n)
+            x = torch.zeros(n, width - 1, dtype=torch.long)
+            for r, cont in enumerate(conts):
+                x[r, :len(cont) - 1] = torch.tensor(cont[:-1])
+            # Right padding: a row's real tokens never attend to the padding after them.
+            rest = model(x.to(device), start_pos=len(ctx), hidden=True)  # (n, width-1, C)
+            h = torch.cat([h, rest], dim=1)  # (n, width, C)
+        return [_scored(model.lm_head(h[r, :len(cont)]), cont) for r, cont in enumerate(conts)]
+    finally:
+        model.clear_cache()
+
+
+def _score_rows(model, pairs: list[tuple[list[int], list[int]]], todo: list[int],
+                out: list, limit: int | None, batch_size: int,
+                progress: Callable[[int], None] | None) -> None:
+    """Score requests ``todo`` as rows of batches; requests that read the same tokens
+    (one-token choices of one context) share a row."""
     rows: dict[tuple[int, ...], int] = {}  # model input -> row
     inputs: list[list[int]] = []
-    where: list[tuple[int, int, list[int]]] = []  # per request: row, first target column, targets
-    for (ctx, cont), (_, text) in zip(pairs, requests, strict=True):
+    where: dict[int, tuple[int, int]] = {}  # request -> (row, first target column)
+    for i in todo:
+        ctx, cont = pairs[i]
         seq = ctx + cont
         if limit is not None and len(seq) > limit + 1:
-            if len(cont) > limit:
-                raise LmlabError(f"the continuation {text[:40]!r} is {len(cont)} tokens, "
-                                 f"longer than the model's context of {limit}")
             seq = seq[-(limit + 1):]
         inp = tuple(seq[:-1])
         row = rows.setdefault(inp, len(inputs))
         if row == len(inputs):
             inputs.append(list(inp))
-        where.append((row, len(inp) - len(cont), cont))
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+        where[i] = (row, len(inp) - len(cont))
     need: dict[int, int] = {}  # row -> first column any request of it scores
-    for row, first, _ in where:
-        need[row] = min(need.get(row, first), first)
-    order = sorted(range(len(inputs)), key=lambda r: -len(inputs[r]))
-    out: list[tuple[float, bool] | None] = [None] * len(requests)
     by_row: dict[int, list[int]] = {}
-    for i, (row, _, _) in enumerate(where):
+    for i, (row, first) in where.items():
+        need[row] = min(need.get(row, first), first)
         by_row.setdefault(row, []).append(i)
-    try:
-        for b in range(0, len(order), batch_size):
-            chunk = order[b:b + batch_size]
-            width = len(inputs[chunk[0]])
-            x = torch.zeros(len(chunk), width, dtype=torch.long)
-            for r, row in enumerate(chunk):
-                x[r, :len(inputs[row])] = torch.tensor(inputs[row])
-            x = x.to(device)
-            if is_stateful(model):
-                logits, _ = model(x, None)  # (B, T, V)
-                spans = [logits[r, need[row]:len(inputs[row])] for r, row in enumerate(chunk)]
-            else:
-                h = model(x, hidden=True)  # (B, T, C)
-                spans = [model.lm_head(h[r, need[row]:len(inputs[row])])
-                         for r, row in enumerate(chunk)]
-            for row, span in zip(chunk, spans, strict=True):
-                logp = F.log_softmax(span.float(), dim=-1)  # (cols, V)
-                for i in by_row[row]:
-                    _, first, cont = where[i]
-                    cols = logp[first - need[row]:first - need[row] + len(cont)]
-                    t = torch.tensor(cont, device=cols.device)
-                    lp = cols.gather(1, t[:, None]).sum().item()
-                    out[i] = (lp, bool((cols.argmax(-1) == t).all()))
-            if progress:
-                progress(sum(len(by_row[row]) for row in chunk))
-    finally:
-        model.train(was_training)
-    return out  # type: ignore[return-value]
+    device = next(model.parameters()).device
+    order = sorted(range(len(inputs)), key=lambda r: -len(inputs[r]))
+    for b in range(0, len(order), batch_size):
+        chunk = order[b:b + batch_size]
+        x = torch.zeros(len(chunk), len(inputs[chunk[0]]), dtype=torch.long)
+        for r, row in enumerate(chunk):
+            x[r, :len(inputs[row])] = torch.tensor(inputs[row])
+        x = x.to(device)
+        if is_stateful(model):
+            logits, _ = model(x, None)  # (B, T, V)
+            spans = [logits[r, need[row]:len(inputs[row])] for r, row in enumerate(chunk)]
+        else:
+            h = model(x, hidden=True)  # (B, T, C): the output layer only where scored
+            spans = [model.lm_head(h[r, need[row]:len(inputs[row])])
+                     for r, row in enumerate(chunk)]
+        for row, span in zip(chunk, spans, strict=True):
+            for i in by_row[row]:
+                first = where[i][1] - need[row]
+                out[i] = _scored(span[first:first + len(pairs[i][1])], pairs[i][1])
+        if progress:
+            progress(sum(len(by_row[row]) for row in chunk))
 
 
 def few_shot_prompt(question: Question, pool: Sequence[Question], shots: int,

@@ -29,7 +29,7 @@ from lmlab.commands.data import (
     tokenizer_train,
 )
 from lmlab.commands.demo import demo
-from lmlab.commands.evaluation import mcq_eval, mcq_export
+from lmlab.commands.evaluation import bias, mcq_eval, mcq_export
 from lmlab.commands.inference import (
     chat,
     convert,
@@ -64,6 +64,7 @@ COMMANDS: dict = {
     "mcq": {"__doc__": "multiple-choice evaluation, zero- and few-shot (MMLU, Debian, "
                        "CC-CEDICT), and its lm-evaluation-harness tasks",
             "eval": mcq_eval, "export": mcq_export},
+    "bias": bias,
     "generate": generate,
     "translate": translate,
     "summarize": summarize,

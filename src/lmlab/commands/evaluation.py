@@ -126,7 +126,8 @@ def mcq_eval(model: InPath, task: list[str] | None = None, shots: list[int] | No
         say(f"wrote {out}/results.json and each question's prediction")
 
 
-def mcq_export(out: OutDir, task: list[str] | None = None, shots: list[int] | None = None,
+def mcq_export(out: OutDir = Path("tasks"), task: list[str] | None = None,
+               shots: list[int] | None = None,
                limit: Count | None = 500, seed: int = 0,
                debian: Path = Path("/var/lib/dpkg/status"), cedict: Path | None = None,
                overwrite: bool = False) -> None:
@@ -204,3 +205,67 @@ def harness_yaml(task: str, data: Path) -> str:
             "    aggregation: mean\n"
             "    higher_is_better: true\n")
 
+
+
+def bias(model: InPath, templates: InFile | None = None, out: OutDir | None = None,
+         batch_size: Count = 16, tokenizer: InFile | None = None,
+         dtype: Literal["float32", "bfloat16"] = "float32",
+         quantize: Literal["none", "int8", "int4"] = "none", device: str = "auto",
+         json_out: bool = False) -> None:
+    """A bias probe: log P(he) - log P(she) (and 他 / 她) in templated sentences.
+
+    For every template and occupation the two sentences ("The nurse said that
+    he would be late today." / "... she ...") are scored by the model's
+    log-likelihood; per template the table shows the mean difference in nats
+    (positive: the first word is likelier), its spread over the occupations,
+    the share where the first word wins, and the occupations at both ends.
+    Built-in: English he/she and his/her templates, Chinese 他/她 templates,
+    over 20-24 occupations; --templates reads your own.
+
+    A probe, not a certificate: it measures preferences in these sentences only.
+    A mean near zero does not make a model fair; a large one is a reason to look
+    closer, not a verdict.
+
+    Args:
+        model: a run or checkpoint folder, a Hugging Face folder or a .gguf file
+        templates: a JSON list of {"name", "templates" (with {filler} and {word}),
+            "pair": [first, second], "fillers"} to use instead of the built-in sets
+        out: a folder for bias.json and bias.png (per occupation, mean over templates)
+        batch_size: sentences per forward pass
+        tokenizer: tokenizer.json (default: the model's)
+        dtype: float32 or bfloat16
+        quantize: int8 or int4 weight-only Linear layers
+        device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
+        json_out: print the results as JSON
+
+    Examples:
+        lmlab bias smollm2.gguf --out results/bias
+        lmlab bias runs/mini --templates my_templates.json
+    """
+    from lmlab.bias import BUILT_IN, plot_probe, probe, read_probe_sets
+    from lmlab.loading import load_for_inference
+
+    sets = read_probe_sets(Path(templates)) if templates else BUILT_IN
+    loaded = load_for_inference(Path(model), tokenizer, dtype, quantize, device)
+    results = probe(loaded.model, loaded.tokenizer, sets, batch_size=batch_size)
+    report = {"model": str(model), "results": [r.to_dict() for r in results],
+              "note": "a probe, not a certificate: preferences in these sentences only"}
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "bias.json").write_text(json.dumps(report, indent=2,
+                                                        ensure_ascii=False) + "\n")
+        drawn = plot_probe(results, Path(out) / "bias.png")
+    if json_out:
+        say(json.dumps(report, ensure_ascii=False))
+        return
+    say("log P(first) - log P(second) in nats, over the fillers of each template "
+        "(positive: the first word is likelier)")
+    for r in results:
+        ends = sorted(r.per_filler, key=r.per_filler.__getitem__)
+        say(f"[{r.set}] {r.pair[0]}/{r.pair[1]}  {r.template}")
+        say(f"    mean {r.mean:+.3f}  std {r.std:.3f}  {r.pair[0]} likelier for "
+            f"{r.first_wins:.0%}  most {r.pair[1]}: {', '.join(ends[:3])}  "
+            f"most {r.pair[0]}: {', '.join(reversed(ends[-3:]))}")
+    if out is not None:
+        say(f"wrote {out}/bias.json" + (f" and {out}/bias.png ({', '.join(drawn)})"
+                                          if drawn else ""))

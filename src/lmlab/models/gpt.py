@@ -132,6 +132,11 @@ class KVCache(nn.Module):
         self.k[:, :, :n] = self.k[:, :, :n].index_select(0, rows)
         self.v[:, :, :n] = self.v[:, :, :n].index_select(0, rows)
 
+    def repeat(self, n: int) -> None:
+        """One cached row becomes ``n`` copies (B = 1 -> n): continuations of one prompt."""
+        self.k = self.k.expand(n, -1, -1, -1).clone()
+        self.v = self.v.expand(n, -1, -1, -1).clone()
+
 
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        mask: torch.Tensor | None, is_causal: bool, scale: float | None
@@ -355,6 +360,12 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             if block.attn.kv_cache is not None:
                 block.attn.kv_cache.reorder(rows)
+
+    def repeat_cache(self, n: int) -> None:
+        """Copy the one cached row ``n`` times: every choice of a multiple-choice question
+        continues one read of its prompt (``multiple_choice.loglikelihoods``)."""
+        for block in self.transformer.h:
+            block.attn.kv_cache.repeat(n)
 
     def clear_cache(self) -> None:
         for block in self.transformer.h:
