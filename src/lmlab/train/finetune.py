@@ -33,6 +33,13 @@ Truncation (``max_length`` tokens, special tokens included):
   Training examples whose answer was cut off are skipped (counted); validation
   and test examples are still scored, from the part of the context that fits.
 
+Augmentation (classify, ``--augment``): the training texts get copies made by
+``lmlab.data.augment`` (EDA's synonym replacement, deletion and swap, or
+back-translation through two seq2seq models loaded by ``beam.load_pair_model``),
+each with its text's label, trained on beside the originals and saved as
+``OUT/augmented.jsonl``; ``OUT/splits`` keeps the originals, and validation and
+test are never augmented. The counts go to the output and ``OUT/report.json``.
+
 The best checkpoint is a folder ``OUT/best/`` written atomically:
 ``model.safetensors`` (backbone + head, keys ``backbone.*`` and ``head.*``),
 ``config.json`` (the backbone's config), ``task.json`` (task, labels,
