@@ -34,12 +34,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from lmlab.errors import LmlabError
+
+if TYPE_CHECKING:
+    from lmlab.tokenizer import Tokenizer
 
 NEG = -1.0e9  # a score no real hypothesis reaches: marks what may not be chosen
 
@@ -308,3 +312,78 @@ def translate_ids(model: torch.nn.Module, tok, sources: Sequence[Sequence[int]],
                   on_batch: Callable[[int], None] | None = None) -> list[str]:
     """The best output text for each token-id source (``search_texts``)."""
     return [hyps[0][0] for hyps in search_texts(model, tok, sources, cfg, batch_size, on_batch)]
+
+
+# ---------------------------------------------------------------- a model trained on pairs
+@dataclass
+class PairModel:
+    """A model that writes an output for a source (`lmlab translate`, `lmlab summarize`,
+    back-translation in `lmlab finetune --augment`): the network, its tokenizer, the
+    tokens a source and an output may each hold, and the end token closing a source."""
+
+    net: torch.nn.Module
+    tok: Tokenizer
+    room: int
+    eos: int
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each source, cut to fit, closed by the end token."""
+        return [[*self.tok.encode(s)[:self.room - 1], self.eos] for s in texts]
+
+    def search(self, texts: Sequence[str], cfg: BeamConfig, batch_size: int = 32,
+               on_batch: Callable[[int], None] | None = None) -> list[list[tuple[str, float]]]:
+        """``search_texts`` over the sources, as (text, score) hypotheses, best first."""
+        return search_texts(self.net, self.tok, self.encode(texts), cfg, batch_size, on_batch)
+
+    def translate(self, texts: Sequence[str], n: int = 1, num_beams: int = 4,
+                  batch_size: int = 32) -> list[list[str]]:
+        """The ``n`` best outputs of each source (beam search with at least ``n`` beams)."""
+        cfg = BeamConfig(num_beams=max(n, num_beams), max_new_tokens=self.room,
+                         num_return_sequences=n)
+        return [[t for t, _ in hyps] for hyps in self.search(texts, cfg, batch_size)]
+
+
+def _trained_on_pairs(net: torch.nn.Module, folder: Path) -> bool:
+    """A decoder-only checkpoint of `lmlab seq2seq` (its trainer state names that run's
+    config): it reads a source and its end token, then writes the output."""
+    import json
+
+    from lmlab.models.registry import kind_of
+    from lmlab.train.checkpoint import STATE_FILE
+
+    state = folder / STATE_FILE
+    if kind_of(net) != "causal" or not state.is_file():
+        return False
+    try:
+        return "seq2seq_config" in json.loads(state.read_text())
+    except ValueError:
+        return False
+
+
+def load_pair_model(source: str | Path, device: str = "cpu") -> PairModel:
+    """An `lmlab seq2seq` run or checkpoint (an encoder-decoder, or a decoder-only model
+    trained on pairs), or a Marian / BART folder, with the tokenizer.json beside it.
+
+    Raises:
+        LmlabError: the model was not trained on pairs, or has no tokenizer.json.
+    """
+    from lmlab.loading import load_model, model_folder
+    from lmlab.models.registry import kind_of
+    from lmlab.tokenizer import Tokenizer
+
+    net = load_model(source, device=device).eval()
+    folder = model_folder(source)
+    kind = kind_of(net)
+    if kind != "seq2seq" and not _trained_on_pairs(net, folder):
+        use = ("`lmlab neighbors` or `lmlab finetune`" if kind == "encoder"
+               else "`lmlab generate` to continue text")
+        raise LmlabError(f"{source}: is a {kind} model, neither an encoder-decoder nor "
+                         f"a decoder trained on pairs by `lmlab seq2seq`; use {use}")
+    if not (folder / "tokenizer.json").is_file():
+        raise LmlabError(f"{folder}: no tokenizer.json beside the model")
+    tok = Tokenizer.from_file(folder / "tokenizer.json")
+    c = net.config
+    # A decoder-only model holds source and output in one context: half each.
+    room = c.block_size if kind == "seq2seq" else c.block_size // 2
+    eos = c.eos_token_id if kind == "seq2seq" else tok.eos_id
+    return PairModel(net, tok, room, eos)

@@ -629,20 +629,6 @@ def _read_sources(input: Path | None, texts: list[str] | None, field: str) -> li
     return input.read_text(encoding="utf-8").splitlines()
 
 
-def _trained_on_pairs(net: Any, folder: Path) -> bool:
-    """A decoder-only checkpoint of `lmlab seq2seq` (its trainer state names that run's
-    config): it reads a source and its end token, then writes the output."""
-    from lmlab.models.registry import kind_of
-    from lmlab.train.checkpoint import STATE_FILE
-
-    if kind_of(net) != "causal" or not (folder / STATE_FILE).is_file():
-        return False
-    try:
-        return "seq2seq_config" in json.loads((folder / STATE_FILE).read_text())
-    except ValueError:
-        return False
-
-
 def translate(model: InPath, input: Annotated[Path, Input("any", words=("-",))] | None = None,
               texts: list[str] | None = None,
               out: OutFile | None = None, num_beams: Count = 4, max_new_tokens: Count = 128,
@@ -733,47 +719,30 @@ def _decode_pairs(model: Path, input: Path | None, texts: list[str] | None, out:
     """`lmlab translate` and `lmlab summarize`: one output line per source, by beam search."""
     import torch
 
-    from lmlab.beam import BeamConfig, search_texts
+    from lmlab.beam import BeamConfig, load_pair_model
     from lmlab.device import resolve_device
-    from lmlab.loading import load_model, model_folder
-    from lmlab.models.registry import kind_of
     from lmlab.progress import progress_bar
-    from lmlab.tokenizer import Tokenizer
 
     if n_best > num_beams:
         raise LmlabError(f"--n-best {n_best} is more than --num-beams {num_beams}: a beam "
                          "search keeps only that many hypotheses")
     if threads:
         torch.set_num_threads(threads)
-    target = resolve_device(device)
-    net = load_model(model, device=str(target)).eval()
-    folder = model_folder(model)
-    if kind_of(net) != "seq2seq" and not _trained_on_pairs(net, folder):
-        use = ("`lmlab neighbors` or `lmlab finetune`" if kind_of(net) == "encoder"
-               else "`lmlab generate` to continue text")
-        raise LmlabError(f"{model}: is a {kind_of(net)} model, neither an encoder-decoder nor "
-                         f"a decoder trained on pairs by `lmlab seq2seq`; use {use}")
-    if not (folder / "tokenizer.json").is_file():
-        raise LmlabError(f"{folder}: no tokenizer.json beside the model")
-    tok = Tokenizer.from_file(folder / "tokenizer.json")
+    pair = load_pair_model(model, device=str(resolve_device(device)))
     sources = _read_sources(input, texts, "src")
     if not sources:
         raise LmlabError(f"nothing to {verb}: no --texts, and the input is empty")
-    c = net.config
-    # A decoder-only model holds source and output in one context: half each.
-    room = c.block_size if kind_of(net) == "seq2seq" else c.block_size // 2
+    room = pair.room
     if max_new_tokens > room:
         print(f"warning: --max-new-tokens {max_new_tokens} lowered to the model's "
               f"{room} positions", file=sys.stderr)
     beam = BeamConfig(num_beams=num_beams, max_new_tokens=min(max_new_tokens, room),
                       length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
                       num_return_sequences=n_best)
-    eos = c.eos_token_id if kind_of(net) == "seq2seq" else tok.eos_id
-    ids = [[*tok.encode(s)[:room - 1], eos] for s in sources]
-    bar = progress_bar(total=len(ids), desc=verb, unit="text",
-                       disable=len(ids) <= batch_size)
+    bar = progress_bar(total=len(sources), desc=verb, unit="text",
+                       disable=len(sources) <= batch_size)
     t0 = time.perf_counter()
-    found = search_texts(net, tok, ids, beam, batch_size, on_batch=bar.update)
+    found = pair.search(sources, beam, batch_size, on_batch=bar.update)
     bar.close()
     if n_best == 1:
         text = "".join(hyps[0][0].replace("\n", " ") + "\n" for hyps in found)

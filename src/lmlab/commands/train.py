@@ -173,6 +173,15 @@ def finetune(cfg: FinetuneConfig, /, *, resume: bool = False,
     With each validation a resume checkpoint is saved in OUT/checkpoints;
     Ctrl-C saves one too, and `--resume` continues the run exactly.
 
+    Augmentation (classify, --augment): each training text gets
+    --augment-copies new versions, the chosen methods taken in turn: EDA's
+    synonym replacement (neighbours in --augment-vectors), random deletion and
+    random swap (Wei & Zou 2019; --augment-alpha of the words), or
+    back-translation through two `lmlab seq2seq` models. Chinese is cut into
+    words by jieba. Copies keep their text's label; validation and test are
+    never augmented. The copies are saved as OUT/augmented.jsonl and counted in
+    the output and in OUT/report.json.
+
     Args:
         resume: continue the run in OUT from its last checkpoint
         overwrite: replace a fine-tuning run already in OUT
@@ -186,6 +195,7 @@ def finetune(cfg: FinetuneConfig, /, *, resume: bool = False,
         lmlab finetune --task classify --train spam.jsonl --model runs/gpt --pooling mean --out runs/spam-gpt
         lmlab finetune --task classify --train spam.jsonl --model gru-classifier --tokenizer data/tokenizer.json --lr 3e-3 --epochs 5 --out runs/spam-gru
         lmlab finetune --task classify --train spam.jsonl --model gru-classifier --vectors vectors.txt --lr 3e-3 --epochs 5 --out runs/spam-glove
+        lmlab finetune --task classify --train small.jsonl --model gru-classifier --tokenizer tok.json --augment synonym delete swap --augment-vectors vectors.txt --augment-copies 4 --out runs/small-eda
         torchrun --nproc_per_node 2 -m lmlab finetune --task classify --train spam.jsonl --model all-MiniLM-L6-v2 --out runs/spam-ddp
     """  # noqa: E501
     from lmlab.train.finetune import Finetuner
@@ -194,6 +204,9 @@ def finetune(cfg: FinetuneConfig, /, *, resume: bool = False,
         n = {k: len(v) for k, v in tuner.splits.items()}
         labels = f", {len(tuner.labels)} labels" if tuner.labels else ""
         say(f"data: {n['train']:,} train, {n['val']:,} validation, {n['test']:,} test{labels}")
+        if tuner.augmented is not None:
+            say(f"augment: {tuner.augmented.summary()}, trained on with the "
+                f"{n['train']:,} originals")
         world = (f", {tuner.world.size} processes x batch {cfg.batch_size}"
                  if tuner.world.distributed else "")
         say(f"model: {tuner.kind.upper()} backbone from {cfg.model}, "

@@ -18,6 +18,7 @@ from lmlab.options import (
     Fraction,
     InDirName,
     InFileName,
+    Input,
     NonNegative,
     NonNegativeFloat,
     OutDirName,
@@ -33,6 +34,10 @@ from lmlab.options import (
 Decay = Annotated[float, Range(0, 1, hi_open=True)]
 # What a text longer than --max-length loses: its end (tail) or its start (head).
 Truncation = Literal["tail", "head"]
+# The transforms of lmlab.data.augment that make more training texts.
+AugmentMethod = Literal["synonym", "delete", "swap", "backtranslate"]
+# A model folder, run folder or checkpoint to load.
+InPathName = Annotated[str, Input("any")]
 
 
 @dataclass(kw_only=True)
@@ -253,6 +258,23 @@ class FinetuneConfig:
     lora_targets: str = option(
         "all-linear", "backbone modules to adapt, as PEFT names them (BERT: query,key,value,"
         "dense; Llama: q_proj,...,down_proj; GPT-2: c_attn,c_proj,c_fc), or all-linear")
+    augment: list[AugmentMethod] | None = option(
+        None, "classify: add augmented copies of the training texts (never of validation or "
+        "test), made by one or more of synonym (a word replaced by a near neighbour in "
+        "--augment-vectors), delete (random deletion), swap (random swap of two words), "
+        "backtranslate (to a pivot language and back with --augment-translators); the "
+        "copies of each text take the methods in turn")
+    augment_copies: Count = option(4, "augmented copies of each training text")
+    augment_alpha: Fraction = option(
+        0.1, "share of a text's words that synonym and swap change, and deletion's "
+        "probability per word (EDA's alpha)")
+    augment_seed: int | None = option(None, "random seed of the augmentation (default: --seed)")
+    augment_vectors: InFileName | None = option(
+        None, "word vectors (word2vec text/binary or GloVe text, e.g. from `lmlab embed "
+        "train`) whose nearest neighbours are --augment synonym's replacements")
+    augment_translators: list[InPathName] | None = option(
+        None, "--augment backtranslate: two `lmlab seq2seq` runs or checkpoints, FORWARD "
+        "(into the pivot language) and BACK")
     seed: int = option(0, "random seed (splits, head, batches, dropout)")
     threads: Count | None = option(None, "CPU threads (default: torch's choice)")
     device: str = option("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
@@ -277,6 +299,33 @@ class FinetuneConfig:
         if self.lora_rank and self.freeze_backbone:
             raise LmlabError("--lora-rank trains adapters on the backbone; --freeze-backbone "
                              "trains none of it: choose one")
+        self._check_augment()
+
+    def _check_augment(self) -> None:
+        """--augment and the inputs its methods need, before any file is read."""
+        methods = self.augment
+        if methods is None:
+            for name in ("augment_vectors", "augment_translators"):
+                if getattr(self, name):
+                    raise LmlabError(f"{flag_name(name, False)} is only used with --augment")
+            return
+        if not methods:
+            raise LmlabError("--augment needs one or more of synonym, delete, swap, "
+                             "backtranslate")
+        self.augment = list(dict.fromkeys(methods))  # each method once, in the order given
+        if self.task != "classify":
+            raise LmlabError(f"--augment applies to --task classify, not {self.task}")
+        if "synonym" in methods and not self.augment_vectors:
+            raise LmlabError("--augment synonym needs word vectors: give --augment-vectors "
+                             "FILE (e.g. from `lmlab embed train`)")
+        if "synonym" not in methods and self.augment_vectors:
+            raise LmlabError("--augment-vectors is only used by --augment synonym")
+        translators = self.augment_translators or []
+        if "backtranslate" in methods and len(translators) != 2:
+            raise LmlabError("--augment backtranslate needs two translation models: "
+                             f"--augment-translators FORWARD BACK (got {len(translators)})")
+        if "backtranslate" not in methods and translators:
+            raise LmlabError("--augment-translators is only used by --augment backtranslate")
 
     def field_names(self) -> dict[str, str]:
         """The ``read_task_file`` keyword arguments naming columns, and the encoding."""

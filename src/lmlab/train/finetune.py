@@ -33,6 +33,13 @@ Truncation (``max_length`` tokens, special tokens included):
   Training examples whose answer was cut off are skipped (counted); validation
   and test examples are still scored, from the part of the context that fits.
 
+Augmentation (classify, ``--augment``): the training texts get copies made by
+``lmlab.data.augment`` (EDA's synonym replacement, deletion and swap, or
+back-translation through two seq2seq models loaded by ``beam.load_pair_model``),
+each with its text's label, trained on beside the originals and saved as
+``OUT/augmented.jsonl``; ``OUT/splits`` keeps the originals, and validation and
+test are never augmented. The counts go to the output and ``OUT/report.json``.
+
 The best checkpoint is a folder ``OUT/best/`` written atomically:
 ``model.safetensors`` (backbone + head, keys ``backbone.*`` and ``head.*``),
 ``config.json`` (the backbone's config), ``task.json`` (task, labels,
@@ -61,12 +68,12 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lmlab.atomic import write_text
-from lmlab.data.tasks import SPLITS_DIR, LabelSet, write_splits
+from lmlab.data.tasks import SPLITS_DIR, LabelSet, write_jsonl, write_splits
 from lmlab.device import autocast
 from lmlab.errors import LmlabError
 from lmlab.models.bert import Pooling
@@ -91,6 +98,12 @@ from lmlab.train.tasks.features import (
 )
 from lmlab.train.tasks.model import TaskModel, load_backbone, vector_embeddings
 
+if TYPE_CHECKING:
+    from lmlab.data.augment import AugmentResult
+
+# The augmented training copies a run trained on (each with its original's label).
+AUGMENTED_FILE = "augmented.jsonl"
+
 
 # ---------------------------------------------------------------- the run
 def linear_schedule(step: int, total: int, warmup: int, peak: float) -> float:
@@ -112,7 +125,7 @@ class Finetuner(Engine):
     command = "finetune"
     config_file = "finetune_config.json"
     run_files = ("best", "tb", "metrics.jsonl", "loss.png", "report.json", "report.txt",
-                 "confusion.png", SPLITS_DIR)
+                 "confusion.png", SPLITS_DIR, AUGMENTED_FILE)
     # What fixes the examples, the model and the batches; epochs, max_steps, the
     # learning rate and patience may change on --resume.
     resume_keys = ("task", "train", "model", "validation", "test", "tokenizer", "vectors",
@@ -121,7 +134,8 @@ class Finetuner(Engine):
                    "answer_start_field", "encoding", "val_fraction", "test_fraction",
                    "max_length", "truncation", "pooling", "batch_size", "head_dropout",
                    "class_weights", "freeze_backbone", "lora_rank", "lora_alpha",
-                   "lora_targets", "seed")
+                   "lora_targets", "seed", "augment", "augment_copies", "augment_alpha",
+                   "augment_seed", "augment_vectors", "augment_translators")
     keep_checkpoints = 1  # the resume point; the model worth keeping is OUT/best
     rate_name = "examples_per_s"
     plot_ylabel = "task loss (cross-entropy, nats)"
@@ -153,6 +167,9 @@ class Finetuner(Engine):
                              "--val-fraction 0); give --validation FILE or a --val-fraction > 0")
         self.labels = (LabelSet.from_examples(self.splits["train"]) if cfg.task != "qa"
                        else None)
+        # More training texts (never validation or test ones); the splits keep the
+        # originals, so OUT/splits and a baseline scored on them see the real data.
+        self.augmented = self._augment() if cfg.augment else None
 
         # -- model
         torch.manual_seed(cfg.seed)  # the head's initialisation and dropout
@@ -203,6 +220,9 @@ class Finetuner(Engine):
                                    self.labels)
         self.feats = {name: self.encoder.encode(exs, labelled=True, where=f"{name} split")
                       for name, exs in self.splits.items()}
+        if self.augmented is not None:
+            self.feats["train"] += self.encoder.encode(
+                self.augmented.examples, labelled=True, where="augmented training copies")
         self.notes: list[str] = []
         self._report_truncation()
         if cfg.task == "qa":
@@ -246,6 +266,41 @@ class Finetuner(Engine):
         # BERT's fine-tuning betas (0.9, 0.999); pretraining uses (0.9, 0.95).
         self._prepare(betas=(0.9, 0.999))
 
+    def _augment(self) -> AugmentResult:
+        """The augmented copies of the training texts (``lmlab.data.augment``): synonyms
+        from --augment-vectors, back-translations by the two --augment-translators."""
+        from lmlab.data.augment import augment_examples, split_words, synonym_table
+
+        cfg = self.cfg
+        assert cfg.augment
+        train = self.splits["train"]
+        synonyms = None
+        if "synonym" in cfg.augment:
+            from lmlab.models.embeddings import load_vectors
+
+            assert cfg.augment_vectors
+            vectors = load_vectors(cfg.augment_vectors)
+            words = {w for ex in train for w in split_words(ex.text)}
+            synonyms = synonym_table(vectors, words)
+            if not synonyms:
+                raise LmlabError(f"{cfg.augment_vectors}: none of the training texts' words "
+                                 "has neighbours in these vectors (past their most frequent "
+                                 "words); --augment synonym would change nothing")
+        translate = None
+        if "backtranslate" in cfg.augment:
+            from lmlab.beam import load_pair_model
+
+            assert cfg.augment_translators
+            forward, back = (load_pair_model(p, device=str(self.device))
+                             for p in cfg.augment_translators)
+            batch = cfg.batch_size * 2
+            translate = (lambda texts, n: forward.translate(texts, n, batch_size=batch),
+                         lambda texts, n: back.translate(texts, n, batch_size=batch))
+        seed = cfg.seed if cfg.augment_seed is None else cfg.augment_seed
+        return augment_examples(train, cfg.augment, copies=cfg.augment_copies,
+                                alpha=cfg.augment_alpha, seed=seed, synonyms=synonyms,
+                                translate=translate)
+
     def plain_model(self) -> TaskModel:
         """The model to keep as best/: with LoRA, a copy with the adapters merged, so that
         best/ loads (and predicts) as any fine-tuned model."""
@@ -265,9 +320,12 @@ class Finetuner(Engine):
         return super()._holds_run() or any((self.run_dir / n).exists() for n in self.run_files)
 
     def write_run_files(self) -> None:
-        # The examples of each split, as read or carved, so a baseline scores the same ones.
+        # The examples of each split, as read or carved, so a baseline scores the same ones;
+        # the augmented copies beside them, to be read.
         if not self.resume:
             write_splits(self.splits, self.run_dir)
+            if self.augmented is not None:
+                write_jsonl(self.augmented.examples, self.run_dir / AUGMENTED_FILE)
 
     def _note(self, msg: str) -> None:
         self.notes.append(msg)
@@ -407,8 +465,10 @@ class Finetuner(Engine):
                 f"{self.run_dir}` uses (the test split was not scored). ")
 
     def result(self) -> dict[str, Any]:
+        augmented = self.augmented.to_dict() if self.augmented is not None else None
         return {**super().result(), "epochs": self.batches.epoch, "total_steps": self.total_steps,
-                "best_step": self.best_step, "metric": self.metric_name, "best_val": self.best}
+                "best_step": self.best_step, "metric": self.metric_name, "best_val": self.best,
+                "augmented": augmented}
 
     # -- after training ------------------------------------------------------
     def test(self) -> dict[str, Any] | None:
@@ -427,6 +487,8 @@ class Finetuner(Engine):
             "test_examples": n, "test_loss": loss, "best_step": info["step"],
             "val_metric": info["val_metric"],
             "truncated_test_inputs": sum(f.truncated for f in self.feats["test"]),
+            "train_examples": len(self.splits["train"]),
+            "augmented": self.augmented.to_dict() if self.augmented is not None else None,
             "notes": self.notes,
         }
         if self.cfg.task == "classify":
