@@ -7,7 +7,7 @@ point), so its own ``lm_eval`` command does not know ``lmlab``; this module's
 
     python -m lmlab.harness --model lmlab --model_args path=runs/mini \\
         --tasks hellaswag          # any harness task (its data comes from the hub)
-    python -m lmlab.harness --model lmlab --model_args path=smollm2.gguf,batch_size=8 \\
+    python -m lmlab.harness --model lmlab --model_args path=smollm2.gguf --batch_size 16 \\
         --include_path tasks/ --tasks lmlab_mmlu_0shot    # offline: `lmlab mcq export`
 
 From Python, ``import lmlab.harness`` and then
@@ -15,12 +15,14 @@ From Python, ``import lmlab.harness`` and then
 
 Model arguments: ``path`` (anything ``lmlab generate`` loads: a run or
 checkpoint folder, a Hugging Face folder, a .gguf file), ``tokenizer``,
-``batch_size``, ``dtype``, ``quantize``, ``device``. The log-likelihoods are
+``dtype``, ``quantize``; the harness's own ``--batch_size`` and ``--device`` (its
+default, cuda:0, falls back to the CPU when there is no GPU, as its HF model does). The log-likelihoods are
 ``lmlab.multiple_choice.loglikelihoods``, the ones ``lmlab mcq eval`` uses.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +44,17 @@ class LmlabLM(LM):
                  dtype: str = "float32", quantize: str = "none", device: str | None = "cpu",
                  max_batch_size: int | None = None, **_: object) -> None:
         super().__init__()
+        import torch
+
+        device = device or "auto"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            # The harness's --device defaults to cuda:0; like its own HF model, run where
+            # the machine can rather than refuse.
+            print(f"lmlab: no CUDA GPU for --device {device}; running on the CPU",
+                  file=sys.stderr)
+            device = "cpu"
         loaded = load_for_inference(Path(path), Path(tokenizer) if tokenizer else None, dtype,
-                                    quantize, device or "cpu")
+                                    quantize, device)
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         # "auto" (the harness's batch-size search) is not supported: a fixed size.
         self.batch = 16 if str(batch_size).startswith("auto") else int(batch_size)
