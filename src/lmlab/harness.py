@@ -16,8 +16,9 @@ From Python, ``import lmlab.harness`` and then
 Model arguments: ``path`` (anything ``lmlab generate`` loads: a run or
 checkpoint folder, a Hugging Face folder, a .gguf file), ``tokenizer``,
 ``dtype``, ``quantize``; the harness's own ``--batch_size`` and ``--device`` (its
-default, cuda:0, falls back to the CPU when there is no GPU, as its HF model does). The log-likelihoods are
-``lmlab.multiple_choice.loglikelihoods``, the ones ``lmlab mcq eval`` uses.
+default, cuda:0, falls back to the CPU when there is no GPU, as its HF model does).
+The log-likelihoods are ``lmlab.multiple_choice.loglikelihoods``, the ones
+``lmlab mcq eval`` uses.
 """
 
 from __future__ import annotations

@@ -52,7 +52,8 @@ def mcq_eval(model: InPath, task: list[str] | None = None, shots: list[int] | No
              tokenizer: InFile | None = None, debian: Path = Path("/var/lib/dpkg/status"),
              cedict: Path | None = None, dtype: Literal["float32", "bfloat16"] = "float32",
              quantize: Literal["none", "int8", "int4"] = "none", device: str = "auto",
-             out: OutDir | None = None, json_out: bool = False) -> None:
+             out: OutDir | None = None, json_out: bool = False,
+             overwrite: bool = False) -> None:
     """Multiple-choice accuracy of a causal model, zero- and few-shot, against chance.
 
     Each choice is scored by the model's log-likelihood of it after the prompt,
@@ -85,6 +86,7 @@ def mcq_eval(model: InPath, task: list[str] | None = None, shots: list[int] | No
         device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
         out: a folder for results.json and each question's prediction
         json_out: print the results as JSON
+        overwrite: write into --out even if it holds files
 
     Examples:
         lmlab mcq eval smollm2.gguf
@@ -211,7 +213,7 @@ def bias(model: InPath, templates: InFile | None = None, out: OutDir | None = No
          batch_size: Count = 16, tokenizer: InFile | None = None,
          dtype: Literal["float32", "bfloat16"] = "float32",
          quantize: Literal["none", "int8", "int4"] = "none", device: str = "auto",
-         json_out: bool = False) -> None:
+         json_out: bool = False, overwrite: bool = False) -> None:
     """A bias probe: log P(he) - log P(she) (and 他 / 她) in templated sentences.
 
     For every template and occupation the two sentences ("The nurse said that
@@ -237,6 +239,7 @@ def bias(model: InPath, templates: InFile | None = None, out: OutDir | None = No
         quantize: int8 or int4 weight-only Linear layers
         device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
         json_out: print the results as JSON
+        overwrite: write into --out even if it holds files
 
     Examples:
         lmlab bias smollm2.gguf --out results/bias
