@@ -142,7 +142,7 @@ def test_rerun_skips_finished_sizes_and_resumes_the_unfinished(swept, char_shard
     assert main(args) == 130  # the CLI's exit status after Ctrl-C
     monkeypatch.setattr(Trainer, "_train_step", real_step)
     assert resolve_checkpoint(swept / "3x32").name == "step-000005"
-    capsys.readouterr()
+    assert "sweep stopped in 3x32: run the same `lmlab sweep` again" in capsys.readouterr().err
 
     code, out, err = cli(capsys, *args)
     assert code == 0, err

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import textwrap
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -451,8 +452,16 @@ def run_sweep(cfg: SweepConfig, overwrite: bool = False, progress: bool = True
                       + (" - already done" if plan.state == "done" else ""), flush=True)
             if plan.state == "done":
                 continue
-            Trainer(plan.train, resume=plan.state == "resume", overwrite=overwrite,
-                    progress=progress).fit()
+            try:
+                Trainer(plan.train, resume=plan.state == "resume", overwrite=overwrite,
+                        progress=progress).fit()
+            except KeyboardInterrupt:
+                if world.main:
+                    print(f"sweep stopped in {plan.size.name}: run the same `lmlab sweep` "
+                          "again (without --overwrite) to go on; the finished sizes are "
+                          "skipped and this one resumes from its last checkpoint",
+                          file=sys.stderr)
+                raise
     finally:
         distributed.leave()
     if not world.main:

@@ -198,7 +198,8 @@ class SweepConfig(RunSettings):
         "whole validation split)")
     # Pretraining's defaults, changed for the sweep (their help is RunSettings').
     lr: PositiveFloat = option(3e-3)
-    warmup_steps: NonNegative = option(50)
+    warmup_steps: NonNegative = option(
+        50, "steps of linear warm-up, at most a tenth of each size's steps")
     # Not a setting: the budget gives each size its own number of steps.
     max_steps: int = field(default=0, init=False, repr=False)
 
