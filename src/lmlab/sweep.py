@@ -331,7 +331,7 @@ def plot_scaling(rows: Sequence[dict[str, Any]], fit: PowerLawFit, path: Path,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+    from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
 
     N = np.array([r["params"] for r in rows], dtype=np.float64)
     L = np.array([r["val_loss"] for r in rows], dtype=np.float64)
@@ -355,19 +355,21 @@ def plot_scaling(rows: Sequence[dict[str, Any]], fit: PowerLawFit, path: Path,
     lo, hi = L.min(), L.max()
     pad = max(hi - lo, 0.02 * hi) * 0.15
     ax.set_ylim(lo - pad, hi + pad)
-    ax.set_yticks(np.linspace(lo, hi, 5) if hi > lo else [lo])
-    ax.yaxis.set_major_formatter(FormatStrFormatter("%.3f"))
+    ticks = MaxNLocator(5).tick_values(lo - pad, hi + pad)
+    ax.set_yticks([t for t in ticks if lo - pad <= t <= hi + pad])
+    ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("non-embedding parameters N")
     ax.set_ylabel("validation loss (nats/token)")
     ax.grid(which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    # Below the axes: inside, it would hide points or their names.
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
     heading = title if fit.ok else f"{title}\nno fit: {fit.message}"
     ax.set_title("\n".join(line for part in heading.split("\n")
                             for line in textwrap.wrap(part, 90)), fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
 
