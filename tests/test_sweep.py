@@ -192,3 +192,19 @@ def test_foreign_folder_is_refused(char_shards, tmp_path):
     with pytest.raises(LmlabError, match="did not make"):
         run_sweep(cfg, progress=False)
     assert Path(tmp_path / "s" / "notes.txt").read_text() == "mine"
+
+
+def test_report_without_a_fit_says_why_and_draws_no_curve(char_shards, tmp_path):
+    from lmlab.sweep import write_report
+
+    cfg = SweepConfig(data=str(char_shards), out=str(tmp_path), tokens=640)
+    rows = [{"size": s, "n_layer": 1, "n_embd": 32, "params": n, "params_total": 2 * n,
+             "tokens": 640, "flops": 6 * 2 * n * 640, "val_loss": loss,
+             "val_perplexity": float(np.exp(loss)), "val_bits_per_byte": loss / np.log(2),
+             "state": "new"} for s, n, loss in (("a", 1000, 4.0), ("b", 4000, 3.5))]
+    fit = fit_power_law([r["params"] for r in rows], [r["val_loss"] for r in rows])
+    text = write_report(tmp_path, cfg, rows, fit, {"val_tokens": 100})
+    assert "no fit: 2 finished sizes" in text and "L(N) =" not in text
+    report = json.loads((tmp_path / "sweep.json").read_text())
+    assert report["fit"]["status"] == "too_few" and report["fit"]["alpha"] is None
+    assert (tmp_path / "scaling.png").stat().st_size > 5_000
