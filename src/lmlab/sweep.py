@@ -290,6 +290,9 @@ def fit_power_law(params: Sequence[float], losses: Sequence[float]) -> PowerLawF
                        "not pin down a power law")
     elif k == 3:
         fit.message = "3 points for 3 parameters: the curve passes through them, untested"
+    elif L[-1] < E:
+        fit.message = (f"the largest size's loss ({L[-1]:.4f}) is below the fitted floor E: "
+                       "the points scatter more than the curve bends")
     return fit
 
 
@@ -344,8 +347,8 @@ def plot_scaling(rows: Sequence[dict[str, Any]], fit: PowerLawFit, path: Path,
         grid = np.geomspace(N.min() / 1.5, N.max() * 1.5, 200)
         ax.plot(grid, fit.predict(grid), "-", color="tab:red",
                 label=f"fit: $L(N) = {fit.E:.3f} + {fit.A:.4g}\\,/\\,N^{{{fit.alpha:.3f}}}$"
-                      f"\n(RMSE {fit.rmse:.4f}, R² {fit.r2:.3f}; E: the loss of an infinite "
-                      "model)")
+                      f"\n(RMSE {fit.rmse:.4f}, R² {fit.r2:.3f}; E: an unlimited model's loss at "
+                      "this budget)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     # At least a decade of N, so that a power of ten is labelled; unlabelled minor ticks.
