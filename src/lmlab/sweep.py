@@ -39,6 +39,7 @@ import numpy as np
 
 from lmlab.atomic import write_text
 from lmlab.errors import LmlabError
+from lmlab.options import refuse_foreign
 from lmlab.train.configs import SweepConfig, TrainConfig
 
 # The default ladder: gpt-nano's design (GPT-2 blocks, a head per 32 dimensions), deeper
@@ -402,16 +403,11 @@ def write_report(out: Path, cfg: SweepConfig, rows: Sequence[dict[str, Any]],
 
 # ---------------------------------------------------------------- the sweep
 def _refuse_foreign(out: Path, plans: Sequence[SizePlan]) -> None:
-    """OUT holds only what sweeps make: their files and pretraining runs."""
-    if not out.is_dir():
-        return
-    own = SWEEP_FILES | {p.size.name for p in plans}
-    foreign = sorted(p.name for p in out.iterdir()
-                     if p.name not in own and not (p / "train_config.json").is_file())
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
-        raise LmlabError(f"{out}: holds files `lmlab sweep` did not make ({shown}); choose "
-                         "another --out")
+    """OUT holds only what sweeps make: their files and pretraining runs (also of sizes
+    that an earlier sweep there had and this one has not)."""
+    runs = {p.name for p in out.iterdir() if (p / "train_config.json").is_file()} \
+        if out.is_dir() else set()
+    refuse_foreign(out, SWEEP_FILES | runs | {p.size.name for p in plans}, "sweep")
 
 
 def score_run(run: Path, val_tokens: np.ndarray, n_bytes: int, device: str,
