@@ -100,6 +100,7 @@ InPath = Annotated[Path, Input("any")]
 OutFile = Annotated[Path, Output("file")]
 OutDir = Annotated[Path, Output("dir")]
 RunDir = Annotated[Path, Output("dir", managed=True)]
+RunDirName = Annotated[str, Output("dir", managed=True)]
 
 
 def split_annotation(tp: Any) -> tuple[Any, tuple[Any, ...], bool]:

@@ -1,5 +1,5 @@
 """The subcommands of `lmlab`, one typed function each, grouped by what they work on:
-``data`` (corpus, tokenizer, shards), ``train`` (pretrain, finetune, predict,
+``data`` (corpus, tokenizer, shards), ``train`` (pretrain, sweep, finetune, predict,
 baseline), ``inference`` (eval, generate, chat, neighbors, convert), ``classic``
 (n-grams, word vectors, compare) and ``demo``.
 
@@ -43,7 +43,7 @@ from lmlab.commands.inference import (
     summarize,
     translate,
 )
-from lmlab.commands.train import baseline, finetune, predict, pretrain, seq2seq, sft
+from lmlab.commands.train import baseline, finetune, predict, pretrain, seq2seq, sft, sweep
 
 COMMANDS: dict = {
     "demo": demo,
@@ -60,6 +60,7 @@ COMMANDS: dict = {
               "eval": embed_eval, "neighbors": embed_neighbors},
     "pretrain": pretrain,
     "seq2seq": seq2seq,
+    "sweep": sweep,
     "eval": evaluate,
     "mcq": {"__doc__": "multiple-choice evaluation, zero- and few-shot (MMLU, Debian, "
                        "CC-CEDICT), and its lm-evaluation-harness tasks",

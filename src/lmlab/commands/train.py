@@ -20,7 +20,13 @@ from lmlab.options import (
     OutFile,
     Share,
 )
-from lmlab.train.configs import FinetuneConfig, Seq2SeqTrainConfig, SFTConfig, TrainConfig
+from lmlab.train.configs import (
+    FinetuneConfig,
+    Seq2SeqTrainConfig,
+    SFTConfig,
+    SweepConfig,
+    TrainConfig,
+)
 
 
 def pretrain(cfg: TrainConfig, /, *, resume: bool = False, overwrite: bool = False
@@ -78,6 +84,38 @@ def pretrain(cfg: TrainConfig, /, *, resume: bool = False, overwrite: bool = Fal
     ran = _fit(lambda: Trainer(cfg, resume=resume, overwrite=overwrite), _pretrain_summary)
     if ran is not None:
         _pretrain_result(ran[1], cfg.objective, Path(cfg.out))
+
+
+def sweep(cfg: SweepConfig, /, *, overwrite: bool = False) -> None:
+    """Train a ladder of GPT sizes at one budget and fit the scaling law L(N) = E + A / N^alpha.
+
+    Each size (--sizes: GPT presets or LAYERSxWIDTH shapes; default gpt-nano,
+    2x96, 3x128, 4x160, 4x192) is an ordinary `lmlab pretrain` run in OUT/SIZE
+    on the same shards, context and batch, at the same budget: --tokens D
+    (every size reads D tokens) or --flops C (every size spends C = 6 N D
+    FLOPs, so a size of N parameters reads C / 6N tokens). Running the sweep
+    again skips the sizes that finished and resumes the others; under torchrun
+    every size trains with DDP as pretrain does.
+
+    Then each size is scored on the whole validation split, and E, A and alpha
+    are fitted by least squares with N the non-embedding parameters (Kaplan et
+    al. 2020). With fewer than 3 sizes, a loss that does not fall with size, or
+    a best fit with alpha <= 0, the sweep says so and draws no curve. Writes
+    OUT/sweep.json, OUT/sweep.md (the table printed at the end) and
+    OUT/scaling.png (loss against N on log-log axes, with the fitted curve).
+
+    Args:
+        overwrite: start every size over, replacing the runs already in OUT
+
+    Examples:
+        lmlab sweep data/shards --tokens 300000 --out runs/sweep
+        lmlab sweep data/shards --flops 2e12 --out runs/sweep-compute
+        lmlab sweep data/shards --sizes gpt-nano gpt-micro gpt-mini gpt-small --tokens 1000000 --out runs/sweep-presets
+        torchrun --nproc_per_node 2 -m lmlab sweep data/shards --tokens 300000 --out runs/sweep
+    """  # noqa: E501
+    from lmlab.sweep import run_sweep
+
+    run_sweep(cfg, overwrite=overwrite)
 
 
 def _say_run_files(result: dict[str, Any], out: Path) -> None:

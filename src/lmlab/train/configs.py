@@ -6,7 +6,7 @@ a flag of the command that takes it (``lmlab pretrain``, ``lmlab finetune``; see
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Annotated, Any, ClassVar, Literal
 
 from lmlab.config import Pooling
@@ -24,6 +24,7 @@ from lmlab.options import (
     OutDirName,
     PositiveFloat,
     Range,
+    RunDirName,
     Share,
     check_fields,
     flag_name,
@@ -174,6 +175,55 @@ class TrainConfig(RunSettings):
         if self.objective == "mlm":
             overrides.update(attn_dropout=self.dropout, pad_token_id=pad_token_id)
         return config_from_preset(self.preset, self.objective, **overrides)
+
+
+@dataclass(kw_only=True)
+class SweepConfig(RunSettings):
+    """A scaling-law sweep (saved as OUT/sweep_config.json): one pretraining run per size,
+    each a ``TrainConfig`` built from these settings and its share of the budget."""
+
+    positional: ClassVar[tuple[str, ...]] = ("data",)
+
+    data: InDirName = option(help="a folder made by `lmlab prepare`")
+    out: RunDirName = option(
+        "runs/sweep", "the sweep folder: one pretraining run per size in OUT/SIZE, and "
+        "sweep.json, sweep.md, scaling.png")
+    sizes: list[str] | None = option(
+        None, "the model sizes: GPT presets (gpt-nano, gpt-micro, gpt-mini, llama-mini, ...) "
+        "or LAYERSxWIDTH shapes (3x128: gpt-nano's design with 3 layers, 128 wide, a head "
+        "per 32); default: gpt-nano 2x96 3x128 4x160 4x192")
+    tokens: Count | None = option(None, "the budget as training tokens, the same for every size")
+    flops: PositiveFloat | None = option(
+        None, "the budget as training compute C in FLOPs, the same for every size: a size of "
+        "N parameters (all of them) gets D = C / (6 N) tokens (Chinchilla's C = 6ND)")
+    block_size: Count = option(128, "context length of every size, in tokens")
+    batch_size: Count = option(16, "sequences per micro-batch (under torchrun: per process)")
+    eval_tokens: Count = option(
+        32768, "validation tokens scored during training (the sweep's own score reads the "
+        "whole validation split)")
+    # One learning rate for every size: pretraining's 1e-3. Measured on the built-in corpus
+    # (300k tokens a size, gpt-nano to 4x192): at 3e-3 the larger sizes ended worse than
+    # gpt-nano; at 1e-3 the loss fell with size (Kaplan et al.'s fitted rule gives
+    # 1.2e-3 to 1.6e-3 over this range).
+    warmup_steps: NonNegative = option(
+        50, "steps of linear warm-up, at most a tenth of each size's steps")
+    # Not a setting: the budget gives each size its own number of steps.
+    max_steps: int = field(default=0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.tokens is None and self.flops is None:
+            raise LmlabError("give a budget: --tokens N (every size trains on N tokens) or "
+                             "--flops C (every size spends C FLOPs)")
+        if self.tokens is not None and self.flops is not None:
+            raise LmlabError("give one budget, --tokens or --flops, not both")
+        if self.sizes is not None and not self.sizes:
+            raise LmlabError("--sizes: give at least one size (or leave --sizes out for the "
+                             "default ladder)")
+
+    def settings(self) -> dict[str, Any]:
+        """The settings as given (what sweep_config.json records)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
 
 
 def _is_lm_preset(name: str) -> bool:
