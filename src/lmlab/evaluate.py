@@ -51,6 +51,16 @@ class LMScore:
                 "bits_per_byte": self.bits_per_byte, "tokens": self.tokens, "bytes": self.n_bytes}
 
 
+def document_start(tokenizer) -> list[int]:
+    """What a scored text starts after: the model's start token (Gemma's <bos>) where it
+    has one, else the end-of-text token, as documents follow one another in training
+    shards; nothing if the tokenizer has neither."""
+    start = tokenizer.start_ids
+    if start:
+        return list(start)
+    return [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+
+
 def window_starts(n: int, block: int, stride: int) -> list[tuple[int, int]]:
     """(start, first scored offset) of sliding windows over n tokens.
 
@@ -193,7 +203,7 @@ def evaluate_documents(model: GPT | StatefulLM, tokenizer, docs: Sequence[str], 
     # Each document starts as a model expects its input to: after its start token
     # (Gemma's <bos>) where it has one, else after the end token of the one before.
     start = tokenizer.start_ids
-    ids: list[int] = list(start or eos)
+    ids = document_start(tokenizer)
     for i, doc in enumerate(docs):
         if i:
             ids += eos + start

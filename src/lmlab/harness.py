@@ -30,10 +30,10 @@ import numpy as np
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from lmlab.evaluate import score_tokens
+from lmlab.evaluate import document_start, score_tokens
 from lmlab.generate import SamplingConfig, generate_texts
 from lmlab.loading import load_for_inference
-from lmlab.multiple_choice import loglikelihoods, prefix_ids
+from lmlab.multiple_choice import loglikelihoods
 
 
 @register_model("lmlab")
@@ -43,7 +43,7 @@ class LmlabLM(LM):
 
     def __init__(self, path: str, tokenizer: str | None = None, batch_size: int | str = 16,
                  dtype: str = "float32", quantize: str = "none", device: str | None = "cpu",
-                 max_batch_size: int | None = None, **_: object) -> None:
+                 **_: object) -> None:  # the harness's other arguments (max_batch_size...)
         super().__init__()
         import torch
 
@@ -71,7 +71,7 @@ class LmlabLM(LM):
         out = []
         for r in requests:
             (text,) = r.args
-            ids = prefix_ids(self.tokenizer) + self.tokenizer.encode(text)
+            ids = document_start(self.tokenizer) + self.tokenizer.encode(text)
             nll, _ = score_tokens(self.model, np.array(ids), batch_size=self.batch)
             out.append(-nll)
         return out

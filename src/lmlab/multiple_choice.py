@@ -27,16 +27,8 @@ import torch.nn.functional as F
 
 from lmlab.data.choice_sets import Question
 from lmlab.errors import LmlabError
+from lmlab.evaluate import document_start
 from lmlab.models.registry import context_of, is_stateful
-
-
-def prefix_ids(tokenizer) -> list[int]:
-    """What every scored text starts after: the model's start token (Gemma's <bos>) or
-    the end-of-text token, as documents start in training shards (``evaluate.py``)."""
-    start = tokenizer.start_ids
-    if start:
-        return list(start)
-    return [tokenizer.eos_id] if tokenizer.eos_id is not None else []
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -53,7 +45,7 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     cont = tokenizer.encode(stripped + continuation)[len(ctx):]
     if not cont:
         cont = tokenizer.encode(continuation)
-    prefix = prefix_ids(tokenizer)
+    prefix = document_start(tokenizer)
     if not prefix and not ctx:
         raise LmlabError("an empty context and a tokenizer without a start or end-of-text "
                          "token: nothing for the first token to follow")

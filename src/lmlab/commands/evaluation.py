@@ -20,6 +20,14 @@ def default_cedict() -> Path:
     return Path(sys.prefix) / "assets" / "cedict" / "cedict_ts.u8"
 
 
+def _shot_counts(shots: list[int] | None) -> list[int]:
+    """--shots as given, or 0 and 5."""
+    shots = [0, 5] if shots is None else shots
+    if any(k < 0 for k in shots):
+        raise LmlabError(f"--shots must be 0 or more, got {shots}")
+    return shots
+
+
 def load_sets(tasks: list[str], limit: int | None, seed: int, debian: Path,
               cedict: Path | None) -> dict[str, list]:
     """Each named set (or JSONL file) as its questions, at most ``limit`` of each."""
@@ -97,9 +105,7 @@ def mcq_eval(model: InPath, task: list[str] | None = None, shots: list[int] | No
     from lmlab.loading import load_for_inference
     from lmlab.multiple_choice import evaluate_choices
 
-    shots = [0, 5] if shots is None else shots
-    if any(k < 0 for k in shots):
-        raise LmlabError(f"--shots must be 0 or more, got {shots}")
+    shots = _shot_counts(shots)
     sets = load_sets(task or ["mmlu", "debian", "cedict"], limit, seed, debian, cedict)
     loaded = load_for_inference(Path(model), tokenizer, dtype, quantize, device)
     results = []
@@ -160,9 +166,7 @@ def mcq_export(out: OutDir = Path("tasks"), task: list[str] | None = None,
     from lmlab.data.choice_sets import Question, write_questions
     from lmlab.multiple_choice import prompts
 
-    shots = [0, 5] if shots is None else shots
-    if any(k < 0 for k in shots):
-        raise LmlabError(f"--shots must be 0 or more, got {shots}")
+    shots = _shot_counts(shots)
     sets = load_sets(task or ["mmlu", "debian", "cedict"], limit, seed, debian, cedict)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -170,8 +174,6 @@ def mcq_export(out: OutDir = Path("tasks"), task: list[str] | None = None,
         for k in shots:
             stem = f"lmlab_{name}_{k}shot"
             jsonl, yaml = out / f"{stem}.jsonl", out / f"{stem}.yaml"
-            if not overwrite and (jsonl.exists() or yaml.exists()):
-                raise LmlabError(f"{jsonl} exists; pass --overwrite to replace it")
             # The whole k-shot prompt is the query: the harness then reads exactly the
             # text lmlab reads (its own few-shot sampler would draw other examples).
             texts = prompts(questions, k, seed)

@@ -24,7 +24,7 @@ import json
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lmlab.errors import LmlabError
@@ -40,7 +40,6 @@ class Question:
     gold: int
     description: str = ""  # the prompt's first line(s), before any examples
     subject: str = ""
-    extra: dict = field(default_factory=dict)
 
     def answered(self) -> str:
         """The question with its right answer, as a few-shot example shows it."""
@@ -78,7 +77,7 @@ def _mmlu_block(block: str, subject: str) -> Question | None:
     # Options are A, B, C... in order; a "(B) " inside an option's text is not a mark.
     keep, expect = [], 0
     for m in marks:
-        if m.group(1) == LETTERS[expect]:
+        if expect < len(LETTERS) and m.group(1) == LETTERS[expect]:
             keep.append(m)
             expect += 1
     texts = [options[m.end():(keep[i + 1].start() if i + 1 < len(keep) else len(options))]
@@ -237,6 +236,4 @@ def read_questions(path: Path) -> list[Question]:
 def write_questions(questions: Sequence[Question], path: Path) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for q in questions:
-            rec = asdict(q)
-            rec.pop("extra")
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.write(json.dumps(asdict(q), ensure_ascii=False) + "\n")
