@@ -430,3 +430,16 @@ def test_key_index_finds_what_a_binary_search_finds():
         pos = np.minimum(np.searchsorted(keys, q), len(keys) - 1)
         np.testing.assert_array_equal(index.find(q), np.where(keys[pos] == q, pos, -1))
         np.testing.assert_array_equal(index.find(keys), np.arange(len(keys)))
+    # Keys too large to share an int64 with their positions: the 16-byte slots.
+    keys = np.unique(rng.integers(0, 1 << 62, 3000)).astype(np.int64)
+    index = KeyIndex(keys)
+    assert index.pbits is None
+    q = np.concatenate([keys[::2], keys[1::2] + 1, [-1, 0, (1 << 63) - 1]])
+    pos = np.minimum(np.searchsorted(keys, q), len(keys) - 1)
+    np.testing.assert_array_equal(index.find(q), np.where(keys[pos] == q, pos, -1))
+    # Packed slots: queries at and past the top of the key range are absent.
+    index = KeyIndex(np.array([0, 1, 2], dtype=np.int64))
+    assert index.pbits is not None
+    top = int(index.top)
+    q = np.array([2, top, top + 1, int(index.free >> index.pbits), (1 << 63) - 1, -1])
+    np.testing.assert_array_equal(index.find(q), [2, -1, -1, -1, -1, -1])
