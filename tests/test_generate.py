@@ -196,3 +196,61 @@ def test_compiled_decode_step_gives_the_same_tokens(model, dynamic):
 
     length = 0 if dynamic else static_cache_len(5 + 12, model.config.block_size)
     assert (2, length) in compile_seconds
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bits", [4, 8])
+def test_frozen_compiled_step_follows_each_models_weights(bits):
+    """A weight-only quantized model's compiled step takes its weights as constants
+    (Inductor freezing + max-autotune): its logits match eager decoding, a second model
+    of the same shape gets its own weights (not the first one's frozen copy), a weight
+    written in place is seen, and the same model decodes again without compiling."""
+    from lmlab.generate import compiled_decode, decode_one_token, frozen_weights_apply
+    from lmlab.models.quantize import WeightOnlyInt4Linear, quantize_int4, quantize_int8
+
+    cfg = GPTConfig(vocab_size=256, block_size=64, n_layer=2, n_head=4, n_kv_head=2,
+                    n_embd=64, pos="rope", norm="rmsnorm", mlp="swiglu",
+                    intermediate_size=128, bias=False)
+    prompt = torch.tensor([[3, 1, 4, 1, 5]])
+
+    def step_logits(model: GPT, compiled: bool) -> torch.Tensor:
+        model.setup_cache(1, 64, reuse=compiled)
+        model(prompt, start_pos=torch.tensor(0), last_only=True)
+        step = compiled_decode(False, True) if compiled else decode_one_token
+        return step(model, torch.tensor([9]), torch.tensor(5), None)
+
+    def check(model: GPT) -> None:
+        eager, comp = step_logits(model, False), step_logits(model, True)
+        # Both multiply bfloat16 activations; the generated GEMM sums in another order.
+        assert (comp - eager).abs().max() < 0.02 * eager.abs().max()
+
+    models = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        net = GPT(cfg).eval()
+        with torch.no_grad():
+            for p in net.parameters():
+                if p.dim() == 2:
+                    p.normal_(0, 0.3)  # logits far apart: a stale weight shows
+        models.append(quantize_int4(net) if bits == 4 else quantize_int8(net))
+    for model in models:
+        assert frozen_weights_apply(model)
+        with torch.inference_mode():
+            check(model)
+    model = models[0]
+    quantized = [m for m in model.modules() if isinstance(m, WeightOnlyInt4Linear)]
+    buf = quantized[0].scales_and_zeros if bits == 4 else model.lm_head.scales
+    with torch.inference_mode():
+        before = step_logits(model, True)
+    with torch.no_grad():
+        buf.mul_(-1)
+    with torch.inference_mode():
+        check(model)
+        assert not torch.allclose(step_logits(model, True), before)
+    with torch.no_grad():
+        buf.mul_(-1)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    with torch.inference_mode():
+        check(model)
+        check(model)  # the same weights and cache buffers: no new graph
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs + 1

@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -115,7 +116,7 @@ def static_cache_len(needed: int, block_size: int) -> int:
 
 
 @functools.cache
-def compiled_decode(dynamic: bool = False) -> Callable[..., torch.Tensor]:
+def compiled_decode(dynamic: bool = False, frozen: bool = False) -> Callable[..., torch.Tensor]:
     """``decode_one_token`` through torch.compile.
 
     Static (the default): the position is a tensor and the cache a fixed buffer,
@@ -123,12 +124,47 @@ def compiled_decode(dynamic: bool = False) -> Callable[..., torch.Tensor]:
     position is an int and the cache length and batch size symbolic, so one
     graph serves every shape, for callers whose shapes change all the time (a
     chat's growing conversation, the server's changing batch).
+
+    ``frozen`` (static only; for weight-only quantized models, see
+    ``frozen_weights_apply``): Inductor's freezing, which takes the weights as
+    constants of the graph, and max-autotune, which then times its own generated
+    GEMM for each 4-bit and 8-bit weight (AVX-512 or AMX code reading the packed
+    weights) against torch's kernel and keeps the faster. Neither option alone
+    changed the speed. Dynamo reads ``freezing`` while it traces (it then guards
+    on the identity of every weight and buffer, so the caller keeps its cache
+    buffers: ``GPT.setup_cache(reuse=True)``), so the options are set around the
+    call, not passed to torch.compile (which applies them to Inductor only).
+    Inductor's FX graph cache is off for these graphs: in torch 2.13 it handed a
+    second model of the same shape the first one's frozen weights.
     """
     import torch._dynamo
 
     # A graph for each of many (batch size, cache length) pairs.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    return torch.compile(decode_one_token, dynamic=dynamic)
+    compiled = torch.compile(decode_one_token, dynamic=dynamic)
+    if not frozen:
+        return compiled
+    import torch._inductor.config
+
+    def frozen_step(*args: Any) -> torch.Tensor:
+        with torch._inductor.config.patch(freezing=True, max_autotune=True,
+                                          fx_graph_cache=False):
+            return compiled(*args)
+
+    return frozen_step
+
+
+def frozen_weights_apply(model: torch.nn.Module) -> bool:
+    """Whether the compiled decode step may take ``model``'s weights as constants: a
+    weight-only quantized model (inference only: its 4- and 8-bit weights are buffers
+    that nothing trains) without LoRA adapters (trainable, and read afresh each call)."""
+    from lmlab.models.quantize import WeightOnlyInt4Linear, WeightOnlyInt8Linear
+
+    quantized = lora = False
+    for name, module in model.named_modules():
+        quantized |= isinstance(module, WeightOnlyInt4Linear | WeightOnlyInt8Linear)
+        lora |= ".lora_" in name or name.startswith("lora_")
+    return quantized and not lora
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0,
@@ -245,9 +281,10 @@ def generate(model: GPT | StatefulLM, prompt: torch.Tensor, max_new_tokens: int,
         yield from generate_stateful(model, prompt, max_new_tokens, cfg, eos_id, generator, pad,
                                      min_new_tokens)
         return
-    step = compiled_decode(dynamic) if compile else decode_one_token
     block = model.config.block_size
     static = compile and not dynamic
+    frozen = static and frozen_weights_apply(model)
+    step = compiled_decode(dynamic, frozen) if compile else decode_one_token
     B, T = prompt.shape
     if compile and dynamic and pad is None:
         # The dynamic graph is built for a padded batch; no padding is a pad of zeros
@@ -268,7 +305,7 @@ def generate(model: GPT | StatefulLM, prompt: torch.Tensor, max_new_tokens: int,
     if static:
         cache_len = static_cache_len(cache_len, block)
     try:
-        model.setup_cache(B, cache_len)
+        model.setup_cache(B, cache_len, reuse=frozen)
         logits = model(seq, start_pos=pos_arg(0), last_only=True, pad=pad)[:, -1]
         pos = T
         for i in range(max_new_tokens):
@@ -290,7 +327,7 @@ def generate(model: GPT | StatefulLM, prompt: torch.Tensor, max_new_tokens: int,
                 if pad is not None:
                     pad = (pad - dropped).clamp(min=0)
                     pad = pad if bool(pad.any()) or (compile and dynamic) else None
-                model.setup_cache(B, cache_len := block)
+                model.setup_cache(B, cache_len := block, reuse=frozen)
                 logits = model(seq, start_pos=pos_arg(0), last_only=True, pad=pad)[:, -1]
                 pos = seq.size(1)
             # A dynamic graph specializes a batch of one and serves every other shape.

@@ -12,6 +12,7 @@ C = n_embd, nh = n_head, nkv = n_kv_head, hs = head size.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 import torch
@@ -76,6 +77,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat((-x2, x1), dim=-1)
     return (x * cos + rotated * sin).type_as(x)
+
+
+# Cache buffers ``GPT.setup_cache(reuse=True)`` keeps per model: one set per
+# (batch size, length), for the shapes most recently decoded.
+KEPT_CACHES = 8
 
 
 class KVCache(nn.Module):
@@ -164,6 +170,31 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return weights @ v, weights
 
 
+def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        mask: torch.Tensor | None, scale: float | None) -> torch.Tensor:
+    """Attention of one new query per row, q (B, nh, 1, hs), over k, v (B, nkv, L, hs), as
+    sums of elementwise products: the decode step's attention inside torch.compile.
+
+    Inductor turns each sum into one fused loop (no product is materialized), with
+    the grouped heads read straight from the nkv cached ones; the fused SDPA kernel
+    is an opaque call with a fixed cost that dominates at one query. Measured on an
+    AMD EPYC, 2 threads: 30 layers of SmolLM2's shape (9 heads over 3, 128 cached
+    columns) took 0.21 ms against SDPA's 0.88 ms. ``mask`` as for SDPA (boolean,
+    True: may attend; or additive), broadcastable to (B, 1, 1, L).
+    """
+    B, nh, _, hs = q.shape
+    nkv, L = k.size(1), k.size(2)
+    qg = q.view(B, nkv, nh // nkv, 1, hs)  # query heads grouped by the key head they share
+    scores = (qg * k[:, :, None]).sum(-1) * (scale or hs ** -0.5)  # (B, nkv, g, L)
+    if mask is not None:
+        mask = mask.view(mask.size(0), 1, 1, L)
+        scores = (scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool
+                  else scores + mask)
+    weights = scores.float().softmax(dim=-1).to(q.dtype)  # (B, nkv, g, L)
+    y = (weights[..., None] * v[:, :, None]).sum(-2)  # (B, nkv, g, hs)
+    return y.reshape(B, nh, 1, hs)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer: int = 0) -> None:
         super().__init__()
@@ -218,6 +249,8 @@ class CausalSelfAttention(nn.Module):
         if self.kept is not None:
             y, weights = explicit_attention(q, k, v, mask, is_causal, self.scale)
             self.kept.append((weights, v))
+        elif T == 1 and torch.compiler.is_compiling() and not self.training:
+            y = one_query_attention(q, k, v, mask, self.scale)  # (B, nh, 1, hs)
         else:
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=is_causal,
@@ -346,14 +379,47 @@ class GPT(nn.Module):
         return n
 
     def setup_cache(self, batch_size: int, max_len: int | None = None,
-                    dtype: torch.dtype | None = None) -> None:
-        """Allocate a KV cache in every layer for incremental decoding."""
+                    dtype: torch.dtype | None = None, reuse: bool = False) -> None:
+        """Allocate a KV cache in every layer for incremental decoding.
+
+        ``reuse`` keeps the buffers for the next call of the same shape (the last
+        ``KEPT_CACHES`` shapes), as long as no weight was replaced or written in
+        place since: a decode step compiled with frozen weights
+        (``generate.compiled_decode``) guards on the identity of every buffer it
+        reads, and new cache buffers would make it compile again, which is also
+        what it must do when the weights changed. A reused buffer's old columns
+        need no clearing: the static cache masks the columns not yet written in
+        this call, and the prompt overwrites the others.
+        """
         c = self.config
         max_len = min(max_len or c.block_size, c.block_size)
         p = self.transformer.wte.weight
-        for block in self.transformer.h:
-            block.attn.kv_cache = KVCache(batch_size, max_len, c.n_kv_head, c.head_dim,
-                                          dtype or p.dtype, p.device)
+        dtype = dtype or p.dtype
+        shape = (batch_size, max_len, dtype, p.device)
+        kept: dict = self.__dict__.setdefault("_kept_caches", {})
+        version = self._weights_version() if reuse else None
+        if version is not None and shape in kept and kept[shape][0] == version:
+            caches = kept[shape][1]
+        else:
+            caches = [KVCache(batch_size, max_len, c.n_kv_head, c.head_dim, dtype, p.device)
+                      for _ in self.transformer.h]
+            if version is not None:
+                kept.pop(shape, None)
+                kept[shape] = (version, caches)
+                while len(kept) > KEPT_CACHES:
+                    del kept[next(iter(kept))]  # the shape kept longest ago
+        for block, cache in zip(self.transformer.h, caches, strict=True):
+            block.attn.kv_cache = cache
+
+    def _weights_version(self) -> tuple[tuple[int, int], ...] | None:
+        """The identity and in-place write count of every weight (None when a weight is
+        an inference-mode tensor, which keeps no count)."""
+        try:
+            return tuple((id(t), t._version) for name, t in
+                         itertools.chain(self.named_parameters(), self.named_buffers())
+                         if ".kv_cache." not in name)
+        except RuntimeError:
+            return None
 
     def reorder_cache(self, rows: torch.Tensor) -> None:
         """Keep cached rows ``rows`` (B,), in that order: a beam search's surviving beams."""
