@@ -254,3 +254,7 @@ def test_frozen_compiled_step_follows_each_models_weights(bits):
         check(model)
         check(model)  # the same weights and cache buffers: no new graph
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs + 1
+    # Past the context (64): the window slides and the cache is set up again mid-call;
+    # the step after it checks its guards again.
+    got = list(generate(models[1], prompt, 80, SamplingConfig(temperature=0), compile=True))
+    assert len(got) == 80
