@@ -281,7 +281,9 @@ def generate(model: GPT | StatefulLM, prompt: torch.Tensor, max_new_tokens: int,
     torch.compile: a one-off compile of about a minute per batch size and
     cache length on 2 cores (``compile_seconds``), then no Python or dispatch
     cost per op, which is most of a step for small many-layer models like
-    SmolLM2. ``dynamic`` compiles one graph for every shape instead and
+    SmolLM2. A weight-only quantized model's step is compiled with its weights
+    frozen (``compiled_decode``'s ``frozen``; its cache buffers are kept for the
+    next call). ``dynamic`` compiles one graph for every shape instead and
     decodes against the growing cache (see ``compiled_decode``).
     A feed-forward or recurrent LM decodes through ``generate_stateful``
     (``compile`` does not apply).
