@@ -187,7 +187,7 @@ def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     qg = q.view(B, nkv, nh // nkv, 1, hs)  # query heads grouped by the key head they share
     scores = (qg * k[:, :, None]).sum(-1) * (scale or hs ** -0.5)  # (B, nkv, g, L)
     if mask is not None:
-        mask = mask.view(mask.size(0), 1, 1, L)
+        mask = mask.reshape(mask.size(0), 1, 1, L)
         scores = (scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool
                   else scores + mask)
     weights = scores.float().softmax(dim=-1).to(q.dtype)  # (B, nkv, g, L)
