@@ -319,6 +319,7 @@ def generate(model: GPT | StatefulLM, prompt: torch.Tensor, max_new_tokens: int,
     # The frozen step checks its guards on the first step after each cache set-up
     # and trusts them after (see compiled_decode).
     again: dict[str, bool] = {}
+    trusted = {"again": True} if frozen else {}
     try:
         model.setup_cache(B, cache_len, reuse=frozen)
         logits = model(seq, start_pos=pos_arg(0), last_only=True, pad=pad)[:, -1]
@@ -353,11 +354,11 @@ def generate(model: GPT | StatefulLM, prompt: torch.Tensor, max_new_tokens: int,
                 logits = step(model, tok, pos_arg(pos), pad, **again)
                 compile_seconds[shape] = time.perf_counter() - t0
                 pos += 1
-                again = {"again": True} if frozen else {}
+                again = trusted
             else:
                 logits = step(model, tok, pos_arg(pos), pad, **again)
                 pos += 1
-                again = {"again": True} if frozen else {}
+                again = trusted
     finally:
         model.clear_cache()
         model.train(was_training)

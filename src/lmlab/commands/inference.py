@@ -136,9 +136,9 @@ def generate(checkpoint: InPath, prompt: str = "", max_new_tokens: Count = 100,
         device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps
         compile: decode against a static KV cache with the step run through
             torch.compile (a one-off compile per batch size, reported: 30-60 s on 2
-            cores, 50-100 s with --quantize, whose weights are frozen into the graph
+            cores, 35-100 s with --quantize, whose weights are frozen into the graph
             and get Inductor's tuned 4/8-bit kernels; then no per-op Python cost:
-            SmolLM2 int4 decodes ~2.4x faster)
+            SmolLM2 int4 decodes 2.1-2.5x faster, benchmarks/bench_gguf.py)
         min_new_tokens: do not end before this many tokens (the end-of-text token
             is not allowed until then; with --max-new-tokens, a fixed length)
         num_beams: beam search with this many beams instead of sampling (the
