@@ -6,8 +6,9 @@
   hypotheses (the same on both sides when the outputs are identical, which is
   checked). Runs are interleaved; the median is reported.
 * Training: the same batches (source, decoder input, labels; 24 pairs of 12-24
-  tokens) through lmlab's model with its fused AdamW (the output layer applied
-  to target tokens only, as lmlab's trainer does: padding is skipped), and through
+  tokens) through lmlab's model with its fused AdamW and its trainer's loss
+  (``train.seq2seq.pair_loss``: the layers skip the padding, and the output layer
+  runs fused with the label-smoothed cross-entropy), and through
   ``MarianMTModel`` with ``torch.optim.AdamW`` in a plain torch loop (forward,
   label-smoothed cross-entropy as lmlab computes it, backward, clip, step). The
   loss of step 1 must be equal; tokens/s counts target tokens.
@@ -105,43 +106,46 @@ def beam_rows(settings: Settings, ours, hf) -> tuple[dict, bool]:
     return {k: tokens / median(v) for k, v in times.items()}, same
 
 
-def train_rows(settings: Settings, ours, hf) -> tuple[dict, float, float]:
+def train_rows(settings: Settings, ours, hf) -> tuple[dict, dict]:
+    """Training tokens/s of each side and its loss at every step. The two loops run
+    interleaved, a step of each in turn, so that a change in the machine's speed
+    during the run (a shared host) falls on both alike."""
     from lmlab.train.engine import make_optimizer
-    from lmlab.train.seq2seq import IGNORE, collate_pairs
+    from lmlab.train.seq2seq import IGNORE, collate_pairs, pair_loss
 
     batches = []
     for step in range(settings.train_steps + 1):
         src, tgt = sources(24, seed=100 + step), sources(24, seed=200 + step)
         batches.append(collate_pairs(src, tgt, PAD, EOS, torch.device("cpu")))
-    runs = {}
-    first = {}
-    for name, model in (("lmlab", ours), ("hf", hf)):
+    models = {"lmlab": ours, "hf": hf}
+    opts = {"lmlab": make_optimizer(ours, 7e-4, 0.01, (0.9, 0.98)),
+            "hf": torch.optim.AdamW(hf.parameters(), lr=7e-4, betas=(0.9, 0.98),
+                                    weight_decay=0.01)}
+    seconds = {name: 0.0 for name in models}
+    losses: dict[str, list[float]] = {name: [] for name in models}
+    n_tok = 0
+    for model in models.values():
         model.train()
-        opt = (make_optimizer(model, 7e-4, 0.01, (0.9, 0.98)) if name == "lmlab"
-               else torch.optim.AdamW(model.parameters(), lr=7e-4, betas=(0.9, 0.98),
-                                      weight_decay=0.01))
-        n_tok, t0 = 0, 0.0
-        for step, (x, mask, dec, labels) in enumerate(batches):
-            if step == 1:  # step 0 warms up (allocations); the rest is timed
-                t0 = time.perf_counter()
-            if name == "lmlab":  # as its trainer: the output layer on target tokens only
-                target = labels != IGNORE
-                logits = model(x, dec, mask, select=target)  # (N, V)
-                loss = F.cross_entropy(logits, labels[target], label_smoothing=0.1)
+    for step, (x, mask, dec, labels) in enumerate(batches):
+        for name, model in models.items():
+            t0 = time.perf_counter()
+            if name == "lmlab":  # its trainer's loss: padding skipped, output layer fused
+                total, n = pair_loss(model, x, mask, dec, labels, label_smoothing=0.1)
+                loss = total / n
             else:
                 logits = model(input_ids=x, attention_mask=mask, decoder_input_ids=dec).logits
                 loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
                                        ignore_index=IGNORE, label_smoothing=0.1)
-            if step == 0:
-                first[name] = float(loss)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if step >= 1:
-                n_tok += int((labels != IGNORE).sum())
-        runs[name] = n_tok / (time.perf_counter() - t0)
-    return runs, first["lmlab"], first["hf"]
+            opts[name].step()
+            opts[name].zero_grad(set_to_none=True)
+            if step >= 1:  # step 0 warms up (allocations); the rest is timed
+                seconds[name] += time.perf_counter() - t0
+            losses[name].append(float(loss.detach()))
+        if step >= 1:
+            n_tok += int((labels != IGNORE).sum())
+    return {name: n_tok / seconds[name] for name in models}, losses
 
 
 def run_benchmark(settings: Settings, log=print) -> dict:
@@ -151,9 +155,9 @@ def run_benchmark(settings: Settings, log=print) -> dict:
     log("beam search")
     beam, same = beam_rows(settings, ours, hf)
     log("training")
-    train, loss_ours, loss_hf = train_rows(settings, ours, hf)
-    return {"beam": beam, "same_outputs": same, "train": train, "loss_lmlab": loss_ours,
-            "loss_hf": loss_hf, "settings": vars(settings)}
+    train, losses = train_rows(settings, ours, hf)
+    return {"beam": beam, "same_outputs": same, "train": train, "losses": losses,
+            "settings": vars(settings)}
 
 
 def format_results(res: dict) -> str:
@@ -166,9 +170,13 @@ def format_results(res: dict) -> str:
              verdict(t["lmlab"] / t["hf"], TARGET_TRAIN)]]
     head = ("## Encoder-decoder: lmlab against MarianMTModel (seq2seq-mini shape, same "
             "weights)\n\n")
+    ours, theirs = res["losses"]["lmlab"], res["losses"]["hf"]
+    gap = max(abs(a - b) for a, b in zip(ours, theirs, strict=True))
     note = (f"\n\nBeam outputs identical: {'yes' if res['same_outputs'] else 'NO'}. Loss at "
-            f"step 1: lmlab {res['loss_lmlab']:.6f}, HF {res['loss_hf']:.6f}. Targets: "
-            f"{TARGET_BEAM}x (beam), {TARGET_TRAIN}x (training).")
+            f"step 1: lmlab {ours[0]:.6f}, HF {theirs[0]:.6f}; at step {len(ours)}: "
+            f"{ours[-1]:.6f} and {theirs[-1]:.6f} (largest gap over the {len(ours)} steps: "
+            f"{gap:.1e}). Training steps run interleaved. Targets: {TARGET_BEAM}x (beam), "
+            f"{TARGET_TRAIN}x (training).")
     return head + table(["", "lmlab", "HF", "ratio", "target"], rows) + note
 
 

@@ -114,6 +114,42 @@ def test_padding_does_not_change_a_row():
     torch.testing.assert_close(batch, alone, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_skipping_the_padding_keeps_logits_and_gradients(norm_first):
+    """Training's packed pass (the layers on real tokens only) against the padded one."""
+    cfg = Seq2SeqConfig.from_name("seq2seq-nano", vocab_size=V, norm_first=norm_first,
+                                  dropout=0.0)
+    torch.manual_seed(0)
+    model = Seq2Seq(cfg).train()
+    src, mask, tgt = _inputs()
+    select = torch.ones_like(tgt, dtype=torch.bool)
+    select[0, 6:] = False  # right-padded targets
+    select[2, 3:] = False
+    labels = torch.randint(3, V, (int(select.sum()),))
+
+    def run(packed: bool):
+        model.zero_grad()
+        if packed:
+            logits = model(src, tgt, mask, select=select)  # (N, V)
+        else:  # the padded layout: every position through every layer, then the selection
+            memory = model.encode(src, mask)
+            logits = model.decode(tgt, memory, mask)[select]
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+        return logits.detach(), [p.grad.clone() for p in model.parameters()]
+
+    got, got_grads = run(True)
+    want, want_grads = run(False)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+    # A selection with holes is no padding: the full pass runs and the same rows come out.
+    holes = select.clone()
+    holes[1, 2] = False
+    with torch.no_grad():
+        torch.testing.assert_close(model(src, tgt, mask, select=holes),
+                                   model(src, tgt, mask)[holes], atol=1e-5, rtol=1e-5)
+
+
 def test_registry_record_and_checkpoint_round_trip(tmp_path):
     from lmlab.loading import load_model
     from lmlab.train import checkpoint as ckpt

@@ -292,8 +292,9 @@ def test_chatml_answers_stop_at_im_end_without_the_special_token():
     assert chat_format(None, plain)[1] == ("\nUser:", "\nSystem:")
 
 
-@pytest.mark.parametrize("weight_trains", [False, True])
-def test_fused_linear_cross_entropy_equals_the_plain_one(weight_trains):
+@pytest.mark.parametrize("weight_trains,smoothing,with_bias",
+                         [(False, 0.0, False), (True, 0.0, False), (True, 0.1, True)])
+def test_fused_linear_cross_entropy_equals_the_plain_one(weight_trains, smoothing, with_bias):
     import torch.nn.functional as F
 
     from lmlab.train.losses import linear_cross_entropy
@@ -301,19 +302,25 @@ def test_fused_linear_cross_entropy_equals_the_plain_one(weight_trains):
     torch.manual_seed(0)
     h = torch.randn(300, 32, requires_grad=True)
     w = (torch.randn(1000, 32) * 0.1).requires_grad_(weight_trains)
+    b = torch.randn(1, 1000).requires_grad_(True) if with_bias else None
     y = torch.randint(0, 1000, (300,))
-    want = F.cross_entropy(F.linear(h, w), y, reduction="sum")
+    want = F.cross_entropy(F.linear(h, w, None if b is None else b[0]), y, reduction="sum",
+                           label_smoothing=smoothing)
     (want * 3).backward()
-    grads = [h.grad.clone()] + ([w.grad.clone()] if weight_trains else [])
+    grads = [t.grad.clone() for t in (h, w, b) if t is not None and t.requires_grad]
     h.grad = w.grad = None
-    got = linear_cross_entropy(h, w, y, chunk=64, reduction="sum")
+    if b is not None:
+        b.grad = None
+    got = linear_cross_entropy(h, w, y, bias=b, label_smoothing=smoothing, chunk=64,
+                               reduction="sum")
     (got * 3).backward()
     assert torch.allclose(got, want, rtol=1e-6)
-    assert torch.allclose(h.grad, grads[0], atol=1e-6)
-    if weight_trains:
-        assert torch.allclose(w.grad, grads[1], atol=1e-5)
+    for t, g in zip([t for t in (h, w, b) if t is not None and t.requires_grad], grads,
+                    strict=True):
+        assert torch.allclose(t.grad, g, atol=1e-5)
     with torch.no_grad():  # validation: the loss alone
-        assert torch.allclose(linear_cross_entropy(h, w, y, reduction="sum"), want, rtol=1e-6)
+        assert torch.allclose(linear_cross_entropy(h, w, y, bias=b, label_smoothing=smoothing,
+                                                   reduction="sum"), want, rtol=1e-6)
 
 
 def test_packing_joins_whole_conversations(tmp_path, base):

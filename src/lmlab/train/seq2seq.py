@@ -40,6 +40,7 @@ from lmlab.tokenizer import Tokenizer
 from lmlab.train.configs import Seq2SeqTrainConfig
 from lmlab.train.engine import Engine, EpochCursor
 from lmlab.train.loop import lr_at
+from lmlab.train.losses import linear_cross_entropy
 from lmlab.train.tasks.features import IGNORE
 
 
@@ -103,6 +104,24 @@ def token_budget_batches(lengths: Sequence[int], max_tokens: int, generator: tor
         batches += cut_batches(chunk, lengths, max_tokens)
     order = torch.randperm(len(batches), generator=generator).tolist()
     return [batches[i] for i in order]
+
+
+def pair_loss(model: torch.nn.Module, src: torch.Tensor, src_mask: torch.Tensor,
+              dec: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0,
+              head: torch.nn.Module | None = None) -> tuple[torch.Tensor, int]:
+    """The encoder-decoder's summed teacher-forced cross-entropy over a batch from
+    ``collate_pairs``, and its N target tokens: the layers skip the padding (right-padded
+    ``select``, see ``models.seq2seq.Packing``) and the output layer runs fused with the
+    loss (``losses.linear_cross_entropy``, the final logits bias included). ``model`` may
+    be a DDP or compiled wrapper; ``head`` is then the model itself, whose output layer
+    the loss reads."""
+    head = model if head is None else head
+    target = labels != IGNORE  # (B, T)
+    hidden = model(src, dec, src_mask, select=target, hidden=True)  # (N, C)
+    return linear_cross_entropy(hidden, head.lm_head.weight, labels[target],
+                                bias=getattr(head, "final_logits_bias", None),
+                                label_smoothing=label_smoothing,
+                                reduction="sum"), int(target.sum())
 
 
 def collate_pairs(src: Sequence[list[int]], tgt: Sequence[list[int]], pad: int, start: int,
@@ -206,22 +225,24 @@ class Seq2SeqTrainer(Engine):
             return [len(s) + len(t) for s, t in zip(src, tgt, strict=True)]
         return pair_lengths(src, tgt)
 
-    def logits_labels(self, model: torch.nn.Module, src: Sequence[list[int]],
-                      tgt: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced logits (N, V) and labels (N,) of the N target tokens of a batch of
-        pairs: the output layer is not applied to padding, nor to a decoder-only model's
-        source positions."""
+    def target_loss(self, model: torch.nn.Module, src: Sequence[list[int]],
+                    tgt: Sequence[list[int]], label_smoothing: float = 0.0
+                    ) -> tuple[torch.Tensor, int]:
+        """The summed teacher-forced cross-entropy of the N target tokens of a batch of
+        pairs, and N. The output layer is not applied to padding, nor to a decoder-only
+        model's source positions; the encoder-decoder's runs fused with the loss
+        (``losses.linear_cross_entropy``, its final logits bias included)."""
         c = self.model_config
         if self.cfg.decoder_only:
             x, labels = collate_joined(src, tgt, self.tok.pad_id, self.device)
             target = labels != IGNORE  # (B, L)
             with autocast(self.cfg.dtype, self.device):
-                return model(x, select=target), labels[target]
-        x, mask, dec, labels = collate_pairs(src, tgt, c.pad_token_id,
-                                             c.decoder_start_token_id, self.device)
-        target = labels != IGNORE  # (B, T)
+                logits = model(x, select=target)  # (N, V)
+            return F.cross_entropy(logits.float(), labels[target], reduction="sum",
+                                   label_smoothing=label_smoothing), int(target.sum())
+        batch = collate_pairs(src, tgt, c.pad_token_id, c.decoder_start_token_id, self.device)
         with autocast(self.cfg.dtype, self.device):
-            return model(x, dec, mask, select=target), labels[target]
+            return pair_loss(model, *batch, label_smoothing, head=self.model)
 
     # -- the objective -----------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -237,15 +258,12 @@ class Seq2SeqTrainer(Engine):
         batch = self.batches.next()
         world = self.world
         mine = batch[world.rank::world.size]
-        logits, labels = self.logits_labels(self.net, [src[i] for i in mine],
-                                            [tgt[i] for i in mine])  # (N, V), (N,)
+        loss, _ = self.target_loss(self.net, [src[i] for i in mine], [tgt[i] for i in mine],
+                                   self.cfg.label_smoothing)
         tokens = sum(len(tgt[i]) for i in batch)  # the whole batch's target tokens
         if index % self.grad_accum == 0:
             self.step_tokens = 0
         self.step_tokens += tokens
-        loss = F.cross_entropy(logits.float(), labels,
-                               ignore_index=IGNORE, label_smoothing=self.cfg.label_smoothing,
-                               reduction="sum")
         return loss * world.size / tokens, {}
 
     def step_units(self) -> int:
@@ -268,11 +286,9 @@ class Seq2SeqTrainer(Engine):
         order = sorted(range(len(src)), key=lambda i: lengths[i])
         nll, count = 0.0, 0
         for batch in cut_batches(order, lengths, cfg.max_tokens):
-            logits, labels = self.logits_labels(model, [src[j] for j in batch],
-                                                [tgt[j] for j in batch])  # (N, V), (N,)
-            nll += float(F.cross_entropy(logits.float(), labels,
-                                         ignore_index=IGNORE, reduction="sum"))
-            count += int((labels != IGNORE).sum())
+            loss, n = self.target_loss(model, [src[j] for j in batch], [tgt[j] for j in batch])
+            nll += float(loss)
+            count += n
         row: dict[str, Any] = {"loss": nll / count, "perplexity": math.exp(min(nll / count, 50))}
         n = min(cfg.eval_sentences, len(src))
         if n:
