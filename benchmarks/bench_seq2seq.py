@@ -40,8 +40,8 @@ TARGET_TRAIN = 1.3  # lmlab training tokens/s over the plain HF loop's
 @dataclass
 class Settings:
     new_tokens: int = 32
-    beam_repeats: int = 3
-    train_steps: int = 20
+    beam_repeats: int = 5
+    train_steps: int = 40
 
 
 QUICK = Settings(new_tokens=6, beam_repeats=1, train_steps=3)
