@@ -45,10 +45,14 @@ def _check(ours: list, hf_out, prompt_len: int, cfg: BeamConfig) -> None:
             assert hyp.score == pytest.approx(float(scores[b * n + k]), abs=1e-4)
 
 
-def _gpt_pair():
+def _gpt_pair(eos_scale: float = 1.0):
+    """A random tiny GPT-2 and lmlab's copy; ``eos_scale`` lengthens the end token's
+    (tied) embedding, which makes the end likelier."""
     cfg = GPTConfig.from_name("gpt-nano", vocab_size=V, block_size=64)
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_gpt2_config(cfg))).eval()
+    with torch.no_grad():
+        hf.transformer.wte.weight[EOS] *= eos_scale
     ours = GPT(cfg).eval()
     sd = from_hf_gpt2(hf.state_dict())
     sd.pop("lm_head.weight", None)
@@ -84,28 +88,77 @@ def test_gpt_beam_search_with_prompts_of_different_lengths():
         _check([hyps], want, len(prompt), cfg)
 
 
-@pytest.mark.parametrize("setting", SETTINGS)
-def test_marian_beam_search_matches_transformers(setting):
+def _marian_pair(weight_std: float | None = None, eos_bias: float = 0.0):
+    """A random tiny Marian and lmlab's copy; ``weight_std`` redraws its matrices wider
+    (outputs that depend more on the source), ``eos_bias`` makes the end likelier."""
     torch.manual_seed(0)
     hf = transformers.MarianMTModel(transformers.MarianConfig(
         vocab_size=V, d_model=32, encoder_layers=2, decoder_layers=2,
         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48,
         decoder_ffn_dim=48, max_position_embeddings=40, pad_token_id=PAD, eos_token_id=EOS,
         decoder_start_token_id=PAD, forced_eos_token_id=None, scale_embedding=True)).eval()
+    with torch.no_grad():
+        if weight_std is not None:
+            for name, p in hf.named_parameters():
+                if p.dim() > 1 and "embed_positions" not in name:  # positions: sinusoids
+                    p.normal_(0.0, weight_std)
+        hf.final_logits_bias[0, EOS] = eos_bias
     cfg_model = seq2seq_config_from_hf(hf.config.to_dict())
     ours = Seq2Seq(cfg_model).eval()
     load_weights(ours, from_hf_seq2seq(hf.state_dict(), cfg_model), Path("hf"))
-    cfg = BeamConfig(max_new_tokens=10, **setting)
-    sources = [[7, 3, 9, 11, 4, 5], [8, 2, 14, 5], [13, 6, 6, 19, 21, 9, 5]]
+    return hf, ours
+
+
+def _marian_check(hf, ours, sources: list[list[int]], cfg: BeamConfig, setting: dict) -> None:
     got = beam_search_seq2seq(ours, sources, cfg)
-    src = torch.full((3, 7), PAD)
-    mask = torch.zeros(3, 7, dtype=torch.long)
+    S = max(map(len, sources))
+    src = torch.full((len(sources), S), PAD)
+    mask = torch.zeros(len(sources), S, dtype=torch.long)
     for i, s in enumerate(sources):
         src[i, :len(s)], mask[i, :len(s)] = torch.tensor(s), 1
     want = hf.generate(src, attention_mask=mask, do_sample=False,
                        max_new_tokens=cfg.max_new_tokens, output_scores=True,
                        return_dict_in_generate=True, **setting)
     _check(got, want, 1, cfg)  # HF's rows begin with the decoder's start token
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_marian_beam_search_matches_transformers(setting):
+    hf, ours = _marian_pair()
+    cfg = BeamConfig(max_new_tokens=10, **setting)
+    _marian_check(hf, ours, [[7, 3, 9, 11, 4, 5], [8, 2, 14, 5], [13, 6, 6, 19, 21, 9, 5]],
+                  cfg, setting)
+
+
+@pytest.mark.parametrize("setting", [SETTINGS[0], SETTINGS[2]])
+def test_done_inputs_leave_the_batch_and_the_rest_match_transformers(setting, monkeypatch):
+    """Outputs that end at different steps (an end token made likelier): an input whose
+    search is over leaves the batch, its cache rows with it, and every input's
+    hypotheses still equal Hugging Face's, which decodes all rows to the end."""
+    import lmlab.beam as beam
+
+    rows: list[int] = []
+    for cls in (beam.GPTStepper, beam.Seq2SeqStepper):
+        def reorder(self, r, _original=cls.reorder):
+            rows.append(r.numel())
+            _original(self, r)
+        monkeypatch.setattr(cls, "reorder", reorder)
+    cfg = BeamConfig(max_new_tokens=12, **setting)
+    g = torch.Generator().manual_seed(3)
+    hf, ours = _marian_pair(weight_std=0.3, eos_bias=4.0)
+    sources = [[*torch.randint(6, V, (n,), generator=g).tolist(), EOS] for n in (3, 8, 5, 6, 4, 7)]
+    _marian_check(hf, ours, sources, cfg, setting)
+    assert rows[-1] < rows[0], rows  # inputs left the batch before the last step
+    rows.clear()
+    hf, ours = _gpt_pair(eos_scale=6.0)
+    prompts = torch.randint(6, V, (6, 4), generator=g).tolist()
+    got = beam_search_gpt(ours, prompts, cfg, eos_token_id=EOS, pad_token_id=PAD)
+    want = hf.generate(torch.tensor(prompts), attention_mask=torch.ones(6, 4, dtype=torch.long),
+                       do_sample=False, max_new_tokens=cfg.max_new_tokens, eos_token_id=EOS,
+                       pad_token_id=PAD, output_scores=True, return_dict_in_generate=True,
+                       **setting)
+    _check(got, want, 4, cfg)
+    assert rows[-1] < rows[0], rows
 
 
 def test_no_repeat_ngram_bans_what_would_repeat():

@@ -18,6 +18,10 @@ default) a running beam is judged by its score at the current length, with
 These are Hugging Face ``generate``'s rules, so with the same weights the same
 ids come out (``tests/test_beam.py`` checks it on GPT-2- and Marian-shaped models).
 
+An input that is done leaves the batch: its rows are no longer decoded, so the
+matrix products shrink as the short outputs of a batch end (Hugging Face keeps
+decoding them, padded, until the longest is done).
+
 ``no_repeat_ngram_size`` forbids any n-gram from appearing twice in a
 hypothesis (its prompt included, as Hugging Face does); ``min_new_tokens``
 forbids the end token before that many tokens.
@@ -25,7 +29,7 @@ forbids the end token before that many tokens.
 The model is reached through a ``Stepper``: ``logits(step)`` gives the
 next-token logits of every running row, reading the tokens of ``sequences``,
 and ``reorder(rows)`` keeps the rows of its cache that the surviving beams
-came from. ``gpt_stepper`` and ``seq2seq_stepper`` drive lmlab's two kinds.
+came from (fewer rows than before once an input is done). ``gpt_stepper`` and ``seq2seq_stepper`` drive lmlab's two kinds.
 
 Shapes: B inputs, K beams, V vocabulary, P prompt tokens, N new tokens at most.
 """
@@ -79,7 +83,8 @@ class Stepper(Protocol):
         ...
 
     def reorder(self, rows: torch.Tensor) -> None:
-        """Keep the cached rows ``rows`` (B*K,), in that order."""
+        """Keep the cached rows ``rows`` (B'*K,), in that order; B' < B when inputs are
+        done and leave the batch."""
         ...
 
 
@@ -128,8 +133,13 @@ def beam_search(stepper: Stepper, prompt: torch.Tensor, cfg: BeamConfig,
     C = max(2, 1 + eos.numel()) * K
     first_k = torch.arange(C, device=device) < K  # (C,) the best K of the C kept
     batch_offset = torch.arange(B, device=device)[:, None] * K  # (B, 1)
+    # The finished hypotheses of every input, written when it leaves the batch.
+    final_tokens, final_score = done_tokens.clone(), done_score.clone()
+    final_len = done_len.clone()
+    active = torch.arange(B, device=device)  # the inputs still in the batch
 
     for t in range(N):
+        B = running.size(0)  # the inputs still in the batch
         logits = stepper.logits(t, running[:, :, :P + t].reshape(B * K, P + t))  # (B*K, V)
         logp = F.log_softmax(logits.float(), dim=-1)
         if cfg.no_repeat_ngram_size:
@@ -167,22 +177,40 @@ def beam_search(stepper: Stepper, prompt: torch.Tensor, cfg: BeamConfig,
                                                         dtype=torch.long)], dim=1).gather(1, best)
         done = torch.cat([done, ended], dim=1).gather(1, best)
 
-        stepper.reorder((source_beam + batch_offset).reshape(-1))
         # Can a running beam still beat the worst finished one?
         longest = N if early == "never" and lp > 0 else t + 1
         best_running = running_score[:, :1] / (longest ** lp)
         worst_done = torch.where(done, done_score.min(dim=1, keepdim=True).values,
                                  torch.tensor(NEG, device=device))
         improvable = improvable & (best_running > worst_done).any(dim=1, keepdim=True)
-        if not improvable.any() or (done.all() and early is True) or ends.all():
+        finished = ~improvable[:, 0]  # (B,)
+        if early is True:
+            finished |= done.all(dim=1)
+        if bool(finished.all()) or ends.all():
+            stepper.reorder((source_beam + batch_offset).reshape(-1))
             break
+        rows = source_beam + batch_offset  # (B, K) the cache rows the beams came from
+        if bool(finished.any()):  # done inputs leave the batch, their hypotheses kept
+            gone, keep = finished.nonzero()[:, 0], (~finished).nonzero()[:, 0]
+            final_tokens[active[gone]] = done_tokens[gone]
+            final_score[active[gone]] = done_score[gone]
+            final_len[active[gone]] = done_len[gone]
+            active, rows = active[keep], rows[keep]
+            running, running_score = running[keep], running_score[keep]
+            done_tokens, done_score = done_tokens[keep], done_score[keep]
+            done_len, done, improvable = done_len[keep], done[keep], improvable[keep]
+            batch_offset = batch_offset[:keep.numel()]
+        stepper.reorder(rows.reshape(-1))
 
+    final_tokens[active], final_score[active] = done_tokens, done_score
+    final_len[active] = done_len
     out: list[list[Hypothesis]] = []
-    for b in range(B):
+    for b in range(final_len.size(0)):
         hyps = []
         for k in range(cfg.num_return_sequences):
-            n = int(done_len[b, k])
-            hyps.append(Hypothesis(done_tokens[b, k, P:P + n].tolist(), float(done_score[b, k])))
+            n = int(final_len[b, k])
+            hyps.append(Hypothesis(final_tokens[b, k, P:P + n].tolist(),
+                                   float(final_score[b, k])))
         out.append(hyps)
     return out
 
@@ -209,6 +237,8 @@ class GPTStepper:
 
     def reorder(self, rows: torch.Tensor) -> None:
         self.model.reorder_cache(rows)
+        if self.pad is not None and rows.numel() != self.pad.numel():
+            self.pad = self.pad.index_select(0, rows)
 
 
 class Seq2SeqStepper:
@@ -228,8 +258,15 @@ class Seq2SeqStepper:
         return self.model.decode(tokens, self.memory, self.src_mask, self.cache)[:, -1]
 
     def reorder(self, rows: torch.Tensor) -> None:
-        # Beams of one source share its encoder output: only the decoder's own cache moves.
-        self.cache.reorder(rows, same_source=True)
+        if rows.numel() == self.src_mask.size(0):
+            # Beams of one source share its encoder output: only the decoder's own cache
+            # moves.
+            self.cache.reorder(rows, same_source=True)
+            return
+        # Inputs left the batch: every row-wise tensor keeps the rows that go on.
+        self.cache.reorder(rows)
+        self.memory = self.memory.index_select(0, rows)
+        self.src_mask = self.src_mask.index_select(0, rows)
 
 
 @torch.no_grad()

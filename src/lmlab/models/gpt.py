@@ -132,8 +132,13 @@ class KVCache(nn.Module):
         return self.k[:, :, :end], self.v[:, :, :end]
 
     def reorder(self, rows: torch.Tensor) -> None:
-        """Keep rows ``rows`` (B,), in that order. Only the positions written move: the
-        buffer's unused tail is as long as all the tokens still to come."""
+        """Keep rows ``rows`` (B' <= B,), in that order. Only the positions written move:
+        the buffer's unused tail is as long as all the tokens still to come. Fewer rows
+        (a beam search leaving finished inputs out) make smaller buffers."""
+        if rows.numel() != self.k.size(0):
+            self.k = self.k.index_select(0, rows)
+            self.v = self.v.index_select(0, rows)
+            return
         n = self.length
         self.k[:, :, :n] = self.k[:, :, :n].index_select(0, rows)
         self.v[:, :, :n] = self.v[:, :, :n].index_select(0, rows)
