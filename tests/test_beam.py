@@ -194,3 +194,19 @@ def test_generate_num_beams_on_the_command_line(char_shards, tmp_path, capsys):
     assert "--max-new-tokens 40 lowered to 28" in captured.err
     assert main(["generate", str(run), "--num-beams", "2", "--num-return-sequences", "3"]) == 2
     assert "--num-return-sequences must be between 1 and --num-beams" in capsys.readouterr().err
+
+
+def test_search_texts_batches_by_length_and_keeps_the_input_order():
+    from lmlab.beam import search_texts
+
+    class Ids:  # the ids as text: what is checked is where each output lands
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(map(str, ids))
+
+    _, ours = _marian_pair()
+    cfg = BeamConfig(num_beams=3, max_new_tokens=6)
+    sources = [[7, 3, 9, 11, 4, 13, 5], [8, 5], [13, 6, 6, 19, 5], [9, 5], [7, 7, 7, 5]]
+    batched = search_texts(ours, Ids(), sources, cfg, batch_size=2)
+    alone = [search_texts(ours, Ids(), [s], cfg)[0] for s in sources]
+    assert [h[0][0] for h in batched] == [h[0][0] for h in alone]
+    assert [h[0][1] for h in batched] == pytest.approx([h[0][1] for h in alone], abs=1e-5)

@@ -29,7 +29,8 @@ forbids the end token before that many tokens.
 The model is reached through a ``Stepper``: ``logits(step)`` gives the
 next-token logits of every running row, reading the tokens of ``sequences``,
 and ``reorder(rows)`` keeps the rows of its cache that the surviving beams
-came from (fewer rows than before once an input is done). ``gpt_stepper`` and ``seq2seq_stepper`` drive lmlab's two kinds.
+came from (fewer rows than before once an input is done). ``GPTStepper`` and
+``Seq2SeqStepper`` drive lmlab's two kinds.
 
 Shapes: B inputs, K beams, V vocabulary, P prompt tokens, N new tokens at most.
 """
@@ -326,19 +327,26 @@ def search_texts(model: torch.nn.Module, tok, sources: Sequence[Sequence[int]],
     with the end token), best first, by beam search over batches of ``batch_size``;
     ``on_batch(n)`` after each (a progress bar). An encoder-decoder reads the source; a
     decoder-only model trained on pairs (``lmlab seq2seq --preset gpt-...``) continues
-    it, its end token the separator."""
+    it, its end token the separator.
+
+    Batches are made of sources of similar lengths (sorted, as fairseq and Marian's
+    decoders do; the outputs come back in the input's order): less padding, and
+    outputs that tend to end together."""
     from lmlab.models.registry import kind_of
 
     decoder_only = kind_of(model) == "causal"
-    out: list[list[tuple[str, float]]] = []
-    for start in range(0, len(sources), batch_size):
-        chunk = sources[start:start + batch_size]
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    out: list[list[tuple[str, float]]] = [[] for _ in sources]
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        chunk = [sources[i] for i in rows]
         if decoder_only:
             found = beam_search_gpt(model, chunk, cfg, tok.eos_id, tok.pad_id or 0)
         else:
             found = beam_search_seq2seq(model, chunk, cfg)
-        out += [[(tok.decode(h.tokens, skip_special_tokens=True).strip(), h.score) for h in hyps]
-                for hyps in found]
+        for i, hyps in zip(rows, found, strict=True):
+            out[i] = [(tok.decode(h.tokens, skip_special_tokens=True).strip(), h.score)
+                      for h in hyps]
         if on_batch is not None:
             on_batch(len(found))
     return out

@@ -367,10 +367,10 @@ class Seq2Seq(nn.Module):
         continues the positions it holds, and it grows by T. ``hidden`` returns the
         final hidden states (B, T, C), or (N, C) with ``select``, instead; ``select``
         (B, T) bool, the logits (N, V) of the marked positions only (training skips the
-        padding's: the output layer is the largest matrix). A right-padded ``select`` (training's) runs the layers
-        on the marked positions alone (``Packing``; no later position is read by an
-        earlier one). ``memory_packing``: ``memory`` is the real source tokens (N', C)
-        that ``encode`` packed."""
+        padding's: the output layer is the largest matrix). A right-padded ``select``
+        (training's) runs the layers on the marked positions alone (``Packing``; no later
+        position is read by an earlier one). ``memory_packing``: ``memory`` is the real
+        source tokens (N', C) that ``encode`` packed."""
         start = cache.length if cache is not None else 0
         if src_mask is None:
             src_mask = torch.ones(memory.shape[:2], dtype=torch.bool, device=memory.device)
