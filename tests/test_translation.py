@@ -212,7 +212,7 @@ def _cfg(data: Path, out: Path, **kw) -> Seq2SeqTrainConfig:
     return Seq2SeqTrainConfig(**dict(base, **kw))
 
 
-def test_the_encoder_decoder_learns_to_reverse(toy, tmp_path):
+def test_the_encoder_decoder_learns_to_reverse(toy, tmp_path, capsys):
     # The loss sits on a plateau for a few hundred steps, then attention learns where to
     # look (a known phase change of this task) and the reversal generalises.
     trainer = Seq2SeqTrainer(_cfg(toy, tmp_path / "run", max_steps=600), progress=False)
@@ -229,6 +229,18 @@ def test_the_encoder_decoder_learns_to_reverse(toy, tmp_path):
     assert main(["score", "--hyp", str(hyp), "--ref", str(toy / "val.jsonl"), "--metric",
                  "bleu", "chrf", "rouge",
                  "--source", str(toy / "val.jsonl")]) == 0
+    # The trained model's beam search equals transformers' on its outputs (which end at
+    # different lengths, so inputs leave lmlab's batches early): the real-text benchmark.
+    pytest.importorskip("transformers")
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_translate
+
+    capsys.readouterr()
+    bench_translate.main([str(tmp_path / "run"), str(toy / "val.jsonl"), "--sentences", "16",
+                          "--max-new-tokens", "16"])
+    assert "Outputs identical: yes" in capsys.readouterr().out
 
 
 def test_decoder_only_labels_are_the_target_tokens_only():
