@@ -84,8 +84,10 @@ def main(argv: list[str] | None = None) -> None:
         tokens += sum(lengths)
         longest += max(lengths) * len(batch)
         for b, hyps in enumerate(got):
-            row = want[b, 1:].tolist()
-            same &= row[:len(hyps[0].tokens)] == hyps[0].tokens
+            row, n = want[b, 1:].tolist(), len(hyps[0].tokens)
+            # After an output, HF's row holds padding (the end token, when pad is 0).
+            same &= row[:n] == hyps[0].tokens and set(row[n:]) <= {c.pad_token_id,
+                                                                    c.eos_token_id}
     rate = {k: tokens / v for k, v in seconds.items()}
     print(machine_line())
     print()

@@ -151,14 +151,17 @@ def test_done_inputs_leave_the_batch_and_the_rest_match_transformers(setting, mo
     assert rows[-1] < rows[0], rows  # inputs left the batch before the last step
     rows.clear()
     hf, ours = _gpt_pair(eos_scale=6.0)
-    prompts = torch.randint(6, V, (6, 4), generator=g).tolist()
+    # Prompts of different lengths: left-padded, and the rows' pad offsets leave too.
+    prompts = [torch.randint(6, V, (n,), generator=g).tolist() for n in (4, 2, 5, 3, 4, 6)]
     got = beam_search_gpt(ours, prompts, cfg, eos_token_id=EOS, pad_token_id=PAD)
-    want = hf.generate(torch.tensor(prompts), attention_mask=torch.ones(6, 4, dtype=torch.long),
-                       do_sample=False, max_new_tokens=cfg.max_new_tokens, eos_token_id=EOS,
-                       pad_token_id=PAD, output_scores=True, return_dict_in_generate=True,
-                       **setting)
-    _check(got, want, 4, cfg)
     assert rows[-1] < rows[0], rows
+    for prompt, hyps in zip(prompts, got, strict=True):  # each alone, against HF
+        want = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(
+                           1, len(prompt), dtype=torch.long), do_sample=False,
+                           max_new_tokens=cfg.max_new_tokens, eos_token_id=EOS,
+                           pad_token_id=PAD, output_scores=True, return_dict_in_generate=True,
+                           **setting)
+        _check([hyps], want, len(prompt), cfg)
 
 
 def test_no_repeat_ngram_bans_what_would_repeat():

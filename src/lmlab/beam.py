@@ -266,8 +266,10 @@ class Seq2SeqStepper:
             return
         # Inputs left the batch: every row-wise tensor keeps the rows that go on.
         self.cache.reorder(rows)
-        self.memory = self.memory.index_select(0, rows)
         self.src_mask = self.src_mask.index_select(0, rows)
+        # Not read after step 0 (the cross-attention keys and values are cached): a view
+        # with the right number of rows, not a copy.
+        self.memory = self.memory[:rows.numel()]
 
 
 @torch.no_grad()

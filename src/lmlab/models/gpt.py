@@ -134,7 +134,9 @@ class KVCache(nn.Module):
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep rows ``rows`` (B' <= B,), in that order. Only the positions written move:
         the buffer's unused tail is as long as all the tokens still to come. Fewer rows
-        (a beam search leaving finished inputs out) make smaller buffers."""
+        (a beam search leaving finished inputs out) make new, smaller buffers; a beam
+        search sets up its own caches, so none kept for reuse (``setup_cache(reuse=True)``)
+        is ever shrunk."""
         if rows.numel() != self.k.size(0):
             self.k = self.k.index_select(0, rows)
             self.v = self.v.index_select(0, rows)
@@ -427,7 +429,8 @@ class GPT(nn.Module):
             return None
 
     def reorder_cache(self, rows: torch.Tensor) -> None:
-        """Keep cached rows ``rows`` (B,), in that order: a beam search's surviving beams."""
+        """Keep cached rows ``rows`` (B' <= B,), in that order: a beam search's surviving
+        beams, fewer once inputs are done."""
         for block in self.transformer.h:
             if block.attn.kv_cache is not None:
                 block.attn.kv_cache.reorder(rows)

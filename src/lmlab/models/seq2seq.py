@@ -26,9 +26,10 @@ Training skips the padding (``Packing``): a batch of right-padded pairs keeps
 only its N real tokens in the position-wise layers (the projections, the
 feed-forward blocks, the norms: nearly all of the work), and attention alone
 sees them in the padded (B, L) layout, where the padding is masked (source
-keys) or never looked at (target positions come after every real one). With
-sources and targets of 12-24 tokens a quarter of every matrix product is
-padding that the padded layout would compute.
+keys) or never looked at (target positions come after every real one). In a
+batch of random pairs of 12-24 tokens (the benchmark's) a quarter of every
+matrix product would be padding; the trainer's batches of similar lengths hold
+less.
 
 Shapes: B batch, S source tokens, T target tokens in this call, L target
 tokens attended (cache + new), C = n_embd, nh = n_head, hs = head size,
@@ -377,7 +378,8 @@ class Seq2Seq(nn.Module):
         mask = self.key_mask(src_mask)
         x = self.decoder.embed(tgt, self.shared, start)
         packing = None
-        if select is not None and cache is None and right_padded(select):
+        if (select is not None and cache is None and not bool(select.all())
+                and right_padded(select)):
             packing = Packing(select)
             x = packing.pack(x)  # (N, C)
         for i, layer in enumerate(self.decoder.layers):

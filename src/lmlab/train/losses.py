@@ -6,7 +6,7 @@ tokens a step, the logits alone are hundreds of megabytes, written once,
 normalised, kept for backward, and a gradient of the same size is zero-filled
 and written again. Since the loss is the last thing computed, its gradient can
 be taken right away (the softmax minus the one-hot label, per row): for each
-chunk of rows, ``logits = h W^T``, the loss from their log-sum-exp, and the
+chunk of rows, ``logits = h W^T``, the loss from their log-softmax, and the
 gradients ``dh = (p - y) W`` and ``dW = (p - y)^T h`` (when W trains) are all
 computed in the forward pass, and the chunk's logits are dropped. Backward only
 scales the stored gradients by the incoming one. Same loss and gradients as
