@@ -29,7 +29,8 @@ sees them in the padded (B, L) layout, where the padding is masked (source
 keys) or never looked at (target positions come after every real one). In a
 batch of random pairs of 12-24 tokens (the benchmark's) a quarter of every
 matrix product would be padding; the trainer's batches of similar lengths hold
-less.
+less. Under torch.compile (``--compile``) the padded layout stays: the packing's
+data-dependent shapes would break the graph.
 
 Shapes: B batch, S source tokens, T target tokens in this call, L target
 tokens attended (cache + new), C = n_embd, nh = n_head, hs = head size,
@@ -378,8 +379,8 @@ class Seq2Seq(nn.Module):
         mask = self.key_mask(src_mask)
         x = self.decoder.embed(tgt, self.shared, start)
         packing = None
-        if (select is not None and cache is None and not bool(select.all())
-                and right_padded(select)):
+        if (select is not None and cache is None and not torch.compiler.is_compiling()
+                and not bool(select.all()) and right_padded(select)):
             packing = Packing(select)
             x = packing.pack(x)  # (N, C)
         for i, layer in enumerate(self.decoder.layers):
@@ -409,7 +410,8 @@ class Seq2Seq(nn.Module):
         hidden states instead. A right-padded ``src_mask`` skips the source's padding in
         the encoder (``Packing``)."""
         packing = None
-        if src_mask is not None and right_padded(src_mask) and not bool(src_mask.all()):
+        if (src_mask is not None and not torch.compiler.is_compiling()
+                and not bool(src_mask.all()) and right_padded(src_mask)):
             packing = Packing(src_mask)
         memory = self.encode(src, src_mask, packing)  # (B, S, C), or (N', C) packed
         return self.decode(tgt, memory, src_mask, select=select, hidden=hidden,
