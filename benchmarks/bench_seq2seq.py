@@ -73,20 +73,12 @@ def sources(n: int, seed: int) -> list[list[int]]:
     return [[*torch.randint(2, V, (k - 1,), generator=g).tolist(), EOS] for k in lengths]
 
 
-def padded(srcs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    S = max(map(len, srcs))
-    x = torch.full((len(srcs), S), PAD)
-    mask = torch.zeros(len(srcs), S, dtype=torch.long)
-    for i, s in enumerate(srcs):
-        x[i, :len(s)], mask[i, :len(s)] = torch.tensor(s), 1
-    return x, mask
-
-
 def beam_rows(settings: Settings, ours, hf) -> tuple[dict, bool]:
     from lmlab.beam import BeamConfig, beam_search_seq2seq
+    from lmlab.generate import right_pad
 
     srcs = sources(8, seed=1)
-    x, mask = padded(srcs)
+    x, mask = right_pad(srcs, PAD)
     cfg = BeamConfig(num_beams=4, max_new_tokens=settings.new_tokens)
     times: dict[str, list[float]] = {"lmlab": [], "hf": []}
     same, tokens = True, 0

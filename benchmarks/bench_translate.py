@@ -48,6 +48,7 @@ def hf_copy(model):
 def main(argv: list[str] | None = None) -> None:
     from lmlab.beam import BeamConfig, beam_search_seq2seq, load_pair_model
     from lmlab.data.parallel import read_pairs
+    from lmlab.generate import right_pad
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", help="an lmlab seq2seq run (or checkpoint) of an encoder-decoder")
@@ -66,11 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     tokens, longest, same = 0, 0, True
     for start in range(0, len(sources), args.batch_size):
         batch = sources[start:start + args.batch_size]
-        S = max(map(len, batch))
-        x = torch.full((len(batch), S), c.pad_token_id)
-        mask = torch.zeros(len(batch), S, dtype=torch.long)
-        for i, s in enumerate(batch):
-            x[i, :len(s)], mask[i, :len(s)] = torch.tensor(s), 1
+        x, mask = right_pad(batch, c.pad_token_id)
         t0 = time.perf_counter()
         got = beam_search_seq2seq(model, batch, cfg)
         seconds["lmlab"] += time.perf_counter() - t0

@@ -49,6 +49,14 @@ def _inputs():
     return src, mask, tgt
 
 
+def _nano(norm_first: bool = False) -> Seq2Seq:
+    """A random seq2seq-nano without dropout (seed 0)."""
+    cfg = Seq2SeqConfig.from_name("seq2seq-nano", vocab_size=V, norm_first=norm_first,
+                                  dropout=0.0)
+    torch.manual_seed(0)
+    return Seq2Seq(cfg)
+
+
 CASES = [("marian", dict(activation_function="swish", scale_embedding=True)),
          ("marian", dict(activation_function="gelu", scale_embedding=False, d_model=30,
                          encoder_attention_heads=3, decoder_attention_heads=3)),
@@ -88,10 +96,7 @@ def test_marian_sinusoids_are_computed_not_stored():
 
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_cached_decoding_equals_the_full_pass(norm_first):
-    cfg = Seq2SeqConfig.from_name("seq2seq-nano", vocab_size=V, norm_first=norm_first,
-                                  dropout=0.0)
-    torch.manual_seed(0)
-    model = Seq2Seq(cfg).eval()
+    model = _nano(norm_first).eval()
     src, mask, tgt = _inputs()
     with torch.no_grad():
         full = model(src, tgt, mask)
@@ -104,9 +109,7 @@ def test_cached_decoding_equals_the_full_pass(norm_first):
 
 
 def test_padding_does_not_change_a_row():
-    cfg = Seq2SeqConfig.from_name("seq2seq-nano", vocab_size=V, dropout=0.0)
-    torch.manual_seed(0)
-    model = Seq2Seq(cfg).eval()
+    model = _nano().eval()
     src, mask, tgt = _inputs()
     with torch.no_grad():
         batch = model(src, tgt, mask)[1]
@@ -117,10 +120,7 @@ def test_padding_does_not_change_a_row():
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_skipping_the_padding_keeps_logits_and_gradients(norm_first):
     """Training's packed pass (the layers on real tokens only) against the padded one."""
-    cfg = Seq2SeqConfig.from_name("seq2seq-nano", vocab_size=V, norm_first=norm_first,
-                                  dropout=0.0)
-    torch.manual_seed(0)
-    model = Seq2Seq(cfg).train()
+    model = _nano(norm_first).train()
     src, mask, tgt = _inputs()
     select = torch.ones_like(tgt, dtype=torch.bool)
     select[0, 6:] = False  # right-padded targets

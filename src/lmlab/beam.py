@@ -301,6 +301,8 @@ def beam_search_gpt(model: torch.nn.Module, prompts: Sequence[Sequence[int]], cf
 def beam_search_seq2seq(model: torch.nn.Module, sources: Sequence[Sequence[int]],
                         cfg: BeamConfig) -> list[list[Hypothesis]]:
     """Beam search outputs of an encoder-decoder for token-id sources (right-padded)."""
+    from lmlab.generate import right_pad
+
     c = model.config
     device = model.shared.weight.device
     longest = max(len(s) for s in sources)
@@ -310,12 +312,7 @@ def beam_search_seq2seq(model: torch.nn.Module, sources: Sequence[Sequence[int]]
     if cfg.max_new_tokens > c.block_size:  # the last token is never read back
         raise LmlabError(f"--max-new-tokens {cfg.max_new_tokens} exceeds the model's "
                          f"{c.block_size} positions")
-    src = torch.full((len(sources), longest), c.pad_token_id, dtype=torch.long)
-    mask = torch.zeros(len(sources), longest, dtype=torch.bool)
-    for i, s in enumerate(sources):
-        src[i, :len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, :len(s)] = True
-    src, mask = src.to(device), mask.to(device)
+    src, mask = right_pad(sources, c.pad_token_id, device)
     stepper = Seq2SeqStepper(model, src, mask, cfg.num_beams)
     start = torch.full((len(sources), 1), c.decoder_start_token_id, dtype=torch.long,
                        device=device)

@@ -192,6 +192,19 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0,
     return idx, (pad if bool(pad.any()) else None)
 
 
+def right_pad(sequences: Sequence[Sequence[int]], pad_id: int = 0,
+              device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequences of different lengths as one (B, S) tensor padded on the right (an
+    encoder's sources), and its mask (B, S), True on real tokens."""
+    S = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), S), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros(len(sequences), S, dtype=torch.bool, device=device)
+    for row, s in enumerate(sequences):
+        ids[row, :len(s)] = torch.tensor(list(s), dtype=torch.long)
+        mask[row, :len(s)] = True
+    return ids, mask
+
+
 def _seen(seq: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
     """The tokens a row has seen, for the repetition penalty: padding columns are
     replaced by the row's first real token, which the row has seen anyway."""

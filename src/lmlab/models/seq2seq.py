@@ -74,6 +74,17 @@ class Packing:
         self.shape = mask.shape  # (B, L)
         self.index = mask.reshape(-1).nonzero().squeeze(1)  # (N,) row-major: x[mask]'s order
 
+    @classmethod
+    def of(cls, mask: torch.Tensor | None) -> Packing | None:
+        """The packing of ``mask`` (B, L) when it is worth one: some padding, each row's
+        real tokens first, and not inside torch.compile (whose graph the data-dependent
+        shapes would break). None otherwise: the padded layout."""
+        if mask is None or torch.compiler.is_compiling() or bool(mask.all()):
+            return None
+        lengths = mask.sum(dim=1, keepdim=True)  # (B, 1)
+        right_padded = torch.arange(mask.size(1), device=mask.device) < lengths
+        return cls(mask) if torch.equal(right_padded, mask.bool()) else None
+
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(0, 1).index_select(0, self.index)  # (N, ...)
 
@@ -81,14 +92,6 @@ class Packing:
         B, L = self.shape
         full = x.new_zeros(B * L, *x.shape[1:]).index_copy(0, self.index, x)
         return full.view(B, L, *x.shape[1:])  # (B, L, ...)
-
-
-def right_padded(mask: torch.Tensor) -> bool:
-    """Whether ``mask`` (B, L) holds each row's True positions first (a right-padded
-    batch), the layout ``Packing`` may skip."""
-    lengths = mask.sum(dim=1, keepdim=True)  # (B, 1)
-    return bool(torch.equal(torch.arange(mask.size(1), device=mask.device) < lengths,
-                            mask.bool()))
 
 
 class Attention(nn.Module):
@@ -378,10 +381,8 @@ class Seq2Seq(nn.Module):
             src_mask = torch.ones(memory.shape[:2], dtype=torch.bool, device=memory.device)
         mask = self.key_mask(src_mask)
         x = self.decoder.embed(tgt, self.shared, start)
-        packing = None
-        if (select is not None and cache is None and not torch.compiler.is_compiling()
-                and not bool(select.all()) and right_padded(select)):
-            packing = Packing(select)
+        packing = Packing.of(select) if cache is None else None
+        if packing is not None:
             x = packing.pack(x)  # (N, C)
         for i, layer in enumerate(self.decoder.layers):
             x = layer(x, memory, mask, cache.layers[i] if cache is not None else None,
@@ -409,10 +410,7 @@ class Seq2Seq(nn.Module):
         ``select`` (B, T), those of the marked positions only (N, V); ``hidden``, the final
         hidden states instead. A right-padded ``src_mask`` skips the source's padding in
         the encoder (``Packing``)."""
-        packing = None
-        if (src_mask is not None and not torch.compiler.is_compiling()
-                and not bool(src_mask.all()) and right_padded(src_mask)):
-            packing = Packing(src_mask)
+        packing = Packing.of(src_mask)
         memory = self.encode(src, src_mask, packing)  # (B, S, C), or (N', C) packed
         return self.decode(tgt, memory, src_mask, select=select, hidden=hidden,
                            memory_packing=packing)
