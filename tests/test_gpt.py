@@ -118,3 +118,46 @@ def test_linear_fast_path_equals_f_linear():
     layer(x).sum().backward()
     assert x.grad is not None and layer.weight.grad is not None
     assert isinstance(GPT(GPTConfig.from_name("gpt-nano")).lm_head, torch.nn.Linear)
+
+
+def test_linear_packs_its_weight_for_inference_and_follows_changes():
+    """In eval mode the weight goes to oneDNN pre-packed: the same values as F.linear,
+    packed again after an in-place update (an optimizer step, load_state_dict), dropped
+    by train(), left out of copies, and within the process's budget."""
+    import copy
+
+    from lmlab.models import linear as lin
+
+    if not lin.onednn_enabled() or lin._REORDER is None:
+        pytest.skip("no oneDNN in this build of torch")
+    torch.manual_seed(0)
+    layer = lin.Linear(96, 40).eval()
+    x, extra = torch.randn(8, 96), torch.randn(40)
+
+    def check() -> None:
+        with torch.no_grad():
+            want = torch.nn.functional.linear(x, layer.weight, layer.bias)
+            torch.testing.assert_close(layer(x), want)
+            torch.testing.assert_close(layer(x, bias=extra), want + extra)
+
+    check()
+    assert layer._packed is not None and layer._packed[2].is_mkldnn
+    with torch.no_grad():
+        layer.weight.mul_(-2.0)  # in place: the version moves, the pack is stale
+    check()
+    layer.load_state_dict({"weight": torch.randn(40, 96), "bias": torch.randn(40)})
+    check()
+    twin = copy.deepcopy(layer)
+    assert twin._packed is None
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), layer(x))
+    layer.train()
+    assert layer._packed is None
+    budget = lin.PACK_BUDGET
+    try:
+        lin.PACK_BUDGET = 0  # no room: the weight is used as it is
+        layer.eval()
+        check()
+        assert layer._packed is None
+    finally:
+        lin.PACK_BUDGET = budget

@@ -139,6 +139,9 @@ def beam_search(stepper: Stepper, prompt: torch.Tensor, cfg: BeamConfig,
     final_len = done_len.clone()
     active = torch.arange(B, device=device)  # the inputs still in the batch
 
+    neg = torch.tensor(NEG, device=device)
+    some_done = False  # whether any input holds a finished hypothesis yet
+
     for t in range(N):
         B = running.size(0)  # the inputs still in the batch
         logits = stepper.logits(t, running[:, :, :P + t].reshape(B * K, P + t))  # (B*K, V)
@@ -148,49 +151,62 @@ def beam_search(stepper: Stepper, prompt: torch.Tensor, cfg: BeamConfig,
                           cfg.no_repeat_ngram_size, logp)
         if t < cfg.min_new_tokens and eos.numel():
             logp[:, eos] = float("-inf")
-        total = (logp.view(B, K, V) + running_score[:, :, None]).view(B, K * V)
-        # C candidates: some may end here and K still go on.
+        # In place: a (B*K, V) tensor less to allocate at every step.
+        total = logp.view(B, K, V).add_(running_score[:, :, None]).view(B, K * V)
+        # C candidates, best first: some may end here and K still go on.
         cand_score, cand = total.topk(C, dim=1)  # (B, C)
-        cand_beam, cand_token = cand // V, cand % V
-        cand_tokens = running.gather(1, cand_beam[:, :, None].expand(-1, -1, P + N)).clone()
-        cand_tokens[:, :, P + t] = cand_token
-        ends = torch.isin(cand_token, eos) | (t + 1 == N)  # (B, C)
-
-        # The best K candidates that do not end run on.
-        run_score = cand_score + ends.float() * NEG
-        keep = run_score.topk(K, dim=1).indices  # (B, K)
-        running = cand_tokens.gather(1, keep[:, :, None].expand(-1, -1, P + N))
-        running_score = run_score.gather(1, keep)
-        source_beam = cand_beam.gather(1, keep)
+        cand_beam, cand_token = cand.div(V, rounding_mode="floor"), cand.remainder(V)
+        if t + 1 == N:
+            ends = torch.ones_like(cand_token, dtype=torch.bool)
+        else:
+            ends = cand_token == eos[0] if eos.numel() == 1 else torch.isin(cand_token, eos)
 
         # Candidates that end among the best K of the step join the finished ones.
-        ended = ends & first_k[None, :]
-        norm = cand_score / ((t + 1) ** lp)
-        norm += (done.all(dim=1, keepdim=True) & (early is True)).float() * NEG
-        norm += (~improvable).float() * NEG
-        norm += (~ended).float() * NEG
-        merged_score = torch.cat([done_score, norm], dim=1)  # (B, K + C)
-        best = merged_score.topk(K, dim=1).indices
-        done_tokens = torch.cat([done_tokens, cand_tokens], dim=1).gather(
-            1, best[:, :, None].expand(-1, -1, P + N))
-        done_score = merged_score.gather(1, best)
-        done_len = torch.cat([done_len, torch.full_like(cand_score, t + 1,
-                                                        dtype=torch.long)], dim=1).gather(1, best)
-        done = torch.cat([done, ended], dim=1).gather(1, best)
+        ended = ends & first_k  # (B, C)
+        if bool(ended.any()):
+            some_done = True
+            cand_tokens = running.gather(1, cand_beam[:, :, None].expand(-1, -1, P + N))
+            cand_tokens[:, :, P + t] = cand_token
+            norm = cand_score / ((t + 1) ** lp)
+            shut = ~ended | ~improvable  # (B, C) what may not join
+            if early is True:
+                shut |= done.all(dim=1, keepdim=True)
+            # Below an empty slot's NEG, so that a shut candidate never takes its place.
+            merged_score = torch.cat([done_score, norm.masked_fill(shut, 2 * NEG)], dim=1)
+            best = merged_score.topk(K, dim=1).indices  # (B, K) of the K + C
+            done_tokens = torch.cat([done_tokens, cand_tokens], dim=1).gather(
+                1, best[:, :, None].expand(-1, -1, P + N))
+            done_score = merged_score.gather(1, best)
+            done_len = torch.cat([done_len, torch.full_like(cand_token, t + 1)],
+                                 dim=1).gather(1, best)
+            done = torch.cat([done, ended], dim=1).gather(1, best)
+
+        # The best K candidates that do not end run on.
+        run_score = cand_score.masked_fill(ends, NEG)
+        keep = run_score.topk(K, dim=1).indices  # (B, K)
+        running_score = run_score.gather(1, keep)
+        source_beam = cand_beam.gather(1, keep)
+        running = running.gather(1, source_beam[:, :, None].expand(-1, -1, P + N))
+        running[:, :, P + t] = cand_token.gather(1, keep)
+        rows = source_beam + batch_offset  # (B, K) the cache rows the beams came from
+        if t + 1 == N:
+            stepper.reorder(rows.reshape(-1))
+            break
+        if not some_done:  # nothing to compare with: every input goes on
+            stepper.reorder(rows.reshape(-1))
+            continue
 
         # Can a running beam still beat the worst finished one?
         longest = N if early == "never" and lp > 0 else t + 1
         best_running = running_score[:, :1] / (longest ** lp)
-        worst_done = torch.where(done, done_score.min(dim=1, keepdim=True).values,
-                                 torch.tensor(NEG, device=device))
+        worst_done = torch.where(done, done_score.min(dim=1, keepdim=True).values, neg)
         improvable = improvable & (best_running > worst_done).any(dim=1, keepdim=True)
         finished = ~improvable[:, 0]  # (B,)
         if early is True:
             finished |= done.all(dim=1)
-        if bool(finished.all()) or ends.all():
-            stepper.reorder((source_beam + batch_offset).reshape(-1))
+        if bool(finished.all()):
+            stepper.reorder(rows.reshape(-1))
             break
-        rows = source_beam + batch_offset  # (B, K) the cache rows the beams came from
         if bool(finished.any()):  # done inputs leave the batch, their hypotheses kept
             gone, keep = finished.nonzero()[:, 0], (~finished).nonzero()[:, 0]
             final_tokens[active[gone]] = done_tokens[gone]
@@ -243,33 +259,33 @@ class GPTStepper:
 
 
 class Seq2SeqStepper:
-    """Beam steps of an encoder-decoder: the source encoded once and repeated for the beams,
-    then the decoder one token a step with its cache."""
+    """Beam steps of an encoder-decoder: the source encoded once, its keys and values
+    shared by its beams (a cache of ``group`` K), then the decoder one token a step."""
 
     def __init__(self, model: torch.nn.Module, src: torch.Tensor, src_mask: torch.Tensor,
                  num_beams: int) -> None:
         self.model = model
-        memory = model.encode(src, src_mask)  # (B, S, C)
-        self.memory = memory.repeat_interleave(num_beams, dim=0)  # (B*K, S, C)
-        self.src_mask = src_mask.repeat_interleave(num_beams, dim=0)
-        self.cache = model.new_cache()
+        self.memory = model.encode(src, src_mask)  # (B, S, C)
+        self.src_mask = src_mask
+        self.num_beams = num_beams
+        self.cache = model.new_cache(group=num_beams)
 
     def logits(self, step: int, sequences: torch.Tensor) -> torch.Tensor:
         tokens = sequences if step == 0 else sequences[:, -1:]
         return self.model.decode(tokens, self.memory, self.src_mask, self.cache)[:, -1]
 
     def reorder(self, rows: torch.Tensor) -> None:
-        if rows.numel() == self.src_mask.size(0):
-            # Beams of one source share its encoder output: only the decoder's own cache
-            # moves.
-            self.cache.reorder(rows, same_source=True)
+        K = self.num_beams
+        if rows.numel() == self.src_mask.size(0) * K:
+            # Beams move among the rows of their own source: only the decoder's own
+            # cache moves.
+            self.cache.reorder(rows)
             return
-        # Inputs left the batch: every row-wise tensor keeps the rows that go on.
-        self.cache.reorder(rows)
-        self.src_mask = self.src_mask.index_select(0, rows)
-        # Not read after step 0 (the cross-attention keys and values are cached): a view
-        # with the right number of rows, not a copy.
-        self.memory = self.memory[:rows.numel()]
+        # Inputs left the batch: the K rows of an input that stays came from its old rows.
+        sources = rows[::K] // K  # (B',)
+        self.cache.reorder(rows, sources)
+        self.src_mask = self.src_mask.index_select(0, sources)
+        self.memory = self.memory.index_select(0, sources)
 
 
 @torch.no_grad()

@@ -20,7 +20,11 @@ model. Parameter names follow BART's and Marian's checkpoints without their
 Decoding reuses the work of earlier steps: the decoder's self-attention keys
 and values grow by one position per step (``DecoderCache``), and the
 cross-attention keys and values of the encoder output are computed once. A
-beam search reorders the caches' rows with ``DecoderCache.reorder``.
+beam search reorders the caches' rows with ``DecoderCache.reorder``, and its
+beams share their source's encoder output: with ``group`` beams to a source,
+the cross-attention keys and values are those of the sources alone, and the
+beams of a source attend to them as that many queries of one row (a quarter
+of the projections and of the keys and values read, at 4 beams).
 
 Training skips the padding (``Packing``): a batch of right-padded pairs keeps
 only its N real tokens in the position-wise layers (the projections, the
@@ -179,31 +183,34 @@ class EncoderLayer(nn.Module):
 
 class LayerCache:
     """One decoder layer's keys and values: its own (growing by T each call) and the
-    encoder output's (computed once)."""
+    encoder output's (computed once, a row for ``group`` decoder rows)."""
 
-    def __init__(self) -> None:
+    def __init__(self, group: int = 1) -> None:
         self.self_kv: tuple[torch.Tensor, torch.Tensor] | None = None
         self.cross_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.group = group
 
 
 class DecoderCache:
-    """What decoding keeps from step to step, for every decoder layer."""
+    """What decoding keeps from step to step, for every decoder layer. ``group``
+    consecutive decoder rows read one row of the encoder output (a beam search's beams
+    of one source): the cross-attention keys and values hold a row per source."""
 
-    def __init__(self, n_layer: int) -> None:
-        self.layers = [LayerCache() for _ in range(n_layer)]
+    def __init__(self, n_layer: int, group: int = 1) -> None:
+        self.layers = [LayerCache(group) for _ in range(n_layer)]
         self.length = 0  # target positions cached
 
-    def reorder(self, rows: torch.Tensor, same_source: bool = False) -> None:
-        """Keep rows ``rows`` (B',) of every cached tensor, in that order (a beam search's
-        surviving beams). With ``same_source`` every row moves among rows of one source
-        (a beam search's do), whose cross-attention keys and values are equal, so those
-        stay as they are."""
+    def reorder(self, rows: torch.Tensor, sources: torch.Tensor | None = None) -> None:
+        """Keep the decoder's rows ``rows`` (B'*group,), in that order (a beam search's
+        surviving beams), and, with ``sources`` (B',), those rows of the encoder
+        output's keys and values (the inputs that stay); without, those stay as they
+        are (beams move among the rows of their own source)."""
         for layer in self.layers:
-            for name in ("self_kv",) if same_source else ("self_kv", "cross_kv"):
+            for name, keep in (("self_kv", rows), ("cross_kv", sources)):
                 kv = getattr(layer, name)
-                if kv is not None:
-                    setattr(layer, name, (kv[0].index_select(0, rows),
-                                          kv[1].index_select(0, rows)))
+                if kv is not None and keep is not None:
+                    setattr(layer, name, (kv[0].index_select(0, keep),
+                                          kv[1].index_select(0, keep)))
 
 
 class DecoderLayer(EncoderLayer):
@@ -243,6 +250,11 @@ class DecoderLayer(EncoderLayer):
             kv = attn.keys_values(memory, memory_packing)  # (B, nh, S, hs)
             if cache is not None:
                 cache.cross_kv = kv
+        if cache is not None and cache.group > 1:
+            # The G rows of a source as G*T queries of one row: (B*G, T, C) -> (B, G*T, C).
+            BG, T, C = h.shape
+            y = attn(h.reshape(BG // cache.group, cache.group * T, C), kv, mask=memory_mask)
+            return y.view(BG, T, C)
         return attn(h, kv, mask=memory_mask, packing=packing)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor,  # type: ignore[override]
@@ -369,8 +381,10 @@ class Seq2Seq(nn.Module):
                memory_packing: Packing | None = None) -> torch.Tensor:
         """Logits (B, T, V) of the next token after each of target ids ``tgt`` (B, T),
         reading the encoder's output ``memory`` (B, S, C). With a ``cache``, ``tgt``
-        continues the positions it holds, and it grows by T. ``hidden`` returns the
-        final hidden states (B, T, C), or (N, C) with ``select``, instead; ``select``
+        continues the positions it holds, and it grows by T; a cache of ``group`` G reads
+        memory (B/G, S, C) and ``src_mask`` (B/G, S), a row for G rows of ``tgt``.
+        ``hidden`` returns the final hidden states (B, T, C), or (N, C) with ``select``,
+        instead; ``select``
         (B, T) bool, the logits (N, V) of the marked positions only (training skips the
         padding's: the output layer is the largest matrix). A right-padded ``select``
         (training's) runs the layers on the marked positions alone (``Packing``; no later
@@ -394,13 +408,12 @@ class Seq2Seq(nn.Module):
             x = x[select]  # (N, C)
         if hidden:
             return x
-        logits = self.lm_head(x)
-        if self.config.final_logits_bias:
-            logits = logits + self.final_logits_bias
-        return logits
+        bias = self.final_logits_bias[0] if self.config.final_logits_bias else None
+        return self.lm_head(x, bias=bias)  # the bias added in the product
 
-    def new_cache(self) -> DecoderCache:
-        return DecoderCache(self.config.n_decoder_layer)
+    def new_cache(self, group: int = 1) -> DecoderCache:
+        """An empty cache for decoding; ``group`` decoder rows to a source (beams)."""
+        return DecoderCache(self.config.n_decoder_layer, group)
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor,
                 src_mask: torch.Tensor | None = None,
