@@ -134,26 +134,37 @@ def test_marian_beam_search_matches_transformers(setting):
 def test_done_inputs_leave_the_batch_and_the_rest_match_transformers(setting, monkeypatch):
     """Outputs that end at different steps (an end token made likelier): an input whose
     search is over leaves the batch, its cache rows with it, and every input's
-    hypotheses still equal Hugging Face's, which decodes all rows to the end."""
+    hypotheses still equal Hugging Face's, which decodes all rows to the end. Step 0
+    reads each input once, not once per beam."""
     import lmlab.beam as beam
 
-    rows: list[int] = []
+    rows: list[int] = []  # the rows each reorder keeps
+    read: list[int] = []  # the rows each step reads
     for cls in (beam.GPTStepper, beam.Seq2SeqStepper):
         def reorder(self, r, _original=cls.reorder):
             rows.append(r.numel())
             _original(self, r)
+
+        def logits(self, step, sequences, _original=cls.logits):
+            read.append(sequences.size(0))
+            return _original(self, step, sequences)
         monkeypatch.setattr(cls, "reorder", reorder)
+        monkeypatch.setattr(cls, "logits", logits)
     cfg = BeamConfig(max_new_tokens=12, **setting)
+    K = cfg.num_beams
     g = torch.Generator().manual_seed(3)
     hf, ours = _marian_pair(weight_std=0.3, eos_bias=4.0)
     sources = [[*torch.randint(6, V, (n,), generator=g).tolist(), EOS] for n in (3, 8, 5, 6, 4, 7)]
     _marian_check(hf, ours, sources, cfg, setting)
+    # Step 0 reads each source once; its rows are then copied for the beams.
+    assert read[:2] == [6, 6 * K] and rows[0] == 6 * K, (read, rows)
     assert rows[-1] < rows[0], rows  # inputs left the batch before the last step
-    rows.clear()
+    rows.clear(), read.clear()
     hf, ours = _gpt_pair(eos_scale=6.0)
     # Prompts of different lengths: left-padded, and the rows' pad offsets leave too.
     prompts = [torch.randint(6, V, (n,), generator=g).tolist() for n in (4, 2, 5, 3, 4, 6)]
     got = beam_search_gpt(ours, prompts, cfg, eos_token_id=EOS, pad_token_id=PAD)
+    assert read[:2] == [6, 6 * K], read  # each prompt through the model once
     assert rows[-1] < rows[0], rows
     for prompt, hyps in zip(prompts, got, strict=True):  # each alone, against HF
         want = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(

@@ -102,11 +102,12 @@ def test_gpt2_124m_parameter_count():
     assert model.num_params() == 124_439_808  # GPT-2 small's published count
 
 
-def test_linear_fast_path_equals_f_linear():
+def test_linear_fast_path_equals_f_linear(monkeypatch):
     """lmlab's Linear (oneDNN for few-row float32 CPU inference) computes F.linear's values;
     with a gradient to take, it is F.linear itself."""
     from lmlab.models import linear as lin
 
+    monkeypatch.setattr(lin, "ONEDNN_MIN_MACS", 0)  # a small layer takes the oneDNN path
     torch.manual_seed(0)
     layer = lin.Linear(96, 40)
     for rows in (1, 8, 33):  # 33 rows: past ONEDNN_MAX_ROWS, the plain path
@@ -120,7 +121,7 @@ def test_linear_fast_path_equals_f_linear():
     assert isinstance(GPT(GPTConfig.from_name("gpt-nano")).lm_head, torch.nn.Linear)
 
 
-def test_linear_packs_its_weight_for_inference_and_follows_changes():
+def test_linear_packs_its_weight_for_inference_and_follows_changes(monkeypatch):
     """In eval mode the weight goes to oneDNN pre-packed: the same values as F.linear,
     packed again after an in-place update (an optimizer step, load_state_dict), dropped
     by train(), left out of copies, and within the process's budget."""
@@ -130,6 +131,7 @@ def test_linear_packs_its_weight_for_inference_and_follows_changes():
 
     if not lin.onednn_enabled() or lin._REORDER is None:
         pytest.skip("no oneDNN in this build of torch")
+    monkeypatch.setattr(lin, "ONEDNN_MIN_MACS", 0)
     torch.manual_seed(0)
     layer = lin.Linear(96, 40).eval()
     x, extra = torch.randn(8, 96), torch.randn(40)
@@ -153,11 +155,7 @@ def test_linear_packs_its_weight_for_inference_and_follows_changes():
         torch.testing.assert_close(twin(x), layer(x))
     layer.train()
     assert layer._packed is None
-    budget = lin.PACK_BUDGET
-    try:
-        lin.PACK_BUDGET = 0  # no room: the weight is used as it is
-        layer.eval()
-        check()
-        assert layer._packed is None
-    finally:
-        lin.PACK_BUDGET = budget
+    monkeypatch.setattr(lin, "PACK_BUDGET", 0)  # no room: the weight is used as it is
+    layer.eval()
+    check()
+    assert layer._packed is None

@@ -94,18 +94,78 @@ def test_marian_sinusoids_are_computed_not_stored():
         assert torch.equal(sinusoidal_positions(40, dim), stored)
 
 
-@pytest.mark.parametrize("norm_first", [False, True])
-def test_cached_decoding_equals_the_full_pass(norm_first):
+@pytest.mark.parametrize("norm_first,capacity", [(False, None), (True, None), (False, 9),
+                                                (True, 7)])
+def test_cached_decoding_equals_the_full_pass(norm_first, capacity):
+    """Decoding with the cache: growing by concatenation, in buffers of the whole length,
+    and in buffers too short (7 of 9 positions), which go on by concatenation."""
     model = _nano(norm_first).eval()
     src, mask, tgt = _inputs()
     with torch.no_grad():
         full = model(src, tgt, mask)
         memory = model.encode(src, mask)
-        cache = model.new_cache()
+        cache = model.new_cache(capacity)
         steps = [model.decode(tgt[:, :4], memory, mask, cache)]  # a chunk, then one by one
         steps += [model.decode(tgt[:, i:i + 1], memory, mask, cache) for i in range(4, 9)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
     assert cache.length == 9
+
+
+def test_beams_read_their_sources_encoder_output_once():
+    """Target rows grouped by source (a beam search's beams) against the encoder output
+    repeated for every row: the same logits, with a row of cross-attention keys and
+    values per source; when a source leaves, its rows and keys go together."""
+    model = _nano().eval()
+    src, mask, _ = _inputs()
+    G = 2  # target rows to a source
+    tgt = torch.randint(3, V, (3 * G, 6), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        memory = model.encode(src, mask)  # (3, S, C)
+        shared, repeated = model.new_cache(capacity=5), model.new_cache()
+        wide, wide_mask = memory.repeat_interleave(G, 0), mask.repeat_interleave(G, 0)
+        for i in range(4):
+            step = tgt[:, i:i + 1]
+            torch.testing.assert_close(model.decode(step, memory, mask, shared),
+                                       model.decode(step, wide, wide_mask, repeated),
+                                       atol=1e-5, rtol=1e-5)
+        assert shared.layers[0].cross_kv[0].size(0) == 3
+        shared.reorder(torch.tensor([1, 0, 2, 3, 5, 4]))  # beams swap within their source
+        repeated.reorder(torch.tensor([1, 0, 2, 3, 5, 4]))
+        tgt = tgt[[1, 0, 2, 3, 5, 4]]
+        rows, sources = torch.tensor([3, 2, 5, 5]), torch.tensor([1, 2])  # source 0 leaves
+        shared.reorder(rows, sources)
+        repeated.reorder(rows, rows)
+        torch.testing.assert_close(
+            model.decode(tgt[rows, 4:5], memory[sources], mask[sources], shared),
+            model.decode(tgt[rows, 4:5], wide[rows], wide_mask[rows], repeated),
+            atol=1e-5, rtol=1e-5)
+
+
+def test_inference_stacks_the_projections_and_attends_with_few_queries():
+    """At inference the query, key and value projections are one product (rebuilt when a
+    weight changes), and a decoding step's few queries attend without the fused
+    kernel: both give what the training path gives."""
+    from lmlab.models.seq2seq import few_query_attention
+
+    attn = _nano().eval().decoder.layers[0].self_attn
+    x = torch.randn(4, 3, attn.q_proj.in_features)
+    parts = (attn.q_proj, attn.k_proj, attn.v_proj)
+    with torch.no_grad():
+        for _ in range(2):
+            for got, p in zip(attn.projections(x), parts, strict=True):
+                torch.testing.assert_close(got, p(x))
+            attn.k_proj.weight.mul_(-1.5)  # in place: the stacked copy must follow
+    attn.train()  # training: three products, the gradients apart; no stacked copy kept
+    assert attn._qkv.linear is None
+    sum(t.sum() for t in attn.projections(x)).backward()
+    assert all(p.weight.grad is not None for p in parts)
+    q, k, v = (torch.randn(3, 4, T, 8) for T in (5, 7, 7))
+    mask = torch.rand(3, 1, 1, 7) > 0.3
+    mask[:, :, :, 0] = True  # a row sees at least one key
+    for m in (None, mask):
+        torch.testing.assert_close(few_query_attention(q, k, v, m),
+                                   torch.nn.functional.scaled_dot_product_attention(
+                                       q, k, v, attn_mask=m), atol=1e-5, rtol=1e-5)
 
 
 def test_padding_does_not_change_a_row():

@@ -20,7 +20,9 @@ ids come out (``tests/test_beam.py`` checks it on GPT-2- and Marian-shaped model
 
 An input that is done leaves the batch: its rows are no longer decoded, so the
 matrix products shrink as the short outputs of a batch end (Hugging Face keeps
-decoding them, padded, until the longest is done).
+decoding them, padded, until the longest is done). Likewise at step 0, where
+the K beams of an input are still one, the model reads each prompt once, not
+K times.
 
 ``no_repeat_ngram_size`` forbids any n-gram from appearing twice in a
 hypothesis (its prompt included, as Hugging Face does); ``min_new_tokens``
@@ -79,13 +81,14 @@ class Hypothesis:
 
 class Stepper(Protocol):
     def logits(self, step: int, sequences: torch.Tensor) -> torch.Tensor:
-        """Next-token logits (B*K, V) after ``sequences`` (B*K, P + step): the prompt and
-        the ``step`` tokens generated so far."""
+        """Next-token logits (R, V) after ``sequences`` (R, P + step): the prompt and the
+        ``step`` tokens generated so far; R = B at step 0 (the prompts), B*K after."""
         ...
 
     def reorder(self, rows: torch.Tensor) -> None:
-        """Keep the cached rows ``rows`` (B'*K,), in that order; B' < B when inputs are
-        done and leave the batch."""
+        """Keep the cached rows ``rows`` (B'*K,), in that order: after step 0 each
+        input's row K times, then the rows the surviving beams came from; B' < B when
+        inputs are done and leave the batch."""
         ...
 
 
@@ -110,8 +113,9 @@ def beam_search(stepper: Stepper, prompt: torch.Tensor, cfg: BeamConfig,
     """The ``num_return_sequences`` best hypotheses of each input, best first.
 
     ``prompt`` (B, P) holds what each row starts from (a decoder-only model's
-    prompt, or an encoder-decoder's start token); it is repeated for the beams
-    here, so the stepper's first call sees (B*K, P).
+    prompt, or an encoder-decoder's start token). The stepper's first call sees it
+    as it is, (B, P), and a ``reorder`` then repeats each row for the K beams; its
+    later calls see (B*K, P + step).
     """
     K, N, V = cfg.num_beams, cfg.max_new_tokens, vocab_size
     B, P = prompt.shape
@@ -144,15 +148,21 @@ def beam_search(stepper: Stepper, prompt: torch.Tensor, cfg: BeamConfig,
 
     for t in range(N):
         B = running.size(0)  # the inputs still in the batch
-        logits = stepper.logits(t, running[:, :, :P + t].reshape(B * K, P + t))  # (B*K, V)
+        # At step 0 the K beams of an input are one: a row each (the prompt read once),
+        # and then the stepper's rows are copied for the beams.
+        seqs = running[:, 0, :P] if t == 0 else running[:, :, :P + t].reshape(B * K, P + t)
+        logits = stepper.logits(t, seqs)  # (B*K, V), (B, V) at step 0
+        if t == 0:
+            stepper.reorder(torch.arange(B, device=device).repeat_interleave(K))
         logp = F.log_softmax(logits.float(), dim=-1)
         if cfg.no_repeat_ngram_size:
-            banned_ngrams(running[:, :, :P + t].reshape(B * K, P + t),
-                          cfg.no_repeat_ngram_size, logp)
+            banned_ngrams(seqs, cfg.no_repeat_ngram_size, logp)
         if t < cfg.min_new_tokens and eos.numel():
             logp[:, eos] = float("-inf")
-        # In place: a (B*K, V) tensor less to allocate at every step.
-        total = logp.view(B, K, V).add_(running_score[:, :, None]).view(B, K * V)
+        if t == 0:
+            total = (logp[:, None, :] + running_score[:, :, None]).view(B, K * V)
+        else:  # in place: a (B*K, V) tensor less to allocate at every step
+            total = logp.view(B, K, V).add_(running_score[:, :, None]).view(B, K * V)
         # C candidates, best first: some may end here and K still go on.
         cand_score, cand = total.topk(C, dim=1)  # (B, C)
         cand_beam, cand_token = cand.div(V, rounding_mode="floor"), cand.remainder(V)
@@ -237,12 +247,10 @@ class GPTStepper:
     """Beam steps of a decoder-only model: the prompt through the KV cache once (left-padded
     rows of a batch), then one token a step."""
 
-    def __init__(self, model: torch.nn.Module, pad: torch.Tensor | None, num_beams: int,
-                 max_len: int) -> None:
+    def __init__(self, model: torch.nn.Module, pad: torch.Tensor | None, max_len: int) -> None:
         self.model = model
-        self.pad = None if pad is None else pad.repeat_interleave(num_beams)  # (B*K,)
+        self.pad = pad  # (B,), repeated for the beams by the first reorder
         self.max_len = max_len
-        self.rows: int | None = None
 
     def logits(self, step: int, sequences: torch.Tensor) -> torch.Tensor:
         model = self.model
@@ -260,15 +268,15 @@ class GPTStepper:
 
 class Seq2SeqStepper:
     """Beam steps of an encoder-decoder: the source encoded once, its keys and values
-    shared by its beams (a cache of ``group`` K), then the decoder one token a step."""
+    shared by its beams, then the decoder one token a step."""
 
     def __init__(self, model: torch.nn.Module, src: torch.Tensor, src_mask: torch.Tensor,
-                 num_beams: int) -> None:
+                 num_beams: int, max_new_tokens: int) -> None:
         self.model = model
         self.memory = model.encode(src, src_mask)  # (B, S, C)
         self.src_mask = src_mask
         self.num_beams = num_beams
-        self.cache = model.new_cache(group=num_beams)
+        self.cache = model.new_cache(capacity=max_new_tokens)
 
     def logits(self, step: int, sequences: torch.Tensor) -> torch.Tensor:
         tokens = sequences if step == 0 else sequences[:, -1:]
@@ -305,7 +313,7 @@ def beam_search_gpt(model: torch.nn.Module, prompts: Sequence[Sequence[int]], cf
     idx, pad = left_pad(prompts, pad_id=pad_token_id)
     idx = idx.to(device)
     pad = pad.to(device) if pad is not None else None
-    stepper = GPTStepper(model, pad, cfg.num_beams, longest + cfg.max_new_tokens)
+    stepper = GPTStepper(model, pad, longest + cfg.max_new_tokens)
     try:
         return beam_search(stepper, idx, cfg, eos_token_id, pad_token_id,
                            model.config.vocab_size)
@@ -329,7 +337,7 @@ def beam_search_seq2seq(model: torch.nn.Module, sources: Sequence[Sequence[int]]
         raise LmlabError(f"--max-new-tokens {cfg.max_new_tokens} exceeds the model's "
                          f"{c.block_size} positions")
     src, mask = right_pad(sources, c.pad_token_id, device)
-    stepper = Seq2SeqStepper(model, src, mask, cfg.num_beams)
+    stepper = Seq2SeqStepper(model, src, mask, cfg.num_beams, cfg.max_new_tokens)
     start = torch.full((len(sources), 1), c.decoder_start_token_id, dtype=torch.long,
                        device=device)
     return beam_search(stepper, start, cfg, c.eos_token_id, c.pad_token_id, c.vocab_size)

@@ -132,11 +132,11 @@ class KVCache(nn.Module):
         return self.k[:, :, :end], self.v[:, :, :end]
 
     def reorder(self, rows: torch.Tensor) -> None:
-        """Keep rows ``rows`` (B' <= B,), in that order. Only the positions written move:
-        the buffer's unused tail is as long as all the tokens still to come. Fewer rows
-        (a beam search leaving finished inputs out) make new, smaller buffers; a beam
-        search sets up its own caches, so none kept for reuse (``setup_cache(reuse=True)``)
-        is ever shrunk."""
+        """Keep rows ``rows`` (B',), in that order. Only the positions written move: the
+        buffer's unused tail is as long as all the tokens still to come. Another number
+        of rows (a beam search's step 0, a row per prompt becoming one per beam, or
+        finished inputs leaving) makes new buffers; a beam search sets up its own
+        caches, so none kept for reuse (``setup_cache(reuse=True)``) is ever resized."""
         if rows.numel() != self.k.size(0):
             self.k = self.k.index_select(0, rows)
             self.v = self.v.index_select(0, rows)
@@ -429,8 +429,9 @@ class GPT(nn.Module):
             return None
 
     def reorder_cache(self, rows: torch.Tensor) -> None:
-        """Keep cached rows ``rows`` (B' <= B,), in that order: a beam search's surviving
-        beams, fewer once inputs are done."""
+        """Keep cached rows ``rows`` (B',), in that order: a beam search's surviving beams
+        (each prompt's row repeated for its beams after step 0; fewer rows once inputs
+        are done)."""
         for block in self.transformer.h:
             if block.attn.kv_cache is not None:
                 block.attn.kv_cache.reorder(rows)

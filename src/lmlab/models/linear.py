@@ -13,21 +13,24 @@ faster than lmlab there.
 
 The swap is by subclass, so everything that looks for ``nn.Linear`` (int8/int4
 quantization, LoRA, the converters) sees an ordinary Linear; training, any
-tensor that needs a gradient, other dtypes and devices, and more rows than
-``ONEDNN_MAX_ROWS`` take ``F.linear`` as before. ``LMLAB_CPU_LINEAR=mkl``
-turns the oneDNN path off (to compare the two on another CPU).
+tensor that needs a gradient, other dtypes and devices, more rows than
+``ONEDNN_MAX_ROWS`` and products smaller than ``ONEDNN_MIN_MACS`` take
+``F.linear`` as before. ``LMLAB_CPU_LINEAR=mkl`` turns the oneDNN path off (to
+compare the two on another CPU).
 
 In eval mode the weight is handed to oneDNN pre-packed: reordered once into
 the blocked layout its kernel reads (``torch.ops.mkldnn._reorder_linear_weight``,
-laid out for ``ONEDNN_MAX_ROWS`` rows) and kept beside the weight until the
-weight changes (a new tensor, or an in-place update: its version counter) or
-the module goes back to training. Handed the plain layout, oneDNN reorders
-or reads it the slow way on every call: pre-packed, the matrix products of a
-beam step (32 rows at 256 wide, and an 8,000-row output layer) took 0.6-0.8x the
-time on an AMD EPYC, and 8-row products of GPT-2's shapes 0.55-0.75x. The
-packed copies cost their weights' bytes again, so they are held within a
-budget for the process (``LMLAB_PACK_BUDGET_MB``, 2,048 MiB by default; 0
-turns packing off): past it, a weight is used as it is.
+laid out for ``PACK_ROWS`` rows) and kept beside the weight until the weight
+changes (a new tensor, or an in-place update: its version counter) or the
+module goes back to training. Handed the plain layout, oneDNN reorders or reads
+it the slow way on every call. Pre-packed, on an AMD EPYC with 2 threads, the
+products of a beam step (32 rows at 256 wide, and an 8,000-row output layer)
+took 0.6-0.8x the time of the plain layout, 8-row products of GPT-2's shapes
+0.55-0.75x, and against MKL, 64 to 256 rows took 0.3-0.85x for weights of
+768 x 256 and up (even at 256 x 256). The packed copies cost their weights'
+bytes again, so they are held within a budget for the process
+(``LMLAB_PACK_BUDGET_MB``, 2,048 MiB by default; 0 turns packing off): past
+it, a weight is used as it is.
 """
 
 from __future__ import annotations
@@ -41,7 +44,12 @@ import torch.nn.functional as F
 
 # torch.ops.mkldnn exists in every x86 build of torch; the op may not elsewhere.
 _ONEDNN = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
-ONEDNN_MAX_ROWS = 32
+ONEDNN_MAX_ROWS = 256
+PACK_ROWS = 32  # the rows oneDNN lays a packed weight out for (faster for 1-256 rows)
+# Products of fewer multiply-adds (rows x weight elements) stay with MKL: oneDNN's call
+# costs about 30 us before any arithmetic, MKL's under 10 (AMD EPYC, 2 threads): at 32
+# rows a 256 x 256 weight is even between them; at 1 row MKL is ahead up to ~768 x 768.
+ONEDNN_MIN_MACS = 2**20
 
 
 def onednn_enabled() -> bool:
@@ -88,6 +96,7 @@ class Linear(nn.Linear):
             bias = bias + self.bias
         if (_ENABLED and x.device.type == "cpu" and x.dtype == torch.float32
                 and w.dtype == torch.float32 and x.numel() <= ONEDNN_MAX_ROWS * x.size(-1)
+                and x.numel() * w.size(0) >= ONEDNN_MIN_MACS
                 and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):
             if torch.compiler.is_compiling():
                 return torch.ops.lmlab.onednn_linear(x, w, bias)
@@ -108,7 +117,7 @@ class Linear(nn.Linear):
         if _packed_bytes + nbytes > PACK_BUDGET:
             return w
         with torch.no_grad():
-            packed = _REORDER(w.detach(), ONEDNN_MAX_ROWS)
+            packed = _REORDER(w.detach(), PACK_ROWS)
         _account(packed, nbytes)
         self._packed = (w.data_ptr(), w._version, packed)
         return packed
@@ -130,3 +139,32 @@ def _account(packed: torch.Tensor, nbytes: int) -> None:
     global _packed_bytes
     _packed_bytes += nbytes
     weakref.finalize(packed, _release, nbytes)
+
+
+class Stacked:
+    """Several Linears of one input as one product, for inference: their weights (and
+    biases) stacked along the output, the result split back. Three 256-wide
+    projections of 32 rows took 1.5x the time of one 768-wide (oneDNN, pre-packed):
+    each call has its fixed cost. Built on first use and again when any weight changes;
+    the stacked copy costs the parts' bytes again. Not a module (not in the
+    state dict, not trained)."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.linear: Linear | None = None
+
+    def __call__(self, x: torch.Tensor, parts: tuple[nn.Linear, ...]) -> tuple[torch.Tensor, ...]:
+        """Each part's output for x (..., in_features), as views of one product."""
+        key = tuple((t.data_ptr(), t._version) for p in parts
+                    for t in (p.weight, p.bias) if t is not None)
+        if key != self.key or self.linear is None:
+            with torch.no_grad():
+                w = torch.cat([p.weight for p in parts])
+                biased = all(p.bias is not None for p in parts)
+                linear = Linear(w.size(1), w.size(0), bias=biased, device="meta")
+                linear.weight = nn.Parameter(w, requires_grad=False)
+                if biased:
+                    linear.bias = nn.Parameter(torch.cat([p.bias for p in parts]),
+                                               requires_grad=False)
+            self.key, self.linear = key, linear.eval()
+        return self.linear(x).split([p.out_features for p in parts], dim=-1)

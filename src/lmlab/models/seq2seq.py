@@ -21,10 +21,10 @@ Decoding reuses the work of earlier steps: the decoder's self-attention keys
 and values grow by one position per step (``DecoderCache``), and the
 cross-attention keys and values of the encoder output are computed once. A
 beam search reorders the caches' rows with ``DecoderCache.reorder``, and its
-beams share their source's encoder output: with ``group`` beams to a source,
-the cross-attention keys and values are those of the sources alone, and the
-beams of a source attend to them as that many queries of one row (a quarter
-of the projections and of the keys and values read, at 4 beams).
+beams share their source's encoder output: with G target rows to a row of the
+encoder output, the cross-attention keys and values are those of the sources
+alone, and the G beams of a source attend to them as G queries of one row (a
+quarter of the projections and of the keys and values read, at 4 beams).
 
 Training skips the padding (``Packing``): a batch of right-padded pairs keeps
 only its N real tokens in the position-wise layers (the projections, the
@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from lmlab.config import Seq2SeqConfig
 from lmlab.models.gpt import init_weights
-from lmlab.models.linear import Linear
+from lmlab.models.linear import Linear, Stacked
 
 
 def sinusoidal_positions(n_pos: int, dim: int) -> torch.Tensor:
@@ -98,6 +98,23 @@ class Packing:
         return full.view(B, L, *x.shape[1:])  # (B, L, ...)
 
 
+FEW_QUERIES = 8  # a decoding step's queries a row (a beam search's beams of a source)
+
+
+def few_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hs) where ``mask`` (B, 1, 1 or T, L) is True) v for queries
+    q (B, nh, T, hs) and keys and values (B, nh, L, hs), as three products: what
+    ``F.scaled_dot_product_attention`` computes. With the few queries of a decoding
+    step the fused kernel's start (it splits the work among the threads) costs more
+    than the arithmetic: 116 against 67 us for a beam step's cross-attention (8
+    sources, 4 beams, 21 keys; AMD EPYC, 2 threads)."""
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.size(-1) ** -0.5)  # (B, nh, T, L)
+    if mask is not None:
+        scores = torch.where(mask, scores, float("-inf"))
+    return torch.matmul(scores.softmax(dim=-1), v)  # (B, nh, T, hs)
+
+
 class Attention(nn.Module):
     """Multi-head attention with biased projections: self-attention when ``memory`` is
     None, else cross-attention from ``x`` (queries) to ``memory`` (keys and values)."""
@@ -112,6 +129,12 @@ class Attention(nn.Module):
         self.v_proj = Linear(C, C)
         self.out_proj = Linear(C, C)
         self.dropout = config.attn_dropout
+        self._qkv = Stacked()  # the three projections as one product, for inference
+
+    def train(self, mode: bool = True) -> Attention:
+        if mode:  # the weights will change at every step: no stacked copy
+            self._qkv = Stacked()
+        return super().train(mode)
 
     def heads(self, t: torch.Tensor) -> torch.Tensor:
         B, N, C = t.shape
@@ -121,10 +144,22 @@ class Attention(nn.Module):
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values (B, nh, N, hs) of a source (B, N, C), or of its real tokens
         (N', C) packed by ``packing``."""
-        k, v = self.k_proj(source), self.v_proj(source)
+        return self.split_heads(self.k_proj(source), self.v_proj(source), packing)
+
+    def split_heads(self, k: torch.Tensor, v: torch.Tensor, packing: Packing | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected keys and values (B, N, C), or packed (N', C), as (B, nh, N, hs)."""
         if packing is not None:
             k, v = packing.unpack(k), packing.unpack(v)
         return self.heads(k), self.heads(v)
+
+    def projections(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Self-attention's queries, keys and values of x (..., C), each (..., C): at
+        inference one product (``Stacked``), in training three."""
+        parts = (self.q_proj, self.k_proj, self.v_proj)
+        if self.training or torch.is_grad_enabled():
+            return tuple(p(x) for p in parts)
+        return self._qkv(x, parts)
 
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], *,
                 mask: torch.Tensor | None = None, is_causal: bool = False,
@@ -132,13 +167,22 @@ class Attention(nn.Module):
         """Attend from x (B, T, C) to keys and values ``kv`` (each (B, nh, L, hs));
         ``mask`` (B, 1, T or 1, L) is True where a query may look. With ``packing``,
         x is the batch's real tokens (N, C) and so is the output."""
-        q = self.q_proj(x)
+        return self.attend(self.q_proj(x), kv, mask=mask, is_causal=is_causal,
+                           packing=packing)
+
+    def attend(self, q: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], *,
+               mask: torch.Tensor | None = None, is_causal: bool = False,
+               packing: Packing | None = None) -> torch.Tensor:
+        """``forward`` with the queries (B, T, C), or packed (N, C), already projected."""
         if packing is not None:
             q = packing.unpack(q)  # (B, T, C)
         B, T, C = q.shape
-        y = F.scaled_dot_product_attention(self.heads(q), kv[0], kv[1], attn_mask=mask,
-                                           is_causal=is_causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        if T <= FEW_QUERIES and not (self.training or is_causal):
+            y = few_query_attention(self.heads(q), kv[0], kv[1], mask)
+        else:
+            y = F.scaled_dot_product_attention(self.heads(q), kv[0], kv[1], attn_mask=mask,
+                                               is_causal=is_causal,
+                                               dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         if packing is not None:
             y = packing.pack(y)  # (N, C)
@@ -172,7 +216,8 @@ class EncoderLayer(nn.Module):
         attn, drop = self.self_attn, self.dropout
 
         def attend(h: torch.Tensor) -> torch.Tensor:
-            return attn(h, attn.keys_values(h, packing), mask=mask, packing=packing)
+            q, k, v = attn.projections(h)
+            return attn.attend(q, attn.split_heads(k, v, packing), mask=mask, packing=packing)
 
         if self.norm_first:
             x = x + drop(attend(self.self_attn_layer_norm(x)))
@@ -182,35 +227,73 @@ class EncoderLayer(nn.Module):
 
 
 class LayerCache:
-    """One decoder layer's keys and values: its own (growing by T each call) and the
-    encoder output's (computed once, a row for ``group`` decoder rows)."""
+    """One decoder layer's keys and values: its own, growing by T each call, and the
+    encoder output's, computed once. With a ``capacity`` (the positions decoding will
+    reach) its own are written in place into buffers that long, and a reorder copies
+    the rows kept into a second pair, which takes over; without, each call
+    concatenates, a copy of the whole past per step on top of the reorder's."""
 
-    def __init__(self, group: int = 1) -> None:
-        self.self_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+    def __init__(self, capacity: int | None = None) -> None:
+        self.capacity = capacity
+        self.self_kv: tuple[torch.Tensor, torch.Tensor] | None = None  # (B, nh, cap, hs)
+        self.spare: tuple[torch.Tensor, torch.Tensor] | None = None  # a reorder's target
+        self.length = 0  # positions held
         self.cross_kv: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.group = group
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store keys and values (B, nh, T, hs) after those held; all of them (B, nh, L,
+        hs)."""
+        n, T = self.length, k.size(2)
+        if self.capacity is None or n + T > self.capacity:  # grow by concatenation
+            if self.self_kv is not None:
+                k = torch.cat([self.self_kv[0][:, :, :n], k], dim=2)
+                v = torch.cat([self.self_kv[1][:, :, :n], v], dim=2)
+            self.self_kv = (k, v)
+        else:
+            if self.self_kv is None:
+                shape = (*k.shape[:2], self.capacity, k.size(3))
+                self.self_kv = (k.new_empty(shape), v.new_empty(shape))
+            self.self_kv[0][:, :, n:n + T] = k
+            self.self_kv[1][:, :, n:n + T] = v
+        self.length = n + T
+        return self.self_kv[0][:, :, :n + T], self.self_kv[1][:, :, :n + T]
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep rows ``rows`` of its own keys and values, in that order."""
+        if self.self_kv is None:
+            return
+        (k, v), n = self.self_kv, self.length
+        if k.size(2) == n:  # no room past the positions held: plain copies
+            self.self_kv = (k.index_select(0, rows), v.index_select(0, rows))
+            return
+        if self.spare is None or self.spare[0].size(0) != rows.numel():
+            shape = (rows.numel(), *k.shape[1:])
+            self.spare = (k.new_empty(shape), v.new_empty(shape))
+        sk, sv = self.spare
+        torch.index_select(k[:, :, :n], 0, rows, out=sk[:, :, :n])
+        torch.index_select(v[:, :, :n], 0, rows, out=sv[:, :, :n])
+        self.self_kv, self.spare = (sk, sv), (k, v)
 
 
 class DecoderCache:
-    """What decoding keeps from step to step, for every decoder layer. ``group``
-    consecutive decoder rows read one row of the encoder output (a beam search's beams
-    of one source): the cross-attention keys and values hold a row per source."""
+    """What decoding keeps from step to step, for every decoder layer. The
+    cross-attention keys and values hold a row per row of the encoder output, which
+    may stand for several consecutive decoder rows (a beam search's beams)."""
 
-    def __init__(self, n_layer: int, group: int = 1) -> None:
-        self.layers = [LayerCache(group) for _ in range(n_layer)]
+    def __init__(self, n_layer: int, capacity: int | None = None) -> None:
+        self.layers = [LayerCache(capacity) for _ in range(n_layer)]
         self.length = 0  # target positions cached
 
     def reorder(self, rows: torch.Tensor, sources: torch.Tensor | None = None) -> None:
-        """Keep the decoder's rows ``rows`` (B'*group,), in that order (a beam search's
+        """Keep the decoder's rows ``rows`` (B'*G,), in that order (a beam search's
         surviving beams), and, with ``sources`` (B',), those rows of the encoder
         output's keys and values (the inputs that stay); without, those stay as they
         are (beams move among the rows of their own source)."""
         for layer in self.layers:
-            for name, keep in (("self_kv", rows), ("cross_kv", sources)):
-                kv = getattr(layer, name)
-                if kv is not None and keep is not None:
-                    setattr(layer, name, (kv[0].index_select(0, keep),
-                                          kv[1].index_select(0, keep)))
+            layer.keep(rows)
+            if layer.cross_kv is not None and sources is not None:
+                k, v = layer.cross_kv
+                layer.cross_kv = (k.index_select(0, sources), v.index_select(0, sources))
 
 
 class DecoderLayer(EncoderLayer):
@@ -225,20 +308,18 @@ class DecoderLayer(EncoderLayer):
     def _self(self, h: torch.Tensor, cache: LayerCache | None,
               packing: Packing | None = None) -> torch.Tensor:
         attn = self.self_attn
-        k, v = attn.keys_values(h, packing)  # (B, nh, T, hs)
+        q, k, v = attn.projections(h)
+        k, v = attn.split_heads(k, v, packing)  # (B, nh, T, hs)
         if packing is not None:  # training: all positions at once, real ones first
-            return attn(h, (k, v), is_causal=True, packing=packing)
+            return attn.attend(q, (k, v), is_causal=True, packing=packing)
         if cache is not None:
-            if cache.self_kv is not None:
-                k = torch.cat([cache.self_kv[0], k], dim=2)  # (B, nh, L, hs)
-                v = torch.cat([cache.self_kv[1], v], dim=2)
-            cache.self_kv = (k, v)
+            k, v = cache.append(k, v)  # (B, nh, L, hs)
         T, L = h.size(1), k.size(2)
         mask = None
         if 1 < T < L:  # several new positions after cached ones: query i sees 0..L-T+i
             mask = torch.ones(T, L, dtype=torch.bool, device=h.device).tril(diagonal=L - T)
         # T == L: plain causal; T == 1: the new position sees everything cached.
-        return attn(h, (k, v), mask=mask, is_causal=T == L and T > 1)
+        return attn.attend(q, (k, v), mask=mask, is_causal=T == L and T > 1)
 
     def _cross(self, h: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
                cache: LayerCache | None, packing: Packing | None = None,
@@ -250,11 +331,11 @@ class DecoderLayer(EncoderLayer):
             kv = attn.keys_values(memory, memory_packing)  # (B, nh, S, hs)
             if cache is not None:
                 cache.cross_kv = kv
-        if cache is not None and cache.group > 1:
-            # The G rows of a source as G*T queries of one row: (B*G, T, C) -> (B, G*T, C).
+        if packing is None and h.size(0) > kv[0].size(0):
+            # G target rows to a source (beams), as G*T queries of one row: (B, G*T, C).
             BG, T, C = h.shape
-            y = attn(h.reshape(BG // cache.group, cache.group * T, C), kv, mask=memory_mask)
-            return y.view(BG, T, C)
+            G = BG // kv[0].size(0)
+            return attn(h.reshape(BG // G, G * T, C), kv, mask=memory_mask).view(BG, T, C)
         return attn(h, kv, mask=memory_mask, packing=packing)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor,  # type: ignore[override]
@@ -381,8 +462,9 @@ class Seq2Seq(nn.Module):
                memory_packing: Packing | None = None) -> torch.Tensor:
         """Logits (B, T, V) of the next token after each of target ids ``tgt`` (B, T),
         reading the encoder's output ``memory`` (B, S, C). With a ``cache``, ``tgt``
-        continues the positions it holds, and it grows by T; a cache of ``group`` G reads
-        memory (B/G, S, C) and ``src_mask`` (B/G, S), a row for G rows of ``tgt``.
+        continues the positions it holds, and it grows by T. ``memory`` and ``src_mask``
+        may have B/G rows, each read by G consecutive rows of ``tgt`` (a beam search's
+        beams of one source).
         ``hidden`` returns the final hidden states (B, T, C), or (N, C) with ``select``,
         instead; ``select``
         (B, T) bool, the logits (N, V) of the marked positions only (training skips the
@@ -411,9 +493,10 @@ class Seq2Seq(nn.Module):
         bias = self.final_logits_bias[0] if self.config.final_logits_bias else None
         return self.lm_head(x, bias=bias)  # the bias added in the product
 
-    def new_cache(self, group: int = 1) -> DecoderCache:
-        """An empty cache for decoding; ``group`` decoder rows to a source (beams)."""
-        return DecoderCache(self.config.n_decoder_layer, group)
+    def new_cache(self, capacity: int | None = None) -> DecoderCache:
+        """An empty cache for decoding; ``capacity``: the target positions it will hold at
+        most (its buffers then grow in place)."""
+        return DecoderCache(self.config.n_decoder_layer, capacity)
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor,
                 src_mask: torch.Tensor | None = None,
