@@ -155,9 +155,11 @@ class Attention(nn.Module):
 
     def projections(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Self-attention's queries, keys and values of x (..., C), each (..., C): at
-        inference one product (``Stacked``), in training three."""
+        inference one product (``Stacked``), in training three, and three when one is
+        not a plain Linear (LoRA's adapters, a quantized layer)."""
         parts = (self.q_proj, self.k_proj, self.v_proj)
-        if self.training or torch.is_grad_enabled():
+        if (self.training or torch.is_grad_enabled()
+                or not all(type(p) is Linear for p in parts)):
             return tuple(p(x) for p in parts)
         return self._qkv(x, parts)
 
@@ -490,8 +492,11 @@ class Seq2Seq(nn.Module):
             x = x[select]  # (N, C)
         if hidden:
             return x
-        bias = self.final_logits_bias[0] if self.config.final_logits_bias else None
-        return self.lm_head(x, bias=bias)  # the bias added in the product
+        if not self.config.final_logits_bias:
+            return self.lm_head(x)
+        if type(self.lm_head) is not Linear:  # an adapter's or a quantized layer's call
+            return self.lm_head(x) + self.final_logits_bias
+        return self.lm_head(x, bias=self.final_logits_bias[0])  # added in the product
 
     def new_cache(self, capacity: int | None = None) -> DecoderCache:
         """An empty cache for decoding; ``capacity``: the target positions it will hold at
