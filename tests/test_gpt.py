@@ -110,7 +110,7 @@ def test_linear_fast_path_equals_f_linear(monkeypatch):
     monkeypatch.setattr(lin, "ONEDNN_MIN_MACS", 0)  # a small layer takes the oneDNN path
     torch.manual_seed(0)
     layer = lin.Linear(96, 40)
-    for rows in (1, 8, 33):  # 33 rows: past ONEDNN_MAX_ROWS, the plain path
+    for rows in (1, 8, lin.ONEDNN_MAX_ROWS + 1):  # the last: past it, the plain path
         x = torch.randn(rows, 96)
         with torch.no_grad():
             torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight,
@@ -143,12 +143,34 @@ def test_linear_packs_its_weight_for_inference_and_follows_changes(monkeypatch):
             torch.testing.assert_close(layer(x, bias=extra), want + extra)
 
     check()
-    assert layer._packed is not None and layer._packed[2].is_mkldnn
+    assert layer._packed is not None and layer._packed[1].is_mkldnn
     with torch.no_grad():
         layer.weight.mul_(-2.0)  # in place: the version moves, the pack is stale
     check()
     layer.load_state_dict({"weight": torch.randn(40, 96), "bias": torch.randn(40)})
     check()
+    for _ in range(3):  # new tensors, which may take a freed one's memory
+        layer.weight = torch.nn.Parameter(torch.randn(40, 96))
+        check()
+    layer.weight.data.mul_(3.0)  # through .data no counter moves: seen after eval()
+    layer.eval()
+    check()
+    layer.double()  # a cast drops the copy (and the float64 layer takes F.linear)
+    assert layer._packed is None
+    x = x.double()
+    check()
+    layer.float()
+    x = x.float()
+    with torch.inference_mode():  # a weight made here has no version counter: not packed
+        frozen = lin.Linear(96, 40).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(x), torch.nn.functional.linear(x, frozen.weight,
+                                                                          frozen.bias))
+    assert frozen._packed is None
+    parts = (lin.Linear(96, 8), lin.Linear(96, 5, bias=False))  # one bias missing
+    with torch.no_grad():
+        for got, p in zip(lin.Stacked()(x, parts), parts, strict=True):
+            torch.testing.assert_close(got, p(x))
     twin = copy.deepcopy(layer)
     assert twin._packed is None
     with torch.no_grad():

@@ -156,7 +156,7 @@ def test_inference_stacks_the_projections_and_attends_with_few_queries():
                 torch.testing.assert_close(got, p(x))
             attn.k_proj.weight.mul_(-1.5)  # in place: the stacked copy must follow
     attn.train()  # training: three products, the gradients apart; no stacked copy kept
-    assert attn._qkv.linear is None
+    assert attn._qkv.built is None
     sum(t.sum() for t in attn.projections(x)).backward()
     assert all(p.weight.grad is not None for p in parts)
     q, k, v = (torch.randn(3, 4, T, 8) for T in (5, 7, 7))

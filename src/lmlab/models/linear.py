@@ -36,6 +36,7 @@ it, a weight is used as it is.
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 
 import torch
@@ -60,11 +61,28 @@ _ENABLED = onednn_enabled()
 _REORDER = getattr(getattr(torch.ops, "mkldnn", None), "_reorder_linear_weight", None)
 PACK_BUDGET = int(os.environ.get("LMLAB_PACK_BUDGET_MB", "2048")) * 2**20
 _packed_bytes = 0  # held by the packed weights alive now
+_LOCK = threading.RLock()  # reentrant: freeing a stale copy runs _release at once
 
 
 def _release(nbytes: int) -> None:
     global _packed_bytes
-    _packed_bytes -= nbytes
+    with _LOCK:
+        _packed_bytes -= nbytes
+
+
+def _stamp(tensors: tuple[torch.Tensor, ...]) -> tuple | None:
+    """What tells whether ``tensors`` still hold the values seen now: each tensor (kept
+    alive, so that no new tensor can take its memory) with its version counter, which
+    in-place updates move. None for inference-mode tensors, which have no counter."""
+    if any(t.is_inference() for t in tensors):
+        return None
+    return tuple((t.detach(), t._version) for t in tensors)
+
+
+def _unchanged(stamp: tuple | None, tensors: tuple[torch.Tensor, ...]) -> bool:
+    return stamp is not None and len(stamp) == len(tensors) and all(
+        seen.data_ptr() == t.data_ptr() and version == t._version
+        for (seen, version), t in zip(stamp, tensors, strict=True))
 
 if _ONEDNN is not None:
     # Inductor lowers the oneDNN op only for weights frozen into the graph; as a custom
@@ -82,8 +100,8 @@ if _ONEDNN is not None:
 class Linear(nn.Linear):
     """``nn.Linear`` with the oneDNN fast path for few-row float32 CPU inference."""
 
-    # (weight's data pointer, its version, the weight packed for oneDNN), or None.
-    _packed: tuple[int, int, torch.Tensor] | None = None
+    # (the weight's stamp, the weight packed for oneDNN), or None.
+    _packed: tuple[tuple, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x (..., in_features) -> (..., out_features). ``bias`` (out_features,) is added
@@ -105,21 +123,24 @@ class Linear(nn.Linear):
 
     def onednn_weight(self) -> torch.Tensor:
         """The weight as oneDNN should read it: pre-packed in eval mode within the budget
-        (packed on first use, again after the weight changes), else as it is."""
+        (packed on first use, again after the weight changes), else as it is. A change
+        made through ``.data`` moves no version counter: it is seen after the next
+        ``eval()``, which drops the packed copy."""
         w = self.weight
-        if self.training or _REORDER is None:
+        if self.training or _REORDER is None or w.is_inference():
             return w
         held = self._packed
-        if held is not None and held[0] == w.data_ptr() and held[1] == w._version:
-            return held[2]
-        self._packed = None  # stale: its bytes go back to the budget when it is freed
+        if held is not None and _unchanged(held[0], (w,)):
+            return held[1]
+        self._packed = held = None  # stale: its bytes go back to the budget, now
         nbytes = w.numel() * w.element_size()
-        if _packed_bytes + nbytes > PACK_BUDGET:
-            return w
-        with torch.no_grad():
-            packed = _REORDER(w.detach(), PACK_ROWS)
-        _account(packed, nbytes)
-        self._packed = (w.data_ptr(), w._version, packed)
+        with _LOCK:
+            if _packed_bytes + nbytes > PACK_BUDGET:
+                return w
+            with torch.no_grad():
+                packed = _REORDER(w.detach(), PACK_ROWS)
+            _account(packed, nbytes)
+        self._packed = (_stamp((w,)), packed)
         return packed
 
     def __getstate__(self) -> dict:
@@ -130,14 +151,20 @@ class Linear(nn.Linear):
         return state
 
     def train(self, mode: bool = True) -> Linear:
-        if mode:  # the weights are about to change at every step: no packed copy
-            self._packed = None
+        # Training changes the weights at every step; eval() starts afresh (a change
+        # through .data, which no counter sees, is read again).
+        self._packed = None
         return super().train(mode)
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 (nn.Module's)
+        self._packed = None  # moved or cast (.to, .half): the copy is of the old tensor
+        return super()._apply(fn, recurse)
 
 
 def _account(packed: torch.Tensor, nbytes: int) -> None:
     global _packed_bytes
-    _packed_bytes += nbytes
+    with _LOCK:
+        _packed_bytes += nbytes
     weakref.finalize(packed, _release, nbytes)
 
 
@@ -146,25 +173,32 @@ class Stacked:
     biases) stacked along the output, the result split back. Three 256-wide
     projections of 32 rows took 1.5x the time of one 768-wide (oneDNN, pre-packed):
     each call has its fixed cost. Built on first use and again when any weight changes;
-    the stacked copy costs the parts' bytes again. Not a module (not in the
-    state dict, not trained)."""
+    the stacked copy costs the parts' bytes again (outside the packing budget). Not a
+    module (not in the state dict, not trained)."""
 
     def __init__(self) -> None:
-        self.key: tuple | None = None
-        self.linear: Linear | None = None
+        self.built: tuple[tuple | None, Linear] | None = None  # (the parts' stamp, product)
 
-    def __call__(self, x: torch.Tensor, parts: tuple[nn.Linear, ...]) -> tuple[torch.Tensor, ...]:
+    @staticmethod
+    def fits(parts: tuple[nn.Module, ...]) -> bool:
+        """Whether ``parts`` can be stacked: plain Linears (not LoRA's adapters or a
+        quantized layer) with version counters, outside torch.compile (whose graph the
+        counters would break)."""
+        return (not torch.compiler.is_compiling()
+                and all(type(p) is Linear and not p.weight.is_inference() for p in parts))
+
+    def __call__(self, x: torch.Tensor, parts: tuple[Linear, ...]) -> tuple[torch.Tensor, ...]:
         """Each part's output for x (..., in_features), as views of one product."""
-        key = tuple((t.data_ptr(), t._version) for p in parts
-                    for t in (p.weight, p.bias) if t is not None)
-        if key != self.key or self.linear is None:
+        tensors = tuple(t for p in parts for t in (p.weight, p.bias) if t is not None)
+        built = self.built
+        if built is None or not _unchanged(built[0], tensors):
             with torch.no_grad():
                 w = torch.cat([p.weight for p in parts])
-                biased = all(p.bias is not None for p in parts)
-                linear = Linear(w.size(1), w.size(0), bias=biased, device="meta")
+                linear = Linear(w.size(1), w.size(0), bias=False, device="meta")
                 linear.weight = nn.Parameter(w, requires_grad=False)
-                if biased:
-                    linear.bias = nn.Parameter(torch.cat([p.bias for p in parts]),
-                                               requires_grad=False)
-            self.key, self.linear = key, linear.eval()
-        return self.linear(x).split([p.out_features for p in parts], dim=-1)
+                if any(p.bias is not None for p in parts):
+                    linear.bias = nn.Parameter(torch.cat(
+                        [p.weight.new_zeros(p.out_features) if p.bias is None else p.bias
+                         for p in parts]), requires_grad=False)
+            built = self.built = (_stamp(tensors), linear.eval())
+        return built[1](x).split([p.out_features for p in parts], dim=-1)

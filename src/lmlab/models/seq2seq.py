@@ -132,9 +132,12 @@ class Attention(nn.Module):
         self._qkv = Stacked()  # the three projections as one product, for inference
 
     def train(self, mode: bool = True) -> Attention:
-        if mode:  # the weights will change at every step: no stacked copy
-            self._qkv = Stacked()
+        self._qkv = Stacked()  # rebuilt when next needed (see Linear.train)
         return super().train(mode)
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 (nn.Module's)
+        self._qkv = Stacked()  # moved or cast: the stacked copy is of the old weights
+        return super()._apply(fn, recurse)
 
     def heads(self, t: torch.Tensor) -> torch.Tensor:
         B, N, C = t.shape
@@ -155,11 +158,10 @@ class Attention(nn.Module):
 
     def projections(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Self-attention's queries, keys and values of x (..., C), each (..., C): at
-        inference one product (``Stacked``), in training three, and three when one is
-        not a plain Linear (LoRA's adapters, a quantized layer)."""
+        inference one product (``Stacked``), in training three, and three when they
+        cannot be stacked (``Stacked.fits``)."""
         parts = (self.q_proj, self.k_proj, self.v_proj)
-        if (self.training or torch.is_grad_enabled()
-                or not all(type(p) is Linear for p in parts)):
+        if self.training or torch.is_grad_enabled() or not Stacked.fits(parts):
             return tuple(p(x) for p in parts)
         return self._qkv(x, parts)
 
