@@ -152,8 +152,11 @@ def test_linear_packs_its_weight_for_inference_and_follows_changes(monkeypatch):
     for _ in range(3):  # new tensors, which may take a freed one's memory
         layer.weight = torch.nn.Parameter(torch.randn(40, 96))
         check()
-    layer.weight.data.mul_(3.0)  # through .data no counter moves: seen after eval()
-    layer.eval()
+    packed = layer._packed
+    layer.eval()  # already in eval mode (generate calls it each time): the copy stays
+    assert layer._packed is packed
+    layer.weight.data.mul_(3.0)  # through .data no counter moves: train() drops the copy
+    layer.train().eval()
     check()
     layer.double()  # a cast drops the copy (and the float64 layer takes F.linear)
     assert layer._packed is None

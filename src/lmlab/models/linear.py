@@ -124,8 +124,9 @@ class Linear(nn.Linear):
     def onednn_weight(self) -> torch.Tensor:
         """The weight as oneDNN should read it: pre-packed in eval mode within the budget
         (packed on first use, again after the weight changes), else as it is. A change
-        made through ``.data`` moves no version counter: it is seen after the next
-        ``eval()``, which drops the packed copy."""
+        made in place through ``.data`` moves no version counter: ``train()`` drops the
+        packed copy (``eval()`` on a model already in eval mode keeps it: ``generate``
+        calls it each time)."""
         w = self.weight
         if self.training or _REORDER is None or w.is_inference():
             return w
@@ -151,9 +152,8 @@ class Linear(nn.Linear):
         return state
 
     def train(self, mode: bool = True) -> Linear:
-        # Training changes the weights at every step; eval() starts afresh (a change
-        # through .data, which no counter sees, is read again).
-        self._packed = None
+        if mode or self.training:  # training changes the weights at every step
+            self._packed = None
         return super().train(mode)
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 (nn.Module's)

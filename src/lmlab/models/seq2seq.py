@@ -132,7 +132,8 @@ class Attention(nn.Module):
         self._qkv = Stacked()  # the three projections as one product, for inference
 
     def train(self, mode: bool = True) -> Attention:
-        self._qkv = Stacked()  # rebuilt when next needed (see Linear.train)
+        if mode or self.training:  # rebuilt when next needed (see Linear.train)
+            self._qkv = Stacked()
         return super().train(mode)
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 (nn.Module's)
