@@ -293,7 +293,9 @@ class Seq2SeqStepper:
         sources = rows[::K] // K  # (B',)
         self.cache.reorder(rows, sources)
         self.src_mask = self.src_mask.index_select(0, sources)
-        self.memory = self.memory.index_select(0, sources)
+        # Not read after step 0 (the cross-attention keys and values are cached): a view
+        # with the right number of rows, not a copy.
+        self.memory = self.memory[:sources.numel()]
 
 
 @torch.no_grad()

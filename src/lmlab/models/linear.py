@@ -82,7 +82,7 @@ def _stamp(tensors: tuple[torch.Tensor, ...]) -> tuple | None:
 def _unchanged(stamp: tuple | None, tensors: tuple[torch.Tensor, ...]) -> bool:
     return stamp is not None and len(stamp) == len(tensors) and all(
         seen.data_ptr() == t.data_ptr() and version == t._version
-        for (seen, version), t in zip(stamp, tensors, strict=True))
+        for (seen, version), t in zip(stamp, tensors, strict=False))
 
 if _ONEDNN is not None:
     # Inductor lowers the oneDNN op only for weights frozen into the graph; as a custom
