@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 # torch.ops.mkldnn exists in every x86 build of torch; the op may not elsewhere.
 _ONEDNN = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+_ONEDNN_ADD = getattr(_ONEDNN, "binary", None)  # the product, then + another tensor
 ONEDNN_MAX_ROWS = 256
 PACK_ROWS = 32  # the rows oneDNN lays a packed weight out for (faster for 1-256 rows)
 # Products of fewer multiply-adds (rows x weight elements) stay with MKL: oneDNN's call
@@ -54,7 +55,8 @@ ONEDNN_MIN_MACS = 2**20
 
 
 def onednn_enabled() -> bool:
-    return _ONEDNN is not None and os.environ.get("LMLAB_CPU_LINEAR", "onednn") != "mkl"
+    return (_ONEDNN is not None and _ONEDNN_ADD is not None
+            and os.environ.get("LMLAB_CPU_LINEAR", "onednn") != "mkl")
 
 
 _ENABLED = onednn_enabled()
@@ -103,10 +105,15 @@ class Linear(nn.Linear):
     # (the weight's stamp, the weight packed for oneDNN), or None.
     _packed: tuple[tuple, torch.Tensor] | None = None
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None, *,
+                relu: bool = False, add: torch.Tensor | None = None) -> torch.Tensor:
         """x (..., in_features) -> (..., out_features). ``bias`` (out_features,) is added
         too, inside the product: an output layer's bias that is not its own (Marian's
-        ``final_logits_bias`` beside a weight tied to the embedding)."""
+        ``final_logits_bias`` beside a weight tied to the embedding). ``relu`` applies
+        it to the result and ``add`` (..., out_features) is added to it (a residual), in
+        the product's own pass where oneDNN runs it: a decoding step's elementwise
+        calls cost more than their arithmetic. The bits are those of the separate
+        calls."""
         w = self.weight
         if bias is None:
             bias = self.bias
@@ -117,9 +124,18 @@ class Linear(nn.Linear):
                 and x.numel() * w.size(0) >= ONEDNN_MIN_MACS
                 and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):
             if torch.compiler.is_compiling():
-                return torch.ops.lmlab.onednn_linear(x, w, bias)
-            return _ONEDNN(x, self.onednn_weight(), bias, "none", [], "")
-        return F.linear(x, w, bias)
+                y = torch.ops.lmlab.onednn_linear(x, w, bias)
+            elif add is not None and not relu and add.is_contiguous() and add.dtype == x.dtype \
+                    and add.shape == (*x.shape[:-1], w.size(0)):
+                return _ONEDNN_ADD(x, add, self.onednn_weight(), bias, "add")
+            else:
+                y = _ONEDNN(x, self.onednn_weight(), bias, "relu" if relu else "none", [], "")
+                relu = False
+        else:
+            y = F.linear(x, w, bias)
+        if relu:
+            y = F.relu(y)
+        return y if add is None else y + add
 
     def onednn_weight(self) -> torch.Tensor:
         """The weight as oneDNN should read it: pre-packed in eval mode within the budget
@@ -166,6 +182,19 @@ def _account(packed: torch.Tensor, nbytes: int) -> None:
     with _LOCK:
         _packed_bytes += nbytes
     weakref.finalize(packed, _release, nbytes)
+
+
+def linear_then(layer: nn.Module, x: torch.Tensor, *, relu: bool = False,
+                add: torch.Tensor | None = None) -> torch.Tensor:
+    """``layer(x)``, then ReLU with ``relu``, then ``+ add``: in the product's pass when
+    the layer is a plain ``Linear`` (see ``Linear.forward``), as separate calls when it
+    is an adapter or a quantized layer."""
+    if type(layer) is Linear:
+        return layer(x, relu=relu, add=add)
+    y = layer(x)
+    if relu:
+        y = F.relu(y)
+    return y if add is None else y + add
 
 
 class Stacked:

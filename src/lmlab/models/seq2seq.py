@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from lmlab.config import Seq2SeqConfig
 from lmlab.models.gpt import init_weights
-from lmlab.models.linear import Linear, Stacked
+from lmlab.models.linear import Linear, Stacked, linear_then
 
 
 def sinusoidal_positions(n_pos: int, dim: int) -> torch.Tensor:
@@ -103,16 +103,38 @@ FEW_QUERIES = 8  # a decoding step's queries a row (a beam search's beams of a s
 
 def few_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         mask: torch.Tensor | None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(hs) where ``mask`` (B, 1, 1 or T, L) is True) v for queries
-    q (B, nh, T, hs) and keys and values (B, nh, L, hs), as three products: what
-    ``F.scaled_dot_product_attention`` computes. With the few queries of a decoding
-    step the fused kernel's start (it splits the work among the threads) costs more
-    than the arithmetic: 116 against 67 us for a beam step's cross-attention (8
-    sources, 4 beams, 21 keys; AMD EPYC, 2 threads)."""
-    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.size(-1) ** -0.5)  # (B, nh, T, L)
-    if mask is not None:
-        scores = torch.where(mask, scores, float("-inf"))
-    return torch.matmul(scores.softmax(dim=-1), v)  # (B, nh, T, hs)
+    """softmax(q k^T / sqrt(hs) where ``mask`` allows) v for queries q (B, nh, T, hs) and
+    keys and values (B, nh, L, hs), as two batched products: what
+    ``F.scaled_dot_product_attention`` computes. ``mask`` broadcasts to (B, nh, T, L):
+    True where a query may look, or an additive bias (0 or -inf; ``attention_bias``).
+    With the few queries of a decoding step the fused kernel's start (it splits the
+    work among the threads) costs more than the arithmetic: 116 against 67 us for a
+    beam step's cross-attention (8 sources, 4 beams, 21 keys; AMD EPYC, 2 threads),
+    and each call here counts too: the scale and the mask go into the first product
+    (``baddbmm``), and the keys are read as they lie (a cache laid out for it)."""
+    B, nh, T, hs = q.shape
+    L = k.size(2)
+    q3 = q.reshape(B * nh, T, hs)
+    kt = k.transpose(-1, -2).reshape(B * nh, hs, L)  # (B*nh, hs, L)
+    if mask is None:  # beta=0: the first argument only gives the shape
+        scores = torch.baddbmm(q.new_zeros(()).expand(B * nh, T, L), q3, kt, beta=0,
+                               alpha=hs ** -0.5)
+    else:
+        if mask.dtype == torch.bool:
+            mask = attention_bias(mask, (B, nh, 1, L), q.dtype)
+        scores = torch.baddbmm(mask.reshape(B * nh, -1, L), q3, kt, alpha=hs ** -0.5)
+    out = torch.bmm(scores.softmax(dim=-1), v.reshape(B * nh, L, hs))  # (B*nh, T, hs)
+    return out.view(B, nh, T, hs)
+
+
+def attention_bias(mask: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype
+                   ) -> torch.Tensor:
+    """The additive form (0 where True, -inf elsewhere) of a boolean attention mask,
+    broadcast to ``shape`` (B, nh, 1, L) or beyond, contiguous: x + bias is
+    ``torch.where(mask, x, -inf)`` exactly."""
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    bias.masked_fill_(~mask, float("-inf"))
+    return bias.expand(torch.broadcast_shapes(mask.shape, shape)).contiguous()
 
 
 class Attention(nn.Module):
@@ -168,16 +190,19 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], *,
                 mask: torch.Tensor | None = None, is_causal: bool = False,
-                packing: Packing | None = None) -> torch.Tensor:
+                packing: Packing | None = None, add: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """Attend from x (B, T, C) to keys and values ``kv`` (each (B, nh, L, hs));
         ``mask`` (B, 1, T or 1, L) is True where a query may look. With ``packing``,
-        x is the batch's real tokens (N, C) and so is the output."""
+        x is the batch's real tokens (N, C) and so is the output. ``add`` (the output's
+        shape), a residual, is added in the output projection's pass."""
         return self.attend(self.q_proj(x), kv, mask=mask, is_causal=is_causal,
-                           packing=packing)
+                           packing=packing, add=add)
 
     def attend(self, q: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], *,
                mask: torch.Tensor | None = None, is_causal: bool = False,
-               packing: Packing | None = None) -> torch.Tensor:
+               packing: Packing | None = None, add: torch.Tensor | None = None
+               ) -> torch.Tensor:
         """``forward`` with the queries (B, T, C), or packed (N, C), already projected."""
         if packing is not None:
             q = packing.unpack(q)  # (B, T, C)
@@ -191,7 +216,7 @@ class Attention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         if packing is not None:
             y = packing.pack(y)  # (N, C)
-        return self.out_proj(y)
+        return linear_then(self.out_proj, y, add=add)
 
 
 class EncoderLayer(nn.Module):
@@ -211,24 +236,39 @@ class EncoderLayer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(C, eps=eps)
         self.dropout = nn.Dropout(config.dropout)
 
-    def ffn(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.activation_dropout(self.act(self.fc1(x))))
+    def ffn(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """x + the feed-forward block of h (after dropout)."""
+        if self.training:
+            return x + self.dropout(self.fc2(self.activation_dropout(self.act(self.fc1(h)))))
+        # Inference: the activation (ReLU) and the residual inside the products' passes.
+        relu = self.act is F.relu
+        a = linear_then(self.fc1, h, relu=relu)
+        return linear_then(self.fc2, a if relu else self.act(a), add=x)
+
+    def residual_attend(self, attn: Attention, x: torch.Tensor, q: torch.Tensor,
+                        kv: tuple[torch.Tensor, torch.Tensor], **kw) -> torch.Tensor:  # noqa: ANN003
+        """x + attention of the queries q to kv (after dropout): ``Attention.attend``'s
+        keywords. At inference the residual is added in the output projection's pass."""
+        if self.training:
+            return x + self.dropout(attn.attend(q, kv, **kw))
+        return attn.attend(q, kv, add=x, **kw)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor,
                 packing: Packing | None = None) -> torch.Tensor:
         """x (B, S, C), or its real tokens (N, C) packed by ``packing``; mask (B, 1, 1, S)
         True on real source tokens."""
-        attn, drop = self.self_attn, self.dropout
+        attn = self.self_attn
 
-        def attend(h: torch.Tensor) -> torch.Tensor:
+        def attend(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # x + attention(h)
             q, k, v = attn.projections(h)
-            return attn.attend(q, attn.split_heads(k, v, packing), mask=mask, packing=packing)
+            return self.residual_attend(attn, x, q, attn.split_heads(k, v, packing),
+                                        mask=mask, packing=packing)
 
         if self.norm_first:
-            x = x + drop(attend(self.self_attn_layer_norm(x)))
-            return x + drop(self.ffn(self.final_layer_norm(x)))
-        x = self.self_attn_layer_norm(x + drop(attend(x)))
-        return self.final_layer_norm(x + drop(self.ffn(x)))
+            x = attend(self.self_attn_layer_norm(x), x)
+            return self.ffn(self.final_layer_norm(x), x)
+        x = self.self_attn_layer_norm(attend(x, x))
+        return self.final_layer_norm(self.ffn(x, x))
 
 
 class LayerCache:
@@ -288,6 +328,16 @@ class DecoderCache:
     def __init__(self, n_layer: int, capacity: int | None = None) -> None:
         self.layers = [LayerCache(capacity) for _ in range(n_layer)]
         self.length = 0  # target positions cached
+        self._bias: tuple[torch.Tensor, torch.Tensor] | None = None  # (src_mask, its bias)
+
+    def memory_bias(self, src_mask: torch.Tensor, n_head: int, dtype: torch.dtype
+                    ) -> torch.Tensor:
+        """The cross-attention's additive mask (B, nh, 1, S) for ``src_mask`` (B, S): made
+        once for the steps that pass the same mask (a search's), not at every step."""
+        if self._bias is None or self._bias[0] is not src_mask:
+            bias = attention_bias(Seq2Seq.key_mask(src_mask), (1, n_head, 1, 1), dtype)
+            self._bias = (src_mask, bias)
+        return self._bias[1]
 
     def reorder(self, rows: torch.Tensor, sources: torch.Tensor | None = None) -> None:
         """Keep the decoder's rows ``rows`` (B'*G,), in that order (a beam search's
@@ -297,8 +347,9 @@ class DecoderCache:
         for layer in self.layers:
             layer.keep(rows)
             if layer.cross_kv is not None and sources is not None:
-                k, v = layer.cross_kv
-                layer.cross_kv = (k.index_select(0, sources), v.index_select(0, sources))
+                k, v = layer.cross_kv  # k kept as it lies: transposed (see _cross)
+                layer.cross_kv = (k.transpose(-1, -2).index_select(0, sources).transpose(-1, -2),
+                                  v.index_select(0, sources))
 
 
 class DecoderLayer(EncoderLayer):
@@ -310,13 +361,14 @@ class DecoderLayer(EncoderLayer):
         self.encoder_attn = Attention(config)
         self.encoder_attn_layer_norm = nn.LayerNorm(config.n_embd, eps=config.norm_eps)
 
-    def _self(self, h: torch.Tensor, cache: LayerCache | None,
+    def _self(self, h: torch.Tensor, x: torch.Tensor, cache: LayerCache | None,
               packing: Packing | None = None) -> torch.Tensor:
+        """x + causal self-attention of h."""
         attn = self.self_attn
         q, k, v = attn.projections(h)
         k, v = attn.split_heads(k, v, packing)  # (B, nh, T, hs)
         if packing is not None:  # training: all positions at once, real ones first
-            return attn.attend(q, (k, v), is_causal=True, packing=packing)
+            return self.residual_attend(attn, x, q, (k, v), is_causal=True, packing=packing)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, nh, L, hs)
         T, L = h.size(1), k.size(2)
@@ -324,45 +376,53 @@ class DecoderLayer(EncoderLayer):
         if 1 < T < L:  # several new positions after cached ones: query i sees 0..L-T+i
             mask = torch.ones(T, L, dtype=torch.bool, device=h.device).tril(diagonal=L - T)
         # T == L: plain causal; T == 1: the new position sees everything cached.
-        return attn.attend(q, (k, v), mask=mask, is_causal=T == L and T > 1)
+        return self.residual_attend(attn, x, q, (k, v), mask=mask, is_causal=T == L and T > 1)
 
-    def _cross(self, h: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
-               cache: LayerCache | None, packing: Packing | None = None,
+    def _cross(self, h: torch.Tensor, x: torch.Tensor, memory: torch.Tensor,
+               memory_mask: torch.Tensor, cache: LayerCache | None,
+               packing: Packing | None = None,
                memory_packing: Packing | None = None) -> torch.Tensor:
+        """x + attention of h to the encoder's output."""
         attn = self.encoder_attn
         if cache is not None and cache.cross_kv is not None:
             kv = cache.cross_kv
         else:
             kv = attn.keys_values(memory, memory_packing)  # (B, nh, S, hs)
             if cache is not None:
+                # Laid out for the steps' products, which read k transposed: copied once
+                # here, not by every step's matmul.
+                kv = (kv[0].transpose(-1, -2).contiguous().transpose(-1, -2),
+                      kv[1].contiguous())
                 cache.cross_kv = kv
+        q = attn.q_proj(h)
         if packing is None and h.size(0) > kv[0].size(0):
             # G target rows to a source (beams), as G*T queries of one row: (B, G*T, C).
             BG, T, C = h.shape
             G = BG // kv[0].size(0)
-            return attn(h.reshape(BG // G, G * T, C), kv, mask=memory_mask).view(BG, T, C)
-        return attn(h, kv, mask=memory_mask, packing=packing)
+            grouped = (BG // G, G * T, C)
+            return self.residual_attend(attn, x.reshape(grouped), q.view(grouped), kv,
+                                        mask=memory_mask).view(BG, T, C)
+        return self.residual_attend(attn, x, q, kv, mask=memory_mask, packing=packing)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor,  # type: ignore[override]
                 memory_mask: torch.Tensor, cache: LayerCache | None = None,
                 packing: Packing | None = None,
                 memory_packing: Packing | None = None) -> torch.Tensor:
         """x (B, T, C) target states, memory (B, S, C) the encoder's output, memory_mask
-        (B, 1, 1, S) True on real source tokens. With ``packing`` (training), x is the
+        (B, 1, 1, S) True on real source tokens (or its additive form, (B, nh, 1, S):
+        ``DecoderCache.memory_bias``). With ``packing`` (training), x is the
         real target tokens (N, C); with ``memory_packing``, memory the real source
         tokens (N', C)."""
-        drop = self.dropout
-
-        def cross(h: torch.Tensor) -> torch.Tensor:
-            return self._cross(h, memory, memory_mask, cache, packing, memory_packing)
+        def cross(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return self._cross(h, x, memory, memory_mask, cache, packing, memory_packing)
 
         if self.norm_first:
-            x = x + drop(self._self(self.self_attn_layer_norm(x), cache, packing))
-            x = x + drop(cross(self.encoder_attn_layer_norm(x)))
-            return x + drop(self.ffn(self.final_layer_norm(x)))
-        x = self.self_attn_layer_norm(x + drop(self._self(x, cache, packing)))
-        x = self.encoder_attn_layer_norm(x + drop(cross(x)))
-        return self.final_layer_norm(x + drop(self.ffn(x)))
+            x = self._self(self.self_attn_layer_norm(x), x, cache, packing)
+            x = cross(self.encoder_attn_layer_norm(x), x)
+            return self.ffn(self.final_layer_norm(x), x)
+        x = self.self_attn_layer_norm(self._self(x, x, cache, packing))
+        x = self.encoder_attn_layer_norm(cross(x, x))
+        return self.final_layer_norm(self.ffn(x, x))
 
 
 class Stack(nn.Module):
@@ -480,7 +540,10 @@ class Seq2Seq(nn.Module):
         start = cache.length if cache is not None else 0
         if src_mask is None:
             src_mask = torch.ones(memory.shape[:2], dtype=torch.bool, device=memory.device)
-        mask = self.key_mask(src_mask)
+        if cache is not None and not self.training:
+            mask = cache.memory_bias(src_mask, self.config.n_head, memory.dtype)
+        else:
+            mask = self.key_mask(src_mask)
         x = self.decoder.embed(tgt, self.shared, start)
         packing = Packing.of(select) if cache is None else None
         if packing is not None:
