@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmlab.beam import BeamConfig, banned_ngrams, beam_search_gpt, beam_search_seq2seq
+from lmlab.beam import BeamConfig, banned_ngrams, beam_search_gpt, beam_search_seq2seq, wide_topk
 from lmlab.config import GPTConfig
 from lmlab.errors import LmlabError
 from lmlab.interop.hf_gpt2 import from_hf_gpt2, hf_gpt2_config
@@ -173,6 +173,36 @@ def test_done_inputs_leave_the_batch_and_the_rest_match_transformers(setting, mo
                            pad_token_id=PAD, output_scores=True, return_dict_in_generate=True,
                            **setting)
         _check([hyps], want, len(prompt), cfg)
+
+
+def test_wide_topk_is_topk():
+    """The block-maxima top-k gives topk's values and indices: whole blocks and a tail,
+    beams shut out by a large negative score (step 0), banned tokens at -inf, and a row
+    whose best are all in one block."""
+    torch.manual_seed(0)
+    for width in (32000, 32000 + 77, 4 * 2000):
+        x = torch.randn(6, width)
+        x[0, : width // 2] -= 1e9  # the first beams shut, as at step 0
+        x[1, torch.randperm(width)[:width // 3]] = float("-inf")
+        x[2, 640:648] += 50  # the best eight in one block
+        want = x.topk(8, dim=1)
+        got = wide_topk(x, 8)
+        assert torch.equal(got[0], want.values) and torch.equal(got[1], want.indices)
+    narrow = torch.randn(3, 200)  # too few blocks: plain topk
+    assert torch.equal(wide_topk(narrow, 8)[1], narrow.topk(8, dim=1).indices)
+
+
+@pytest.mark.parametrize("setting", SETTINGS[:3])
+def test_marian_beam_search_through_block_maxima_matches_transformers(setting, monkeypatch):
+    """The same ids and scores with the candidates found by ``wide_topk`` (blocks of 2 make
+    this vocabulary wide enough for it)."""
+    import lmlab.beam
+
+    monkeypatch.setattr(lmlab.beam, "TOPK_BLOCK", 2)
+    hf, ours = _marian_pair()
+    cfg = BeamConfig(max_new_tokens=10, **setting)
+    _marian_check(hf, ours, [[7, 3, 9, 11, 4, 5], [8, 2, 14, 5], [13, 6, 6, 19, 21, 9, 5]],
+                  cfg, setting)
 
 
 def test_no_repeat_ngram_bans_what_would_repeat():
