@@ -131,6 +131,7 @@ def test_beams_read_their_sources_encoder_output_once():
         assert shared.layers[0].cross_kv[0].size(0) == 3
         shared.reorder(torch.tensor([1, 0, 2, 3, 5, 4]))  # beams swap within their source
         repeated.reorder(torch.tensor([1, 0, 2, 3, 5, 4]))
+        assert shared._in_store()  # every layer's keys and values in one tensor, one copy
         tgt = tgt[[1, 0, 2, 3, 5, 4]]
         rows, sources = torch.tensor([3, 2, 5, 5]), torch.tensor([1, 2])  # source 0 leaves
         shared.reorder(rows, sources)

@@ -114,22 +114,29 @@ class Linear(nn.Linear):
         the product's own pass where oneDNN runs it: a decoding step's elementwise
         calls cost more than their arithmetic. The bits are those of the separate
         calls."""
-        w = self.weight
+        # A decoding step calls this some twenty times: the checks read what they need
+        # once, the cheapest first (about 11 us a call over oneDNN's own, now 4).
+        params = self._parameters
+        w, own = params["weight"], params["bias"]
         if bias is None:
-            bias = self.bias
-        elif self.bias is not None:
-            bias = bias + self.bias
-        if (_ENABLED and x.device.type == "cpu" and x.dtype == torch.float32
-                and w.dtype == torch.float32 and x.numel() <= ONEDNN_MAX_ROWS * x.size(-1)
-                and x.numel() * w.size(0) >= ONEDNN_MIN_MACS
+            bias = own
+        elif own is not None:
+            bias = bias + own
+        n = x.numel()
+        if (_ENABLED and x.dtype is torch.float32 and w.dtype is torch.float32 and x.is_cpu
+                and n <= ONEDNN_MAX_ROWS * x.size(-1) and n * w.size(0) >= ONEDNN_MIN_MACS
                 and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):
             if torch.compiler.is_compiling():
                 y = torch.ops.lmlab.onednn_linear(x, w, bias)
-            elif add is not None and not relu and add.is_contiguous() and add.dtype == x.dtype \
-                    and add.shape == (*x.shape[:-1], w.size(0)):
-                return _ONEDNN_ADD(x, add, self.onednn_weight(), bias, "add")
             else:
-                y = _ONEDNN(x, self.onednn_weight(), bias, "relu" if relu else "none", [], "")
+                held = self._packed
+                packed = (held[1] if held is not None and not self.training
+                          and held[0] is not None and held[0][0][0].data_ptr() == w.data_ptr()
+                          and held[0][0][1] == w._version else self.onednn_weight())
+                if add is not None and not relu and add.is_contiguous() \
+                        and add.dtype is x.dtype and add.shape == (*x.shape[:-1], w.size(0)):
+                    return _ONEDNN_ADD(x, add, packed, bias, "add")
+                y = _ONEDNN(x, packed, bias, "relu" if relu else "none", [], "")
                 relu = False
         else:
             y = F.linear(x, w, bias)

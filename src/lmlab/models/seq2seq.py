@@ -276,10 +276,14 @@ class LayerCache:
     encoder output's, computed once. With a ``capacity`` (the positions decoding will
     reach) its own are written in place into buffers that long, and a reorder copies
     the rows kept into a second pair, which takes over; without, each call
-    concatenates, a copy of the whole past per step on top of the reorder's."""
+    concatenates, a copy of the whole past per step on top of the reorder's. Inside a
+    ``DecoderCache`` (``owner``) the buffers are views of one tensor for all the
+    layers, which the owner reorders with one copy."""
 
-    def __init__(self, capacity: int | None = None) -> None:
+    def __init__(self, capacity: int | None = None, owner: DecoderCache | None = None,
+                 index: int = 0) -> None:
         self.capacity = capacity
+        self.owner, self.index = owner, index
         self.self_kv: tuple[torch.Tensor, torch.Tensor] | None = None  # (B, nh, cap, hs)
         self.spare: tuple[torch.Tensor, torch.Tensor] | None = None  # a reorder's target
         self.length = 0  # positions held
@@ -297,7 +301,8 @@ class LayerCache:
         else:
             if self.self_kv is None:
                 shape = (*k.shape[:2], self.capacity, k.size(3))
-                self.self_kv = (k.new_empty(shape), v.new_empty(shape))
+                self.self_kv = (self.owner.buffers(self.index, shape, k) if self.owner
+                                else (k.new_empty(shape), v.new_empty(shape)))
             self.self_kv[0][:, :, n:n + T] = k
             self.self_kv[1][:, :, n:n + T] = v
         self.length = n + T
@@ -326,9 +331,32 @@ class DecoderCache:
     may stand for several consecutive decoder rows (a beam search's beams)."""
 
     def __init__(self, n_layer: int, capacity: int | None = None) -> None:
-        self.layers = [LayerCache(capacity) for _ in range(n_layer)]
+        self.layers = [LayerCache(capacity, self, i) for i in range(n_layer)]
         self.length = 0  # target positions cached
         self._bias: tuple[torch.Tensor, torch.Tensor] | None = None  # (src_mask, its bias)
+        # Every layer's own keys and values (2 * n_layer, B, nh, capacity, hs), and a
+        # reorder's target: one copy per reorder, not two per layer (a beam step's
+        # reorder took 62 against 106 us for 3 layers; AMD EPYC, 2 threads).
+        self.store: torch.Tensor | None = None
+        self.spare: torch.Tensor | None = None
+
+    def buffers(self, index: int, shape: tuple[int, ...], like: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``index``'s key and value buffers of ``shape`` (B, nh, capacity, hs): views
+        of the store, made for the first layer that asks."""
+        n = len(self.layers)
+        if self.store is None or self.store.shape[1:] != shape:
+            self.store = like.new_empty((2 * n, *shape))
+        return self.store[2 * index], self.store[2 * index + 1]
+
+    def _in_store(self) -> bool:
+        """Whether every layer's keys and values are the store's views, equally long."""
+        store, n = self.store, self.layers[0].length
+        return store is not None and all(
+            layer.self_kv is not None and layer.length == n
+            and layer.self_kv[0].data_ptr() == store[2 * i].data_ptr()
+            and layer.self_kv[1].data_ptr() == store[2 * i + 1].data_ptr()
+            for i, layer in enumerate(self.layers))
 
     def memory_bias(self, src_mask: torch.Tensor, n_head: int, dtype: torch.dtype
                     ) -> torch.Tensor:
@@ -344,8 +372,19 @@ class DecoderCache:
         surviving beams), and, with ``sources`` (B',), those rows of the encoder
         output's keys and values (the inputs that stay); without, those stay as they
         are (beams move among the rows of their own source)."""
+        if self._in_store():
+            store, n = self.store, self.layers[0].length
+            spare = self.spare
+            if spare is None or spare.size(1) != rows.numel():
+                spare = store.new_empty((store.size(0), rows.numel(), *store.shape[2:]))
+            torch.index_select(store[:, :, :, :n], 1, rows, out=spare[:, :, :, :n])
+            self.store, self.spare = spare, store
+            for i, layer in enumerate(self.layers):
+                layer.self_kv = (spare[2 * i], spare[2 * i + 1])
+        else:
+            for layer in self.layers:
+                layer.keep(rows)
         for layer in self.layers:
-            layer.keep(rows)
             if layer.cross_kv is not None and sources is not None:
                 k, v = layer.cross_kv  # k kept as it lies: transposed (see _cross)
                 layer.cross_kv = (k.transpose(-1, -2).index_select(0, sources).transpose(-1, -2),
