@@ -40,7 +40,7 @@ TARGET_TRAIN = 1.3  # lmlab training tokens/s over the plain HF loop's
 @dataclass
 class Settings:
     new_tokens: int = 32
-    beam_repeats: int = 5
+    beam_repeats: int = 9
     train_steps: int = 40
 
 
