@@ -163,7 +163,8 @@ def test_inference_stacks_the_projections_and_attends_with_few_queries():
     q, k, v = (torch.randn(3, 4, T, 8) for T in (5, 7, 7))
     mask = torch.rand(3, 1, 1, 7) > 0.3
     mask[:, :, :, 0] = True  # a row sees at least one key
-    for m in (None, mask):
+    additive = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+    for m in (None, mask, additive, additive[0, 0]):  # boolean, additive, shared by rows
         torch.testing.assert_close(few_query_attention(q, k, v, m),
                                    torch.nn.functional.scaled_dot_product_attention(
                                        q, k, v, attn_mask=m), atol=1e-5, rtol=1e-5)

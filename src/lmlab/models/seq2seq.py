@@ -122,6 +122,8 @@ def few_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     else:
         if mask.dtype == torch.bool:
             mask = attention_bias(mask, (B, nh, 1, L), q.dtype)
+        elif mask.shape[:-2] != (B, nh):  # an additive mask shared by rows or heads
+            mask = mask.expand(B, nh, *mask.shape[-2:])
         scores = torch.baddbmm(mask.reshape(B * nh, -1, L), q3, kt, alpha=hs ** -0.5)
     out = torch.bmm(scores.softmax(dim=-1), v.reshape(B * nh, L, hs))  # (B*nh, T, hs)
     return out.view(B, nh, T, hs)
