@@ -188,6 +188,14 @@ def test_wide_topk_is_topk():
         want = x.topk(8, dim=1)
         got = wide_topk(x, 8)
         assert torch.equal(got[0], want.values) and torch.equal(got[1], want.indices)
+    # Ties (bf16 or quantized scores have them): topk's own picks and order.
+    tied = torch.randn(6, 32000).to(torch.bfloat16).float()
+    tied[0] = 0.0
+    tied[1, 5000:5010] = 9.0  # a tie across the cut
+    for row in (tied, tied[:, :-3]):
+        want = row.topk(8, dim=1)
+        got = wide_topk(row, 8)
+        assert torch.equal(got[0], want.values) and torch.equal(got[1], want.indices)
     narrow = torch.randn(3, 200)  # too few blocks: plain topk
     assert torch.equal(wide_topk(narrow, 8)[1], narrow.topk(8, dim=1).indices)
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.utils.prune
 
 from lmlab.config import PRESETS, GPTConfig
 from lmlab.errors import LmlabError
@@ -119,6 +120,21 @@ def test_linear_fast_path_equals_f_linear(monkeypatch):
     layer(x).sum().backward()
     assert x.grad is not None and layer.weight.grad is not None
     assert isinstance(GPT(GPTConfig.from_name("gpt-nano")).lm_head, torch.nn.Linear)
+    # ReLU and a residual inside the product: the values of the separate calls.
+    x, res = torch.randn(8, 96), torch.randn(8, 40)
+    with torch.no_grad():
+        plain = torch.nn.functional.linear(x, layer.weight, layer.bias)
+        torch.testing.assert_close(layer(x, relu=True), plain.relu(), atol=1e-6, rtol=0)
+        torch.testing.assert_close(layer(x, add=res), plain + res, atol=1e-6, rtol=0)
+        torch.testing.assert_close(lin.linear_then(layer, x, relu=True, add=res),
+                                   plain.relu() + res, atol=1e-6, rtol=0)
+    res.requires_grad_(True)  # a residual that needs its gradient: not the fused op
+    layer.eval()(x, add=res).sum().backward()
+    assert torch.equal(res.grad, torch.ones_like(res))
+    torch.nn.utils.prune.l1_unstructured(layer, "weight", 0.5)  # a computed weight
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(
+            x, layer.weight, layer.bias))
 
 
 def test_linear_packs_its_weight_for_inference_and_follows_changes(monkeypatch):

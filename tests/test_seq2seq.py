@@ -170,6 +170,45 @@ def test_inference_stacks_the_projections_and_attends_with_few_queries():
                                        q, k, v, attn_mask=m), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_inference_fuses_into_the_products_with_the_same_values(norm_first, monkeypatch):
+    """With every product on oneDNN (the thresholds lowered for this small model), the
+    ReLU and the residual adds ride in the products, the cache holds every layer in one
+    tensor, and the source mask is made once: the values of the plain path, through a
+    whole pass, cached steps, a reorder, a gradient through a cached call, and a mask
+    changed in place."""
+    from lmlab.models import linear as lin
+
+    if not lin.onednn_enabled():
+        pytest.skip("no oneDNN in this build of torch")
+    model = _nano(norm_first).eval()  # ReLU
+    src, mask, tgt = _inputs()
+    with torch.no_grad():
+        plain = model(src, tgt, mask)  # small products: F.linear, separate calls
+        monkeypatch.setattr(lin, "ONEDNN_MIN_MACS", 0)
+        torch.testing.assert_close(model(src, tgt, mask), plain, atol=1e-5, rtol=1e-5)
+        memory = model.encode(src, mask)
+        cache = model.new_cache(capacity=9)
+        steps = [model.decode(tgt[:, i:i + 1], memory, mask, cache) for i in range(5)]
+        assert cache._in_store()
+        order = torch.tensor([2, 0, 1])
+        cache.reorder(order, order)  # rows and their sources
+        steps = torch.cat(steps, dim=1)[order]
+        later = model.decode(tgt[[2, 0, 1], 5:9], memory[[2, 0, 1]], mask[[2, 0, 1]], cache)
+        torch.testing.assert_close(torch.cat([steps, later], dim=1), plain[[2, 0, 1]],
+                                   atol=1e-5, rtol=1e-5)
+        shut, fresh = mask.clone(), model.new_cache(capacity=9)
+        cache = model.new_cache(capacity=9)
+        model.decode(tgt[:, :1], memory, shut, cache)
+        model.decode(tgt[:, :1], memory, mask, fresh)
+        shut[0, 3:] = 0  # in place: the cached additive mask must follow
+        torch.testing.assert_close(model.decode(tgt[:, 1:2], memory, shut, cache),
+                                   model.decode(tgt[:, 1:2], memory, shut.clone(), fresh))
+    cache = model.new_cache(capacity=9)  # a gradient through one cached call
+    model.decode(tgt, model.encode(src, mask), mask, cache).sum().backward()
+    assert model.decoder.layers[0].fc1.weight.grad is not None
+
+
 def test_padding_does_not_change_a_row():
     model = _nano().eval()
     src, mask, tgt = _inputs()

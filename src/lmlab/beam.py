@@ -119,14 +119,17 @@ def wide_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     bookkeeping. Here: the maxima of blocks of ``TOPK_BLOCK`` (a vectorized pass), the k
     blocks with the largest maxima, and the top k of those blocks' elements. The best k
     lie in those blocks: an element of another block has k block maxima at least as
-    large in other blocks, so k elements of the row at least as large. Equal values may
-    come back in another order than ``topk``'s (a real score's ties do not happen)."""
+    large in other blocks, so k elements of the row at least as large. Equal values
+    (bf16 or quantized logits have them) are where the two could pick or order
+    differently, so the best k + 1 are found, and where two of them are equal
+    ``topk`` itself answers."""
     R, N = x.shape
     n_blk = N // TOPK_BLOCK
     if n_blk < 4 * k:  # too narrow to gain
         return x.topk(k, dim=1)
+    k1 = k + 1  # one more, to see a tie at the cut
     body = x[:, :n_blk * TOPK_BLOCK].view(R, n_blk, TOPK_BLOCK)
-    blocks = body.amax(dim=2).topk(k, dim=1).indices.sort(dim=1).values  # (R, k), in order
+    blocks = body.amax(dim=2).topk(k1, dim=1).indices.sort(dim=1).values  # (R, k1), in order
     picked = body.gather(1, blocks[:, :, None].expand(-1, -1, TOPK_BLOCK))  # (R, k, blk)
     first = blocks[:, :, None] * TOPK_BLOCK + torch.arange(TOPK_BLOCK, device=x.device)
     where = first.view(R, -1)  # (R, k*blk) each picked element's column
@@ -135,8 +138,10 @@ def wide_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         tail = torch.arange(n_blk * TOPK_BLOCK, N, device=x.device)
         values = torch.cat([values, x[:, n_blk * TOPK_BLOCK:]], dim=1)
         where = torch.cat([where, tail.expand(R, -1)], dim=1)
-    best, at = values.topk(k, dim=1)
-    return best, where.gather(1, at)
+    best, at = values.topk(k1, dim=1)
+    if bool((best[:, 1:] == best[:, :-1]).any()):
+        return x.topk(k, dim=1)
+    return best[:, :k], where.gather(1, at[:, :k])
 
 
 def beam_search(stepper: Stepper, prompt: torch.Tensor, cfg: BeamConfig,
@@ -227,8 +232,9 @@ def beam_search(stepper: Stepper, prompt: torch.Tensor, cfg: BeamConfig,
                                  dim=1).gather(1, best)
             done = torch.cat([done, ended], dim=1).gather(1, best)
 
-        # The best K candidates that do not end run on: the first K when none ends.
-        if any_end:
+        # The best K candidates that do not end run on: the first K when none ends (and
+        # none of them ties with the next: topk orders equal values its own way).
+        if any_end or bool((cand_score[:, 1:K + 1] == cand_score[:, :K]).any()):
             run_score = cand_score.masked_fill(ends, NEG)
             keep = run_score.topk(K, dim=1).indices  # (B, K)
             running_score = run_score.gather(1, keep)

@@ -117,7 +117,13 @@ class Linear(nn.Linear):
         # A decoding step calls this some twenty times: the checks read what they need
         # once, the cheapest first (about 11 us a call over oneDNN's own, now 4).
         params = self._parameters
-        w, own = params["weight"], params["bias"]
+        w = params.get("weight")
+        if w is None:  # parametrized (weight_norm, pruning): a property computes it
+            w = self.weight
+        try:
+            own = params["bias"]
+        except KeyError:  # parametrized too
+            own = self.bias
         if bias is None:
             bias = own
         elif own is not None:
@@ -125,7 +131,9 @@ class Linear(nn.Linear):
         n = x.numel()
         if (_ENABLED and x.dtype is torch.float32 and w.dtype is torch.float32 and x.is_cpu
                 and n <= ONEDNN_MAX_ROWS * x.size(-1) and n * w.size(0) >= ONEDNN_MIN_MACS
-                and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):
+                and not (torch.is_grad_enabled() and (
+                    x.requires_grad or w.requires_grad
+                    or (add is not None and add.requires_grad)))):
             if torch.compiler.is_compiling():
                 y = torch.ops.lmlab.onednn_linear(x, w, bias)
             else:

@@ -303,7 +303,12 @@ class LayerCache:
         else:
             if self.self_kv is None:
                 shape = (*k.shape[:2], self.capacity, k.size(3))
-                self.self_kv = (self.owner.buffers(self.index, shape, k) if self.owner
+                # The owner's one tensor for all layers, unless a gradient flows through
+                # the keys: each layer's write would then overwrite what another layer's
+                # backward reads.
+                joint = self.owner is not None and not (
+                    torch.is_grad_enabled() and (k.requires_grad or v.requires_grad))
+                self.self_kv = (self.owner.buffers(self.index, shape, k) if joint
                                 else (k.new_empty(shape), v.new_empty(shape)))
             self.self_kv[0][:, :, n:n + T] = k
             self.self_kv[1][:, :, n:n + T] = v
@@ -335,7 +340,8 @@ class DecoderCache:
     def __init__(self, n_layer: int, capacity: int | None = None) -> None:
         self.layers = [LayerCache(capacity, self, i) for i in range(n_layer)]
         self.length = 0  # target positions cached
-        self._bias: tuple[torch.Tensor, torch.Tensor] | None = None  # (src_mask, its bias)
+        # (src_mask, its version counter, its bias)
+        self._bias: tuple[torch.Tensor, int, torch.Tensor] | None = None
         # Every layer's own keys and values (2 * n_layer, B, nh, capacity, hs), and a
         # reorder's target: one copy per reorder, not two per layer (a beam step's
         # reorder took 62 against 106 us for 3 layers; AMD EPYC, 2 threads).
@@ -363,11 +369,13 @@ class DecoderCache:
     def memory_bias(self, src_mask: torch.Tensor, n_head: int, dtype: torch.dtype
                     ) -> torch.Tensor:
         """The cross-attention's additive mask (B, nh, 1, S) for ``src_mask`` (B, S): made
-        once for the steps that pass the same mask (a search's), not at every step."""
-        if self._bias is None or self._bias[0] is not src_mask:
+        once for the steps that pass the same mask (a search's), not at every step; again
+        after an in-place change to it (its version counter)."""
+        held = self._bias
+        if held is None or held[0] is not src_mask or held[1] != src_mask._version:
             bias = attention_bias(Seq2Seq.key_mask(src_mask), (1, n_head, 1, 1), dtype)
-            self._bias = (src_mask, bias)
-        return self._bias[1]
+            self._bias = held = (src_mask, src_mask._version, bias)
+        return held[2]
 
     def reorder(self, rows: torch.Tensor, sources: torch.Tensor | None = None) -> None:
         """Keep the decoder's rows ``rows`` (B'*G,), in that order (a beam search's
