@@ -111,7 +111,9 @@ def few_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     work among the threads) costs more than the arithmetic: 116 against 67 us for a
     beam step's cross-attention (8 sources, 4 beams, 21 keys; AMD EPYC, 2 threads),
     and each call here counts too: the scale and the mask go into the first product
-    (``baddbmm``), and the keys are read as they lie (a cache laid out for it)."""
+    (``baddbmm``), and the keys are read as they lie (a cache laid out for it). The
+    scale is rounded once there; with a power-of-two scale (head sizes 16, 64, 256) the
+    bits are those of scaling after the product."""
     B, nh, T, hs = q.shape
     L = k.size(2)
     q3 = q.reshape(B * nh, T, hs)
