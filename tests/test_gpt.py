@@ -159,7 +159,7 @@ def test_linear_packs_its_weight_for_inference_and_follows_changes(monkeypatch):
             torch.testing.assert_close(layer(x, bias=extra), want + extra)
 
     check()
-    assert layer._packed is not None and layer._packed[1].is_mkldnn
+    assert layer._packed is not None and layer._packed[2].is_mkldnn
     with torch.no_grad():
         layer.weight.mul_(-2.0)  # in place: the version moves, the pack is stale
     check()

@@ -102,8 +102,8 @@ if _ONEDNN is not None:
 class Linear(nn.Linear):
     """``nn.Linear`` with the oneDNN fast path for few-row float32 CPU inference."""
 
-    # (the weight's stamp, the weight packed for oneDNN), or None.
-    _packed: tuple[tuple, torch.Tensor] | None = None
+    # (the weight seen, its version counter then, the weight packed for oneDNN), or None.
+    _packed: tuple[torch.Tensor, int, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None, *,
                 relu: bool = False, add: torch.Tensor | None = None) -> torch.Tensor:
@@ -112,10 +112,10 @@ class Linear(nn.Linear):
         ``final_logits_bias`` beside a weight tied to the embedding). ``relu`` applies
         it to the result and ``add`` (..., out_features) is added to it (a residual), in
         the product's own pass where oneDNN runs it: a decoding step's elementwise
-        calls cost more than their arithmetic. The bits are those of the separate
-        calls."""
+        calls cost more than their arithmetic. The values are the separate calls'
+        (bit-equal in a check on an AMD EPYC; the tests allow 1e-6)."""
         # A decoding step calls this some twenty times: the checks read what they need
-        # once, the cheapest first (about 11 us a call over oneDNN's own, now 4).
+        # once, the cheapest first.
         params = self._parameters
         w = params.get("weight")
         if w is None:  # parametrized (weight_norm, pruning): a property computes it
@@ -137,10 +137,7 @@ class Linear(nn.Linear):
             if torch.compiler.is_compiling():
                 y = torch.ops.lmlab.onednn_linear(x, w, bias)
             else:
-                held = self._packed
-                packed = (held[1] if held is not None and not self.training
-                          and held[0] is not None and held[0][0][0].data_ptr() == w.data_ptr()
-                          and held[0][0][1] == w._version else self.onednn_weight())
+                packed = self.onednn_weight(w)
                 if add is not None and not relu and add.is_contiguous() \
                         and add.dtype is x.dtype and add.shape == (*x.shape[:-1], w.size(0)):
                     return _ONEDNN_ADD(x, add, packed, bias, "add")
@@ -152,18 +149,20 @@ class Linear(nn.Linear):
             y = F.relu(y)
         return y if add is None else y + add
 
-    def onednn_weight(self) -> torch.Tensor:
-        """The weight as oneDNN should read it: pre-packed in eval mode within the budget
-        (packed on first use, again after the weight changes), else as it is. A change
-        made in place through ``.data`` moves no version counter: ``train()`` drops the
-        packed copy (``eval()`` on a model already in eval mode keeps it: ``generate``
-        calls it each time)."""
-        w = self.weight
+    def onednn_weight(self, w: torch.Tensor | None = None) -> torch.Tensor:
+        """The weight ``w`` (the module's by default) as oneDNN should read it: pre-packed
+        in eval mode within the budget (packed on first use, again after the weight
+        changes), else as it is. A change made in place through ``.data`` moves no
+        version counter: ``train()`` drops the packed copy (``eval()`` on a model
+        already in eval mode keeps it: ``generate`` calls it each time)."""
+        if w is None:
+            w = self.weight
+        held = self._packed  # the common case first: a decoding step asks ~20 times
+        if (held is not None and not self.training and held[0].data_ptr() == w.data_ptr()
+                and held[1] == w._version):
+            return held[2]
         if self.training or _REORDER is None or w.is_inference():
             return w
-        held = self._packed
-        if held is not None and _unchanged(held[0], (w,)):
-            return held[1]
         self._packed = held = None  # stale: its bytes go back to the budget, now
         nbytes = w.numel() * w.element_size()
         with _LOCK:
@@ -172,7 +171,9 @@ class Linear(nn.Linear):
             with torch.no_grad():
                 packed = _REORDER(w.detach(), PACK_ROWS)
             _account(packed, nbytes)
-        self._packed = (_stamp((w,)), packed)
+        # The weight seen is kept alive, so that no new tensor takes its memory (and its
+        # data pointer) while the copy is held.
+        self._packed = (w.detach(), w._version, packed)
         return packed
 
     def __getstate__(self) -> dict:
@@ -199,14 +200,16 @@ def _account(packed: torch.Tensor, nbytes: int) -> None:
     weakref.finalize(packed, _release, nbytes)
 
 
-def linear_then(layer: nn.Module, x: torch.Tensor, *, relu: bool = False,
-                add: torch.Tensor | None = None) -> torch.Tensor:
-    """``layer(x)``, then ReLU with ``relu``, then ``+ add``: in the product's pass when
-    the layer is a plain ``Linear`` (see ``Linear.forward``), as separate calls when it
-    is an adapter or a quantized layer."""
+def linear_then(layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None, *,
+                relu: bool = False, add: torch.Tensor | None = None) -> torch.Tensor:
+    """``layer(x)`` plus another ``bias``, then ReLU with ``relu``, then ``+ add``: in the
+    product's pass when the layer is a plain ``Linear`` (see ``Linear.forward``), as
+    separate calls when it is an adapter or a quantized layer."""
     if type(layer) is Linear:
-        return layer(x, relu=relu, add=add)
+        return layer(x, bias, relu=relu, add=add)
     y = layer(x)
+    if bias is not None:
+        y = y + bias
     if relu:
         y = F.relu(y)
     return y if add is None else y + add

@@ -278,18 +278,16 @@ class EncoderLayer(nn.Module):
 class LayerCache:
     """One decoder layer's keys and values: its own, growing by T each call, and the
     encoder output's, computed once. With a ``capacity`` (the positions decoding will
-    reach) its own are written in place into buffers that long, and a reorder copies
-    the rows kept into a second pair, which takes over; without, each call
-    concatenates, a copy of the whole past per step on top of the reorder's. Inside a
-    ``DecoderCache`` (``owner``) the buffers are views of one tensor for all the
-    layers, which the owner reorders with one copy."""
+    reach) its own are written in place into buffers that long: views of the
+    ``owner``'s one tensor for all the layers, which the owner reorders with one copy
+    (``DecoderCache.reorder``). Without, or past it, each call concatenates, a copy of
+    the whole past per step on top of the reorder's."""
 
     def __init__(self, capacity: int | None = None, owner: DecoderCache | None = None,
                  index: int = 0) -> None:
         self.capacity = capacity
         self.owner, self.index = owner, index
         self.self_kv: tuple[torch.Tensor, torch.Tensor] | None = None  # (B, nh, cap, hs)
-        self.spare: tuple[torch.Tensor, torch.Tensor] | None = None  # a reorder's target
         self.length = 0  # positions held
         self.cross_kv: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -318,20 +316,11 @@ class LayerCache:
         return self.self_kv[0][:, :, :n + T], self.self_kv[1][:, :, :n + T]
 
     def keep(self, rows: torch.Tensor) -> None:
-        """Keep rows ``rows`` of its own keys and values, in that order."""
-        if self.self_kv is None:
-            return
-        (k, v), n = self.self_kv, self.length
-        if k.size(2) == n:  # no room past the positions held: plain copies
+        """Keep rows ``rows`` of its own keys and values, in that order: copies of the
+        whole buffers, for a layer outside the owner's store (see ``append``)."""
+        if self.self_kv is not None:
+            k, v = self.self_kv
             self.self_kv = (k.index_select(0, rows), v.index_select(0, rows))
-            return
-        if self.spare is None or self.spare[0].size(0) != rows.numel():
-            shape = (rows.numel(), *k.shape[1:])
-            self.spare = (k.new_empty(shape), v.new_empty(shape))
-        sk, sv = self.spare
-        torch.index_select(k[:, :, :n], 0, rows, out=sk[:, :, :n])
-        torch.index_select(v[:, :, :n], 0, rows, out=sv[:, :, :n])
-        self.self_kv, self.spare = (sk, sv), (k, v)
 
 
 class DecoderCache:
@@ -609,11 +598,8 @@ class Seq2Seq(nn.Module):
             x = x[select]  # (N, C)
         if hidden:
             return x
-        if not self.config.final_logits_bias:
-            return self.lm_head(x)
-        if type(self.lm_head) is not Linear:  # an adapter's or a quantized layer's call
-            return self.lm_head(x) + self.final_logits_bias
-        return self.lm_head(x, bias=self.final_logits_bias[0])  # added in the product
+        bias = self.final_logits_bias[0] if self.config.final_logits_bias else None
+        return linear_then(self.lm_head, x, bias)  # the bias added in the product
 
     def new_cache(self, capacity: int | None = None) -> DecoderCache:
         """An empty cache for decoding; ``capacity``: the target positions it will hold at
