@@ -200,6 +200,34 @@ def test_wide_topk_is_topk():
     assert torch.equal(wide_topk(narrow, 8)[1], narrow.topk(8, dim=1).indices)
 
 
+def test_move_rows_is_index_select(monkeypatch):
+    """Rows moved in place give what an index_select gives: beams that stay, follow
+    another, swap (a cycle) or rotate, along the first dimension and along another of a
+    view that does not cover its buffer (a cache's written positions); past
+    ``MOVE_ROWS_MAX`` moved rows nothing is done and False says so."""
+    import lmlab.models.gpt as gpt
+
+    g = torch.Generator().manual_seed(0)
+    orders = [[0, 1, 2, 3], [0, 0, 1, 2], [1, 0, 2, 3], [1, 2, 0, 3], [3, 3, 3, 3],
+              [2, 3, 0, 1], [1, 0, 3, 2, 4, 4, 6, 5]]
+    orders += [torch.randint(0, 12, (12,), generator=g).tolist() for _ in range(20)]
+    orders += [torch.randperm(12, generator=g).tolist() for _ in range(10)]
+    for rows in orders:
+        n = len(rows)
+        t = torch.randn(n, 3, 5, generator=g)
+        want = t.index_select(0, torch.tensor(rows))
+        assert gpt.move_rows(t, rows) and torch.equal(t, want), rows
+        buf = torch.randn(2, n, 4, 7, generator=g)
+        view = buf[:, :, :, :3]  # rows along dimension 1, positions cut short
+        want, tail = view.index_select(1, torch.tensor(rows)), buf[:, :, :, 3:].clone()
+        assert gpt.move_rows(view, rows, dim=1) and torch.equal(view, want), rows
+        assert torch.equal(buf[:, :, :, 3:], tail)  # nothing past the view touched
+    monkeypatch.setattr(gpt, "MOVE_ROWS_MAX", 2)
+    t = torch.randn(4, 3)
+    before = t.clone()
+    assert not gpt.move_rows(t, [1, 2, 3, 0]) and torch.equal(t, before)
+
+
 @pytest.mark.parametrize("setting", SETTINGS[:3])
 def test_marian_beam_search_through_block_maxima_matches_transformers(setting, monkeypatch):
     """The same ids and scores with the candidates found by ``wide_topk`` (blocks of 2 make

@@ -111,10 +111,16 @@ def test_cached_decoding_equals_the_full_pass(norm_first, capacity):
     assert cache.length == 9
 
 
-def test_beams_read_their_sources_encoder_output_once():
+@pytest.mark.parametrize("in_place", [True, False])
+def test_beams_read_their_sources_encoder_output_once(in_place, monkeypatch):
     """Target rows grouped by source (a beam search's beams) against the encoder output
     repeated for every row: the same logits, with a row of cross-attention keys and
-    values per source; when a source leaves, its rows and keys go together."""
+    values per source; when a source leaves, its rows and keys go together. Beams that
+    swap move in place, or (with ``MOVE_ROWS_MAX`` at 0) through the second buffer."""
+    import lmlab.models.gpt
+
+    if not in_place:
+        monkeypatch.setattr(lmlab.models.gpt, "MOVE_ROWS_MAX", 0)
     model = _nano().eval()
     src, mask, _ = _inputs()
     G = 2  # target rows to a source

@@ -82,7 +82,9 @@ class Hypothesis:
 class Stepper(Protocol):
     def logits(self, step: int, sequences: torch.Tensor) -> torch.Tensor:
         """Next-token logits (R, V) after ``sequences`` (R, P + step): the prompt and the
-        ``step`` tokens generated so far; R = B at step 0 (the prompts), B*K after."""
+        ``step`` tokens generated so far; R = B at step 0 (the prompts), B*K after. The
+        search may overwrite the tensor returned (a fresh one, or one the stepper no
+        longer reads)."""
         ...
 
     def reorder(self, rows: torch.Tensor) -> None:
@@ -192,7 +194,11 @@ def beam_search(stepper: Stepper, prompt: torch.Tensor, cfg: BeamConfig,
         logits = stepper.logits(t, seqs)  # (B*K, V), (B, V) at step 0
         if t == 0:
             stepper.reorder(torch.arange(B, device=device).repeat_interleave(K))
-        logp = F.log_softmax(logits.float(), dim=-1)
+        logits = logits.float()
+        # In place where it can be (the stepper's logits are the search's to overwrite):
+        # a step's (B*K, V) tensor less to allocate and write, and the same values.
+        logp = (torch.log_softmax(logits, dim=-1, out=logits) if logits.is_contiguous()
+                else F.log_softmax(logits, dim=-1))
         if cfg.no_repeat_ngram_size:
             banned_ngrams(seqs, cfg.no_repeat_ngram_size, logp)
         if t < cfg.min_new_tokens and eos.numel():
