@@ -116,7 +116,7 @@ def test_beams_read_their_sources_encoder_output_once(in_place, monkeypatch):
     """Target rows grouped by source (a beam search's beams) against the encoder output
     repeated for every row: the same logits, with a row of cross-attention keys and
     values per source; when a source leaves, its rows and keys go together. Beams that
-    swap move in place, or (with ``MOVE_ROWS_MAX`` at 0) through the second buffer."""
+    swap move in place, or (with ``MOVE_ROWS_MAX`` at 0) by an index_select."""
     import lmlab.models.gpt
 
     if not in_place:
@@ -137,7 +137,6 @@ def test_beams_read_their_sources_encoder_output_once(in_place, monkeypatch):
         assert shared.layers[0].cross_kv[0].size(0) == 3
         shared.reorder(torch.tensor([1, 0, 2, 3, 5, 4]))  # beams swap within their source
         repeated.reorder(torch.tensor([1, 0, 2, 3, 5, 4]))
-        assert shared._in_store()  # every layer's keys and values in one tensor, one copy
         tgt = tgt[[1, 0, 2, 3, 5, 4]]
         rows, sources = torch.tensor([3, 2, 5, 5]), torch.tensor([1, 2])  # source 0 leaves
         shared.reorder(rows, sources)
@@ -146,6 +145,41 @@ def test_beams_read_their_sources_encoder_output_once(in_place, monkeypatch):
             model.decode(tgt[rows, 4:5], memory[sources], mask[sources], shared),
             model.decode(tgt[rows, 4:5], wide[rows], wide_mask[rows], repeated),
             atol=1e-5, rtol=1e-5)
+
+
+def test_beam_tree_cache_gives_what_moving_the_rows_gives():
+    """A beam search's cache kept as a tree (``new_cache(beams=G)``: the beams' keys and
+    values never move, each beam attends to its ancestors' slots) against one that
+    moves its rows: the same logits through step 0 (a row per source), the first
+    reorder (the source's row to its beams), beams following random others of their
+    source, and a source leaving. It reads one token a step."""
+    model = _nano().eval()
+    src, mask, _ = _inputs()
+    G, g = 3, torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        memory = model.encode(src, mask)  # (3, S, C)
+        tree, moving = model.new_cache(capacity=8, beams=G), model.new_cache(capacity=8)
+        start = torch.full((3, 1), model.config.decoder_start_token_id)
+        torch.testing.assert_close(model.decode(start, memory, mask, tree),
+                                   model.decode(start, memory, mask, moving))
+        rows = torch.arange(3).repeat_interleave(G)
+        for cache in (tree, moving):
+            cache.reorder(rows)
+        for step in range(6):
+            B = memory.size(0)
+            tokens = torch.randint(3, V, (B * G, 1), generator=g)
+            torch.testing.assert_close(model.decode(tokens, memory, mask, tree),
+                                       model.decode(tokens, memory, mask, moving),
+                                       atol=1e-5, rtol=1e-5)
+            rows = (torch.arange(B)[:, None] * G + torch.randint(0, G, (B, G), generator=g))
+            sources = torch.tensor([1, 2]) if step == 3 else None  # source 0 leaves
+            if sources is not None:
+                rows, memory, mask = rows[sources], memory[sources], mask[sources]
+            for cache in (tree, moving):
+                cache.reorder(rows.view(-1), sources)
+        assert tree.layers[0].self_kv[0].size(0) == 2  # a buffer per source
+        with pytest.raises(ValueError, match="one token a step"):
+            model.decode(torch.ones(2 * G, 2, dtype=torch.long), memory, mask, tree)
 
 
 def test_inference_stacks_the_projections_and_attends_with_few_queries():
@@ -179,8 +213,8 @@ def test_inference_stacks_the_projections_and_attends_with_few_queries():
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_inference_fuses_into_the_products_with_the_same_values(norm_first, monkeypatch):
     """With every product on oneDNN (the thresholds lowered for this small model), the
-    ReLU and the residual adds ride in the products, the cache holds every layer in one
-    tensor, and the source mask is made once: the values of the plain path, through a
+    ReLU and the residual adds ride in the products and the source mask is made once:
+    the values of the plain path, through a
     whole pass, cached steps, a reorder, a gradient through a cached call, and a mask
     changed in place."""
     from lmlab.models import linear as lin
@@ -196,7 +230,6 @@ def test_inference_fuses_into_the_products_with_the_same_values(norm_first, monk
         memory = model.encode(src, mask)
         cache = model.new_cache(capacity=9)
         steps = [model.decode(tgt[:, i:i + 1], memory, mask, cache) for i in range(5)]
-        assert cache._in_store()
         order = torch.tensor([2, 0, 1])
         cache.reorder(order, order)  # rows and their sources
         steps = torch.cat(steps, dim=1)[order]

@@ -328,7 +328,7 @@ class Seq2SeqStepper:
         self.memory = model.encode(src, src_mask)  # (B, S, C)
         self.src_mask = src_mask
         self.num_beams = num_beams
-        self.cache = model.new_cache(capacity=max_new_tokens)
+        self.cache = model.new_cache(capacity=max_new_tokens, beams=num_beams)
 
     def logits(self, step: int, sequences: torch.Tensor) -> torch.Tensor:
         tokens = sequences if step == 0 else sequences[:, -1:]
