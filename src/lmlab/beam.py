@@ -131,7 +131,8 @@ def wide_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         return x.topk(k, dim=1)
     k1 = k + 1  # one more, to see a tie at the cut
     body = x[:, :n_blk * TOPK_BLOCK].view(R, n_blk, TOPK_BLOCK)
-    blocks = body.amax(dim=2).topk(k1, dim=1).indices.sort(dim=1).values  # (R, k1), in order
+    # (Any order of the blocks: equal values, where order would matter, go to topk.)
+    blocks = body.amax(dim=2).topk(k1, dim=1).indices  # (R, k1)
     picked = body.gather(1, blocks[:, :, None].expand(-1, -1, TOPK_BLOCK))  # (R, k, blk)
     first = blocks[:, :, None] * TOPK_BLOCK + torch.arange(TOPK_BLOCK, device=x.device)
     where = first.view(R, -1)  # (R, k*blk) each picked element's column
@@ -219,7 +220,7 @@ def beam_search(stepper: Stepper, prompt: torch.Tensor, cfg: BeamConfig,
         any_end = t + 1 == N or bool(ends.any())
 
         # Candidates that end among the best K of the step join the finished ones.
-        ended = ends & first_k  # (B, C)
+        ended = ends & first_k if any_end else None  # (B, C)
         if any_end and bool(ended.any()):
             some_done = True
             cand_tokens = running.gather(1, cand_beam[:, :, None].expand(-1, -1, P + N))
