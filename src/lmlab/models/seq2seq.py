@@ -540,14 +540,14 @@ class Stack(nn.Module):
             raise ValueError(f"positions {start}..{start + T} exceed the model's "
                              f"{self.config.block_size} positions")
         x = table(tokens) * self.embed_scale
-        pos = torch.arange(start, start + T, device=tokens.device)
         if self.config.pos == "learned":
+            pos = torch.arange(start, start + T, device=tokens.device)
             x = x + self.embed_positions(pos + self.config.pos_offset)
-        else:
-            x = x + self.sinusoids[pos].to(x.dtype)
+        else:  # the table's rows as a view: a decoding step's call or two fewer
+            x = x + self.sinusoids[start:start + T].to(x.dtype)
         if self.config.embed_norm:
             x = self.layernorm_embedding(x)
-        return self.dropout(x)
+        return self.dropout(x) if self.training else x
 
     def finish(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer_norm(x) if self.config.norm_first else x
