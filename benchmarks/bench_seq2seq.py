@@ -95,7 +95,11 @@ def beam_rows(settings: Settings, ours, hf) -> tuple[dict, bool]:
         for b, hyps in enumerate(got):
             row = want[b, 1:1 + len(hyps[0].tokens)].tolist()
             same &= row == hyps[0].tokens
-    return {k: tokens / median(v) for k, v in times.items()}, same
+    rates = {k: tokens / median(v) for k, v in times.items()}
+    # Each repeat's HF time over lmlab's, the two run back to back: how much the
+    # machine's speed moved during the run (a shared host) shows in their spread.
+    rates["paired"] = sorted(h / o for h, o in zip(times["hf"], times["lmlab"], strict=True))
+    return rates, same
 
 
 def train_rows(settings: Settings, ours, hf) -> tuple[dict, dict]:
@@ -164,7 +168,11 @@ def format_results(res: dict) -> str:
             "weights)\n\n")
     ours, theirs = res["losses"]["lmlab"], res["losses"]["hf"]
     gap = max(abs(a - b) for a, b in zip(ours, theirs, strict=True))
-    note = (f"\n\nBeam outputs identical: {'yes' if res['same_outputs'] else 'NO'}. Loss at "
+    paired = b.get("paired") or [b["lmlab"] / b["hf"]]
+    note = (f"\n\nBeam search, each repeat's HF time over lmlab's: median "
+            f"{median(paired):.2f}x, from {paired[0]:.2f}x to {paired[-1]:.2f}x over "
+            f"{len(paired)} repeats. "
+            f"Beam outputs identical: {'yes' if res['same_outputs'] else 'NO'}. Loss at "
             f"step 1: lmlab {ours[0]:.6f}, HF {theirs[0]:.6f}; at step {len(ours)}: "
             f"{ours[-1]:.6f} and {theirs[-1]:.6f} (largest gap over the {len(ours)} steps: "
             f"{gap:.1e}). Training steps run interleaved. Targets: {TARGET_BEAM}x (beam), "
