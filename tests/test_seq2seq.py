@@ -180,6 +180,25 @@ def test_beam_tree_cache_gives_what_moving_the_rows_gives():
         assert tree.layers[0].self_kv[0].size(0) == 2  # a buffer per source
         with pytest.raises(ValueError, match="one token a step"):
             model.decode(torch.ones(2 * G, 2, dtype=torch.long), memory, mask, tree)
+        model.decode(torch.ones(2 * G, 1, dtype=torch.long), memory, mask, tree)  # the 8th
+        with pytest.raises(ValueError, match="holds 8 positions"):
+            model.decode(torch.ones(2 * G, 1, dtype=torch.long), memory, mask, tree)
+        with pytest.raises(ValueError, match="after its first step"):
+            model.new_cache(capacity=8, beams=G).reorder(rows.view(-1))
+
+
+def test_a_gradient_flows_through_a_reordered_cache():
+    """Cached decoding under autograd, a reorder (rows that swap), one more step: the
+    backward reads the keys and values as they were (the reorder copies, not in place)."""
+    model = _nano()
+    src, mask, tgt = _inputs()
+    memory = model.encode(src, mask)
+    cache = model.new_cache()
+    first = model.decode(tgt[:, :3], memory, mask, cache)
+    cache.reorder(torch.tensor([1, 0, 2]), torch.tensor([1, 0, 2]))
+    later = model.decode(tgt[[1, 0, 2], 3:4], memory[[1, 0, 2]], mask[[1, 0, 2]], cache)
+    (first.sum() + later.sum()).backward()
+    assert model.decoder.layers[0].self_attn.k_proj.weight.grad is not None
 
 
 def test_inference_stacks_the_projections_and_attends_with_few_queries():

@@ -131,20 +131,21 @@ class KVCache(nn.Module):
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
 
-    def reorder(self, rows: torch.Tensor) -> None:
+    def reorder(self, rows: torch.Tensor, order: list[int] | None = None) -> None:
         """Keep rows ``rows`` (B',), in that order. Only the positions written move: the
-        buffer's unused tail is as long as all the tokens still to come. Another number
-        of rows (a beam search's step 0, a row per prompt becoming one per beam, or
-        finished inputs leaving) makes new buffers; a beam search sets up its own
-        caches, so none kept for reuse (``setup_cache(reuse=True)``) is ever resized."""
+        buffer's unused tail is as long as all the tokens still to come. Given ``order``
+        (``rows`` as a list: a CPU's, where reading it costs no device sync), only the
+        rows that move are copied, in place (``move_rows``). Another number of rows (a
+        beam search's step 0, a row per prompt becoming one per beam, or finished
+        inputs leaving) makes new buffers; a beam search sets up its own caches, so
+        none kept for reuse (``setup_cache(reuse=True)``) is ever resized."""
         if rows.numel() != self.k.size(0):
             self.k = self.k.index_select(0, rows)
             self.v = self.v.index_select(0, rows)
             return
         n = self.length
-        order = rows.tolist()
         for buf in (self.k, self.v):
-            if not move_rows(buf[:, :, :n], order):
+            if order is None or not move_rows(buf[:, :, :n], order):
                 buf[:, :, :n] = buf[:, :, :n].index_select(0, rows)
 
     def repeat(self, n: int) -> None:
@@ -476,9 +477,12 @@ class GPT(nn.Module):
         """Keep cached rows ``rows`` (B',), in that order: a beam search's surviving beams
         (each prompt's row repeated for its beams after step 0; fewer rows once inputs
         are done)."""
+        # Moved in place on a CPU (read once for every layer); on a GPU, reading the rows
+        # would wait for the device at every layer, and a call per row costs more there.
+        order = rows.tolist() if rows.device.type == "cpu" else None
         for block in self.transformer.h:
             if block.attn.kv_cache is not None:
-                block.attn.kv_cache.reorder(rows)
+                block.attn.kv_cache.reorder(rows, order)
 
     def repeat_cache(self, n: int) -> None:
         """Copy the one cached row ``n`` times: every choice of a multiple-choice question

@@ -20,7 +20,8 @@ model. Parameter names follow BART's and Marian's checkpoints without their
 Decoding reuses the work of earlier steps: the decoder's self-attention keys
 and values grow by one position per step (``DecoderCache``), and the
 cross-attention keys and values of the encoder output are computed once. A
-beam search reorders the caches' rows with ``DecoderCache.reorder``, and its
+beam search's cache keeps its beams' keys and values as a tree that a reorder
+does not copy (``DecoderCache``), and its
 beams share their source's encoder output: with G target rows to a row of the
 encoder output, the cross-attention keys and values are those of the sources
 alone, and the G beams of a source attend to them as G queries of one row (a
@@ -280,7 +281,8 @@ class LayerCache:
     encoder output's, computed once. With a ``capacity`` (the positions decoding will
     reach) its own are written in place into buffers that long; without, or past it,
     each call concatenates, a copy of the whole past per step. In a beam search's
-    cache the ``owner`` keeps them as a tree (``DecoderCache``)."""
+    cache the ``owner`` keeps them as a tree (``DecoderCache``), which holds its
+    capacity and no more."""
 
     def __init__(self, capacity: int | None = None, owner: DecoderCache | None = None,
                  index: int = 0) -> None:
@@ -310,16 +312,20 @@ class LayerCache:
         self.length = n + T
         return self.self_kv[0][:, :, :n + T], self.self_kv[1][:, :, :n + T]
 
-    def keep(self, rows: torch.Tensor) -> None:
-        """Keep rows ``rows`` of its own keys and values, in that order: in place, the
-        rows that move, when their number stays (``move_rows``), else new buffers."""
+    def keep(self, rows: torch.Tensor, order: list[int] | None = None) -> None:
+        """Keep rows ``rows`` of its own keys and values, in that order. Given ``order``
+        (``rows`` as a list) and the same number of rows, the rows that move are copied
+        in place (``move_rows``), unless a gradient flows through the keys and values
+        (their backward reads them as they were); else into new buffers."""
         if self.self_kv is None:
             return
         n = self.length
-        if rows.numel() == self.self_kv[0].size(0):
-            order = rows.tolist()
-            if all(move_rows(t[:, :, :n], order) for t in self.self_kv):
-                return  # (move_rows refuses before it copies: both or neither moved)
+        in_place = (order is not None and rows.numel() == self.self_kv[0].size(0)
+                    and not (torch.is_grad_enabled()
+                             and any(t.requires_grad for t in self.self_kv)))
+        # (move_rows refuses before it copies: both or neither moved)
+        if in_place and all(move_rows(t[:, :, :n], order) for t in self.self_kv):
+            return
         self.self_kv = tuple(t.index_select(0, rows) for t in self.self_kv)
 
 
@@ -333,15 +339,17 @@ class DecoderCache:
     position (slot p*K + j: what beam j wrote at position p, in one buffer of the
     source's, (B, nh, capacity*K, hs)), and ``history`` (B, K, capacity*K), an
     additive mask, opens to each beam the slots of its history, one a position. A
-    reorder moves that mask's rows, not the
-    keys and values (at 4 beams over 8 sources, 32 positions of 256 wide over 3
-    layers, up to 6 MB a step; 0.7 against 9.8 ms a search, AMD EPYC, 2 threads).
-    Each beam attends to every slot of its source through that mask (``tree_bias``,
-    made once a step for every head): the bytes read are those of each beam reading its own
-    past, and the K beams are K queries of one row, in a quarter of the products, as
-    in the cross-attention. A tree reads one token a step, after one row per source at
-    step 0 (the start token), which the first reorder gives to the source's K beams;
-    later reorders keep each beam among its source's."""
+    reorder moves that mask's rows, not the keys and values (at 4 beams over 8
+    sources, 32 positions of 256 wide over 3 layers, up to 6 MB a step; 0.7 against
+    9.8 ms a search, AMD EPYC, 2 threads). Each beam attends to every slot of its
+    source through that mask (``tree_bias``, made once a step for every head): the
+    bytes read are those of each beam reading its own past, and the K beams are K
+    queries of one row, as in the cross-attention: a K-th as many batched products,
+    each K times larger (most of it masked), which costs less than the small ones it
+    replaces. A tree holds its capacity and reads one token a step, after one row per
+    source at step 0 (the start token), which the first reorder gives to the
+    source's K beams; later reorders must keep each beam among its source's (a beam
+    search's do)."""
 
     def __init__(self, n_layer: int, capacity: int | None = None, beams: int = 0) -> None:
         if beams and not capacity:
@@ -377,6 +385,8 @@ class DecoderCache:
         R, nh, T, hs = k.shape
         if T != 1:
             raise ValueError(f"a beam tree reads one token a step, not {T}")
+        if n >= self.capacity:
+            raise ValueError(f"a beam tree holds {self.capacity} positions (its capacity)")
         if layer.self_kv is None:  # step 0: a row per source, in its slot 0
             shape = (R, nh, self.capacity * K, hs)
             # Zeros, not garbage: the slots not yet written are read (and masked), and a
@@ -392,7 +402,7 @@ class DecoderCache:
         kb[:, :, new] = k.view(B, K, nh, hs).transpose(1, 2)
         vb[:, :, new] = v.view(B, K, nh, hs).transpose(1, 2)
         layer.length = n + 1
-        if layer.index == 0:  # this step's mask: each beam sees its own new slot
+        if layer.index == 0 and K > 1:  # this step's mask: each beam sees its own new slot
             self.history[:, :, new] = self._own
             # Made for every head once a step, not expanded by each layer's attention.
             self.tree_bias = self.history[:, None, :, :(n + 1) * K].expand(
@@ -409,7 +419,10 @@ class DecoderCache:
             K, L = self.beams, self.capacity * self.beams
             if self.history is None:  # each source's row becomes its beams': slot 0
                 held = self.layers[0].self_kv
-                dtype = held[0].dtype if held is not None else torch.get_default_dtype()
+                if held is None:
+                    raise ValueError("a beam tree is reordered after its first step (a row "
+                                     "per source), not before")
+                dtype = held[0].dtype
                 self.history = torch.full((rows.numel() // K, K, L), float("-inf"),
                                             dtype=dtype, device=rows.device)
                 self.history[:, :, 0] = 0.0
@@ -418,12 +431,14 @@ class DecoderCache:
             else:
                 self.history = self.history.view(-1, L).index_select(0, rows).view(
                     -1, K, L)
+        # In place on a CPU (see GPT.reorder_cache), the rows read once for every layer.
+        order = rows.tolist() if not self.beams and rows.device.type == "cpu" else None
         for layer in self.layers:
             if self.beams:
                 if sources is not None and layer.self_kv is not None:
                     layer.self_kv = tuple(t.index_select(0, sources) for t in layer.self_kv)
             else:
-                layer.keep(rows)
+                layer.keep(rows, order)
             if layer.cross_kv is not None and sources is not None:
                 k, v = layer.cross_kv  # k kept as it lies: transposed (see _cross)
                 layer.cross_kv = (k.transpose(-1, -2).index_select(0, sources).transpose(-1, -2),
