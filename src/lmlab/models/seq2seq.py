@@ -424,7 +424,7 @@ class DecoderCache:
                                      "per source), not before")
                 dtype = held[0].dtype
                 self.history = torch.full((rows.numel() // K, K, L), float("-inf"),
-                                            dtype=dtype, device=rows.device)
+                                          dtype=dtype, device=rows.device)
                 self.history[:, :, 0] = 0.0
                 self._own = torch.full((K, K), float("-inf"), dtype=dtype,
                                        device=rows.device).fill_diagonal_(0.0)
