@@ -152,7 +152,8 @@ def test_beam_tree_cache_gives_what_moving_the_rows_gives():
     values never move, each beam attends to its ancestors' slots) against one that
     moves its rows: the same logits through step 0 (a row per source), the first
     reorder (the source's row to its beams), beams following random others of their
-    source, and a source leaving. It reads one token a step."""
+    source, and a source leaving; garbage in the slots not yet written changes
+    nothing. It reads one token a step."""
     model = _nano().eval()
     src, mask, _ = _inputs()
     G, g = 3, torch.Generator().manual_seed(5)
@@ -162,6 +163,10 @@ def test_beam_tree_cache_gives_what_moving_the_rows_gives():
         start = torch.full((3, 1), model.config.decoder_start_token_id)
         torch.testing.assert_close(model.decode(start, memory, mask, tree),
                                    model.decode(start, memory, mask, moving))
+        for layer in tree.layers:  # the slots past position 0 are written before read
+            for buf in layer.self_kv:
+                assert torch.equal(buf[:, :, 1:G], torch.zeros_like(buf[:, :, 1:G]))
+                buf[:, :, G:] = float("nan")
         rows = torch.arange(3).repeat_interleave(G)
         for cache in (tree, moving):
             cache.reorder(rows)

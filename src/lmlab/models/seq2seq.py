@@ -389,11 +389,14 @@ class DecoderCache:
             raise ValueError(f"a beam tree holds {self.capacity} positions (its capacity)")
         if layer.self_kv is None:  # step 0: a row per source, in its slot 0
             shape = (R, nh, self.capacity * K, hs)
-            # Zeros, not garbage: the slots not yet written are read (and masked), and a
-            # NaN there would survive the mask (NaN * 0).
-            layer.self_kv = (k.new_zeros(shape), v.new_zeros(shape))
-            layer.self_kv[0][:, :, :1] = k
-            layer.self_kv[1][:, :, :1] = v
+            layer.self_kv = (k.new_empty(shape), v.new_empty(shape))
+            for buf, new in zip(layer.self_kv, (k, v), strict=True):
+                # Position 0's other slots are the only ones read (and masked) before
+                # they are written: zeros, not garbage, since a NaN there would survive
+                # the mask (NaN * 0). The rest is written before it is read, and never
+                # touched past the search's length.
+                buf[:, :, 1:K] = 0.0
+                buf[:, :, :1] = new
             layer.length = 1
             return layer.self_kv[0][:, :, :1], layer.self_kv[1][:, :, :1]
         kb, vb = layer.self_kv
