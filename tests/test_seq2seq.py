@@ -111,16 +111,10 @@ def test_cached_decoding_equals_the_full_pass(norm_first, capacity):
     assert cache.length == 9
 
 
-@pytest.mark.parametrize("in_place", [True, False])
-def test_beams_read_their_sources_encoder_output_once(in_place, monkeypatch):
+def test_beams_read_their_sources_encoder_output_once():
     """Target rows grouped by source (a beam search's beams) against the encoder output
     repeated for every row: the same logits, with a row of cross-attention keys and
-    values per source; when a source leaves, its rows and keys go together. Beams that
-    swap move in place, or (with ``MOVE_ROWS_MAX`` at 0) by an index_select."""
-    import lmlab.models.gpt
-
-    if not in_place:
-        monkeypatch.setattr(lmlab.models.gpt, "MOVE_ROWS_MAX", 0)
+    values per source; when a source leaves, its rows and keys go together."""
     model = _nano().eval()
     src, mask, _ = _inputs()
     G = 2  # target rows to a source
@@ -194,7 +188,7 @@ def test_beam_tree_cache_gives_what_moving_the_rows_gives():
 
 def test_a_gradient_flows_through_a_reordered_cache():
     """Cached decoding under autograd, a reorder (rows that swap), one more step: the
-    backward reads the keys and values as they were (the reorder copies, not in place)."""
+    backward reads the keys and values as they were (the reorder makes new buffers)."""
     model = _nano()
     src, mask, tgt = _inputs()
     memory = model.encode(src, mask)

@@ -163,9 +163,9 @@ def move_rows(t: torch.Tensor, rows: list[int], dim: int = 0) -> bool:
     a random-weight search's steps moved; more at the first steps). A row is overwritten
     once every row that reads it has been copied; rows that read each other in a cycle
     (beams that swap) set one of them aside. Against an index_select into a second
-    buffer, a copy of the moved rows only, in place: 9 against 11 ms of a seq2seq beam
-    search's cache reorders (before its cache became a tree; AMD EPYC, 2 threads),
-    and no second buffer. False
+    buffer and a copy back (``KVCache.reorder``'s way before), a copy of the moved rows
+    only: on the seq2seq beam cache before it became a tree, its reorders took 9
+    against 11 ms of a search (AMD EPYC, 2 threads; a one-off measurement). False
     (nothing done) when more than ``MOVE_ROWS_MAX`` rows move: a call per row would
     cost more than the bytes it spares."""
     readers = [0] * len(rows)  # the rows still to read each row

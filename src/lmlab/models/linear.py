@@ -145,9 +145,7 @@ class Linear(nn.Linear):
                 relu = False
         else:
             y = F.linear(x, w, bias)
-        if relu:
-            y = F.relu(y)
-        return y if add is None else y + add
+        return _then(y, relu, add)
 
     def onednn_weight(self, w: torch.Tensor | None = None) -> torch.Tensor:
         """The weight ``w`` (the module's by default) as oneDNN should read it: pre-packed
@@ -208,8 +206,12 @@ def linear_then(layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = N
     if type(layer) is Linear:
         return layer(x, bias, relu=relu, add=add)
     y = layer(x)
-    if bias is not None:
-        y = y + bias
+    return _then(y if bias is None else y + bias, relu, add)
+
+
+def _then(y: torch.Tensor, relu: bool, add: torch.Tensor | None) -> torch.Tensor:
+    """ReLU of y with ``relu``, then ``+ add``: what oneDNN's post-operations do inside the
+    product, as separate calls."""
     if relu:
         y = F.relu(y)
     return y if add is None else y + add

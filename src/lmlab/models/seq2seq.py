@@ -51,7 +51,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmlab.config import Seq2SeqConfig
-from lmlab.models.gpt import init_weights, move_rows
+from lmlab.models.gpt import init_weights
 from lmlab.models.linear import Linear, Stacked, linear_then
 
 
@@ -312,21 +312,12 @@ class LayerCache:
         self.length = n + T
         return self.self_kv[0][:, :, :n + T], self.self_kv[1][:, :, :n + T]
 
-    def keep(self, rows: torch.Tensor, order: list[int] | None = None) -> None:
-        """Keep rows ``rows`` of its own keys and values, in that order. Given ``order``
-        (``rows`` as a list) and the same number of rows, the rows that move are copied
-        in place (``move_rows``), unless a gradient flows through the keys and values
-        (their backward reads them as they were); else into new buffers."""
-        if self.self_kv is None:
-            return
-        n = self.length
-        in_place = (order is not None and rows.numel() == self.self_kv[0].size(0)
-                    and not (torch.is_grad_enabled()
-                             and any(t.requires_grad for t in self.self_kv)))
-        # (move_rows refuses before it copies: both or neither moved)
-        if in_place and all(move_rows(t[:, :, :n], order) for t in self.self_kv):
-            return
-        self.self_kv = tuple(t.index_select(0, rows) for t in self.self_kv)
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep rows ``rows`` of its own keys and values, in that order, in new buffers
+        (a gradient through the old ones still reads them). A beam search's cache is a
+        tree, which moves no keys or values (``DecoderCache``)."""
+        if self.self_kv is not None:
+            self.self_kv = tuple(t.index_select(0, rows) for t in self.self_kv)
 
 
 class DecoderCache:
@@ -412,6 +403,24 @@ class DecoderCache:
                 B, nh, K, -1).contiguous()
         return kb[:, :, :(n + 1) * K], vb[:, :, :(n + 1) * K]
 
+    def _move_history(self, rows: torch.Tensor) -> None:
+        """A beam tree's reorder: each beam takes the history of the row it came from
+        (at the first reorder, each source's one row, whose slot 0 is written)."""
+        K, L = self.beams, self.capacity * self.beams
+        if self.history is not None:
+            self.history = self.history.view(-1, L).index_select(0, rows).view(-1, K, L)
+            return
+        held = self.layers[0].self_kv
+        if held is None:
+            raise ValueError("a beam tree is reordered after its first step (a row per "
+                             "source), not before")
+        dtype = held[0].dtype
+        self.history = torch.full((rows.numel() // K, K, L), float("-inf"), dtype=dtype,
+                                  device=rows.device)
+        self.history[:, :, 0] = 0.0
+        self._own = torch.full((K, K), float("-inf"), dtype=dtype,
+                               device=rows.device).fill_diagonal_(0.0)
+
     def reorder(self, rows: torch.Tensor, sources: torch.Tensor | None = None) -> None:
         """Keep the decoder's rows ``rows`` (B'*G,), in that order (a beam search's
         surviving beams), and, with ``sources`` (B',), those rows of the encoder
@@ -419,29 +428,12 @@ class DecoderCache:
         are (beams move among the rows of their own source). A beam tree moves its
         ``history`` (the first reorder gives each source's row to its beams)."""
         if self.beams:
-            K, L = self.beams, self.capacity * self.beams
-            if self.history is None:  # each source's row becomes its beams': slot 0
-                held = self.layers[0].self_kv
-                if held is None:
-                    raise ValueError("a beam tree is reordered after its first step (a row "
-                                     "per source), not before")
-                dtype = held[0].dtype
-                self.history = torch.full((rows.numel() // K, K, L), float("-inf"),
-                                          dtype=dtype, device=rows.device)
-                self.history[:, :, 0] = 0.0
-                self._own = torch.full((K, K), float("-inf"), dtype=dtype,
-                                       device=rows.device).fill_diagonal_(0.0)
-            else:
-                self.history = self.history.view(-1, L).index_select(0, rows).view(
-                    -1, K, L)
-        # In place on a CPU (see GPT.reorder_cache), the rows read once for every layer.
-        order = rows.tolist() if not self.beams and rows.device.type == "cpu" else None
+            self._move_history(rows)
         for layer in self.layers:
-            if self.beams:
-                if sources is not None and layer.self_kv is not None:
-                    layer.self_kv = tuple(t.index_select(0, sources) for t in layer.self_kv)
-            else:
-                layer.keep(rows, order)
+            if not self.beams:
+                layer.keep(rows)
+            elif sources is not None and layer.self_kv is not None:  # a buffer per source
+                layer.self_kv = tuple(t.index_select(0, sources) for t in layer.self_kv)
             if layer.cross_kv is not None and sources is not None:
                 k, v = layer.cross_kv  # k kept as it lies: transposed (see _cross)
                 layer.cross_kv = (k.transpose(-1, -2).index_select(0, sources).transpose(-1, -2),
