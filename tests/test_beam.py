@@ -290,3 +290,23 @@ def test_search_texts_batches_by_length_and_keeps_the_input_order():
     alone = [search_texts(ours, Ids(), [s], cfg)[0] for s in sources]
     assert [h[0][0] for h in batched] == [h[0][0] for h in alone]
     assert [h[0][1] for h in batched] == pytest.approx([h[0][1] for h in alone], abs=1e-5)
+
+
+def test_a_search_runs_in_inference_mode_and_the_model_trains_after_it():
+    """Beam search runs under ``torch.inference_mode`` (less to do per call than
+    ``no_grad``); what it leaves on the model for the next search, the stacked
+    self-attention projections, is made outside it: a weight with a version counter
+    (which oneDNN's packed copy is kept by), and a model that trains afterwards."""
+    _, ours = _marian_pair()
+    cfg = BeamConfig(num_beams=3, max_new_tokens=5)
+    first = beam_search_seq2seq(ours, [[7, 3, 9, 5], [8, 2, 5]], cfg)
+    stacked = ours.decoder.layers[0].self_attn._qkv.built[1]
+    assert not stacked.weight.is_inference()
+    again = beam_search_seq2seq(ours, [[7, 3, 9, 5], [8, 2, 5]], cfg)
+    assert ours.decoder.layers[0].self_attn._qkv.built[1] is stacked  # kept, not rebuilt
+    assert [[h.tokens for h in hs] for hs in again] == [[h.tokens for h in hs] for hs in first]
+    ours.train()
+    src, tgt = torch.tensor([[7, 3, 9, 5]]), torch.tensor([[PAD, 4, 6]])
+    ours(src, tgt).sum().backward()
+    assert ours.decoder.layers[0].self_attn.q_proj.weight.grad is not None
+    ours.eval()

@@ -351,7 +351,7 @@ class Seq2SeqStepper:
         self.memory = self.memory[:sources.numel()]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def beam_search_gpt(model: torch.nn.Module, prompts: Sequence[Sequence[int]], cfg: BeamConfig,
                     eos_token_id: int | Sequence[int] | None,
                     pad_token_id: int = 0) -> list[list[Hypothesis]]:
@@ -376,7 +376,7 @@ def beam_search_gpt(model: torch.nn.Module, prompts: Sequence[Sequence[int]], cf
         model.clear_cache()
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def beam_search_seq2seq(model: torch.nn.Module, sources: Sequence[Sequence[int]],
                         cfg: BeamConfig) -> list[list[Hypothesis]]:
     """Beam search outputs of an encoder-decoder for token-id sources (right-padded)."""

@@ -241,7 +241,9 @@ class Stacked:
         tensors = tuple(t for p in parts for t in (p.weight, p.bias) if t is not None)
         built = self.built
         if built is None or not _unchanged(built[0], tensors):
-            with torch.no_grad():
+            # Made outside inference mode even within it (a beam search): a weight made
+            # there has no version counter, and oneDNN's packed copy needs one.
+            with torch.inference_mode(False), torch.no_grad():
                 w = torch.cat([p.weight for p in parts])
                 linear = Linear(w.size(1), w.size(0), bias=False, device="meta")
                 linear.weight = nn.Parameter(w, requires_grad=False)

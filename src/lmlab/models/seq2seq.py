@@ -361,9 +361,11 @@ class DecoderCache:
         once for the steps that pass the same mask (a search's), not at every step; again
         after an in-place change to it (its version counter)."""
         held = self._bias
-        if held is None or held[0] is not src_mask or held[1] != src_mask._version:
+        # An inference-mode tensor (a beam search's) has no counter: read as -1.
+        version = -1 if src_mask.is_inference() else src_mask._version
+        if held is None or held[0] is not src_mask or held[1] != version:
             bias = attention_bias(Seq2Seq.key_mask(src_mask), (1, n_head, 1, 1), dtype)
-            self._bias = held = (src_mask, src_mask._version, bias)
+            self._bias = held = (src_mask, version, bias)
         return held[2]
 
     def tree_append(self, layer: LayerCache, k: torch.Tensor, v: torch.Tensor
