@@ -186,6 +186,50 @@ def test_beam_tree_cache_gives_what_moving_the_rows_gives():
             model.new_cache(capacity=8, beams=G).reorder(rows.view(-1))
 
 
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_the_folded_cross_attention_gives_the_plain_ones(norm_first):
+    """A beam search's cross-attention folded into its weights once (``fold_cross``)
+    against the plain projections and attention: the same logits through the steps and
+    a source leaving (the folded tensors follow it)."""
+    model = _nano(norm_first).eval()
+    src, mask, _ = _inputs()
+    G, g = 3, torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for layer in model.decoder.layers:  # biases start at 0: give them values to fold
+            layer.encoder_attn.q_proj.bias.normal_(generator=g)
+            layer.encoder_attn.out_proj.bias.normal_(generator=g)
+        memory = model.encode(src, mask)
+        folded, plain = model.new_cache(capacity=8, beams=G), model.new_cache(capacity=8, beams=G)
+        plain.fold = False
+        start = torch.full((3, 1), model.config.decoder_start_token_id)
+        for cache in (folded, plain):
+            model.decode(start, memory, mask, cache)
+            cache.reorder(torch.arange(3).repeat_interleave(G))
+        for step in range(5):
+            B = memory.size(0)
+            tokens = torch.randint(3, V, (B * G, 1), generator=g)
+            torch.testing.assert_close(model.decode(tokens, memory, mask, folded),
+                                       model.decode(tokens, memory, mask, plain),
+                                       atol=1e-5, rtol=1e-5)
+            rows = (torch.arange(B)[:, None] * G + torch.randint(0, G, (B, G), generator=g))
+            sources = torch.tensor([0, 2]) if step == 2 else None  # source 1 leaves
+            if sources is not None:
+                rows, memory, mask = rows[sources], memory[sources], mask[sources]
+            for cache in (folded, plain):
+                cache.reorder(rows.view(-1), sources)
+    assert all(layer.cross_folded[0].size(0) == 2 for layer in folded.layers)
+    assert all(layer.cross_folded is None for layer in plain.layers)
+    # Where its tensors would read too much more than the plain way, it does not fold.
+    layer, kv = model.decoder.layers[0], folded.layers[0].cross_kv
+    h = torch.zeros(2 * G, 1, model.config.n_embd)
+    with torch.no_grad():
+        assert layer.folds(h, kv, folded.layers[0])
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("lmlab.models.seq2seq.FOLD_MAX_EXTRA_BYTES", -2**30)
+            assert not layer.folds(h, kv, folded.layers[0])
+    assert not layer.folds(h, kv, folded.layers[0])  # gradients on: the plain way
+
+
 def test_a_gradient_flows_through_a_reordered_cache():
     """Cached decoding under autograd, a reorder (rows that swap), one more step: the
     backward reads the keys and values as they were (the reorder makes new buffers)."""
