@@ -238,6 +238,11 @@ class Stacked:
 
     def __call__(self, x: torch.Tensor, parts: tuple[Linear, ...]) -> tuple[torch.Tensor, ...]:
         """Each part's output for x (..., in_features), as views of one product."""
+        return self.product(x, parts).split([p.out_features for p in parts], dim=-1)
+
+    def product(self, x: torch.Tensor, parts: tuple[Linear, ...]) -> torch.Tensor:
+        """The parts' outputs for x (..., in_features) side by side (..., sum of their
+        out_features), as one product."""
         tensors = tuple(t for p in parts for t in (p.weight, p.bias) if t is not None)
         built = self.built
         if built is None or not _unchanged(built[0], tensors):
@@ -252,4 +257,4 @@ class Stacked:
                         [p.weight.new_zeros(p.out_features) if p.bias is None else p.bias
                          for p in parts]), requires_grad=False)
             built = self.built = (_stamp(tensors), linear.eval())
-        return built[1](x).split([p.out_features for p in parts], dim=-1)
+        return built[1](x)

@@ -124,19 +124,31 @@ def few_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     bits are those of scaling after the product."""
     B, nh, T, hs = q.shape
     L = k.size(2)
-    q3 = q.reshape(B * nh, T, hs)
-    kt = k.transpose(-1, -2).reshape(B * nh, hs, L)  # (B*nh, hs, L)
-    if mask is None:  # beta=0: the first argument only gives the shape
-        scores = torch.baddbmm(q.new_zeros(()).expand(B * nh, T, L), q3, kt, beta=0,
-                               alpha=hs ** -0.5)
-    else:
+    if mask is not None:
         if mask.dtype == torch.bool:
             mask = attention_bias(mask, (B, nh, 1, L), q.dtype)
         elif mask.shape[:-2] != (B, nh):  # an additive mask shared by rows or heads
             mask = mask.expand(B, nh, *mask.shape[-2:])
-        scores = torch.baddbmm(mask.reshape(B * nh, -1, L), q3, kt, alpha=hs ** -0.5)
-    out = torch.bmm(scores.softmax(dim=-1), v.reshape(B * nh, L, hs))  # (B*nh, T, hs)
+        mask = mask.reshape(B * nh, -1, L)
+    out = attention_products(q.reshape(B * nh, T, hs), k.reshape(B * nh, L, hs),
+                             v.reshape(B * nh, L, hs), mask)
     return out.view(B, nh, T, hs)
+
+
+def attention_products(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       bias: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hs) + bias) v for queries q (N, T, hs), keys and values (N,
+    L, hs) and an additive ``bias`` (N, T, L) or None: ``few_query_attention``'s two
+    batched products, on rows already laid out for them. The keys are read as they lie
+    (transposed, not copied)."""
+    N, T, hs = q.shape
+    kt = k.transpose(1, 2)  # (N, hs, L)
+    if bias is None:  # beta=0: the first argument only gives the shape
+        bias = q.new_zeros(()).expand(N, T, kt.size(2))
+        scores = torch.baddbmm(bias, q, kt, beta=0, alpha=hs ** -0.5)
+    else:
+        scores = torch.baddbmm(bias, q, kt, alpha=hs ** -0.5)
+    return torch.bmm(scores.softmax(dim=-1), v)  # (N, T, hs)
 
 
 def attention_bias(mask: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype
@@ -199,6 +211,13 @@ class Attention(nn.Module):
         if self.training or torch.is_grad_enabled() or not Stacked.fits(parts):
             return tuple(p(x) for p in parts)
         return self._qkv(x, parts)
+
+    def qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """``projections`` side by side (..., 3C): one product, not split, at inference."""
+        parts = (self.q_proj, self.k_proj, self.v_proj)
+        if self.training or torch.is_grad_enabled() or not Stacked.fits(parts):
+            return torch.cat([p(x) for p in parts], dim=-1)
+        return self._qkv.product(x, parts)
 
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], *,
                 mask: torch.Tensor | None = None, is_causal: bool = False,
@@ -297,6 +316,10 @@ class LayerCache:
         self.owner, self.index = owner, index
         self.self_kv: tuple[torch.Tensor, torch.Tensor] | None = None  # (B, nh, cap, hs)
         self.length = 0  # positions held
+        # A beam tree's keys and values in one buffer (2, B, nh, cap*K, hs) (self_kv
+        # views it), and each as (B*nh, cap*K, hs), the rows of the attention's products.
+        self.tree_kv: torch.Tensor | None = None
+        self.tree_rows: tuple[torch.Tensor, torch.Tensor] | None = None
         self.cross_kv: tuple[torch.Tensor, torch.Tensor] | None = None
         # The cross-attention folded into its weights (``DecoderLayer.fold_cross``).
         self.cross_folded: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
@@ -304,8 +327,6 @@ class LayerCache:
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store keys and values (B, nh, T, hs) after those held; all of them (B, nh, L,
         hs): in a beam tree, the slots of the source's beams (see ``DecoderCache``)."""
-        if self.owner is not None and self.owner.beams:
-            return self.owner.tree_append(self, k, v)
         n, T = self.length, k.size(2)
         if self.capacity is None or n + T > self.capacity:  # grow by concatenation
             if self.self_kv is not None:
@@ -367,7 +388,7 @@ class DecoderCache:
         # (B, K, capacity*K): 0 on the slots of each beam's history, -inf elsewhere
         self.history: torch.Tensor | None = None
         self._own: torch.Tensor | None = None  # (K, K): a position's slots, beam by beam
-        self.tree_bias: torch.Tensor | None = None  # (B, nh, K, L): this step's mask
+        self.tree_bias: torch.Tensor | None = None  # (B*nh, K, L): this step's mask
         # (src_mask, its version counter, its bias)
         self._bias: tuple[torch.Tensor, int, torch.Tensor] | None = None
 
@@ -384,42 +405,52 @@ class DecoderCache:
             self._bias = held = (src_mask, version, bias)
         return held[2]
 
-    def tree_append(self, layer: LayerCache, k: torch.Tensor, v: torch.Tensor
+    def tree_append(self, layer: LayerCache, qkv: torch.Tensor, n_head: int
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A beam tree's ``LayerCache.append``: keys and values (B*K, nh, 1, hs), or (B, nh,
-        1, hs) at step 0, into the sources' slots; all the slots written (B, nh, L, hs),
-        L = K * positions (1 at step 0). The first layer of a step also makes the step's
-        ``tree_bias``."""
+        """A beam tree's step of one layer: the keys and values of ``qkv`` (B*K, 1, 3C),
+        the self-attention's projections side by side (B rows, one a source, at step 0),
+        into the sources' slots; returns the keys and values of all the slots written,
+        (B*nh, L, hs) each, L = K * positions (1 at step 0). The first layer of a step
+        also makes the step's ``tree_bias``."""
         K, n = self.beams, layer.length
-        R, nh, T, hs = k.shape
+        R, T, C3 = qkv.shape
         if T != 1:
             raise ValueError(f"a beam tree reads one token a step, not {T}")
         if n >= self.capacity:
             raise ValueError(f"a beam tree holds {self.capacity} positions (its capacity)")
-        if layer.self_kv is None:  # step 0: a row per source, in its slot 0
-            shape = (R, nh, self.capacity * K, hs)
-            layer.self_kv = (k.new_empty(shape), v.new_empty(shape))
-            for buf, new in zip(layer.self_kv, (k, v), strict=True):
-                # Position 0's other slots are the only ones read (and masked) before
-                # they are written: zeros, not garbage, since a NaN there would survive
-                # the mask (NaN * 0). The rest is written before it is read, and never
-                # touched past the search's length.
-                buf[:, :, 1:K] = 0.0
-                buf[:, :, :1] = new
+        hs = C3 // 3 // n_head
+        if layer.tree_kv is None:  # step 0: a row per source, in its slot 0
+            buf = qkv.new_empty(2, R, n_head, self.capacity * K, hs)
+            # Position 0's other slots are the only ones read (and masked) before they
+            # are written: zeros, not garbage, since a NaN there would survive the mask
+            # (NaN * 0). The rest is written before it is read, and never touched past
+            # the search's length.
+            buf[:, :, :, 1:K] = 0.0
+            buf[:, :, :, 0] = qkv.view(R, 3, n_head, hs)[:, 1:].transpose(0, 1)
+            self._hold(layer, buf)
             layer.length = 1
-            return layer.self_kv[0][:, :, :1], layer.self_kv[1][:, :, :1]
-        kb, vb = layer.self_kv
-        B = kb.size(0)
+            return layer.tree_rows[0][:, :1], layer.tree_rows[1][:, :1]
+        B = layer.tree_kv.size(1)
         new = slice(n * K, (n + 1) * K)  # position n's slots: beam j's is n*K + j
-        kb[:, :, new] = k.view(B, K, nh, hs).transpose(1, 2)
-        vb[:, :, new] = v.view(B, K, nh, hs).transpose(1, 2)
+        # (2, B, nh, K, hs): keys and values in one copy
+        layer.tree_kv[:, :, :, new] = qkv.view(B, K, 3, n_head, hs)[:, :, 1:].permute(
+            2, 0, 3, 1, 4)
         layer.length = n + 1
+        L = (n + 1) * K
         if layer.index == 0 and K > 1:  # this step's mask: each beam sees its own new slot
             self.history[:, :, new] = self._own
             # Made for every head once a step, not expanded by each layer's attention.
-            self.tree_bias = self.history[:, None, :, :(n + 1) * K].expand(
-                B, nh, K, -1).contiguous()
-        return kb[:, :, :(n + 1) * K], vb[:, :, :(n + 1) * K]
+            self.tree_bias = self.history[:, None, :, :L].expand(
+                B, n_head, K, L).reshape(B * n_head, K, L)
+        return layer.tree_rows[0][:, :L], layer.tree_rows[1][:, :L]
+
+    @staticmethod
+    def _hold(layer: LayerCache, buf: torch.Tensor) -> None:
+        """Make ``buf`` (2, B, nh, cap*K, hs) the tree's keys and values of ``layer``."""
+        layer.tree_kv = buf
+        layer.self_kv = (buf[0], buf[1])
+        _, B, nh, slots, hs = buf.shape
+        layer.tree_rows = (buf[0].view(B * nh, slots, hs), buf[1].view(B * nh, slots, hs))
 
     def _move_history(self, rows: torch.Tensor) -> None:
         """A beam tree's reorder: each beam takes the history of the row it came from
@@ -428,11 +459,11 @@ class DecoderCache:
         if self.history is not None:
             self.history = self.history.view(-1, L).index_select(0, rows).view(-1, K, L)
             return
-        held = self.layers[0].self_kv
+        held = self.layers[0].tree_kv
         if held is None:
             raise ValueError("a beam tree is reordered after its first step (a row per "
                              "source), not before")
-        dtype = held[0].dtype
+        dtype = held.dtype
         self.history = torch.full((rows.numel() // K, K, L), float("-inf"), dtype=dtype,
                                   device=rows.device)
         self.history[:, :, 0] = 0.0
@@ -450,8 +481,8 @@ class DecoderCache:
         for layer in self.layers:
             if not self.beams:
                 layer.keep(rows)
-            elif sources is not None and layer.self_kv is not None:  # a buffer per source
-                layer.self_kv = tuple(t.index_select(0, sources) for t in layer.self_kv)
+            elif sources is not None and layer.tree_kv is not None:  # a buffer per source
+                self._hold(layer, layer.tree_kv.index_select(1, sources))
             if layer.cross_kv is not None and sources is not None:
                 k, v = layer.cross_kv  # k kept as it lies: transposed (see _cross)
                 layer.cross_kv = (k.transpose(-1, -2).index_select(0, sources).transpose(-1, -2),
@@ -474,20 +505,40 @@ class DecoderLayer(EncoderLayer):
               packing: Packing | None = None) -> torch.Tensor:
         """x + causal self-attention of h."""
         attn = self.self_attn
+        if cache is not None and cache.owner is not None and cache.owner.beams:
+            return self._tree_self(h, x, cache)
         q, k, v = attn.projections(h)
         k, v = attn.split_heads(k, v, packing)  # (B, nh, T, hs)
         if packing is not None:  # training: all positions at once, real ones first
             return self.residual_attend(attn, x, q, (k, v), is_causal=True, packing=packing)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, nh, L, hs)
-            if k.size(0) < h.size(0):  # a beam tree: a source's slots, its beams' mask
-                return self._grouped(attn, x, q, (k, v), cache.owner.tree_bias)
         T, L = h.size(1), k.size(2)
         mask = None
         if 1 < T < L:  # several new positions after cached ones: query i sees 0..L-T+i
             mask = torch.ones(T, L, dtype=torch.bool, device=h.device).tril(diagonal=L - T)
         # T == L: plain causal; T == 1: the new position sees everything cached.
         return self.residual_attend(attn, x, q, (k, v), mask=mask, is_causal=T == L and T > 1)
+
+    def _tree_self(self, h: torch.Tensor, x: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        """x + self-attention of h (R, 1, C) in a beam tree (``DecoderCache``): the K beams
+        of a source are K queries of one row, over its slots, each seeing its own history
+        through the tree's mask (R = B*K; R = B, a row per source, at step 0). The rows
+        are laid out for the products as the step goes: a decoding step's time is
+        mostly its calls, and this path makes about half as many as the general one."""
+        attn = self.self_attn
+        R, T, C = h.shape
+        nh, hs = attn.n_head, attn.head_dim
+        qkv = attn.qkv(h)  # (R, 1, 3C)
+        k, v = cache.owner.tree_append(cache, qkv, nh)  # (B*nh, L, hs) each
+        B = k.size(0) // nh
+        G = R // B  # the queries of a row
+        q = qkv.view(B, G, 3, nh, hs)[:, :, 0].transpose(1, 2).reshape(B * nh, G, hs)
+        y = attention_products(q, k, v, cache.owner.tree_bias if G > 1 else None)
+        y = y.view(B, nh, G, hs).transpose(1, 2).reshape(R, T, C)  # (R, 1, C)
+        if self.training:  # a search of a model left in training mode: no attention dropout
+            return x + self.dropout(linear_then(attn.out_proj, y))
+        return linear_then(attn.out_proj, y, add=x)
 
     def _cross(self, h: torch.Tensor, x: torch.Tensor, memory: torch.Tensor,
                memory_mask: torch.Tensor, cache: LayerCache | None,
