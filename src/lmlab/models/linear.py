@@ -243,6 +243,10 @@ class Stacked:
     def product(self, x: torch.Tensor, parts: tuple[Linear, ...]) -> torch.Tensor:
         """The parts' outputs for x (..., in_features) side by side (..., sum of their
         out_features), as one product."""
+        return self.linear(parts)(x)
+
+    def linear(self, parts: tuple[Linear, ...]) -> Linear:
+        """The one Linear of the parts stacked, as their weights are now."""
         tensors = tuple(t for p in parts for t in (p.weight, p.bias) if t is not None)
         built = self.built
         if built is None or not _unchanged(built[0], tensors):
@@ -257,4 +261,4 @@ class Stacked:
                         [p.weight.new_zeros(p.out_features) if p.bias is None else p.bias
                          for p in parts]), requires_grad=False)
             built = self.built = (_stamp(tensors), linear.eval())
-        return built[1](x)
+        return built[1]
