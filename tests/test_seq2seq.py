@@ -221,13 +221,17 @@ def test_the_folded_cross_attention_gives_the_plain_ones(norm_first):
     assert all(layer.cross_folded is None for layer in plain.layers)
     # Where its tensors would read too much more than the plain way, it does not fold.
     layer, kv = model.decoder.layers[0], folded.layers[0].cross_kv
-    h = torch.zeros(2 * G, 1, model.config.n_embd)
+    bias = folded.memory_bias(mask, model.config.n_head, torch.float32)
     with torch.no_grad():
-        assert layer.folds(h, kv, folded.layers[0])
+        assert layer.folds(kv, bias, folded.layers[0])
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr("lmlab.models.seq2seq.FOLD_MAX_EXTRA_BYTES", -2**30)
-            assert not layer.folds(h, kv, folded.layers[0])
-    assert not layer.folds(h, kv, folded.layers[0])  # gradients on: the plain way
+            assert not layer.folds(kv, bias, folded.layers[0])
+        # Nor with a boolean mask, nor under autocast (bf16 would take the residual).
+        assert not layer.folds(kv, Seq2Seq.key_mask(mask), folded.layers[0])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not layer.folds(kv, bias, folded.layers[0])
+    assert not layer.folds(kv, bias, folded.layers[0])  # gradients on: the plain way
 
 
 def test_a_gradient_flows_through_a_reordered_cache():
@@ -242,6 +246,27 @@ def test_a_gradient_flows_through_a_reordered_cache():
     later = model.decode(tgt[[1, 0, 2], 3:4], memory[[1, 0, 2]], mask[[1, 0, 2]], cache)
     (first.sum() + later.sum()).backward()
     assert model.decoder.layers[0].self_attn.k_proj.weight.grad is not None
+
+
+def test_a_stacked_projection_made_in_inference_mode_is_packed_and_kept():
+    """A beam search runs in inference mode, where a new tensor has no version counter:
+    the stacked projection it makes is made outside it, so that oneDNN's packed copy
+    (kept while the weight's counter stands still) is made once and reused."""
+    from lmlab.models import linear
+    from lmlab.models.seq2seq import Attention
+
+    attn = Attention(Seq2SeqConfig.from_name("seq2seq-mini", vocab_size=V)).eval()
+    x = torch.randn(32, 1, attn.q_proj.in_features)  # a beam step's rows, 256 wide
+    with torch.inference_mode():
+        stacked = attn.stacked_qkv()
+        assert not stacked.weight.is_inference()
+        first = attn.qkv(x)
+        assert attn.stacked_qkv() is stacked
+        if linear.onednn_enabled():
+            packed = stacked.onednn_weight()
+            assert packed is not stacked.weight and stacked.onednn_weight() is packed
+    want = torch.cat([p(x) for p in (attn.q_proj, attn.k_proj, attn.v_proj)], dim=-1)
+    torch.testing.assert_close(first, want.detach(), atol=1e-5, rtol=1e-5)
 
 
 def test_inference_stacks_the_projections_and_attends_with_few_queries():

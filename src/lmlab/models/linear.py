@@ -238,12 +238,7 @@ class Stacked:
 
     def __call__(self, x: torch.Tensor, parts: tuple[Linear, ...]) -> tuple[torch.Tensor, ...]:
         """Each part's output for x (..., in_features), as views of one product."""
-        return self.product(x, parts).split([p.out_features for p in parts], dim=-1)
-
-    def product(self, x: torch.Tensor, parts: tuple[Linear, ...]) -> torch.Tensor:
-        """The parts' outputs for x (..., in_features) side by side (..., sum of their
-        out_features), as one product."""
-        return self.linear(parts)(x)
+        return self.linear(parts)(x).split([p.out_features for p in parts], dim=-1)
 
     def linear(self, parts: tuple[Linear, ...]) -> Linear:
         """The one Linear of the parts stacked, as their weights are now."""

@@ -323,7 +323,8 @@ class LayerCache:
                  index: int = 0) -> None:
         self.capacity = capacity
         self.owner, self.index = owner, index
-        self.self_kv: tuple[torch.Tensor, torch.Tensor] | None = None  # (B, nh, cap, hs)
+        # (B, nh, cap, hs); in a beam tree (B, nh, cap*K, hs), views of tree_kv
+        self.self_kv: tuple[torch.Tensor, torch.Tensor] | None = None
         self.length = 0  # positions held
         # A beam tree's keys and values in one buffer (2, B, nh, cap*K, hs) (self_kv
         # views it), and each as (B*nh, cap*K, hs), the rows of the attention's products.
@@ -339,7 +340,9 @@ class LayerCache:
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store keys and values (B, nh, T, hs) after those held; all of them (B, nh, L,
-        hs): in a beam tree, the slots of the source's beams (see ``DecoderCache``)."""
+        hs). A beam tree's are written by ``DecoderCache.tree_append``."""
+        if self.owner is not None and self.owner.beams:
+            raise ValueError("a beam tree's keys and values go through tree_append")
         n, T = self.length, k.size(2)
         if self.capacity is None or n + T > self.capacity:  # grow by concatenation
             if self.self_kv is not None:
@@ -395,8 +398,8 @@ class DecoderCache:
         self.layers = [LayerCache(capacity, self, i) for i in range(n_layer)]
         self.length = 0  # target positions cached
         self.capacity, self.beams = capacity, beams
-        # Whether the beams' cross-attention may be folded (``DecoderLayer.folds``);
-        # False: always the plain way (to compare the two).
+        # Whether the beams' cross-attention may be folded (``DecoderLayer.folds``); set
+        # to False before the first step, the plain way throughout (to compare the two).
         self.fold = True
         # (B, K, capacity*K): 0 on the slots of each beam's history, -inf elsewhere
         self.history: torch.Tensor | None = None
@@ -573,7 +576,7 @@ class DecoderLayer(EncoderLayer):
                 cache.cross_kv = kv
         if packing is None and h.size(0) > kv[0].size(0):
             if cache is not None:
-                if cache.cross_folded is None and self.folds(h, kv, cache):
+                if cache.cross_folded is None and self.folds(kv, memory_mask, cache):
                     cache.cross_folded = self.fold_cross(kv, memory_mask)
                 if cache.cross_folded is not None:
                     return self.folded_cross(h, x, cache.cross_folded)
@@ -581,17 +584,21 @@ class DecoderLayer(EncoderLayer):
         q = attn.q_proj(h)
         return self.residual_attend(attn, x, q, kv, mask=memory_mask, packing=packing)
 
-    def folds(self, h: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor],
+    def folds(self, kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor,
               cache: LayerCache) -> bool:
-        """Whether decoding queries h (B*G, T, C), G a row of the encoder's keys and
-        values kv (each (B, nh, S, hs)), take the folded cross-attention
-        (``fold_cross``): at inference, through plain Linears (not adapters or
-        quantized layers), in a cache that folds, where its tensors read at most
-        ``FOLD_MAX_EXTRA_BYTES`` more a step than the plain way's (its weights and kv)."""
+        """Whether the decoding queries that share the encoder's keys and values kv (each
+        (B, nh, S, hs)), several to a row (a beam search's), take the folded
+        cross-attention (``fold_cross``): at inference, outside autocast (whose
+        low-precision products would take the residual added in the second one down
+        with them), through plain Linears (not adapters or quantized layers), with the
+        additive form of the source ``mask`` (``DecoderCache.memory_bias``), in a cache
+        that folds, where its tensors read at most ``FOLD_MAX_EXTRA_BYTES`` more a step
+        than the plain way's (its weights and kv)."""
         attn = self.encoder_attn
         if (self.training or torch.is_grad_enabled() or cache.owner is None
                 or not cache.owner.fold or type(attn.q_proj) is not Linear
-                or type(attn.out_proj) is not Linear):
+                or type(attn.out_proj) is not Linear or not mask.is_floating_point()
+                or torch.is_autocast_enabled(kv[0].device.type)):
             return False
         B, nh, S, hs = kv[0].shape
         C = nh * hs
