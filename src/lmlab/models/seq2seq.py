@@ -106,7 +106,8 @@ FEW_QUERIES = 8  # a decoding step's queries a row (a beam search's beams of a s
 # others; what it costs is reading its tensors. Measured with seq2seq-mini's shape
 # (256 wide, 4 heads; AMD EPYC, 2 threads, 10 sources of 4 beams): folding was 6-9%
 # faster a search at 16 source tokens, 2-3% at 24, even at 32-40 (1.3-1.8 MB more a
-# layer), 2-3% slower at 48 and 15% at 96.
+# layer), 2-3% slower at 48 and 15% at 96; at 8 sources of 24 tokens 7% faster, at 16
+# 3%, at 32 sources of 12-24 tokens even (2.6-4 MB more: not folded).
 FOLD_MAX_EXTRA_BYTES = 3 * 2**19
 
 
