@@ -168,7 +168,7 @@ def format_results(res: dict) -> str:
             "weights)\n\n")
     ours, theirs = res["losses"]["lmlab"], res["losses"]["hf"]
     gap = max(abs(a - b) for a, b in zip(ours, theirs, strict=True))
-    paired = b.get("paired") or [b["lmlab"] / b["hf"]]
+    paired = b["paired"]
     note = (f"\n\nBeam search, each repeat's HF time over lmlab's: median "
             f"{median(paired):.2f}x, from {paired[0]:.2f}x to {paired[-1]:.2f}x over "
             f"{len(paired)} repeats. "

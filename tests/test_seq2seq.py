@@ -141,6 +141,27 @@ def test_beams_read_their_sources_encoder_output_once():
             atol=1e-5, rtol=1e-5)
 
 
+def _steps_alike(model, memory, mask, caches, G, g, steps, leave_at, stay):
+    """Decode ``steps`` random tokens through two caches of a beam search's rows (G a
+    source, each cache already reordered past step 0), checking that they give the same
+    logits; after each step the beams follow random others of their source, and after
+    step ``leave_at`` only the sources ``stay`` remain. Returns the last rows, memory
+    and mask."""
+    for step in range(steps):
+        B = memory.size(0)
+        tokens = torch.randint(3, V, (B * G, 1), generator=g)
+        torch.testing.assert_close(model.decode(tokens, memory, mask, caches[0]),
+                                   model.decode(tokens, memory, mask, caches[1]),
+                                   atol=1e-5, rtol=1e-5)
+        rows = (torch.arange(B)[:, None] * G + torch.randint(0, G, (B, G), generator=g))
+        sources = torch.tensor(stay) if step == leave_at else None
+        if sources is not None:
+            rows, memory, mask = rows[sources], memory[sources], mask[sources]
+        for cache in caches:
+            cache.reorder(rows.view(-1), sources)
+    return rows, memory, mask
+
+
 def test_beam_tree_cache_gives_what_moving_the_rows_gives():
     """A beam search's cache kept as a tree (``new_cache(beams=G)``: the beams' keys and
     values never move, each beam attends to its ancestors' slots) against one that
@@ -158,25 +179,14 @@ def test_beam_tree_cache_gives_what_moving_the_rows_gives():
         torch.testing.assert_close(model.decode(start, memory, mask, tree),
                                    model.decode(start, memory, mask, moving))
         for layer in tree.layers:  # the slots past position 0 are written before read
-            for buf in layer.self_kv:
+            for buf in layer.tree_kv:  # keys, then values
                 assert torch.equal(buf[:, :, 1:G], torch.zeros_like(buf[:, :, 1:G]))
                 buf[:, :, G:] = float("nan")
-        rows = torch.arange(3).repeat_interleave(G)
         for cache in (tree, moving):
-            cache.reorder(rows)
-        for step in range(6):
-            B = memory.size(0)
-            tokens = torch.randint(3, V, (B * G, 1), generator=g)
-            torch.testing.assert_close(model.decode(tokens, memory, mask, tree),
-                                       model.decode(tokens, memory, mask, moving),
-                                       atol=1e-5, rtol=1e-5)
-            rows = (torch.arange(B)[:, None] * G + torch.randint(0, G, (B, G), generator=g))
-            sources = torch.tensor([1, 2]) if step == 3 else None  # source 0 leaves
-            if sources is not None:
-                rows, memory, mask = rows[sources], memory[sources], mask[sources]
-            for cache in (tree, moving):
-                cache.reorder(rows.view(-1), sources)
-        assert tree.layers[0].self_kv[0].size(0) == 2  # a buffer per source
+            cache.reorder(torch.arange(3).repeat_interleave(G))
+        rows, memory, mask = _steps_alike(model, memory, mask, (tree, moving), G, g,
+                                          steps=6, leave_at=3, stay=[1, 2])
+        assert tree.layers[0].tree_kv.size(1) == 2  # a buffer per source
         with pytest.raises(ValueError, match="one token a step"):
             model.decode(torch.ones(2 * G, 2, dtype=torch.long), memory, mask, tree)
         model.decode(torch.ones(2 * G, 1, dtype=torch.long), memory, mask, tree)  # the 8th
@@ -205,18 +215,8 @@ def test_the_folded_cross_attention_gives_the_plain_ones(norm_first):
         for cache in (folded, plain):
             model.decode(start, memory, mask, cache)
             cache.reorder(torch.arange(3).repeat_interleave(G))
-        for step in range(5):
-            B = memory.size(0)
-            tokens = torch.randint(3, V, (B * G, 1), generator=g)
-            torch.testing.assert_close(model.decode(tokens, memory, mask, folded),
-                                       model.decode(tokens, memory, mask, plain),
-                                       atol=1e-5, rtol=1e-5)
-            rows = (torch.arange(B)[:, None] * G + torch.randint(0, G, (B, G), generator=g))
-            sources = torch.tensor([0, 2]) if step == 2 else None  # source 1 leaves
-            if sources is not None:
-                rows, memory, mask = rows[sources], memory[sources], mask[sources]
-            for cache in (folded, plain):
-                cache.reorder(rows.view(-1), sources)
+        _, memory, mask = _steps_alike(model, memory, mask, (folded, plain), G, g,
+                                       steps=5, leave_at=2, stay=[0, 2])
     assert all(layer.cross_folded[0].size(0) == 2 for layer in folded.layers)
     assert all(layer.cross_folded is None for layer in plain.layers)
     # Where its tensors would read too much more than the plain way, it does not fold.

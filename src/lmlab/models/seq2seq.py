@@ -324,13 +324,10 @@ class LayerCache:
                  index: int = 0) -> None:
         self.capacity = capacity
         self.owner, self.index = owner, index
-        # (B, nh, cap, hs); in a beam tree (B, nh, cap*K, hs), views of tree_kv
-        self.self_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.self_kv: tuple[torch.Tensor, torch.Tensor] | None = None  # (B, nh, cap, hs)
         self.length = 0  # positions held
-        # A beam tree's keys and values in one buffer (2, B, nh, cap*K, hs) (self_kv
-        # views it), and each as (B*nh, cap*K, hs), the rows of the attention's products.
+        # A beam tree's keys and values instead, in one buffer (2, B, nh, cap*K, hs)
         self.tree_kv: torch.Tensor | None = None
-        self.tree_rows: tuple[torch.Tensor, torch.Tensor] | None = None
         # What makes a tree's step's three projections (``Attention.stacked_qkv``, or
         # the three as they are), found at its first step: the checks that a stacked
         # copy is current cost a fifth of the product's time at 32 rows of 256 wide.
@@ -374,8 +371,9 @@ class DecoderCache:
 
     With ``beams`` = K (a beam search's cache), the decoder's own keys and values are
     kept as a tree, never copied when the beams move. Each source holds K slots a
-    position (slot p*K + j: what beam j wrote at position p, in one buffer of the
-    source's, (B, nh, capacity*K, hs)), and ``history`` (B, K, capacity*K), an
+    position (slot p*K + j: what beam j wrote at position p; a layer's keys and values
+    of every source in one buffer, ``LayerCache.tree_kv`` (2, B, nh, capacity*K, hs)),
+    and ``history`` (B, K, capacity*K), an
     additive mask, opens to each beam the slots of its history, one a position. A
     reorder moves that mask's rows, not the keys and values (at 4 beams over 8
     sources, 32 positions of 256 wide over 3 layers, up to 6 MB a step; 0.7 against
@@ -444,9 +442,9 @@ class DecoderCache:
             # the search's length.
             buf[:, :, :, 1:K] = 0.0
             buf[:, :, :, 0] = qkv.view(R, 3, n_head, hs)[:, 1:].transpose(0, 1)
-            self._hold(layer, buf)
-            layer.length = 1
-            return layer.tree_rows[0][:, :1], layer.tree_rows[1][:, :1]
+            layer.tree_kv, layer.length = buf, 1
+            k, v = buf.flatten(1, 2)[:, :, :1]
+            return k, v
         B = layer.tree_kv.size(1)
         new = slice(n * K, (n + 1) * K)  # position n's slots: beam j's is n*K + j
         # (2, B, nh, K, hs): keys and values in one copy
@@ -459,15 +457,8 @@ class DecoderCache:
             # Made for every head once a step, not expanded by each layer's attention.
             self.tree_bias = self.history[:, None, :, :L].expand(
                 B, n_head, K, L).reshape(B * n_head, K, L)
-        return layer.tree_rows[0][:, :L], layer.tree_rows[1][:, :L]
-
-    @staticmethod
-    def _hold(layer: LayerCache, buf: torch.Tensor) -> None:
-        """Make ``buf`` (2, B, nh, cap*K, hs) the tree's keys and values of ``layer``."""
-        layer.tree_kv = buf
-        layer.self_kv = (buf[0], buf[1])
-        _, B, nh, slots, hs = buf.shape
-        layer.tree_rows = (buf[0].view(B * nh, slots, hs), buf[1].view(B * nh, slots, hs))
+        k, v = layer.tree_kv.flatten(1, 2)[:, :, :L]  # (B*nh, L, hs): the products' rows
+        return k, v
 
     def _move_history(self, rows: torch.Tensor) -> None:
         """A beam tree's reorder: each beam takes the history of the row it came from
@@ -499,7 +490,7 @@ class DecoderCache:
             if not self.beams:
                 layer.keep(rows)
             elif sources is not None and layer.tree_kv is not None:  # a buffer per source
-                self._hold(layer, layer.tree_kv.index_select(1, sources))
+                layer.tree_kv = layer.tree_kv.index_select(1, sources)
             if layer.cross_kv is not None and sources is not None:
                 k, v = layer.cross_kv  # k kept as it lies: transposed (see _cross)
                 layer.cross_kv = (k.transpose(-1, -2).index_select(0, sources).transpose(-1, -2),
