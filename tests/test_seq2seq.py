@@ -196,6 +196,53 @@ def test_beam_tree_cache_gives_what_moving_the_rows_gives():
             model.new_cache(capacity=8, beams=G).reorder(rows.view(-1))
 
 
+@pytest.mark.parametrize(("norm_first", "activation"), [(False, "relu"), (True, "gelu")])
+def test_a_beam_step_with_its_calls_resolved_gives_the_module_path(norm_first, activation):
+    """A beam tree's step at inference (``DecoderLayer.tree_step``: its products bound to
+    their packed weights once a search, no module calls) against a cache that moves its
+    rows through the modules, at the widths where oneDNN takes the products (256 wide,
+    32 rows, then 24 when two sources leave); ReLU inside the product, GELU apart.
+    With a hook on a layer, or under autocast, the tree's step goes module by module
+    (and the hook runs)."""
+    cfg = Seq2SeqConfig.from_name("seq2seq-mini", vocab_size=V, norm_first=norm_first,
+                                  activation=activation, dropout=0.0)
+    torch.manual_seed(0)
+    model = Seq2Seq(cfg).eval()
+    G, g = 4, torch.Generator().manual_seed(3)
+    with torch.no_grad():  # biases start at 0: give them values to add
+        for name, p in model.decoder.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(std=0.1, generator=g)
+    src = torch.randint(3, V, (8, 10), generator=g)
+    mask = torch.ones_like(src)
+    mask[2, 6:] = 0
+    start = torch.full((8, 1), cfg.decoder_start_token_id)
+
+    def started(cache):
+        model.decode(start, memory, mask, cache)
+        cache.reorder(torch.arange(8).repeat_interleave(G))
+        return cache
+
+    with torch.inference_mode():
+        memory = model.encode(src, mask)
+        tree, moving = started(model.new_cache(8, G)), started(model.new_cache(8))
+        _steps_alike(model, memory, mask, (tree, moving), G, g, steps=4, leave_at=1,
+                     stay=[0, 1, 3, 4, 6, 7])
+        assert all(layer.plan.lean and layer.plan.rows == 6 * G for layer in tree.layers)
+        seen = []
+        hook = model.decoder.layers[1].register_forward_hook(lambda *_: seen.append(1))
+        tokens = torch.randint(3, V, (8 * G, 1), generator=g)
+        hooked = started(model.new_cache(8, G))
+        torch.testing.assert_close(model.decode(tokens, memory, mask, hooked),
+                                   model.decode(tokens, memory, mask, started(
+                                       model.new_cache(8))), atol=1e-5, rtol=1e-5)
+        hook.remove()
+        assert len(seen) == 4 and not hooked.layers[1].plan.lean  # two steps, two caches
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = started(model.new_cache(8, G))
+        assert not autocast.layers[0].plan.lean
+
+
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_the_folded_cross_attention_gives_the_plain_ones(norm_first):
     """A beam search's cross-attention folded into its weights once (``fold_cross``)

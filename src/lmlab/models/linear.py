@@ -38,6 +38,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -99,6 +100,14 @@ if _ONEDNN is not None:
         return x.new_empty((*x.shape[:-1], weight.size(0)))
 
 
+def _fits_onednn(x: torch.Tensor, n: int, w: torch.Tensor) -> bool:
+    """Whether a product of n input elements like x (rows of w's in_features) by the
+    weight w takes oneDNN: float32 on the CPU, at most ``ONEDNN_MAX_ROWS`` rows and at
+    least ``ONEDNN_MIN_MACS`` multiply-adds (gradients aside)."""
+    return (_ENABLED and x.dtype is torch.float32 and w.dtype is torch.float32 and x.is_cpu
+            and n <= ONEDNN_MAX_ROWS * w.size(1) and n * w.size(0) >= ONEDNN_MIN_MACS)
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` with the oneDNN fast path for few-row float32 CPU inference."""
 
@@ -128,12 +137,9 @@ class Linear(nn.Linear):
             bias = own
         elif own is not None:
             bias = bias + own
-        n = x.numel()
-        if (_ENABLED and x.dtype is torch.float32 and w.dtype is torch.float32 and x.is_cpu
-                and n <= ONEDNN_MAX_ROWS * x.size(-1) and n * w.size(0) >= ONEDNN_MIN_MACS
-                and not (torch.is_grad_enabled() and (
-                    x.requires_grad or w.requires_grad
-                    or (add is not None and add.requires_grad)))):
+        if (_fits_onednn(x, x.numel(), w) and not (torch.is_grad_enabled() and (
+                x.requires_grad or w.requires_grad
+                or (add is not None and add.requires_grad)))):
             if torch.compiler.is_compiling():
                 y = torch.ops.lmlab.onednn_linear(x, w, bias)
             else:
@@ -207,6 +213,34 @@ def linear_then(layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = N
         return layer(x, bias, relu=relu, add=add)
     y = layer(x)
     return _then(y if bias is None else y + bias, relu, add)
+
+
+def bound(layer: nn.Module, rows: int, like: torch.Tensor, *, relu: bool = False,
+          add: bool = False) -> Callable[..., torch.Tensor]:
+    """``linear_then(layer, x, relu=relu)`` as a function of x, or with ``add`` of (x,
+    other), for inputs of ``rows`` rows of like's dtype and device, its checks made
+    once, now: a beam search makes the same products at every step, and ``forward``'s
+    checks and module call are a few microseconds of a 30-60 us product. The weights
+    are taken as they are now, for as long as they hold still (a search's).
+
+    A plain ``Linear`` at inference on oneDNN's path calls oneDNN with the packed
+    weight, ReLU or the addition inside the product (``other`` is the output's
+    shape); anything else (adapters, quantized layers, training, gradients, other
+    dtypes, too few or too many rows, ReLU and an addition together) goes through
+    ``linear_then`` at each call."""
+    w = layer.weight
+    if (type(layer) is Linear and not layer.training and not (relu and add)
+            and _fits_onednn(like, rows * layer.in_features, w)
+            and not (torch.is_grad_enabled() and w.requires_grad)
+            and not torch.compiler.is_compiling()):
+        packed, b = layer.onednn_weight(w), layer.bias
+        if add:  # other.contiguous(): oneDNN reads the addend as a dense block
+            return lambda x, other: _ONEDNN_ADD(x, other.contiguous(), packed, b, "add")
+        op = "relu" if relu else "none"
+        return lambda x: _ONEDNN(x, packed, b, op, [], "")
+    if add:
+        return lambda x, other: linear_then(layer, x, relu=relu, add=other)
+    return lambda x: linear_then(layer, x, relu=relu)
 
 
 def _then(y: torch.Tensor, relu: bool, add: torch.Tensor | None) -> torch.Tensor:
