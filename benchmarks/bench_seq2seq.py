@@ -8,7 +8,8 @@
 * Training: the same batches (source, decoder input, labels; 24 pairs of 12-24
   tokens) through lmlab's model with its fused AdamW and its trainer's loss
   (``train.seq2seq.pair_loss``: the layers skip the padding, and the output layer
-  runs fused with the label-smoothed cross-entropy), and through
+  runs fused with the label-smoothed cross-entropy) and step
+  (``engine.clip_and_step``: the clipping inside the fused update), and through
   ``MarianMTModel`` with ``torch.optim.AdamW`` in a plain torch loop (forward,
   label-smoothed cross-entropy as lmlab computes it, backward, clip, step). The
   loss of step 1 must be equal; tokens/s counts target tokens.
@@ -106,7 +107,7 @@ def train_rows(settings: Settings, ours, hf) -> tuple[dict, dict]:
     """Training tokens/s of each side and its loss at every step. The two loops run
     interleaved, a step of each in turn, so that a change in the machine's speed
     during the run (a shared host) falls on both alike."""
-    from lmlab.train.engine import make_optimizer
+    from lmlab.train.engine import clip_and_step, make_optimizer
     from lmlab.train.seq2seq import IGNORE, collate_pairs, pair_loss
 
     batches = []
@@ -133,8 +134,11 @@ def train_rows(settings: Settings, ours, hf) -> tuple[dict, dict]:
                 loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
                                        ignore_index=IGNORE, label_smoothing=0.1)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opts[name].step()
+            if name == "lmlab":  # the trainer's step: the clipping inside the fused update
+                clip_and_step(opts[name], model.parameters(), 1.0)
+            else:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opts[name].step()
             opts[name].zero_grad(set_to_none=True)
             if step >= 1:  # step 0 warms up (allocations); the rest is timed
                 seconds[name] += time.perf_counter() - t0

@@ -31,6 +31,42 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_at(110, cfg) == pytest.approx(0.1)
 
 
+@pytest.mark.parametrize("max_norm", [0.05, 1e4])  # clipped, and not
+def test_clipping_inside_the_fused_step_is_clip_grad_norm_then_step(max_norm):
+    """``clip_and_step`` (the fused AdamW divides the gradients by the clipping's factor in
+    its own pass) against ``clip_grad_norm_`` then ``step``: the same norm and the same
+    parameters over three steps; the optimizer keeps no ``grad_scale`` afterwards, and
+    a non-fused optimizer takes the plain way."""
+    from lmlab.train.engine import clip_and_step, make_optimizer
+
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16),
+                                  torch.nn.Linear(16, 4)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    fused, plain = (make_optimizer(m, 1e-2, 0.1, (0.9, 0.98)) for m in models)
+    x = torch.randn(32, 8)
+    for _ in range(3):
+        for m in models:
+            m(x).pow(2).sum().backward()
+        got = clip_and_step(fused, models[0].parameters(), max_norm)
+        want = torch.nn.utils.clip_grad_norm_(models[1].parameters(), max_norm)
+        plain.step()
+        assert got == pytest.approx(float(want), rel=1e-6)
+        assert (got > max_norm) == (max_norm < 1)
+        for opt in (fused, plain):
+            opt.zero_grad(set_to_none=True)
+    assert not hasattr(fused, "grad_scale")
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    unfused = torch.optim.SGD(models[0].parameters(), lr=0.1)
+    models[0](x).pow(2).sum().backward()
+    grads = [p.grad.clone() for p in models[0].parameters()]
+    norm = clip_and_step(unfused, models[0].parameters(), 0.05)
+    assert norm == pytest.approx(float(torch.nn.utils.get_total_norm(grads)), rel=1e-6)
+    assert torch.nn.utils.get_total_norm(
+        [p.grad for p in models[0].parameters()]) == pytest.approx(0.05, rel=1e-4)
+
+
 def test_thirty_steps_loss_falls_and_run_folder_is_complete(char_shards, tmp_path):
     run = tmp_path / "run"
     cfg = TrainConfig(data=str(char_shards), out=str(run), max_steps=30, eval_interval=15, **TINY)

@@ -46,6 +46,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,39 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     # The fused kernel does the whole update in one pass per tensor (CPU too, torch >= 2.4).
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
+
+
+def clip_and_step(optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor],
+                  max_norm: float) -> float:
+    """Clip the gradients to a global L2 norm of ``max_norm`` (``clip_grad_norm_``'s
+    rule), then the optimizer's step; returns the norm before clipping.
+
+    With the fused AdamW (``make_optimizer``'s) on a CPU, the clipping is done inside
+    the update's own pass: the fused kernel divides each gradient by the optimizer's
+    ``grad_scale`` (the attribute ``GradScaler`` sets to unscale fp16 gradients), so the
+    gradients are not read and written once more to be scaled. In the seq2seq
+    benchmark's training step (7.6M parameters) clipping and the step took 6.6 against
+    12.2 ms (AMD EPYC, 2 threads), about 3% of the step. Elsewhere (a GPU, where the
+    check of the norm would wait for the device; FSDP's sharded gradients; another
+    optimizer) it is ``clip_grad_norm_`` and ``step`` as they are."""
+    params = [p for p in params if p.grad is not None]
+    grads = [p.grad for p in params]
+    if (not optimizer.defaults.get("fused") or hasattr(optimizer, "grad_scale")
+            or hasattr(optimizer, "found_inf")
+            or not all(type(g) is torch.Tensor and g.is_cpu for g in grads)):
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        optimizer.step()
+        return float(norm)
+    norm = torch.nn.utils.get_total_norm(grads)
+    # clip_grad_norm_'s coefficient, max_norm / (norm + 1e-6), as a divisor
+    scale = (norm + 1e-6) / max_norm
+    if scale > 1:  # over the limit (clip_grad_norm_ multiplies by 1 otherwise)
+        optimizer.grad_scale = scale
+    try:
+        optimizer.step()
+    finally:
+        optimizer.__dict__.pop("grad_scale", None)
+    return float(norm)
 
 
 class EpochCursor:
@@ -330,10 +364,9 @@ class Engine:
             raise LmlabError(
                 f"step {step}: training loss is {loss}; try a lower --lr (now {cfg.lr:g})"
                 f"{extra} or check the data for empty or corrupt examples")
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
+        norm = clip_and_step(self.optimizer, self.model.parameters(), cfg.grad_clip)
         self.optimizer.zero_grad(set_to_none=True)
-        return loss, float(norm)
+        return loss, norm
 
     def _train_step(self) -> float:
         accum = self.grad_accum
