@@ -36,7 +36,7 @@ def test_clipping_inside_the_fused_step_is_clip_grad_norm_then_step(max_norm):
     """``clip_and_step`` (the fused AdamW divides the gradients by the clipping's factor in
     its own pass) against ``clip_grad_norm_`` then ``step``: the same norm and the same
     parameters over three steps; the optimizer keeps no ``grad_scale`` afterwards, and
-    a non-fused optimizer takes the plain way."""
+    a non-fused optimizer and bf16 weights take the plain way."""
     from lmlab.train.engine import clip_and_step, make_optimizer
 
     torch.manual_seed(0)
@@ -65,6 +65,10 @@ def test_clipping_inside_the_fused_step_is_clip_grad_norm_then_step(max_norm):
     assert norm == pytest.approx(float(torch.nn.utils.get_total_norm(grads)), rel=1e-6)
     assert torch.nn.utils.get_total_norm(
         [p.grad for p in models[0].parameters()]) == pytest.approx(0.05, rel=1e-4)
+    half = torch.nn.Linear(8, 4).to(torch.bfloat16)  # the fused kernel takes no scale here
+    opt = make_optimizer(half, 1e-2, 0.1, (0.9, 0.98))
+    half(x.bfloat16()).float().pow(2).sum().backward()
+    assert clip_and_step(opt, half.parameters(), 0.05) > 0.05
 
 
 def test_thirty_steps_loss_falls_and_run_folder_is_complete(char_shards, tmp_path):

@@ -98,13 +98,15 @@ def clip_and_step(optimizer: torch.optim.Optimizer, params: Iterable[torch.Tenso
     gradients are not read and written once more to be scaled. In the seq2seq
     benchmark's training step (7.6M parameters) clipping and the step took 6.6 against
     12.2 ms (AMD EPYC, 2 threads), about 3% of the step. Elsewhere (a GPU, where the
-    check of the norm would wait for the device; FSDP's sharded gradients; another
-    optimizer) it is ``clip_grad_norm_`` and ``step`` as they are."""
+    check of the norm would wait for the device; FSDP's sharded gradients; bf16
+    weights, which the fused kernel refuses a scale for; another optimizer) it is
+    ``clip_grad_norm_`` and ``step`` as they are."""
     params = [p for p in params if p.grad is not None]
     grads = [p.grad for p in params]
     if (not optimizer.defaults.get("fused") or hasattr(optimizer, "grad_scale")
             or hasattr(optimizer, "found_inf")
-            or not all(type(g) is torch.Tensor and g.is_cpu for g in grads)):
+            or not all(type(g) is torch.Tensor and g.is_cpu and g.dtype is torch.float32
+                       for g in grads)):
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         optimizer.step()
         return float(norm)
