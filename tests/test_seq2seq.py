@@ -223,12 +223,27 @@ def test_a_beam_step_with_its_calls_resolved_gives_the_module_path(norm_first, a
         cache.reorder(torch.arange(8).repeat_interleave(G))
         return cache
 
+    from lmlab.models import linear
+
     with torch.inference_mode():
         memory = model.encode(src, mask)
         tree, moving = started(model.new_cache(8, G)), started(model.new_cache(8))
-        _steps_alike(model, memory, mask, (tree, moving), G, g, steps=4, leave_at=1,
-                     stay=[0, 1, 3, 4, 6, 7])
+        _, kept, kept_mask = _steps_alike(model, memory, mask, (tree, moving), G, g,
+                                          steps=4, leave_at=1, stay=[0, 1, 3, 4, 6, 7])
         assert all(layer.plan.lean and layer.plan.rows == 6 * G for layer in tree.layers)
+        calls = {"forward": 0, "onednn": 0}  # in one more step of the tree
+        forward, onednn = linear.Linear.forward, linear._ONEDNN_ADD
+
+        def counted(key, fn):
+            return lambda *a, **kw: calls.__setitem__(key, calls[key] + 1) or fn(*a, **kw)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(linear.Linear, "forward", counted("forward", forward))
+            mp.setattr(linear, "_ONEDNN_ADD", counted("onednn", onednn))
+            model.decode(torch.randint(3, V, (6 * G, 1), generator=g), kept, kept_mask, tree)
+        # The layers' products bound (out_proj and fc2 add inside oneDNN's pass); the
+        # output layer's alone through Linear.forward.
+        assert calls == {"forward": 1, "onednn": 2 * 3 if linear.onednn_enabled() else 0}
         seen = []
         hook = model.decoder.layers[1].register_forward_hook(lambda *_: seen.append(1))
         tokens = torch.randint(3, V, (8 * G, 1), generator=g)

@@ -44,6 +44,13 @@ def test_clipping_inside_the_fused_step_is_clip_grad_norm_then_step(max_norm):
                                   torch.nn.Linear(16, 4)) for _ in range(2)]
     models[1].load_state_dict(models[0].state_dict())
     fused, plain = (make_optimizer(m, 1e-2, 0.1, (0.9, 0.98)) for m in models)
+    scales, step = [], fused.step  # the scale each step saw: clipped in the fused pass
+
+    def spy():
+        scales.append(getattr(fused, "grad_scale", None))
+        step()
+
+    fused.step = spy
     x = torch.randn(32, 8)
     for _ in range(3):
         for m in models:
@@ -56,6 +63,7 @@ def test_clipping_inside_the_fused_step_is_clip_grad_norm_then_step(max_norm):
         for opt in (fused, plain):
             opt.zero_grad(set_to_none=True)
     assert not hasattr(fused, "grad_scale")
+    assert all((s is not None) == (max_norm < 1) for s in scales) and len(scales) == 3
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
     unfused = torch.optim.SGD(models[0].parameters(), lr=0.1)
@@ -69,6 +77,9 @@ def test_clipping_inside_the_fused_step_is_clip_grad_norm_then_step(max_norm):
     opt = make_optimizer(half, 1e-2, 0.1, (0.9, 0.98))
     half(x.bfloat16()).float().pow(2).sum().backward()
     assert clip_and_step(opt, half.parameters(), 0.05) > 0.05
+    # the gradients clipped in place, the plain way (at bf16's precision)
+    assert float(torch.nn.utils.get_total_norm([p.grad.float() for p in half.parameters()])
+                 ) == pytest.approx(0.05, rel=2e-2)
 
 
 def test_thirty_steps_loss_falls_and_run_folder_is_complete(char_shards, tmp_path):

@@ -225,15 +225,14 @@ def bound(layer: nn.Module, rows: int, like: torch.Tensor, *, relu: bool = False
 
     A plain ``Linear`` at inference on oneDNN's path calls oneDNN with the packed
     weight, ReLU or the addition inside the product (``other`` is the output's
-    shape); anything else (adapters, quantized layers, training, gradients, other
+    shape); anything else (adapters, quantized layers, training, gradients on (the
+    oneDNN op has no backward, and an input may need one through an adapter), other
     dtypes, too few or too many rows, ReLU and an addition together) goes through
     ``linear_then`` at each call."""
-    w = layer.weight
     if (type(layer) is Linear and not layer.training and not (relu and add)
-            and _fits_onednn(like, rows * layer.in_features, w)
-            and not (torch.is_grad_enabled() and w.requires_grad)
-            and not torch.compiler.is_compiling()):
-        packed, b = layer.onednn_weight(w), layer.bias
+            and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and _fits_onednn(like, rows * layer.in_features, layer.weight)):
+        packed, b = layer.onednn_weight(layer.weight), layer.bias
         if add:  # other.contiguous(): oneDNN reads the addend as a dense block
             return lambda x, other: _ONEDNN_ADD(x, other.contiguous(), packed, b, "add")
         op = "relu" if relu else "none"

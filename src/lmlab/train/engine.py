@@ -103,8 +103,11 @@ def clip_and_step(optimizer: torch.optim.Optimizer, params: Iterable[torch.Tenso
     ``clip_grad_norm_`` and ``step`` as they are."""
     params = [p for p in params if p.grad is not None]
     grads = [p.grad for p in params]
+    # The fused kernel scales every gradient of the optimizer: they must be params'.
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]
+            if p.grad is not None}
     if (not optimizer.defaults.get("fused") or hasattr(optimizer, "grad_scale")
-            or hasattr(optimizer, "found_inf")
+            or hasattr(optimizer, "found_inf") or held != {id(p) for p in params}
             or not all(type(g) is torch.Tensor and g.is_cpu and g.dtype is torch.float32
                        for g in grads)):
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
@@ -113,7 +116,9 @@ def clip_and_step(optimizer: torch.optim.Optimizer, params: Iterable[torch.Tenso
     norm = torch.nn.utils.get_total_norm(grads)
     # clip_grad_norm_'s coefficient, max_norm / (norm + 1e-6), as a divisor
     scale = (norm + 1e-6) / max_norm
-    if scale > 1:  # over the limit (clip_grad_norm_ multiplies by 1 otherwise)
+    # Over the limit (clip_grad_norm_ multiplies by 1 otherwise), or NaN: then every
+    # gradient becomes NaN, as clip_grad_norm_ makes them.
+    if not scale <= 1:
         optimizer.grad_scale = scale
     try:
         optimizer.step()
