@@ -617,7 +617,7 @@ class DecoderLayer(EncoderLayer):
         plan = cache.plan
         if plan is None or plan.rows != x.size(0):
             plan = cache.plan = StepPlan.of(self, x)
-        if not plan.lean:  # hooks, autocast: module by module
+        if not plan.lean:  # hooks, gradients, training, autocast: module by module
             return self(x, memory, memory_mask, cache)
         norm_self, norm_cross, norm_ffn = plan.norms
         pre = self.norm_first  # each norm before its sublayer, else after the residual
