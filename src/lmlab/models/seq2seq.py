@@ -97,7 +97,7 @@ class Packing:
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
         B, L = self.shape
-        full = x.new_zeros(B * L, *x.shape[1:]).index_copy(0, self.index, x)
+        full = x.new_zeros(B * L, *x.shape[1:]).index_copy_(0, self.index, x)
         return full.view(B, L, *x.shape[1:])  # (B, L, ...)
 
 
