@@ -252,7 +252,8 @@ def _then(y: torch.Tensor, relu: bool, add: torch.Tensor | None) -> torch.Tensor
 
 class Stacked:
     """Several Linears of one input as one product, for inference: their weights (and
-    biases) stacked along the output, the result split back. Three 256-wide
+    biases) stacked along the output in one ``Linear`` (``linear``), whose result the
+    caller splits back or reads side by side. Three 256-wide
     projections of 32 rows took 1.5x the time of one 768-wide (oneDNN, pre-packed):
     each call has its fixed cost. Built on first use and again when any weight changes;
     the stacked copy costs the parts' bytes again (outside the packing budget). Not a
@@ -268,10 +269,6 @@ class Stacked:
         counters would break)."""
         return (not torch.compiler.is_compiling()
                 and all(type(p) is Linear and not p.weight.is_inference() for p in parts))
-
-    def __call__(self, x: torch.Tensor, parts: tuple[Linear, ...]) -> tuple[torch.Tensor, ...]:
-        """Each part's output for x (..., in_features), as views of one product."""
-        return self.linear(parts)(x).split([p.out_features for p in parts], dim=-1)
 
     def linear(self, parts: tuple[Linear, ...]) -> Linear:
         """The one Linear of the parts stacked, as their weights are now."""

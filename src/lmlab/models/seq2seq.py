@@ -211,9 +211,10 @@ class Attention(nn.Module):
         inference one product (``Stacked``), in training three, and three when they
         cannot be stacked (``Stacked.fits``)."""
         parts = (self.q_proj, self.k_proj, self.v_proj)
-        if self.training or torch.is_grad_enabled() or not Stacked.fits(parts):
+        stacked = self.stacked_qkv()
+        if stacked is None:
             return tuple(p(x) for p in parts)
-        return self._qkv(x, parts)
+        return stacked(x).split([p.out_features for p in parts], dim=-1)
 
     def qkv(self, x: torch.Tensor) -> torch.Tensor:
         """``projections`` side by side (..., 3C): one product, not split, at inference."""
@@ -520,19 +521,19 @@ class StepPlan:
 
     @staticmethod
     def of(layer: DecoderLayer, x: torch.Tensor) -> StepPlan:
-        """The plan of ``layer`` for steps of inputs like x (R, 1, C)."""
-        rows = x.size(0) * x.size(1)
+        """The plan of ``layer`` for steps of inputs like x (R, 1, C): one token a row."""
+        rows = x.size(0)
         hooked = (nn.modules.module._global_forward_hooks
                   or nn.modules.module._global_forward_pre_hooks
                   or any(m._forward_hooks or m._forward_pre_hooks for m in layer.modules()))
         if (hooked or layer.training or torch.is_grad_enabled()
                 or torch.is_autocast_enabled(x.device.type)):
-            return StepPlan(x.size(0), lean=False)
+            return StepPlan(rows, lean=False)
         attn = layer.self_attn
         stacked = attn.stacked_qkv()
         relu = layer.act is F.relu
         return StepPlan(
-            x.size(0), lean=True,
+            rows, lean=True,
             qkv=attn.qkv if stacked is None else bound(stacked, rows, x),
             out=bound(attn.out_proj, rows, x, add=True),
             fc1=bound(layer.fc1, rows, x, relu=relu), act=None if relu else layer.act,
@@ -580,7 +581,7 @@ class DecoderLayer(EncoderLayer):
 
     def _tree_self(self, h: torch.Tensor, x: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         """x + self-attention of h (R, 1, C) in a beam tree, module by module: a search
-        of a model in training mode (no attention dropout), or one that ``StepPlan``
+        of a layer in training mode (no attention dropout), or one that ``StepPlan``
         leaves to the modules (hooks, gradients, autocast); ``tree_step`` has the path
         at inference."""
         attn = self.self_attn
@@ -612,8 +613,8 @@ class DecoderLayer(EncoderLayer):
         the same computation, with the calls the step makes resolved once a search for
         its rows (``StepPlan``): no module calls and their checks, and few method calls.
         At 4 beams over 8 sources of the benchmark's 3-layer, 256-wide model, the search
-        took 1/1.039 and 1/1.059 of the time of the module path in two runs (AMD EPYC,
-        2 threads; 25 interleaved searches, same ids)."""
+        took 1/1.039 and 1/1.059 of the time of the module path in two one-off runs of a
+        scratch comparison (AMD EPYC, 2 threads; 25 interleaved searches, same ids)."""
         plan = cache.plan
         if plan is None or plan.rows != x.size(0):
             plan = cache.plan = StepPlan.of(self, x)
@@ -626,11 +627,7 @@ class DecoderLayer(EncoderLayer):
         if not pre:
             x = norm_self(x)
         h = norm_cross(x) if pre else x
-        folded = cache.cross_folded
-        if folded is not None:
-            x = self.folded_cross(h, x, folded)  # x + cross-attention
-        else:  # step 0, or a batch that does not fold
-            x = self._cross(h, x, memory, memory_mask, cache)
+        x = self._cross(h, x, memory, memory_mask, cache)  # x + cross-attention (folded)
         if not pre:
             x = norm_cross(x)
         h = norm_ffn(x) if pre else x
@@ -890,9 +887,9 @@ class Seq2Seq(nn.Module):
         packing = Packing.of(select) if cache is None else None
         if packing is not None:
             x = packing.pack(x)  # (N, C)
-        tree = cache is not None and cache.beams and not self.training
+        tree = cache is not None and cache.beams
         for i, layer in enumerate(self.decoder.layers):
-            if tree:  # a beam search's step: its calls resolved once a search
+            if tree:  # a beam search's step: its calls resolved once a search (StepPlan)
                 x = layer.tree_step(x, memory, mask, cache.layers[i])
             else:
                 x = layer(x, memory, mask, cache.layers[i] if cache is not None else None,
